@@ -1,0 +1,34 @@
+# One-command set-up: a .venv with the pinned CPU torch, then the package.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first, so the package's torch range installs nothing more.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m trajreg.demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q trajreg tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" trajreg tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_recording.py
+
+clean:
+	rm -rf $(VENV) demo-out

@@ -1,0 +1,36 @@
+"""trajreg: measure the regularity principle on neural-network training trajectories.
+
+The mathematics (pure functions over arrays) lives in ``trajreg.principle``; the most
+used pieces are re-exported here with the recorder and the run API.
+"""
+
+from trajreg.principle import (
+    convergence_bound,
+    converging_window,
+    gamma_bar,
+    gamma_hat,
+    kappa_hat,
+    rp_holds,
+    trajectory_quantities,
+)
+from trajreg.record import Recorder, TrajectoryStore
+from trajreg.run import analyze, run
+from trajreg.train import RunConfig, load_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Recorder",
+    "RunConfig",
+    "TrajectoryStore",
+    "analyze",
+    "convergence_bound",
+    "converging_window",
+    "gamma_bar",
+    "gamma_hat",
+    "kappa_hat",
+    "load_config",
+    "rp_holds",
+    "run",
+    "trajectory_quantities",
+]

@@ -1,0 +1,97 @@
+"""``trajreg`` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trajreg.errors import ConfigError, ReplayMismatch, UserError
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        start, end = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window must be START:END steps, got {text!r}") from None
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"window must satisfy 0 <= START < END, got {text!r}")
+    return start, end
+
+
+def _eps(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eps must be numbers like 0,0.05, got {text!r}") from None
+    if not all(0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"eps values must be in [0, 1), got {text!r}")
+    return values
+
+
+def _nonneg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trajreg", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train, record and analyse one run")
+    r.add_argument("config", help="run config (YAML)")
+    r.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
+    a = sub.add_parser("analyze", help="recompute the analysis of a finished run")
+    a.add_argument("run_dir")
+    a.add_argument("--reference", choices=["final", "best"])
+    a.add_argument("--eps", type=_eps, help="comma-separated violation fractions, e.g. 0,0.05")
+    a.add_argument("--delta", type=_nonneg, help="constant delta (default: eta_t / 2)")
+    a.add_argument("--window", type=_window, help="START:END steps (default: converging phase)")
+    return p
+
+
+def _print_summary(summary: dict) -> None:
+    g, kap = summary["gamma_hat"], summary["kappa_hat"]
+    start, end = summary["window"]
+    print(f"window [{start}, {end}) of {summary['n_steps']} steps")
+    for key in g:
+        print(f"gamma_hat(eps={key}) = {g[key]:.6g}   kappa_hat(eps={key}) = {kap[key]:.6g}")
+    print(f"gamma_bar = {summary['gamma_bar']:.6g}   final loss = {summary['final_loss']:.6g}")
+    if summary["diverged"]:
+        print(f"diverged at step {summary['diverged_step']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        from trajreg.run import runner
+
+        if args.command == "run":
+            from trajreg.train.config import load_config
+
+            cfg = load_config(args.config)
+            out = Path(args.out) if args.out else runner.default_out(args.config)
+            out, summary = runner.run(cfg, out)
+            if cfg.record.mode != "off":
+                _print_summary(summary)
+            print(f"run directory: {out}")
+        elif args.command == "analyze":
+            summary = runner.analyze(args.run_dir, reference=args.reference, eps=args.eps,
+                                     delta=args.delta, window=args.window)
+            _print_summary(summary)
+            print(f"updated: {args.run_dir}")
+    except (UserError, ConfigError) as exc:
+        print(f"trajreg: error: {exc}", file=sys.stderr)
+        return 2
+    except ReplayMismatch as exc:
+        print(f"trajreg: replay failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

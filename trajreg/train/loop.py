@@ -1,0 +1,138 @@
+"""The reference training loop: one short function, top to bottom.
+
+Everything random is derived from the run seed, so a run can be replayed exactly:
+the model init from (seed, 0), each epoch's data order from (seed, 1, epoch) and
+each step's dropout masks from (seed, 2, step), which also lets the loss of step
+t's minibatch be re-evaluated at another point x with the very same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from trajreg.train.data import Dataset
+from trajreg.train.models import build_model
+from trajreg.train.optim import build_optimizer, build_scheduler
+
+
+def derive_seed(*key: int) -> int:
+    """A 63-bit seed derived from a tuple of non-negative integers."""
+    return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> 1)
+
+
+def steps_per_epoch(cfg, data: Dataset) -> int:
+    return len(data.x_train) // cfg.data.batch_size  # last partial batch dropped
+
+
+def total_steps(cfg, data: Dataset) -> int:
+    return cfg.train.epochs * steps_per_epoch(cfg, data)
+
+
+def batches(cfg, data: Dataset) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(step, epoch, indices) for every optimizer step of the run, in order."""
+    n, bs = len(data.x_train), cfg.data.batch_size
+    step = 0
+    for epoch in range(1, cfg.train.epochs + 1):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, 1, epoch))
+        order = torch.randperm(n, generator=g)
+        for i in range(n // bs):
+            yield step, epoch, order[i * bs : (i + 1) * bs]
+            step += 1
+
+
+def minibatch_loss(cfg, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
+                   step: int) -> torch.Tensor:
+    """l_t(x): step t's minibatch, train mode, step t's random state."""
+    device = cfg.train.device
+    xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
+    torch.manual_seed(derive_seed(cfg.seed, 2, step))
+    model.train()
+    return F.cross_entropy(model(xb), yb)
+
+
+@torch.no_grad()
+def full_loss(cfg, model: torch.nn.Module, data: Dataset, chunk: int = 4096) -> float:
+    """F(x): mean training-set loss in eval mode (no BN statistics are updated)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(data.x_train), chunk):
+        xb = data.x_train[i : i + chunk].to(cfg.train.device)
+        yb = data.y_train[i : i + chunk].to(cfg.train.device)
+        total += F.cross_entropy(model(xb), yb, reduction="sum").item()
+    model.train(was_training)
+    return total / len(data.x_train)
+
+
+def build(cfg, data: Dataset):
+    """Model, optimizer and scheduler for a run, initialised from the run seed."""
+    torch.manual_seed(derive_seed(cfg.seed, 0))
+    model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.optim, optimizer, total_steps(cfg, data))
+    return model, optimizer, scheduler
+
+
+@dataclass
+class TrainLog:
+    """What the loop saw, one entry per optimizer step taken (and per epoch)."""
+
+    loss: list[float] = field(default_factory=list)  # l_t(x_t)
+    loss_star: list[float] = field(default_factory=list)  # l_t(x*), with star_model only
+    epoch: list[int] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    full_loss: list[float] = field(default_factory=list)  # F_0, F_1 ... after each epoch
+    epoch_ends: list[int] = field(default_factory=list)  # steps done after each epoch
+    diverged_step: int | None = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss)
+
+
+def train(cfg, data: Dataset, model, optimizer, scheduler, *, max_steps: int | None = None,
+          star_model: torch.nn.Module | None = None, eval_full: bool = True,
+          desc: str = "train") -> TrainLog:
+    """Train ``model`` for ``cfg.train.epochs`` (or ``max_steps``) and log every step.
+
+    With ``star_model`` (a copy holding x*), each step's minibatch loss at x* is
+    logged too, with the step's own batch, mode and random state. A non-finite loss
+    stops training before the step is taken, with ``diverged_step`` set.
+    """
+    log = TrainLog()
+    if eval_full:
+        log.full_loss.append(full_loss(cfg, model, data))
+    stop = total_steps(cfg, data) if max_steps is None else max_steps
+    bar = tqdm(total=stop, desc=desc, disable=None, leave=False)
+    for step, epoch, idx in batches(cfg, data):
+        if step >= stop:
+            break
+        loss = minibatch_loss(cfg, model, data, idx, step)
+        value = loss.item()
+        if not np.isfinite(value):
+            log.diverged_step = step
+            break
+        if star_model is not None:
+            with torch.no_grad():
+                log.loss_star.append(minibatch_loss(cfg, star_model, data, idx, step).item())
+        log.loss.append(value)
+        log.epoch.append(epoch)
+        log.lr.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        bar.update(1)
+        if (step + 1) % steps_per_epoch(cfg, data) == 0:
+            log.epoch_ends.append(step + 1)
+            if eval_full:
+                log.full_loss.append(full_loss(cfg, model, data))
+                bar.set_postfix(epoch=epoch, loss=f"{log.full_loss[-1]:.4g}")
+    bar.close()
+    return log
