@@ -96,8 +96,6 @@ def summarize(table: pd.DataFrame, *, full_loss: list[float], epoch_ends: list[i
     g0 = gamma.get("0.0", P.gamma_hat(a[w], b[w], s[w], delta[w], 0.0))
     bound = P.convergence_bound(b[w], lr[w], float(table["D"].iloc[start]) if k else math.nan,
                                 g0) if end > start else None
-    # Convergence speed describes the whole run, whatever the reference point.
-    steps_thr, epochs_thr = P.steps_to_threshold(full_loss, epoch_ends, options.loss_threshold)
     return {
         "n_steps": len(table),
         "reference_step": k,
@@ -115,16 +113,29 @@ def summarize(table: pd.DataFrame, *, full_loss: list[float], epoch_ends: list[i
         "gamma_bar_per_epoch": P.gamma_bar_per_epoch(a, b, s, delta, epoch).tolist(),
         "bound": None if bound is None else {
             "gamma": bound.gamma, "lhs": bound.lhs, "rhs": bound.rhs, "holds": bound.holds},
-        "full_loss": list(full_loss),
-        "epoch_ends": list(epoch_ends),
         "f_star": f_star,
-        "final_loss": full_loss[-1],
-        "loss_threshold": options.loss_threshold,
-        "steps_to_threshold": steps_thr,
-        "epochs_to_threshold": epochs_thr,
-        "auc_log_loss": P.auc_log_loss(full_loss),
+        **speed_summary(full_loss, epoch_ends, options.loss_threshold),
         "options": {"eps": list(options.eps), "tau": options.tau,
                     "max_fraction": options.max_fraction,
                     "delta": "eta/2" if options.delta is None else options.delta,
                     "window": "converging phase" if options.window is None else "given"},
+    }
+
+
+def speed_summary(full_loss: list[float], epoch_ends: list[int], threshold: float) -> dict:
+    """Convergence speed of the whole run, whatever the reference point."""
+    if len(full_loss) > 1:
+        steps_thr, epochs_thr = P.steps_to_threshold(full_loss, epoch_ends, threshold)
+        auc = P.auc_log_loss(full_loss)
+    else:  # no epoch completed (a run that diverged in its first epoch)
+        steps_thr, epochs_thr = (0, 0) if full_loss[0] <= threshold else (None, None)
+        auc = math.nan
+    return {
+        "full_loss": list(full_loss),
+        "epoch_ends": list(epoch_ends),
+        "final_loss": full_loss[-1],
+        "loss_threshold": threshold,
+        "steps_to_threshold": steps_thr,
+        "epochs_to_threshold": epochs_thr,
+        "auc_log_loss": auc,
     }

@@ -27,8 +27,7 @@ from trajreg.record.recorder import Recorder, flat_params, optimizer_params
 from trajreg.record.store import TrajectoryStore
 from trajreg.run import analysis
 from trajreg.run.figures import write_figures
-from trajreg.run.rundir import (atomic_dir, read_json, require_run_dir, write_json,
-                                write_parquet)
+from trajreg.run.rundir import atomic_dir, read_json, require_run_dir, write_json, write_parquet
 from trajreg.train.config import RunConfig, load_config
 from trajreg.train.data import Dataset, load_data
 from trajreg.train.loop import TrainLog, batches, build, full_loss, minibatch_loss, train
@@ -167,8 +166,13 @@ def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None,
                                 loss_star=measured["loss_star"], D=measured["D"],
                                 a=measured["a"], s=measured["s"], epoch_ends=log.epoch_ends,
                                 full_loss=log.full_loss, delta=options.delta)
-    summary = analysis.summarize(table, full_loss=log.full_loss, epoch_ends=log.epoch_ends,
-                                 reference_step=k, f_star=measured["f_star"], options=options)
+    if cfg.record.mode == "off":
+        summary = {"n_steps": T, **analysis.speed_summary(log.full_loss, log.epoch_ends,
+                                                           options.loss_threshold)}
+    else:
+        summary = analysis.summarize(table, full_loss=log.full_loss, epoch_ends=log.epoch_ends,
+                                     reference_step=k, f_star=measured["f_star"],
+                                     options=options)
     summary.update({
         "record_mode": cfg.record.mode, "reference": cfg.analysis.reference, "n_params": n,
         "diverged": log.diverged_step is not None, "diverged_step": log.diverged_step,
@@ -231,6 +235,9 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
     table = pd.read_parquet(run_dir / "metrics.parquet")
     old = read_json(run_dir / "summary.json")
     log = _log_from_run(run_dir, table, old)
+    if window is not None and not 0 <= window[0] < window[1] <= len(table):
+        raise UserError(f"--window {window[0]}:{window[1]} is not inside the run's "
+                        f"{len(table)} steps")
     if reference is not None:
         cfg.analysis.reference = reference
     if eps is not None:

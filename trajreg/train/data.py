@@ -33,7 +33,8 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return bunch.data.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
+    images = bunch.images.astype(np.float32)[:, None] / 16.0  # (n, 1, 8, 8)
+    return images, bunch.target.astype(np.int64)
 
 
 DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"digits": _digits}

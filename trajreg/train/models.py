@@ -40,12 +40,39 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (conv -> norm -> activation, then 2x2 max pooling) and a linear
+    classifier; ``width`` is the channel count of the first block."""
+
+    def __init__(self, in_channels: int, side: int, n_out: int, width: int, activation: str,
+                 norm: str) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            bn = nn.BatchNorm2d(c_out) if norm == "batch" else nn.Identity()
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), bn, ACTIVATION_LAYERS[activation](),
+                    nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
+        self.classifier = nn.Linear(2 * width * (side // 4) ** 2, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+def _cnn(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    if len(input_shape) != 3 or input_shape[1] < 4:
+        raise ValueError(f"model cnn needs image inputs (C, H, W), got shape {input_shape}")
+    return SmallCNN(input_shape[0], input_shape[1], n_classes, cfg.width, cfg.activation,
+                    cfg.norm)
+
+
 def _mlp(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     return MLP(math.prod(input_shape), n_classes, cfg.depth, cfg.width, cfg.activation,
                cfg.norm, cfg.dropout)
 
 
-MODELS = {"mlp": _mlp}
+MODELS = {"mlp": _mlp, "cnn": _cnn}
 
 
 def build_model(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:

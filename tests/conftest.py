@@ -1,0 +1,32 @@
+"""Shared fixtures: small, real configurations that train in about a second."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+TINY = {
+    "seed": 0,
+    "data": {"name": "digits", "batch_size": 64, "subset": 512},
+    "model": {"name": "mlp", "depth": 3, "width": 32, "activation": "relu", "norm": "batch"},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "train": {"epochs": 3},
+    "record": {"mode": "store"},
+}
+
+
+def tiny(**sections) -> dict:
+    """TINY with sections updated, e.g. ``tiny(optim={"name": "adam", "lr": 1e-3})``."""
+    cfg = copy.deepcopy(TINY)
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny

@@ -1,0 +1,78 @@
+"""The ``trajreg`` command: real subprocesses, exit codes, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import tiny
+from trajreg.run.rundir import read_json
+
+
+def _cli(*args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "trajreg.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def _write(path, cfg):
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"optim": {"lr": -1.0}}, "optim.lr"),
+    ({"data": {"batch_size": 0}}, "data.batch_size"),
+    ({"model": {"name": "resnet9000"}}, "model.name"),
+    ({"data": {"name": "imagenet"}}, "data.name"),
+    ({"train": {"epochs": "many"}}, "train.epochs"),
+    ({"record": {"mode": "tape", "extra": 1}}, "record.extra"),
+])
+def test_bad_config_exit_2_names_key_writes_nothing(change, key, tmp_path):
+    config = _write(tmp_path / "bad.yaml", tiny(**change))
+    proc = _cli("run", config, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"trajreg: error: {key}:"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_run_then_analyze_and_bad_paths(tmp_path):
+    config = _write(tmp_path / "ok.yaml", tiny())
+    proc = _cli("run", config, "--out", tmp_path / "r", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "gamma_hat(eps=0.05)" in proc.stdout and "run directory:" in proc.stdout
+    assert "\r" not in proc.stderr  # no progress bar when not a terminal
+    proc = _cli("analyze", tmp_path / "r", "--eps", "0,0.2", "--window", "0:10", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert read_json(tmp_path / "r" / "summary.json")["window"] == [0, 10]
+    # existing output, missing run, bad options: exit 2 with one message
+    for args in (("run", config, "--out", tmp_path / "r"), ("analyze", tmp_path / "nope"),
+                 ("analyze", tmp_path / "r", "--window", "9:3"),
+                 ("analyze", tmp_path / "r", "--eps", "2"),
+                 ("analyze", tmp_path / "r", "--window", "0:9999")):
+        proc = _cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.strip(), args
+
+
+def test_killed_run_never_looks_finished(tmp_path):
+    config = _write(tmp_path / "long.yaml", tiny(train={"epochs": 400}))
+    proc = subprocess.Popen([sys.executable, "-m", "trajreg.cli", "run", str(config), "--out",
+                             str(tmp_path / "r")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".r.partial-*/trajectory/x-0000.npy")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "r").exists()
+    assert len(list(tmp_path.glob(".r.partial-*"))) == 1
+    assert _cli("analyze", tmp_path / "r", cwd=tmp_path).returncode == 2
