@@ -14,6 +14,8 @@ import yaml
 from tests.conftest import tiny
 from trajreg.run.rundir import read_json
 
+pytestmark = pytest.mark.slow
+
 
 def _cli(*args, cwd, **kw):
     return subprocess.run([sys.executable, "-m", "trajreg.cli", *map(str, args)], cwd=cwd,

@@ -19,6 +19,8 @@ from trajreg.train.config import load_config
 from trajreg.train.data import load_data
 from trajreg.train.loop import TrainLog, batches, build, minibatch_loss
 
+pytestmark = pytest.mark.slow
+
 OPTIMS = {
     "sgd": {"name": "sgd", "lr": 0.05},
     "momentum": {"name": "momentum", "lr": 0.02},
