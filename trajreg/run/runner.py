@@ -30,7 +30,7 @@ from trajreg.run.figures import write_figures
 from trajreg.run.rundir import atomic_dir, read_json, require_run_dir, write_json, write_parquet
 from trajreg.train.config import RunConfig, load_config
 from trajreg.train.data import Dataset, load_data
-from trajreg.train.loop import TrainLog, batches, build, full_loss, minibatch_loss, train
+from trajreg.train.loop import TrainLog, batches, build, evaluate, full_loss, minibatch_loss, train
 from trajreg.train.models import n_params
 
 
@@ -155,7 +155,7 @@ def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: dict) -> TrainLog
 
 
 def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None, k: int,
-            options: analysis.AnalysisOptions, n: int) -> dict:
+            options: analysis.AnalysisOptions, n: int, task: str, evaluation: dict) -> dict:
     """Write metrics.parquet, figures and summary.json (last) into ``run_dir``."""
     T = log.steps
     if measured is None:  # record mode off: losses only
@@ -174,6 +174,8 @@ def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None,
                                      reference_step=k, f_star=measured["f_star"],
                                      options=options)
     summary.update({
+        "task": task,
+        "evaluation": evaluation,
         "record_mode": cfg.record.mode, "reference": cfg.analysis.reference, "n_params": n,
         "diverged": log.diverged_step is not None, "diverged_step": log.diverged_step,
     })
@@ -211,7 +213,9 @@ def run(cfg: RunConfig, out: str | Path) -> tuple[Path, dict]:
         else:
             measured = None
         options = analysis.AnalysisOptions.from_config(cfg.analysis)
-        summary = _finish(tmp, cfg, log, measured, k, options, n_params(model))
+        evaluation = evaluate(cfg, model, data)
+        summary = _finish(tmp, cfg, log, measured, k, options, n_params(model), data.task,
+                          evaluation)
     return out, summary
 
 
@@ -261,4 +265,5 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         else:
             measured = measure_replay(cfg, data, log, final_state, k)
     options = analysis.AnalysisOptions.from_config(cfg.analysis, window=window)
-    return _finish(run_dir, cfg, log, measured, k, options, old["n_params"])
+    return _finish(run_dir, cfg, log, measured, k, options, old["n_params"], old["task"],
+                   old["evaluation"])

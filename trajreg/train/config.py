@@ -17,10 +17,11 @@ import yaml
 
 from trajreg.errors import ConfigError
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
-NORMS = ("none", "batch")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-SCHEDULES = ("constant",)
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "identity")
+NORMS = ("none", "batch", "layer", "group")
+INITS = ("default", "kaiming", "xavier", "orthogonal")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
 RECORD_MODES = ("store", "replay", "off")
 REFERENCES = ("final", "best")
 
@@ -29,8 +30,11 @@ REFERENCES = ("final", "best")
 class DataConfig:
     name: str = "digits"
     batch_size: int = 64
-    subset: int | None = None
-    test_fraction: float = 0.2
+    subset: int | None = None  # keep the first N training examples
+    test_fraction: float = 0.2  # for data sets without their own test split
+    resize: int | None = None  # resize images to this side (bilinear; masks: nearest)
+    normalize: bool = True  # standardise with the training set's statistics
+    root: str | None = None  # directory holding mnist / fashion_mnist / cifar10 files
 
     def validate(self) -> None:
         from trajreg.train.data import DATASETS
@@ -39,6 +43,8 @@ class DataConfig:
         _positive("data.batch_size", self.batch_size)
         if self.subset is not None:
             _positive("data.subset", self.subset)
+        if self.resize is not None:
+            _positive("data.resize", self.resize)
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction: must be in [0, 1), got {self.test_fraction}")
 
@@ -46,20 +52,29 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    depth: int = 6
-    width: int = 64
+    variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the default
+    depth: int = 6  # mlp: number of linear layers
+    width: float = 64  # mlp: hidden units; convolutional nets: multiplier on every layer
     activation: str = "relu"
     norm: str = "none"
-    dropout: float = 0.0
+    skip: bool = True  # resnet, unet: the skip connections
+    dropout: float = 0.0  # mlp, alexnet
+    init: str = "default"
 
     def validate(self) -> None:
-        from trajreg.train.models import MODELS
+        from trajreg.train.models import MODELS, VARIANTS
 
         _choice("model.name", self.name, tuple(MODELS))
+        if self.variant is not None:
+            _choice("model.variant", self.variant, VARIANTS.get(self.name, ()))
         _positive("model.depth", self.depth)
         _positive("model.width", self.width)
+        if self.name == "mlp" and self.width != int(self.width):
+            raise ConfigError(f"model.width: the mlp's hidden units must be a whole number, "
+                              f"got {self.width}")
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.norm", self.norm, NORMS)
+        _choice("model.init", self.init, INITS)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
@@ -68,10 +83,13 @@ class ModelConfig:
 class OptimConfig:
     name: str = "sgd"
     lr: float = 0.05
-    momentum: float | None = None  # None: 0.9 for the momentum optimizer, else unused
+    momentum: float | None = None  # None: 0.9 for momentum and nesterov, else 0
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    schedule: str = "constant"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    schedule: str = "constant"  # constant | step | cosine | warmup_cosine
+    step_epochs: int = 10  # step: decay the lr every this many epochs ...
+    decay: float = 0.1  # ... by this factor
+    warmup_epochs: int = 1  # warmup_cosine: linear warmup over this many epochs
 
     def validate(self) -> None:
         _choice("optim.name", self.name, OPTIMIZERS)
@@ -83,10 +101,19 @@ class OptimConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {self.betas}")
         _choice("optim.schedule", self.schedule, SCHEDULES)
+        _positive("optim.step_epochs", self.step_epochs)
+        if not 0.0 < self.decay <= 1.0:
+            raise ConfigError(f"optim.decay: must be in (0, 1], got {self.decay}")
+        _positive("optim.warmup_epochs", self.warmup_epochs)
+        if self.name == "nesterov" and self.momentum == 0.0:
+            raise ConfigError("optim.momentum: nesterov needs momentum > 0")
+        if self.name in ("adam", "adamw", "adagrad") and self.momentum:
+            raise ConfigError(f"optim.momentum: {self.name} takes no momentum"
+                              + (" (set optim.betas)" if self.name != "adagrad" else ""))
 
     def resolve(self) -> None:
         if self.momentum is None:
-            self.momentum = 0.9 if self.name == "momentum" else 0.0
+            self.momentum = 0.9 if self.name in ("momentum", "nesterov") else 0.0
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from trajreg.train.data import Dataset
+from trajreg.train.metrics import accuracy, confusion_matrix, mean_iou
 from trajreg.train.models import build_model
 from trajreg.train.optim import build_optimizer, build_scheduler
 
@@ -57,17 +58,44 @@ def minibatch_loss(cfg, model: torch.nn.Module, data: Dataset, idx: torch.Tensor
 
 
 @torch.no_grad()
-def full_loss(cfg, model: torch.nn.Module, data: Dataset, chunk: int = 4096) -> float:
-    """F(x): mean training-set loss in eval mode (no BN statistics are updated)."""
+def _eval(cfg, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+          chunk: int = 1024) -> tuple[float, np.ndarray | None]:
+    """Mean loss (per sample, or per pixel for segmentation) in eval mode, so no BN
+    statistics are updated; with ``n_classes``, also the confusion matrix."""
     was_training = model.training
     model.eval()
-    total = 0.0
-    for i in range(0, len(data.x_train), chunk):
-        xb = data.x_train[i : i + chunk].to(cfg.train.device)
-        yb = data.y_train[i : i + chunk].to(cfg.train.device)
-        total += F.cross_entropy(model(xb), yb, reduction="sum").item()
+    total, confusion = 0.0, None
+    for i in range(0, len(x), chunk):
+        xb = x[i : i + chunk].to(cfg.train.device)
+        yb = y[i : i + chunk].to(cfg.train.device)
+        logits = model(xb)
+        total += F.cross_entropy(logits, yb, reduction="sum").item()
+        if n_classes:
+            m = confusion_matrix(logits.argmax(1), yb, n_classes)
+            confusion = m if confusion is None else confusion + m
     model.train(was_training)
-    return total / len(data.x_train)
+    return total / y.numel(), confusion
+
+
+def full_loss(cfg, model: torch.nn.Module, data: Dataset) -> float:
+    """F(x): mean training-set loss in eval mode."""
+    return _eval(cfg, model, data.x_train, data.y_train, 0)[0]
+
+
+def evaluate(cfg, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+    """Loss and accuracy (classification) or pixel loss, pixel accuracy and mean IoU
+    (segmentation) on the training and test sets."""
+    out = {}
+    for split, x, y in (("train", data.x_train, data.y_train),
+                        ("test", data.x_test, data.y_test)):
+        if len(x) == 0:
+            continue
+        loss, confusion = _eval(cfg, model, x, y, data.n_classes)
+        out[f"{split}_loss"] = loss
+        out[f"{split}_accuracy"] = accuracy(confusion)
+        if getattr(data, "task", "classification") == "segmentation":
+            out[f"{split}_mean_iou"] = mean_iou(confusion)
+    return out
 
 
 def build(cfg, data: Dataset):
@@ -75,7 +103,8 @@ def build(cfg, data: Dataset):
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)
     optimizer = build_optimizer(cfg.optim, model.parameters())
-    scheduler = build_scheduler(cfg.optim, optimizer, total_steps(cfg, data))
+    scheduler = build_scheduler(cfg.optim, optimizer, total_steps(cfg, data),
+                                steps_per_epoch(cfg, data))
     return model, optimizer, scheduler
 
 

@@ -1,23 +1,168 @@
-"""The study's networks; every training technique is a switch that changes nothing else."""
+"""The study's networks; every training technique is a switch that changes nothing else.
+
+Models (``MODELS``), built by ``build_model(cfg, input_shape, n_classes)``:
+
+* ``mlp`` -- ``depth`` linear layers, ``int(width)`` hidden units; each hidden layer is
+  Linear -> norm -> activation (-> Dropout when ``dropout > 0``). Any input shape is
+  flattened, so (F,) and (C, L) inputs work.
+* ``cnn`` -- the small benchmark CNN: two blocks conv3x3 -> norm -> activation -> max-pool 2,
+  then one Linear. Base channels 1 and 2, so ``width`` is the first block's channel count
+  (width 16: 16 and 32 channels). Needs images of side >= 4.
+* ``alexnet`` -- CIFAR-style AlexNet. Five convs with base channels 64-192-384-256-256
+  (conv1 and conv2 5x5, conv3-5 3x3, all stride 1 with "same" padding), each
+  conv -> norm -> activation, with 2x2 max-pooling after conv1, conv2 and conv5; then three
+  Linear layers: features -> 1024 -> 1024 -> n_classes (hidden size base 1024, scaled by
+  ``width``), activation after the two hidden ones and Dropout before each of the first
+  two when ``dropout > 0``. Needs images of side >= 8 (32x32: 256 x 4 x 4 features).
+* ``vgg`` -- VGG-11/13/16/19 convolution stacks (base channels 64..512), conv3x3 -> norm
+  -> activation, five 2x2 max-poolings, then a single Linear classifier on the flattened
+  features (the usual CIFAR VGG; 512 features at 32x32). Needs images of side >= 32.
+* ``resnet`` -- ``resnet20/32/56``: He et al.'s CIFAR ResNets, a 3x3 stem and three stages
+  of 3/5/9 BasicBlocks with base channels 16/32/64, parameter-free "option A" shortcuts
+  (stride-2 subsampling plus zero-padding of the new channels).
+  ``resnet18/34``: BasicBlocks [2,2,2,2] / [3,4,6,3] with base channels 64..512, a
+  CIFAR-style 3x3 stride-1 stem without max-pooling, projection shortcuts (1x1 conv ->
+  norm) where the shape changes. Both end in global average pooling and one Linear.
+  A block computes activation(F(x) + shortcut(x)); with ``skip: false`` it computes
+  activation(F(x)) and has no shortcut module.
+* ``unet`` -- a U-Net with three 2x2 max-pool downsamplings: encoder double-conv blocks of
+  base 16, 32, 64 channels, a 128-channel bottleneck, decoder levels of 2x2 stride-2
+  transposed convs (halving the channels) whose output is concatenated with the
+  encoder's features at that level and fed to a double-conv, then a 1x1 conv to
+  ``n_classes`` logits per pixel: output (N, n_classes, H, W). A double-conv is
+  (conv3x3 -> norm -> activation) twice. With ``skip: false`` zeros of the encoder
+  features' shape are concatenated instead, so every layer keeps its size.
+  Needs H and W to be multiples of 8.
+
+Switches, shared by every model:
+
+* ``activation`` -- ``ACTIVATION_LAYERS``; ``identity`` (``nn.Identity``) makes the network
+  linear. ``nn.Identity`` is used for nothing else, so every activation is a module.
+* ``norm`` -- ``none`` adds no module at all; for conv features ``batch`` is BatchNorm2d,
+  ``layer`` GroupNorm(1, C) and ``group`` GroupNorm(gcd(C, 8), C) (``group_count``); for
+  the mlp's (N, width) features BatchNorm1d, LayerNorm and GroupNorm(gcd(width, 8), width).
+  AlexNet and VGG normalise their conv layers only (as torchvision's ``*_bn`` models).
+  Convs and Linears keep their biases either way, so the norm switch changes the
+  parameter count by exactly the norm layers' affine parameters.
+* ``width`` -- conv nets: every layer's channels are ``max(1, round(base * width))``
+  (``channels``), hidden FC sizes included; width 1 is the standard size.
+* ``init`` -- ``default`` keeps PyTorch's initialisation. ``kaiming``
+  (``kaiming_normal_``, fan_in, gain of the activation: relu for relu/elu/gelu,
+  leaky_relu with slope 0.01, tanh, sigmoid, linear for identity), ``xavier``
+  (``xavier_normal_``) and ``orthogonal`` (``orthogonal_``) set the weight of every
+  Linear, conv and transposed conv and zero its bias; norm layers get weight 1, bias 0.
+
+Classifier input sizes are computed analytically from ``input_shape`` (no dry forward),
+so building consumes the global torch RNG only through the layers' own initialisation
+and is deterministic given ``torch.manual_seed``. Inputs a model cannot take raise
+``ConfigError`` with a message starting ``"model.name: "``.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-ACTIVATION_LAYERS = {
+from trajreg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trajreg.train.config import ModelConfig
+
+ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "identity": nn.Identity,
 }
 
+# The module types each technique adds; tests strip them to compare forward graphs.
+TECHNIQUE_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
+    "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm),
+    "activation": (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity),
+    "dropout": (nn.Dropout,),
+}
 
-def _norm1d(kind: str, width: int) -> nn.Module:
-    return nn.BatchNorm1d(width) if kind == "batch" else nn.Identity()
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "vgg": ("vgg11", "vgg13", "vgg16", "vgg19"),
+    "resnet": ("resnet20", "resnet32", "resnet56", "resnet18", "resnet34"),
+}
 
+_KAIMING_GAIN = {"relu": "relu", "elu": "relu", "gelu": "relu", "leaky_relu": "leaky_relu",
+                 "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear"}
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+def channels(base: int, width: float) -> int:
+    """A layer's channel count: ``max(1, round(base * width))``."""
+    return max(1, round(base * width))
+
+
+def group_count(c: int) -> int:
+    """GroupNorm's group count for ``c`` channels: gcd(c, 8), which always divides c."""
+    return math.gcd(c, 8)
+
+
+def _act(name: str) -> nn.Module:
+    return ACTIVATION_LAYERS[name]()
+
+
+def _norm2d(kind: str, c: int) -> list[nn.Module]:
+    """The norm layer for conv features with ``c`` channels: none adds no module."""
+    if kind == "none":
+        return []
+    if kind == "batch":
+        return [nn.BatchNorm2d(c)]
+    if kind == "layer":
+        return [nn.GroupNorm(1, c)]
+    if kind == "group":
+        return [nn.GroupNorm(group_count(c), c)]
+    raise ConfigError(f"model.norm: unknown value {kind!r}")
+
+
+def _norm1d(kind: str, c: int) -> list[nn.Module]:
+    """The norm layer for (N, c) features: none adds no module."""
+    if kind == "none":
+        return []
+    if kind == "batch":
+        return [nn.BatchNorm1d(c)]
+    if kind == "layer":
+        return [nn.LayerNorm(c)]
+    if kind == "group":
+        return [nn.GroupNorm(group_count(c), c)]
+    raise ConfigError(f"model.norm: unknown value {kind!r}")
+
+
+def _conv_block(c_in: int, c_out: int, k: int, activation: str, norm: str,
+                stride: int = 1) -> list[nn.Module]:
+    """conv(k x k, "same" padding) -> norm -> activation."""
+    return [nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2),
+            *_norm2d(norm, c_out), _act(activation)]
+
+
+def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"model.name: {name} needs image inputs (C, H, W), got shape "
+                          f"{tuple(input_shape)}; use model.name: mlp for vector inputs")
+    c, h, w = (int(s) for s in input_shape)
+    return c, h, w
+
+
+def _min_side(name: str, hw: tuple[int, int], side: int, why: str) -> None:
+    if min(hw) < side:
+        raise ConfigError(f"model.name: {name} needs images of side >= {side} ({why}), got "
+                          f"{hw[0]}x{hw[1]}; set data.resize to {side} or more")
+
+
+# ----------------------------------------------------------------------------- mlp and cnn
 
 class MLP(nn.Module):
     """``depth`` linear layers; each hidden layer is Linear -> norm -> activation (-> dropout)."""
@@ -28,8 +173,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         size = n_in
         for _ in range(depth - 1):
-            layers += [nn.Linear(size, width), _norm1d(norm, width),
-                       ACTIVATION_LAYERS[activation]()]
+            layers += [nn.Linear(size, width), *_norm1d(norm, width), _act(activation)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             size = width
@@ -44,41 +188,317 @@ class SmallCNN(nn.Module):
     """Two 3x3 conv blocks (conv -> norm -> activation, then 2x2 max pooling) and a linear
     classifier; ``width`` is the channel count of the first block."""
 
-    def __init__(self, in_channels: int, side: int, n_out: int, width: int, activation: str,
-                 norm: str) -> None:
+    def __init__(self, in_channels: int, hw: tuple[int, int], n_out: int, width: int,
+                 activation: str, norm: str) -> None:
         super().__init__()
-
-        def block(c_in: int, c_out: int) -> list[nn.Module]:
-            bn = nn.BatchNorm2d(c_out) if norm == "batch" else nn.Identity()
-            return [nn.Conv2d(c_in, c_out, 3, padding=1), bn, ACTIVATION_LAYERS[activation](),
-                    nn.MaxPool2d(2)]
-
-        self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
-        self.classifier = nn.Linear(2 * width * (side // 4) ** 2, n_out)
+        self.features = nn.Sequential(
+            *_conv_block(in_channels, width, 3, activation, norm), nn.MaxPool2d(2),
+            *_conv_block(width, 2 * width, 3, activation, norm), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(2 * width * (hw[0] // 4) * (hw[1] // 4), n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
 
-def _cnn(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    if len(input_shape) != 3 or input_shape[1] < 4:
-        raise ValueError(f"model cnn needs image inputs (C, H, W), got shape {input_shape}")
-    return SmallCNN(input_shape[0], input_shape[1], n_classes, cfg.width, cfg.activation,
-                    cfg.norm)
+# ----------------------------------------------------------------------------- alexnet and vgg
+
+class AlexNet(nn.Module):
+    """CIFAR-style AlexNet: five conv layers, three max-poolings, three Linear layers."""
+
+    CONVS = ((64, 5), (192, 5), (384, 3), (256, 3), (256, 3))  # (base channels, kernel)
+    POOL_AFTER = (0, 1, 4)
+    FC = 1024  # base hidden size of the two hidden Linear layers
+
+    def __init__(self, in_channels: int, hw: tuple[int, int], n_out: int, width: float,
+                 activation: str, norm: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, (h, w) = in_channels, hw
+        for i, (base, k) in enumerate(self.CONVS):
+            layers += _conv_block(c, channels(base, width), k, activation, norm)
+            c = channels(base, width)
+            if i in self.POOL_AFTER:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        hidden = channels(self.FC, width)
+        head: list[nn.Module] = []
+        size = c * h * w
+        for _ in range(2):
+            if dropout > 0:
+                head.append(nn.Dropout(dropout))
+            head += [nn.Linear(size, hidden), _act(activation)]
+            size = hidden
+        head.append(nn.Linear(size, n_out))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
+
+
+class VGG(nn.Module):
+    """VGG conv stack (conv3x3 -> norm -> activation, five max-poolings) and one Linear."""
+
+    def __init__(self, variant: str, in_channels: int, hw: tuple[int, int], n_out: int,
+                 width: float, activation: str, norm: str) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, (h, w) = in_channels, hw
+        for item in VGG_CONFIGS[variant]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            else:
+                layers += _conv_block(c, channels(int(item), width), 3, activation, norm)
+                c = channels(int(item), width)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * h * w, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+# ----------------------------------------------------------------------------- resnet
+
+class SubsamplePad(nn.Module):
+    """He et al.'s parameter-free "option A" shortcut: take every ``stride``-th pixel and
+    zero-pad the new channels, split evenly before and after the old ones."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.before = (c_out - c_in) // 2
+        self.after = c_out - c_in - self.before
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.before, self.after))
+
+
+class BasicBlock(nn.Module):
+    """activation(F(x) + shortcut(x)), F = conv3x3 -> norm -> activation -> conv3x3 -> norm.
+
+    ``shortcut`` is ``"A"`` (``SubsamplePad`` where the shape changes) or ``"B"`` (1x1 conv
+    -> norm where the shape changes); the identity otherwise. ``skip=False`` drops the
+    shortcut: the block computes activation(F(x)) and holds no shortcut module.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, activation: str, norm: str,
+                 skip: bool, shortcut: str) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            *_conv_block(c_in, c_out, 3, activation, norm, stride=stride),
+            nn.Conv2d(c_out, c_out, 3, padding=1), *_norm2d(norm, c_out),
+        )
+        self.skip = skip
+        self.shortcut: nn.Module | None = None
+        if skip and (stride != 1 or c_in != c_out):
+            if shortcut == "A":
+                self.shortcut = SubsamplePad(c_in, c_out, stride)
+            else:
+                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride),
+                                              *_norm2d(norm, c_out))
+        self.act = _act(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        if self.skip:
+            out = out + (x if self.shortcut is None else self.shortcut(x))
+        return self.act(out)
+
+
+# variant -> (blocks per stage, base channels per stage, stem base channels, shortcut type)
+RESNET_CONFIGS: dict[str, tuple[tuple[int, ...], tuple[int, ...], int, str]] = {
+    "resnet20": ((3, 3, 3), (16, 32, 64), 16, "A"),
+    "resnet32": ((5, 5, 5), (16, 32, 64), 16, "A"),
+    "resnet56": ((9, 9, 9), (16, 32, 64), 16, "A"),
+    "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), 64, "B"),
+    "resnet34": ((3, 4, 6, 3), (64, 128, 256, 512), 64, "B"),
+}
+
+
+class ResNet(nn.Module):
+    """3x3 stem (conv -> norm -> activation), stages of BasicBlocks (stride 2 at the start of
+    every stage but the first), global average pooling, one Linear."""
+
+    def __init__(self, variant: str, in_channels: int, n_out: int, width: float,
+                 activation: str, norm: str, skip: bool) -> None:
+        super().__init__()
+        blocks, bases, stem, shortcut = RESNET_CONFIGS[variant]
+        c = channels(stem, width)
+        self.stem = nn.Sequential(*_conv_block(in_channels, c, 3, activation, norm))
+        stages: list[nn.Module] = []
+        for i, (n, base) in enumerate(zip(blocks, bases, strict=True)):
+            layers = []
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(BasicBlock(c, channels(base, width), stride, activation, norm,
+                                         skip, shortcut))
+                c = channels(base, width)
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.stages(self.stem(x))).flatten(1))
+
+
+# ----------------------------------------------------------------------------- unet
+
+def _double_conv(c_in: int, c_out: int, activation: str, norm: str) -> nn.Sequential:
+    return nn.Sequential(*_conv_block(c_in, c_out, 3, activation, norm),
+                         *_conv_block(c_out, c_out, 3, activation, norm))
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with ``LEVELS`` downsamplings and encoder-to-decoder skips.
+
+    ``skip=False`` concatenates zeros of the encoder features' shape in their place.
+    """
+
+    BASE = 16
+    LEVELS = 3
+
+    def __init__(self, in_channels: int, n_out: int, width: float, activation: str,
+                 norm: str, skip: bool) -> None:
+        super().__init__()
+        cs = [channels(self.BASE * 2**i, width) for i in range(self.LEVELS + 1)]
+        self.skip = skip
+        self.down = nn.ModuleList()
+        c = in_channels
+        for c_level in cs[:-1]:
+            self.down.append(_double_conv(c, c_level, activation, norm))
+            c = c_level
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _double_conv(c, cs[-1], activation, norm)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in reversed(range(self.LEVELS)):
+            self.up.append(nn.ConvTranspose2d(cs[i + 1], cs[i], 2, stride=2))
+            self.dec.append(_double_conv(2 * cs[i], cs[i], activation, norm))
+        self.head = nn.Conv2d(cs[0], n_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = []
+        for down in self.down:
+            x = down(x)
+            features.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, dec, feat in zip(self.up, self.dec, reversed(features), strict=True):
+            x = up(x)
+            if not self.skip:
+                feat = torch.zeros_like(feat)
+            x = dec(torch.cat([x, feat], 1))
+        return self.head(x)
+
+
+# ----------------------------------------------------------------------------- registry
+
+def _variant(cfg, name: str) -> str:
+    variant = cfg.variant if cfg.variant is not None else VARIANTS[name][0]
+    if variant not in VARIANTS[name]:
+        raise ConfigError(f"model.variant: unknown value {variant!r} for {name} "
+                          f"(allowed: {', '.join(VARIANTS[name])})")
+    return variant
 
 
 def _mlp(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return MLP(math.prod(input_shape), n_classes, cfg.depth, cfg.width, cfg.activation,
+    return MLP(math.prod(input_shape), n_classes, cfg.depth, int(cfg.width), cfg.activation,
                cfg.norm, cfg.dropout)
 
 
-MODELS = {"mlp": _mlp, "cnn": _cnn}
+def _cnn(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    c, h, w = _image_shape("cnn", input_shape)
+    _min_side("cnn", (h, w), 4, "2 max-poolings")
+    return SmallCNN(c, (h, w), n_classes, channels(1, cfg.width), cfg.activation, cfg.norm)
+
+
+def _alexnet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    c, h, w = _image_shape("alexnet", input_shape)
+    _min_side("alexnet", (h, w), 8, "3 max-poolings")
+    return AlexNet(c, (h, w), n_classes, cfg.width, cfg.activation, cfg.norm, cfg.dropout)
+
+
+def _vgg(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    variant = _variant(cfg, "vgg")
+    c, h, w = _image_shape("vgg", input_shape)
+    _min_side("vgg", (h, w), 32, "5 max-poolings")
+    return VGG(variant, c, (h, w), n_classes, cfg.width, cfg.activation, cfg.norm)
+
+
+def _resnet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    variant = _variant(cfg, "resnet")
+    c, _, _ = _image_shape("resnet", input_shape)
+    return ResNet(variant, c, n_classes, cfg.width, cfg.activation, cfg.norm, cfg.skip)
+
+
+def _unet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    c, h, w = _image_shape("unet", input_shape)
+    m = 2**UNet.LEVELS
+    if h % m or w % m:
+        side = max(m, -(-max(h, w) // m) * m)
+        raise ConfigError(f"model.name: unet needs images whose height and width are "
+                          f"multiples of {m} ({UNet.LEVELS} downsamplings), got {h}x{w}; "
+                          f"set data.resize to e.g. {side}")
+    return UNet(c, n_classes, cfg.width, cfg.activation, cfg.norm, cfg.skip)
+
+
+MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
+    "mlp": _mlp, "cnn": _cnn, "alexnet": _alexnet, "vgg": _vgg, "resnet": _resnet,
+    "unet": _unet,
+}
+
+
+def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> None:
+    """Apply ``scheme`` (see the module docstring) in place; ``default`` does nothing."""
+    if scheme == "default":
+        return
+    weighted = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    norms = TECHNIQUE_MODULES["norm"]
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, weighted):
+                if scheme == "kaiming":
+                    gain = _KAIMING_GAIN[activation]
+                    a = 0.01 if gain == "leaky_relu" else 0.0
+                    nn.init.kaiming_normal_(m.weight, a=a, mode="fan_in", nonlinearity=gain)
+                elif scheme == "xavier":
+                    nn.init.xavier_normal_(m.weight)
+                elif scheme == "orthogonal":
+                    nn.init.orthogonal_(m.weight)
+                else:
+                    raise ConfigError(f"model.init: unknown value {scheme!r}")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, norms) and getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
 
 def build_model(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """Build ``cfg.name`` (a ``ModelConfig``) for the data set's input shape and classes."""
-    return MODELS[cfg.name](cfg, input_shape, n_classes)
+    """Build ``cfg.name`` (a ``ModelConfig``) for the data set's input shape and classes,
+    then apply ``cfg.init``."""
+    if cfg.name not in MODELS:
+        raise ConfigError(f"model.name: unknown value {cfg.name!r} "
+                          f"(allowed: {', '.join(MODELS)})")
+    model = MODELS[cfg.name](cfg, tuple(input_shape), n_classes)
+    init_weights(model, cfg.init, cfg.activation)
+    return model
 
 
 def n_params(model: nn.Module) -> int:
+    """The number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
