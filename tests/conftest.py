@@ -30,3 +30,15 @@ def tiny(**sections) -> dict:
 @pytest.fixture
 def tiny_config():
     return tiny
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, and a busy 2-core machine is not
+    oversubscribed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -131,3 +131,35 @@ def test_analyze_recomputes_with_other_options(tmp_path):
         if mode == "store":
             best_store = best
     assert best["gamma_hat"] == pytest.approx(best_store["gamma_hat"], rel=1e-9)
+
+
+def test_segmentation_run_reports_pixel_loss_and_mean_iou(tmp_path):
+    out, summary = _run(tmp_path, data={"name": "shapes", "subset": 96, "batch_size": 16,
+                                        "resize": 16},
+                        model={"name": "unet", "width": 0.25, "norm": "batch"},
+                        optim={"name": "adam", "lr": 3e-3}, train={"epochs": 2})
+    assert summary["task"] == "segmentation"
+    ev = summary["evaluation"]
+    assert 0.0 <= ev["test_mean_iou"] <= 1.0 and ev["train_loss"] > 0
+    table = pd.read_parquet(out / "metrics.parquet")
+    D = np.append(table["D"].to_numpy(), 0.0)
+    assert np.max(np.abs(identity_residual(D, table["a"], table["s"], table["lr"]))) \
+        <= 1e-10 * D.max()
+    assert np.isfinite(summary["gamma_hat"]["0.05"])
+    # classification runs report accuracy instead
+    _, cls = _run(tmp_path, "cls")
+    assert "test_accuracy" in cls["evaluation"] and "test_mean_iou" not in cls["evaluation"]
+
+
+def test_scheduled_lr_is_each_steps_eta(tmp_path):
+    from trajreg.train.optim import lr_factor
+
+    out, _ = _run(tmp_path, optim={"name": "nesterov", "lr": 0.05, "schedule": "warmup_cosine"})
+    table = pd.read_parquet(out / "metrics.parquet")
+    cfg = load_run_config(out)
+    f = lr_factor(cfg.optim, len(table), 512 // 64)
+    assert table["lr"].tolist() == pytest.approx([0.05 * f(t) for t in range(len(table))],
+                                                 rel=1e-12)
+    D = np.append(table["D"].to_numpy(), 0.0)
+    assert np.max(np.abs(identity_residual(D, table["a"], table["s"], table["lr"]))) \
+        <= 1e-10 * D.max()
