@@ -7,7 +7,6 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import tiny
 from trajreg.principle import identity_residual, trajectory_quantities
