@@ -45,6 +45,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train, record and analyse one run")
     r.add_argument("config", help="run config (YAML)")
     r.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
+    r.add_argument("--no-figures", action="store_true",
+                   help="skip the PNG figures (trajreg analyze draws them later)")
     a = sub.add_parser("analyze", help="recompute the analysis of a finished run")
     a.add_argument("run_dir")
     a.add_argument("--reference", choices=["final", "best"])
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config)
             out = Path(args.out) if args.out else runner.default_out(args.config)
-            out, summary = runner.run(cfg, out)
+            out, summary = runner.run(cfg, out, figures=not args.no_figures)
             if cfg.record.mode != "off":
                 _print_summary(summary)
             print(f"run directory: {out}")

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,18 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 
 
 class TrajectoryWriter:
-    """Appends rows x_t (and eta_t) to segment memmaps; memory stays O(d)."""
+    """Appends rows x_t (and eta_t) to segment files; memory stays O(d).
+
+    Rows are staged in one of two RAM buffers; a full buffer is written to the
+    preallocated ``.npy`` file by a background thread while training fills the
+    other, so the training loop pays for a copy, not for the disk. (Writing each row
+    through a memmap cost a page fault per page and dominated small models' steps.)
+    The sidecar only ever counts rows already written to the files.
+    """
 
     def __init__(self, directory: str | Path, d: int, dtype: np.dtype | str = np.float32,
-                 capacity: int = 4096, sync_seconds: float = 5.0) -> None:
+                 capacity: int = 4096, sync_seconds: float = 5.0,
+                 buffer_bytes: int = 8 << 20) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         if (self.dir / SIDECAR).exists():
@@ -45,64 +54,121 @@ class TrajectoryWriter:
         self.capacity = max(1, int(capacity))
         self.sync_seconds = sync_seconds
         self.segments: list[dict] = []
-        self.rows = 0  # valid x rows
-        self.steps = 0  # valid lr entries
-        self._x: np.memmap | None = None
-        self._lr: np.memmap | None = None
+        self.rows = 0  # rows committed (buffered, in flight or on disk)
+        self.steps = 0  # lr entries committed
+        self._queued_rows = self._queued_steps = 0  # handed to the writer thread
+        self._disk_rows = self._disk_steps = 0  # known to be in the files
+        n_buf = max(1, min(256, buffer_bytes // max(1, self.d * self.dtype.itemsize)))
+        self._bufs = [np.empty((n_buf, self.d), self.dtype) for _ in range(2)]
+        self._lr_bufs = [np.empty(n_buf, np.float64) for _ in range(2)]
+        self._cur = 0
+        self._buf_n = 0  # rows in the current buffer (all in the current segment)
+        self._files: tuple | None = None  # (x file, x data offset, lr file, lr data offset)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajreg-writer")
+        self._pending: tuple[Future, int, int, dict] | None = None
         self._last_sync = time.monotonic()
         self.closed = False
         self._sync()
 
     def _open_segment(self) -> None:
-        self._flush()
+        self._close_files()
         k = len(self.segments)
         xf, lf = f"x-{k:04d}.npy", f"lr-{k:04d}.npy"
-        self._x = np.lib.format.open_memmap(self.dir / xf, mode="w+", dtype=self.dtype,
-                                            shape=(self.capacity, self.d))
-        self._lr = np.lib.format.open_memmap(self.dir / lf, mode="w+", dtype=np.float64,
-                                             shape=(self.capacity,))
+        files: list = []
+        for name, shape, dtype in ((xf, (self.capacity, self.d), self.dtype),
+                                   (lf, (self.capacity,), np.dtype(np.float64))):
+            # open_memmap writes the .npy header and sizes the (sparse) file
+            mm = np.lib.format.open_memmap(self.dir / name, mode="w+", dtype=dtype, shape=shape)
+            offset = mm.offset
+            del mm
+            files += [open(self.dir / name, "r+b"), offset]  # noqa: SIM115 - see _close_files
+        self._files = tuple(files)
         self.segments.append({"x": xf, "lr": lf, "rows": 0, "steps": 0})
 
     def next_row(self) -> np.ndarray:
-        """The writable memmap row that will hold the next iterate (x_{rows})."""
-        seg_row = self.rows % self.capacity
-        if seg_row == 0:
+        """The writable buffer row that will hold the next iterate (x_{rows})."""
+        if self.rows % self.capacity == 0:
+            self._write_buffer()
             self._open_segment()
-        return self._x[seg_row]
+        elif self._buf_n == len(self._bufs[self._cur]):
+            self._write_buffer()
+        return self._bufs[self._cur][self._buf_n]
 
     def commit_row(self, lr: float | None) -> None:
         """Mark the row from ``next_row`` as written; ``lr`` is eta_t of the step it starts."""
-        seg_row = self.rows % self.capacity
-        seg = self.segments[-1]
         if lr is not None:
             if self.steps != self.rows:
                 raise RuntimeError("a step learning rate follows a row without one")
-            self._lr[seg_row] = lr
+            self._lr_bufs[self._cur][self._buf_n] = lr
             self.steps += 1
-            seg["steps"] += 1
+        self._buf_n += 1
         self.rows += 1
-        seg["rows"] += 1
         if time.monotonic() - self._last_sync > self.sync_seconds:
             self._sync()
 
-    def _flush(self) -> None:
-        if self._x is not None:
-            self._x.flush()
-            self._lr.flush()
+    @staticmethod
+    def _write(files: tuple, r0: int, row_bytes: int, x: np.ndarray, lr: np.ndarray) -> None:
+        xfile, xoff, lfile, loff = files
+        xfile.seek(xoff + r0 * row_bytes)
+        xfile.write(memoryview(x).cast("B"))
+        if len(lr):
+            lfile.seek(loff + r0 * 8)
+            lfile.write(memoryview(lr).cast("B"))
+
+    def _write_buffer(self) -> None:
+        """Hand the current buffer to the writer thread and switch to the other one."""
+        n = self._buf_n
+        if n == 0:
+            return
+        self._wait()  # one write in flight at most: the other buffer is then free
+        n_lr = self.steps - self._queued_steps
+        r0 = self._queued_rows % self.capacity
+        job = self._pool.submit(self._write, self._files, r0, self.d * self.dtype.itemsize,
+                                self._bufs[self._cur][:n], self._lr_bufs[self._cur][:n_lr])
+        self._pending = (job, n, n_lr, self.segments[-1])
+        self._queued_rows += n
+        self._queued_steps += n_lr
+        self._cur = 1 - self._cur
+        self._buf_n = 0
+
+    def _wait(self) -> None:
+        if self._pending is None:
+            return
+        job, n, n_lr, seg = self._pending
+        self._pending = None
+        job.result()  # re-raises a failed write (disk full ...) in the training loop
+        self._disk_rows += n
+        self._disk_steps += n_lr
+        seg["rows"] += n
+        seg["steps"] += n_lr
+
+    def _close_files(self) -> None:
+        self._wait()
+        if self._files is not None:
+            self._files[0].close()
+            self._files[2].close()
+            self._files = None
 
     def _sync(self) -> None:
-        self._flush()
+        self._write_buffer()
+        self._wait()
+        if self._files is not None:
+            self._files[0].flush()
+            self._files[2].flush()
         _write_json_atomic(self.dir / SIDECAR, {
             "format": FORMAT, "d": self.d, "dtype": self.dtype.str, "capacity": self.capacity,
-            "rows": self.rows, "steps": self.steps, "segments": self.segments,
+            "rows": self._disk_rows, "steps": self._disk_steps, "segments": self.segments,
             "closed": self.closed,
         })
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
+        self._write_buffer()
+        self._wait()
         self.closed = True
         self._sync()
-        self._x = self._lr = None
+        self._close_files()
+        self._pool.shutdown()
 
 
 class TrajectoryStore:
@@ -153,6 +219,11 @@ class TrajectoryStore:
         while start < stop:
             k, r = divmod(start, self.capacity)
             n = min(stop - start, self.capacity - r)
-            parts.append(self._x[k][r : r + n])
+            # read, not a memmap view: mapped pages stay resident and would make
+            # the analysis' memory grow with the run length
+            mm = self._x[k]
+            parts.append(np.fromfile(mm.filename, dtype=mm.dtype, count=n * self.d,
+                                     offset=mm.offset + r * self.d * mm.dtype.itemsize
+                                     ).reshape(n, self.d))
             start += n
         return np.concatenate(parts)

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
 
 
-def _save(fig, path: Path) -> None:
+def _axes() -> tuple[Figure, object]:
+    # Figure objects, not pyplot: no global state, safe in worker threads. A fixed
+    # layout and plain-text labels: tight/constrained layout and mathtext parsing
+    # cost more than drawing (about 0.15 s a figure), paid by every run of a study
+    fig = Figure(figsize=(6, 4))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
+    return fig, fig.add_subplot()
+
+
+def _thin(n: int, most: int = 4000) -> slice:
+    return slice(None, None, max(1, -(-n // most)))
+
+
+def _save(fig: Figure, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(tmp, dpi=100)
     tmp.replace(path)
 
 
@@ -27,29 +36,31 @@ def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[P
     start, end = summary["window"]
     paths = [directory / name for name in FIGURES]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(table["step"], table["loss"], lw=0.6, alpha=0.5, label="minibatch loss $l_t(x_t)$")
+    fig, ax = _axes()
+    every = _thin(len(table))
+    ax.plot(table["step"].to_numpy()[every], table["loss"].to_numpy()[every], lw=0.6,
+            alpha=0.5, label="minibatch loss l_t(x_t)")
     ends = [0, *summary["epoch_ends"]]
     ax.plot(ends[: len(summary["full_loss"])], summary["full_loss"], "o-", ms=3,
-            label="full training loss $F_k$")
+            label="full training loss F_k")
     ax.axvspan(start, end, color="tab:green", alpha=0.08, label="window")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="Training loss")
     ax.legend()
     _save(fig, paths[0])
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes()
     for key, series in summary["gamma_hat_per_epoch"].items():
         series = np.asarray(series, dtype=float)
         ax.plot(np.arange(1, len(series) + 1), series, "o-", ms=3,
-                label=rf"$\hat\gamma_{{\epsilon={key}}}$")
+                label=f"gamma_hat, eps={key}")
     bar = np.asarray(summary["gamma_bar_per_epoch"], dtype=float)
-    ax.plot(np.arange(1, len(bar) + 1), bar, "s--", ms=3, label=r"$\bar\gamma$")
+    ax.plot(np.arange(1, len(bar) + 1), bar, "s--", ms=3, label="gamma_bar")
     ax.axhline(0, color="k", lw=0.5)
     ax.set(xlabel="epoch", ylabel="gamma", title="Gamma per epoch")
     ax.legend()
     _save(fig, paths[1])
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes()
     r = table["r"].to_numpy()[start:end]
     r = r[np.isfinite(r)]
     if len(r):
@@ -58,15 +69,15 @@ def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[P
     for key, g in summary["gamma_hat"].items():
         if np.isfinite(g):
             ax.axvline(g, ls="--", color="tab:red", lw=1)
-            ax.annotate(rf"$\hat\gamma_{{{key}}}$", (g, ax.get_ylim()[1] * 0.9), color="tab:red")
-    ax.set(xlabel="$r_t$ (clipped to 1-99%)", ylabel="steps",
-           title="Distribution of $r_t$ over the window")
+            ax.annotate(f"eps={key}", (g, ax.get_ylim()[1] * 0.9), color="tab:red")
+    ax.set(xlabel="r_t (clipped to 1-99%)", ylabel="steps",
+           title="Distribution of r_t over the window")
     _save(fig, paths[2])
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(table["step"], table["D"], lw=0.8)
+    fig, ax = _axes()
+    ax.plot(table["step"].to_numpy()[every], table["D"].to_numpy()[every], lw=0.8)
     ax.axvspan(start, end, color="tab:green", alpha=0.08)
-    ax.set(xlabel="step", ylabel=r"$D_t = \|x_t - x^*\|^2$", yscale="log",
+    ax.set(xlabel="step", ylabel="D_t = |x_t - x*|^2", yscale="log",
            title="Squared distance to the reference")
     _save(fig, paths[3])
     return paths
