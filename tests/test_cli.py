@@ -78,3 +78,47 @@ def test_killed_run_never_looks_finished(tmp_path):
     assert not (tmp_path / "r").exists()
     assert len(list(tmp_path.glob(".r.partial-*"))) == 1
     assert _cli("analyze", tmp_path / "r", cwd=tmp_path).returncode == 2
+
+
+def _study_file(path, **change):
+    base = tiny(train={"epochs": 1})
+    base.pop("seed")
+    raw = {"base": base, "grid": {"model.norm": ["none", "batch"]}, "seeds": [0], **change}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"model.norm": ["none", "bogus"]}}, "model.norm: unknown value 'bogus'"),
+    ({"seeds": "zero"}, "seeds: must be a non-empty list"),
+    ({"gird": {}}, "gird: unknown study key"),
+])
+def test_bad_study_exit_2_writes_nothing(change, message, tmp_path):
+    study = _study_file(tmp_path / "bad.yaml", **change)
+    proc = _cli("study", study, "--out", tmp_path / "s", "--executor", "serial", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--executor", "slurm"], "unknown executor 'slurm'"),
+    (["--jobs", "0"], "--jobs: must be >= 1"),
+    (["--preset", "quick"], "only the built-in 'paper' study has presets"),
+])
+def test_bad_study_options_exit_2(args, message, tmp_path):
+    study = _study_file(tmp_path / "s.yaml")
+    proc = _cli("study", study, "--out", tmp_path / "s", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_study_then_report(tmp_path):
+    study = _study_file(tmp_path / "s.yaml")
+    proc = _cli("study", study, "--out", tmp_path / "s", "--executor", "serial", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs finished (2 now), 0 failed, of 2" in proc.stdout
+    report = tmp_path / "s" / "report.html"
+    report.unlink()
+    proc = _cli("report", tmp_path / "s", cwd=tmp_path)
+    assert proc.returncode == 0 and report.is_file()
+    assert _cli("report", tmp_path, cwd=tmp_path).returncode == 2  # not a study directory

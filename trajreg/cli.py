@@ -53,6 +53,18 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", type=_eps, help="comma-separated violation fractions, e.g. 0,0.05")
     a.add_argument("--delta", type=_nonneg, help="constant delta (default: eta_t / 2)")
     a.add_argument("--window", type=_window, help="START:END steps (default: converging phase)")
+    st = sub.add_parser("study", help="run a study (grid x seeds) and write its report")
+    st.add_argument("study", help="study file (YAML), or 'paper' for the built-in paper study")
+    st.add_argument("--preset", choices=["quick", "standard"],
+                    help="size of the paper study (default quick; only with 'paper')")
+    st.add_argument("--out", help="study directory (default: studies/<study name>); "
+                                  "running again with the same directory resumes")
+    st.add_argument("--jobs", type=int, help="parallel runs (process executor; default: cores)")
+    st.add_argument("--executor", default="process",
+                    help="serial, process (default) or dask://HOST:PORT")
+    st.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    rp = sub.add_parser("report", help="write the report of a study directory again")
+    rp.add_argument("study_dir")
     return p
 
 
@@ -65,6 +77,26 @@ def _print_summary(summary: dict) -> None:
     print(f"gamma_bar = {summary['gamma_bar']:.6g}   final loss = {summary['final_loss']:.6g}")
     if summary["diverged"]:
         print(f"diverged at step {summary['diverged_step']}")
+
+
+def _study(args: argparse.Namespace) -> None:
+    from trajreg.study import load_study, preset_path, run_study
+
+    if args.study == "paper":
+        source = preset_path(args.preset or "quick")
+    elif args.preset:
+        raise UserError("--preset: only the built-in 'paper' study has presets")
+    else:
+        source = Path(args.study)
+    study = load_study(source)
+    out = Path(args.out) if args.out else Path("studies") / Path(source).stem
+    result = run_study(study, out, executor=args.executor, jobs=args.jobs,
+                       retry_failed=args.retry_failed)
+    print(f"{len(result.done)} runs finished ({len(result.ran)} now), "
+          f"{len(result.failed)} failed, of {len(study.runs)}")
+    for rid, reason in result.failed.items():
+        print(f"  failed {rid}: {reason}")
+    print(f"study directory: {out}\nreport: {out / 'report.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
                                      delta=args.delta, window=args.window)
             _print_summary(summary)
             print(f"updated: {args.run_dir}")
+        elif args.command == "study":
+            _study(args)
+        elif args.command == "report":
+            from trajreg.study import load_study_dir, write_report
+
+            study_dir = Path(args.study_dir)
+            paths = write_report(study_dir, load_study_dir(study_dir))
+            print(f"report: {paths['report']}")
     except (UserError, ConfigError) as exc:
         print(f"trajreg: error: {exc}", file=sys.stderr)
         return 2

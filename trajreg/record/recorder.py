@@ -120,6 +120,7 @@ class Recorder:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[self.lr_group]["lr"])
 
+    @torch.no_grad()  # autograd bookkeeping doubled the cost of the copy
     def _pre_step(self, optimizer, args, kwargs) -> None:
         lr = self._lr()
         if self.writer is not None:
@@ -130,6 +131,7 @@ class Recorder:
             self._x_prev = flat_params(self.params).cpu()
             self._lr_prev = lr
 
+    @torch.no_grad()
     def _post_step(self, optimizer, args, kwargs) -> None:
         if self.stream is not None:
             self.stream.update(self._x_prev, flat_params(self.params).cpu(), self._lr_prev)

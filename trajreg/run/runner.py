@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def measure_store(cfg: RunConfig, data: Dataset, store: TrajectoryStore, log: Tr
 
 
 def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: dict,
-                   k: int) -> dict:
+                   k: int, progress: bool | None = None) -> dict:
     """Replay the run against x* = x_k; prove it reproduced the run bit for bit."""
     T = log.steps
     if k == T:
@@ -126,13 +127,14 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
         star = model
     else:  # x_k is not stored: train again up to step k to get it
         star, opt, sched = build(cfg, data)
-        train(cfg, data, star, opt, sched, max_steps=k, eval_full=False, desc="to x*")
+        train(cfg, data, star, opt, sched, max_steps=k, eval_full=False, desc="to x*",
+              progress=progress)
     x_star = flat_params([p for p in star.parameters() if p.requires_grad]).cpu()
     model, opt, sched = build(cfg, data)
     star_copy = copy.deepcopy(star)  # train-mode forwards there must not touch ``star``
     with Recorder(opt, mode="replay", x_star=x_star) as rec:
         replay = train(cfg, data, model, opt, sched, max_steps=T, star_model=star_copy,
-                       eval_full=False, desc="replay")
+                       eval_full=False, desc="replay", progress=progress)
     for t, (u, v) in enumerate(zip(replay.loss, log.loss, strict=False)):
         if u != v:
             raise ReplayMismatch(f"replay departed from the recorded run at step {t}: "
@@ -190,11 +192,13 @@ def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None,
     return summary
 
 
-def run(cfg: RunConfig, out: str | Path, *, figures: bool = True) -> tuple[Path, dict]:
+def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool | None = None,
+        on_epoch: Callable[[int], None] | None = None) -> tuple[Path, dict]:
     """Train, record, analyse; return the finished run directory and its summary.
 
     ``figures=False`` skips the PNGs (about 0.3 s a run; ``trajreg analyze`` draws
-    them later).
+    them later). ``progress`` shows tqdm bars (None: only on a terminal);
+    ``on_epoch(epoch)`` is called after each training epoch.
     """
     out = Path(out)
     data = load_data(cfg.data)
@@ -207,7 +211,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True) -> tuple[Path,
         if mode == "store":
             capacity = cfg.train.epochs * (len(data.x_train) // cfg.data.batch_size) + 1
             recorder = Recorder(opt, tmp / "trajectory", mode="store", capacity=capacity)
-        log = train(cfg, data, model, opt, sched)
+        log = train(cfg, data, model, opt, sched, progress=progress, on_epoch=on_epoch)
         if recorder is not None:
             recorder.close()
         final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -217,7 +221,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True) -> tuple[Path,
             measured = measure_store(cfg, data, TrajectoryStore(tmp / "trajectory"), log,
                                      model, k)
         elif mode == "replay":
-            measured = measure_replay(cfg, data, log, final_state, k)
+            measured = measure_replay(cfg, data, log, final_state, k, progress)
         else:
             measured = None
         options = analysis.AnalysisOptions.from_config(cfg.analysis)

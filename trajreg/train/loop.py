@@ -8,7 +8,7 @@ t's minibatch be re-evaluated at another point x with the very same masks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,18 +132,22 @@ class TrainLog:
 
 def train(cfg, data: Dataset, model, optimizer, scheduler, *, max_steps: int | None = None,
           star_model: torch.nn.Module | None = None, eval_full: bool = True,
-          desc: str = "train") -> TrainLog:
+          desc: str = "train", progress: bool | None = None,
+          on_epoch: Callable[[int], None] | None = None) -> TrainLog:
     """Train ``model`` for ``cfg.train.epochs`` (or ``max_steps``) and log every step.
 
     With ``star_model`` (a copy holding x*), each step's minibatch loss at x* is
     logged too, with the step's own batch, mode and random state. A non-finite loss
     stops training before the step is taken, with ``diverged_step`` set.
+    ``progress``: show a tqdm bar (None: only on a terminal); ``on_epoch(epoch)`` is
+    called after each epoch (studies report progress through it).
     """
     log = TrainLog()
     if eval_full:
         log.full_loss.append(full_loss(cfg, model, data))
     stop = total_steps(cfg, data) if max_steps is None else max_steps
-    bar = tqdm(total=stop, desc=desc, disable=None, leave=False)
+    bar = tqdm(total=stop, desc=desc, disable=None if progress is None else not progress,
+               leave=False)
     for step, epoch, idx in batches(cfg, data):
         if step >= stop:
             break
@@ -168,5 +172,7 @@ def train(cfg, data: Dataset, model, optimizer, scheduler, *, max_steps: int | N
             if eval_full:
                 log.full_loss.append(full_loss(cfg, model, data))
                 bar.set_postfix(epoch=epoch, loss=f"{log.full_loss[-1]:.4g}")
+            if on_epoch is not None:
+                on_epoch(epoch)
     bar.close()
     return log

@@ -1,0 +1,128 @@
+"""Study files: validation, grid expansion, run keys."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+
+from trajreg.errors import ConfigError
+from trajreg.study.spec import label, load_study, run_id, uses_kappa
+from trajreg.train.config import load_config
+
+BASE = {"data": {"name": "digits", "batch_size": 64},
+        "model": {"name": "mlp", "depth": 2, "width": 8},
+        "train": {"epochs": 1}, "record": {"mode": "store"}}
+
+
+def study(**over):
+    raw = {"base": copy.deepcopy(BASE), "grid": {"model.norm": ["none", "batch"],
+                                                 "model.activation": ["relu", "identity"]},
+           "seeds": [0, 1, 2]}
+    raw.update(over)
+    return raw
+
+
+def test_grid_expands_to_every_point_and_seed():
+    s = load_study(study())
+    assert len(s.runs) == 2 * 2 * 3
+    seen = {(r.config["model"]["norm"], r.config["model"]["activation"], r.seed) for r in s.runs}
+    assert seen == set(itertools.product(["none", "batch"], ["relu", "identity"], [0, 1, 2]))
+    for r in s.runs:  # everything else from the base
+        assert r.config["model"]["depth"] == 2 and r.config["data"]["name"] == "digits"
+
+
+def test_run_id_is_the_hash_of_the_resolved_config():
+    s = load_study(study())
+    for r in s.runs:
+        assert r.run_id == run_id(load_config(r.config).to_dict())
+    assert len({r.run_id for r in s.runs}) == len(s.runs)
+    # the same run written differently (defaults spelled out, other key order) has the same key
+    spelled = study(base={**copy.deepcopy(BASE), "optim": {"lr": 0.05, "name": "sgd"}})
+    assert [r.run_id for r in load_study(spelled).runs] == [r.run_id for r in s.runs]
+
+
+def test_run_id_changes_with_any_setting():
+    a = load_study(study()).runs[0]
+    other = copy.deepcopy(BASE)
+    other["optim"] = {"lr": 0.051}
+    b = load_study(study(base=other)).runs[0]
+    assert a.run_id != b.run_id
+
+
+def test_blocks_share_identical_runs():
+    raw = {"base": copy.deepcopy(BASE), "seeds": [0, 1],
+           "blocks": [{"name": "act", "grid": {"model.activation": ["relu", "tanh"]}},
+                      {"name": "bn", "grid": {"model.norm": ["none", "batch"]}}]}
+    s = load_study(raw)
+    # relu/none is in both blocks: 2 + 2 - 1 configs, times 2 seeds
+    assert len(s.runs) == 3 * 2
+    shared = [r for r in s.runs if r.blocks == ("act", "bn")]
+    assert len(shared) == 2
+    assert {b.name: len(b.members) for b in s.blocks} == {"act": 4, "bn": 4}
+
+
+def test_mapping_values_merge_into_a_section():
+    raw = study(grid={"optim": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.001}]})
+    s = load_study(raw)
+    optims = {(r.config["optim"]["name"], r.config["optim"]["lr"]) for r in s.runs}
+    assert optims == {("sgd", 0.1), ("adam", 0.001)}
+    assert s.blocks[0].compare == {"optim": ("without", {"name": "sgd", "lr": 0.1})}
+
+
+def test_default_and_given_comparison_directions():
+    s = load_study(study())
+    assert s.blocks[0].compare == {"model.norm": ("without", "none"),
+                                   "model.activation": ("with", "relu")}
+    s = load_study(study(compare={"model.norm": {"with": "batch"}}))
+    assert s.blocks[0].compare["model.norm"] == ("with", "batch")
+    assert uses_kappa("optim.name") and not uses_kappa("model.norm")
+    assert label({"name": "adam"}) == "name=adam"
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"grid": {"model.norm": []}}, "grid.model.norm: must be a non-empty list"),
+    ({"grid": {"model.norm": ["none", "none"]}}, "repeated value"),
+    ({"grid": {"model.norm": ["none", "bogus"]}}, "model.norm: unknown value 'bogus'"),
+    ({"grid": {"model.colour": ["red"]}}, "model.colour: unknown key"),
+    ({"seeds": []}, "seeds: must be a non-empty list"),
+    ({"seeds": [0, 0]}, "repeated seed"),
+    ({"seeds": [-1]}, "seeds: must be a non-empty list of integers >= 0"),
+    ({"grid": {"seed": [0, 1]}}, "give seeds under 'seeds'"),
+    ({"bogus": 1}, "bogus: unknown study key"),
+    ({"compare": {"model.depth": {"with": 2}}}, "compare.model.depth: not an axis"),
+    ({"compare": {"model.norm": {"with": "layer"}}}, "'layer' is not one of the axis values"),
+    ({"compare": {"model.norm": {"best": "batch"}}}, "must be {with: VALUE}"),
+    ({"blocks": [{"grid": {}}]}, "give either a top-level grid or blocks"),
+])
+def test_bad_study_files_name_the_key(over, message):
+    with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("(", r"\(")):
+        load_study(study(**over))
+
+
+def test_bad_block_files():
+    with pytest.raises(ConfigError, match="blocks\\[0\\].name: every block needs a name"):
+        load_study({"base": BASE, "blocks": [{"grid": {}}]})
+    with pytest.raises(ConfigError, match="repeated block name"):
+        load_study({"base": BASE, "blocks": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ConfigError, match="block a: optim.lr: must be > 0"):
+        load_study({"base": BASE, "blocks": [{"name": "a", "grid": {"optim.lr": [-1.0]}}]})
+    with pytest.raises(ConfigError, match="study file not found"):
+        load_study("/nonexistent/study.yaml")
+
+
+def test_presets_expand():
+    from trajreg.study import preset_path
+
+    for preset in ("quick", "standard"):
+        s = load_study(preset_path(preset))
+        assert all(len(b.seeds) >= 3 for b in s.blocks)
+        techniques = {axis for b in s.blocks for axis in b.compare}
+        assert {"model.activation", "model.norm", "model.skip", "optim"} <= techniques
+        archs = {(r.config["model"]["name"], axis) for b in s.blocks for axis in b.compare
+                 for r in s.runs if b.name in r.blocks}
+        for name, axis in [("alexnet", "model.activation"), ("vgg", "model.activation"),
+                           ("alexnet", "model.norm"), ("vgg", "model.norm"),
+                           ("resnet", "model.skip"), ("unet", "model.skip")]:
+            assert (name, axis) in archs

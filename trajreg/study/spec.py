@@ -1,0 +1,312 @@
+"""Study files: a base run config, axes to vary, seeds; expanded into keyed runs.
+
+A study file (YAML)::
+
+    name: norm-and-activation          # optional, for the report
+    base: {data: {...}, model: {...}, optim: {...}, train: {...}, record: {mode: store}}
+    grid:                              # dotted run-config keys -> values
+      model.norm: [none, batch]
+      model.activation: [relu, identity]
+    seeds: [0, 1, 2]
+    compare:                           # optional: which value is the technique
+      model.activation: {with: relu}   # relu against each other value
+      model.norm: {without: none}      # each other value against none
+
+or, for several comparisons on different networks and data, ``blocks``: each block
+has its own ``name``, ``base`` (merged over the study's ``base``), ``grid``, and
+optionally ``seeds``, ``compare`` and ``note`` (a sentence for the report, e.g. why
+that data set). Runs are keyed by a hash of their resolved run config, so two
+blocks that ask for the same run share it, and a run is never trained twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trajreg.errors import ConfigError
+from trajreg.train.config import load_config
+
+# Default direction of each comparison: (role, value). "with" names the value that
+# is the technique (compared against every other value); "without" names the value
+# that is its absence (every other value is compared against it).
+DEFAULT_COMPARE: dict[str, tuple[str, Any]] = {
+    "model.activation": ("with", "relu"),
+    "model.norm": ("without", "none"),
+    "model.skip": ("with", True),
+    "model.dropout": ("without", 0.0),
+    "optim.name": ("without", "sgd"),
+}
+# Comparisons along these axes change the step size's meaning, so they use the
+# learning-rate-free kappa_hat = eta * gamma_hat (PRINCIPLE.md)
+KAPPA_PREFIXES = ("optim.",)
+
+STUDY_KEYS = {"name", "base", "grid", "seeds", "compare", "blocks", "note", "report"}
+BLOCK_KEYS = {"name", "base", "grid", "seeds", "compare", "note"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: its key, resolved config, and where it sits in the grid."""
+
+    run_id: str
+    config: dict[str, Any]  # resolved run config, as RunConfig.to_dict()
+    blocks: tuple[str, ...]  # the blocks asking for it
+    axes: dict[str, Any] = field(hash=False, compare=False)  # of the first block naming it
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+
+@dataclass
+class Block:
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    compare: dict[str, tuple[str, Any]]
+    note: str = ""
+    # (run_id, grid values, seed) of every run the block expands to, in grid order
+    members: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    """A validated study: its blocks and the runs they expand to (deduplicated)."""
+
+    name: str
+    blocks: list[Block]
+    raw: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+    runs: list[RunSpec] = field(default_factory=list)
+
+    def run(self, run_id: str) -> RunSpec:
+        return self._by_id[run_id]
+
+    def __post_init__(self) -> None:
+        self._by_id: dict[str, RunSpec] = {}
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """A stable key for a resolved run config: sha256 of its canonical JSON, 12 hex digits.
+
+    >>> run_id({"seed": 0}) == run_id({"seed": 0}) != run_id({"seed": 1})
+    True
+    """
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """tree["a"]["b"] = value for key "a.b", creating mappings on the way; a mapping
+    value merges into a mapping (so one axis can set several keys of a section, e.g.
+    an optimizer with its own learning rate).
+
+    >>> t = {"model": {"depth": 2}}; set_dotted(t, "model.norm", "batch"); t
+    {'model': {'depth': 2, 'norm': 'batch'}}
+    >>> set_dotted(t, "model", {"width": 0.5}); t
+    {'model': {'depth': 2, 'norm': 'batch', 'width': 0.5}}
+    """
+    *path, last = key.split(".")
+    node = tree
+    for part in path:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"grid key {key}: {part} is not a section")
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = merge(node[last], value)
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+def get_dotted(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _seeds(where: str, value: Any) -> list[int]:
+    if (not isinstance(value, list) or not value
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in value)):
+        raise ConfigError(f"{where}: must be a non-empty list of integers >= 0, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: repeated seed in {value!r}")
+    return list(value)
+
+
+def _compare(where: str, raw: Any, grid: dict[str, list[Any]]) -> dict[str, tuple[str, Any]]:
+    raw = _mapping(where, raw or {})
+    out: dict[str, tuple[str, Any]] = {}
+    for key in raw:
+        if key not in grid:
+            raise ConfigError(f"{where}.{key}: not an axis of the grid "
+                              f"(axes: {', '.join(grid) or 'none'})")
+    for key, values in grid.items():
+        if len(values) < 2:
+            continue
+        if key in raw:
+            entry = _mapping(f"{where}.{key}", raw[key])
+            if len(entry) != 1 or next(iter(entry)) not in ("with", "without"):
+                raise ConfigError(f"{where}.{key}: must be {{with: VALUE}} or "
+                                  f"{{without: VALUE}}, got {entry!r}")
+            role, value = next(iter(entry.items()))
+        else:
+            role, value = DEFAULT_COMPARE.get(key, ("without", values[0]))
+        if value not in values:
+            if key in raw:
+                raise ConfigError(f"{where}.{key}: {value!r} is not one of the axis values "
+                                  f"{values!r}")
+            role, value = "without", values[0]
+        out[key] = (role, value)
+    return out
+
+
+def _block(where: str, raw: dict[str, Any], base: dict[str, Any], seeds: Any,
+           compare: Any) -> Block:
+    grid_raw = _mapping(f"{where}grid", raw.get("grid", {}))
+    grid: dict[str, list[Any]] = {}
+    for key, values in grid_raw.items():
+        if key in ("seed",):
+            raise ConfigError(f"{where}grid.{key}: give seeds under 'seeds', not in the grid")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}grid.{key}: must be a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise ConfigError(f"{where}grid.{key}: repeated value in {values!r}")
+        grid[key] = list(values)
+    block_base = merge(base, _mapping(f"{where}base", raw.get("base", {})))
+    block_seeds = _seeds(f"{where}seeds", raw.get("seeds", seeds))
+    return Block(name=str(raw.get("name", "main")), base=block_base, grid=grid,
+                 seeds=block_seeds,
+                 compare=_compare(f"{where}compare", raw.get("compare", compare), grid),
+                 note=str(raw.get("note", "")))
+
+
+def expand(block: Block) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(resolved run config, grid values) for every grid point and seed of a block.
+
+    Each config is validated as a run config, so a bad value stops the study
+    before anything runs, with the message naming the block and key.
+    """
+    keys = list(block.grid)
+    out = []
+    for values in itertools.product(*(block.grid[k] for k in keys)):
+        axes = dict(zip(keys, values, strict=True))
+        for seed in block.seeds:
+            raw = copy.deepcopy(block.base)
+            for key, value in axes.items():
+                set_dotted(raw, key, value)
+            raw["seed"] = seed
+            try:
+                cfg = load_config(raw)
+            except ConfigError as exc:
+                raise ConfigError(f"block {block.name}: {exc}") from None
+            out.append((cfg.to_dict(), axes))
+    return out
+
+
+def load_study(source: str | Path | dict[str, Any]) -> Study:
+    """Validate a study file (path or mapping) and expand it into deduplicated runs."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"study file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = _mapping("study", raw)
+    for key in raw:
+        if key not in STUDY_KEYS:
+            allowed = ", ".join(sorted(STUDY_KEYS))
+            raise ConfigError(f"{key}: unknown study key (allowed: {allowed})")
+    if "blocks" in raw and "grid" in raw:
+        raise ConfigError("grid: give either a top-level grid or blocks, not both")
+    base = _mapping("base", raw.get("base", {}))
+    seeds = raw.get("seeds", [0])
+    report = _mapping("report", raw.get("report", {}))
+    if "blocks" in raw:
+        blocks_raw = raw["blocks"]
+        if not isinstance(blocks_raw, list) or not blocks_raw:
+            raise ConfigError("blocks: must be a non-empty list of blocks")
+        blocks = []
+        for i, b in enumerate(blocks_raw):
+            b = _mapping(f"blocks[{i}]", b)
+            for key in b:
+                if key not in BLOCK_KEYS:
+                    raise ConfigError(f"blocks[{i}].{key}: unknown block key "
+                                      f"(allowed: {', '.join(sorted(BLOCK_KEYS))})")
+            if "name" not in b:
+                raise ConfigError(f"blocks[{i}].name: every block needs a name")
+            blocks.append(_block(f"blocks[{i}].", b, base, seeds, raw.get("compare")))
+        names = [b.name for b in blocks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"blocks: repeated block name in {names}")
+    else:
+        blocks = [_block("", {"name": raw.get("name", "main"), "grid": raw.get("grid", {}),
+                              "note": raw.get("note", "")}, base, seeds, raw.get("compare"))]
+    study = Study(name=str(raw.get("name", "study")), blocks=blocks, raw=raw, report=report)
+    order: list[str] = []
+    found: dict[str, RunSpec] = {}
+    for block in blocks:
+        for config, axes in expand(block):
+            rid = run_id(config)
+            block.members.append((rid, axes, config["seed"]))
+            if rid in found:
+                spec = found[rid]
+                if block.name not in spec.blocks:
+                    found[rid] = dataclasses.replace(spec, blocks=(*spec.blocks, block.name))
+                continue
+            found[rid] = RunSpec(rid, config, (block.name,), axes)
+            order.append(rid)
+    study.runs = [found[r] for r in order]
+    study._by_id = found
+    return study
+
+
+def uses_kappa(axis: str) -> bool:
+    """Whether comparisons along ``axis`` use kappa_hat (optimizer or lr) or gamma_hat.
+
+    >>> uses_kappa("optim"), uses_kappa("optim.lr"), uses_kappa("model.norm")
+    (True, True, False)
+    """
+    return axis == "optim" or axis.startswith(KAPPA_PREFIXES)
+
+
+def label(value: Any) -> str:
+    """A grid value as text: mappings as ``key=value`` pairs.
+
+    >>> label({"name": "adam", "lr": 0.001}), label(True)
+    ('name=adam lr=0.001', 'True')
+    """
+    if isinstance(value, dict):
+        return " ".join(f"{k}={label(v)}" for k, v in value.items())
+    return str(value)
