@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo demo-mlp test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 2; }
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The paper's study at the quick preset (<= 15 min on 2 cores); running it again resumes.
 demo: $(STAMP)
-	$(PY) -m trajreg.demo --out demo-out
+	$(VENV)/bin/trajreg study paper --preset quick --out demo-out/paper-quick
+
+# One MLP on digits with and without batch norm (under 2 minutes).
+demo-mlp: $(STAMP)
+	$(PY) -m trajreg.demo --out demo-out/mlp
 
 test: $(STAMP)
 	$(PY) -m pytest -q trajreg tests

@@ -1,4 +1,4 @@
-"""``make demo``: the 6-layer MLP on digits with and without batch norm, side by side."""
+"""``make demo-mlp``: the 6-layer MLP on digits with and without batch norm, side by side."""
 
 from __future__ import annotations
 
