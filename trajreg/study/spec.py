@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trajreg.errors import ConfigError
-from trajreg.train.config import load_config
+from trajreg.train.config import load_config, read_yaml
 
 # Default direction of each comparison: (role, value). "with" names the value that
 # is the technique (compared against every other value); "without" names the value
@@ -233,17 +231,7 @@ def expand(block: Block) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 def load_study(source: str | Path | dict[str, Any]) -> Study:
     """Validate a study file (path or mapping) and expand it into deduplicated runs."""
-    if isinstance(source, dict):
-        raw = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"study file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    raw = _mapping("study", raw)
+    raw = _mapping("study", read_yaml(source, "study"))
     for key in raw:
         if key not in STUDY_KEYS:
             allowed = ", ".join(sorted(STUDY_KEYS))

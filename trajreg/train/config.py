@@ -179,19 +179,22 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def read_yaml(source: str | Path | dict[str, Any], what: str = "config") -> Any:
+    """A mapping as given, or the contents of a YAML file (ConfigError if unreadable)."""
+    if isinstance(source, dict):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
     """Validate a run config from a YAML file path or a mapping into a ``RunConfig``."""
-    if isinstance(source, dict):
-        raw = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    cfg = _build(RunConfig, raw, "")
+    cfg = _build(RunConfig, read_yaml(source), "")
     cfg.validate()
     cfg.optim.resolve()
     return cfg
