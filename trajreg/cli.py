@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
     r.add_argument("--no-figures", action="store_true",
                    help="skip the PNG figures (trajreg analyze draws them later)")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="mirror per-step quantities and gamma per epoch to RUN_DIR/tensorboard")
     a = sub.add_parser("analyze", help="recompute the analysis of a finished run")
     a.add_argument("run_dir")
     a.add_argument("--reference", choices=["final", "best"])
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = load_config(args.config)
             out = Path(args.out) if args.out else runner.default_out(args.config)
-            out, summary = runner.run(cfg, out, figures=not args.no_figures)
+            out, summary = runner.run(cfg, out, figures=not args.no_figures,
+                                      tensorboard=args.tensorboard)
             if cfg.record.mode != "off":
                 _print_summary(summary)
             print(f"run directory: {out}")

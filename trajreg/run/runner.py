@@ -90,21 +90,16 @@ def _f_star(cfg, data, log: TrainLog, k: int, star: torch.nn.Module) -> float:
     return full_loss(cfg, data=data, model=star)
 
 
-def measure_store(cfg: RunConfig, data: Dataset, store: TrajectoryStore, log: TrainLog,
-                  trained: torch.nn.Module, k: int) -> dict:
-    """Per-step quantities of every step against x* = x_k, from the stored trajectory."""
+def stream_quantities(store: TrajectoryStore, T: int, x_star: np.ndarray) -> dict:
+    """D_0..D_T, a, s and eta of the first T stored steps against ``x_star``, streamed in
+    ~8 MiB float64 blocks: the computation holds a few temporaries of block size, so
+    memory stays O(d) and the blocks stay cache-friendly."""
     from trajreg.principle import trajectory_quantities
 
-    T = log.steps
-    if store.rows != T + 1:
+    if store.rows < T + 1:
         raise RuntimeError(f"trajectory holds {store.rows} iterates, the run took {T} steps")
-    x_star = store.row(k)
-    star = copy.deepcopy(trained)  # the trained model's buffers, x* as parameters
-    load_flat(star, x_star)
-    lrs = store.lrs
+    lrs = store.lrs[:T]
     D, a, s = [], [], []
-    # ~8 MiB float64 blocks: the computation holds a few temporaries of block size,
-    # so memory stays O(d) and the blocks stay cache-friendly
     block_rows = max(1, min(256, (8 << 20) // (8 * store.d)))
     for t0, xs in store.blocks(T, block_rows=block_rows):
         q = trajectory_quantities(xs, lrs[t0 : t0 + len(xs) - 1], x_star)
@@ -112,8 +107,19 @@ def measure_store(cfg: RunConfig, data: Dataset, store: TrajectoryStore, log: Tr
         a.extend(q.a)
         s.extend(q.s)
     D.append(float(np.sum((store.row(T).astype(np.float64) - x_star) ** 2)))
-    return {"D": np.asarray(D), "a": np.asarray(a), "s": np.asarray(s), "lr": lrs,
-            "loss_star": _losses_at(cfg, data, star, T),
+    return {"D": np.asarray(D), "a": np.asarray(a), "s": np.asarray(s), "lr": lrs}
+
+
+def measure_store(cfg: RunConfig, data: Dataset, store: TrajectoryStore, log: TrainLog,
+                  trained: torch.nn.Module, k: int) -> dict:
+    """Per-step quantities of every step against x* = x_k, from the stored trajectory."""
+    T = log.steps
+    if store.rows != T + 1:
+        raise RuntimeError(f"trajectory holds {store.rows} iterates, the run took {T} steps")
+    x_star = store.row(k)
+    star = copy.deepcopy(trained)  # the trained model's buffers, x* as parameters
+    load_flat(star, x_star)
+    return {**stream_quantities(store, T, x_star), "loss_star": _losses_at(cfg, data, star, T),
             "f_star": _f_star(cfg, data, log, k, star)}
 
 
@@ -161,7 +167,8 @@ def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: dict) -> TrainLog
 
 def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None, k: int,
             options: analysis.AnalysisOptions, n: int, task: str, evaluation: dict,
-            figures: bool = True) -> dict:
+            figures: bool = True, tensorboard: bool = False,
+            extra: dict | None = None) -> dict:
     """Write metrics.parquet, figures and summary.json (last) into ``run_dir``."""
     T = log.steps
     if measured is None:  # record mode off: losses only
@@ -184,23 +191,34 @@ def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None,
         "evaluation": evaluation,
         "record_mode": cfg.record.mode, "reference": cfg.analysis.reference, "n_params": n,
         "diverged": log.diverged_step is not None, "diverged_step": log.diverged_step,
+        **(extra or {}),
     })
     write_parquet(run_dir / "metrics.parquet", table)
     if figures and cfg.record.mode != "off":
         write_figures(run_dir, table, summary)
+    if tensorboard and cfg.record.mode != "off":
+        from trajreg.run.tensorboard import write_tensorboard
+
+        write_tensorboard(run_dir, table, summary)
     write_json(run_dir / "summary.json", summary)
     return summary
 
 
 def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool | None = None,
-        on_epoch: Callable[[int], None] | None = None) -> tuple[Path, dict]:
+        on_epoch: Callable[[int], None] | None = None,
+        tensorboard: bool = False) -> tuple[Path, dict]:
     """Train, record, analyse; return the finished run directory and its summary.
 
     ``figures=False`` skips the PNGs (about 0.3 s a run; ``trajreg analyze`` draws
     them later). ``progress`` shows tqdm bars (None: only on a terminal);
-    ``on_epoch(epoch)`` is called after each training epoch.
+    ``on_epoch(epoch)`` is called after each training epoch. ``tensorboard`` mirrors
+    the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
     """
     out = Path(out)
+    if tensorboard:
+        from trajreg.run.tensorboard import require_tensorboard
+
+        require_tensorboard()
     data = load_data(cfg.data)
     with atomic_dir(out) as tmp:
         config = {**dataclasses.asdict(cfg), "versions": versions()}
@@ -227,13 +245,17 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         options = analysis.AnalysisOptions.from_config(cfg.analysis)
         evaluation = evaluate(cfg, model, data)
         summary = _finish(tmp, cfg, log, measured, k, options, n_params(model), data.task,
-                          evaluation, figures)
+                          evaluation, figures, tensorboard)
     return out, summary
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
+    """The run's config; for a run recorded by an integration (``external`` in its
+    config.yaml), a RunConfig holding just its analysis options."""
     raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     raw.pop("versions", None)
+    if "external" in raw:
+        return load_config({"analysis": raw.get("analysis", {}), "record": {"mode": "store"}})
     return load_config(raw)
 
 
@@ -262,6 +284,9 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         cfg.analysis.delta = delta
     cfg.validate()
     k = reference_step(log, cfg.analysis.reference)
+    if k != old["reference_step"] and "source" in old:
+        raise UserError(f"{run_dir} was recorded by the {old['source']} integration: only "
+                        "--reference final (the end of its trajectory) can be analysed")
     if k == old["reference_step"]:
         measured = {"D": np.append(table["D"].to_numpy(), np.nan), "a": table["a"].to_numpy(),
                     "s": table["s"].to_numpy(), "lr": table["lr"].to_numpy(),
@@ -278,4 +303,5 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
             measured = measure_replay(cfg, data, log, final_state, k)
     options = analysis.AnalysisOptions.from_config(cfg.analysis, window=window)
     return _finish(run_dir, cfg, log, measured, k, options, old["n_params"], old["task"],
-                   old["evaluation"])
+                   old["evaluation"], extra={key: old[key] for key in ("source", "loss_check")
+                                              if key in old})

@@ -1,0 +1,119 @@
+"""The Lightning callback on a real fit: run directory, exact identity, exact losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from trajreg.integrations.lightning import RegularityCallback  # noqa: E402
+from trajreg.run import analyze  # noqa: E402
+from trajreg.run.rundir import read_json  # noqa: E402
+from trajreg.train.config import DataConfig  # noqa: E402
+from trajreg.train.data import load_data  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class Net(pl.LightningModule):
+    def __init__(self, optimizer: str = "sgd"):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32),
+            torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 10))
+        self.optimizer = optimizer
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        if self.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1)
+        else:
+            opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def loader():
+    data = load_data(DataConfig(name="digits", subset=320))
+    ds = torch.utils.data.TensorDataset(data.x_train, data.y_train)
+    return torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True)
+
+
+def fit(out, accumulate=1, optimizer="sgd", **callback):
+    torch.manual_seed(0)
+    model = Net(optimizer)
+    cb = RegularityCallback(out, **callback)
+    trainer = pl.Trainer(max_epochs=2, accumulate_grad_batches=accumulate,
+                         gradient_clip_val=0.5, callbacks=[cb], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(model, loader())
+    return model, cb
+
+
+@pytest.mark.parametrize("accumulate, optimizer", [(1, "sgd"), (2, "adamw")])
+def test_callback_writes_a_run_directory_with_exact_quantities(tmp_path, accumulate,
+                                                               optimizer):
+    out = tmp_path / "run"
+    model, cb = fit(out, accumulate, optimizer)
+    for name in ("config.yaml", "metrics.parquet", "summary.json", "loss.png",
+                 "final_state.pt", "trajectory/trajectory.json"):
+        assert (out / name).exists(), name
+    table = pd.read_parquet(out / "metrics.parquet")
+    summary = read_json(out / "summary.json")
+    steps_per_epoch = -(-10 // accumulate)  # 320 / 32 = 10 batches an epoch
+    assert len(table) == 2 * steps_per_epoch == summary["n_steps"]
+    assert summary["epoch_ends"] == [steps_per_epoch, 2 * steps_per_epoch]
+    # only real optimizer steps count; lr follows the per-step scheduler
+    assert table["lr"].iloc[0] == (0.05 if optimizer == "sgd" else 1e-2)
+    assert table["lr"].iloc[-1] < table["lr"].iloc[0]
+    # the exact identity D_t - D_{t+1} = 2 eta_t a_t - eta_t^2 s_t on the recorded run
+    D = np.append(table["D"].to_numpy(), 0.0)  # x* = x_T: D_T = 0
+    eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
+    lhs, rhs = D[:-1] - D[1:], 2 * eta * a - eta**2 * s
+    assert np.allclose(lhs, rhs, rtol=1e-6, atol=1e-9 * D.max())
+    # every step's loss was rebuilt bit for bit from the recorded batches and RNG states
+    check = summary["loss_check"]
+    assert check["steps"] == len(table) and check["equal"] == len(table)
+    assert np.isfinite(table["b"]).all() and summary["source"] == "lightning"
+    # the last step's loss at x* is the loss at x_T: b of a step is l(x_t) - l(x_T)
+    assert table["loss"].iloc[0] != table["loss_star"].iloc[0]
+    # measuring left the trained model untouched (parameters and BN statistics)
+    final = torch.load(out / "final_state.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(final[k], v), k
+    # trajreg analyze works on it unchanged
+    again = analyze(out, eps=[0.0, 0.1])
+    assert set(again["gamma_hat"]) == {"0.0", "0.1"} and again["source"] == "lightning"
+
+
+def test_tensorboard_mirror(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    fit(out, tensorboard=True, figures=False)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("step/D", "step/a", "step/s", "step/b", "step/r", "epoch/gamma_hat_eps0.05"):
+        assert tag in tags
+    table = pd.read_parquet(out / "metrics.parquet")
+    logged = [e.value for e in events.Scalars("step/D")]
+    assert np.allclose(logged, table["D"].to_numpy(), rtol=1e-6)
+
+
+def test_existing_output_is_refused(tmp_path):
+    from trajreg.errors import UserError
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match="already exists"):
+        RegularityCallback(tmp_path / "run")

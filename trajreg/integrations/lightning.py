@@ -1,0 +1,98 @@
+"""PyTorch Lightning: ``Trainer(callbacks=[RegularityCallback(out=DIR)])``.
+
+Works with any LightningModule whose ``training_step`` returns its loss (a tensor
+or a dict with ``"loss"``) and one optimizer. Only real optimizer steps count:
+with ``accumulate_grad_batches=k`` the k micro-batches of a step form its
+minibatch and l_t is their mean, matching the gradient Lightning applies. Gradient
+clipping, schedulers and precision plugins act inside the step the recorder sees,
+so x_t, D_t, a_t, s_t stay exact. See ``trajreg.integrations.session`` for what is
+exact and what is not; x* is the end of the fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # the standalone package name
+    try:
+        from pytorch_lightning.callbacks import Callback
+    except ImportError:
+        raise ImportError("trajreg.integrations.lightning needs PyTorch Lightning: "
+                          "pip install 'trajreg[lightning]'") from None
+
+from trajreg.integrations.session import RegularitySession
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return output.get("loss")
+    return None
+
+
+class RegularityCallback(Callback):
+    """Record the fit's trajectory and write a trajreg run directory to ``out`` at its end.
+
+    Args:
+        out: the run directory to create (must not exist).
+        eps: violation fractions for gamma_hat.
+        tensorboard: also mirror the per-step quantities and gamma per epoch to
+            ``out/tensorboard`` (needs the tensorboard package).
+        figures: write the PNG figures.
+    """
+
+    def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
+                 tensorboard: bool = False, figures: bool = True,
+                 loss_threshold: float = 0.1) -> None:
+        super().__init__()
+        self.session = RegularitySession(out, source="lightning", eps=eps,
+                                         tensorboard=tensorboard, figures=figures,
+                                         loss_threshold=loss_threshold)
+        self.summary: dict | None = None
+        self._batch_idx: dict[int, int] = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError("RegularityCallback measures runs with exactly one optimizer, "
+                             f"this fit has {len(trainer.optimizers)}")
+        self.session.start(pl_module, trainer.optimizers[0], {
+            "max_epochs": trainer.max_epochs,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": trainer.gradient_clip_val,
+        })
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.session.before_batch()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = _loss_of(outputs)
+        if loss is None:
+            raise ValueError("RegularityCallback: training_step must return its loss "
+                             "(a tensor or a dict with 'loss')")
+        # Lightning hands on the loss divided by accumulate_grad_batches
+        self.session.after_batch((batch, batch_idx), loss * trainer.accumulate_grad_batches)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.session.end_epoch()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.summary = self.session.finish(pl_module, self._loss_fn)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.session.abort()
+
+    @staticmethod
+    def _loss_fn(module, recorded) -> torch.Tensor:
+        batch, batch_idx = recorded
+        trainer = module._trainer
+        module._trainer = None  # self.log() outside the fit loop: a no-op, not an error
+        try:
+            return _loss_of(module.training_step(batch, batch_idx))
+        finally:
+            module._trainer = trainer

@@ -1,0 +1,326 @@
+"""Measure a run that some other code trains: what every integration shares.
+
+A ``RegularitySession`` is told about each micro-batch (its inputs and its loss) by
+a framework callback or a hand-written loop; optimizer steps are seen through the
+recorder's step hooks, so only real optimizer steps count. A micro-batch belongs to
+the first optimizer step taken after its forward pass began (``before_batch``), so
+gradient accumulation and closures that run the forward inside ``optimizer.step``
+(Lightning) are both attributed correctly. At the end it writes the
+run directory that ``trajreg run`` writes, so ``trajreg analyze`` and study reports
+read it unchanged.
+
+What is exact and what is not:
+
+- x_t, eta_t and so D_t, a_t, s_t, c_t are exact for every step: the trajectory is
+  recorded at the optimizer step (store mode), whatever the framework does around
+  it (clipping, accumulation, schedulers, AMP).
+- l_t(x_t) and l_t(x*) are both recomputed after training on step t's own
+  recorded micro-batches (the mean of their losses, or the sum with
+  ``combine="sum"``), in train mode, with the random state (dropout masks) each
+  micro-batch saw, at the stored x_t and at x* = x_T (``reference: final``; other
+  references need a rerun). BN running statistics are saved and restored around
+  it. Recomputing l_t(x_t) proves the reconstruction: ``loss_check`` in
+  summary.json counts the steps where it equals, bit for bit, the loss the
+  framework computed during training. Batches must be tensors (or nested
+  tuples/lists/dicts of them); they are kept in ``batches/`` of the run directory.
+- F_k, the training loss per epoch, is the framework's running epoch loss: the
+  mean of l_t(x_t) over epoch k's steps (F_0 = l_0(x_0)), not the full loss at the
+  epoch's end point as in ``trajreg run``. It only matters for the default window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from trajreg.errors import UserError
+from trajreg.record.recorder import Recorder, optimizer_params
+from trajreg.record.store import TrajectoryStore
+from trajreg.run import analysis
+from trajreg.run.figures import write_figures
+from trajreg.run.rundir import write_json, write_parquet
+from trajreg.run.runner import stream_quantities, versions
+from trajreg.train.config import AnalysisConfig
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+
+def to_cpu(batch: Any) -> Any:
+    """A detached CPU copy of a batch (tensors, nested in tuples, lists and dicts)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.detach().cpu().clone()
+    if isinstance(batch, dict):
+        return {k: to_cpu(v) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        items = [to_cpu(v) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return copy.deepcopy(batch)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        items = [to_device(v, device) for v in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
+    return batch
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _kept_state(model: torch.nn.Module):
+    """Evaluate in train mode without leaving a trace: buffers (BN statistics), the
+    mode and the global random state are restored afterwards."""
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    training = model.training
+    rng = _rng_state()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        model.train(training)
+        _set_rng_state(rng)
+
+
+def _set_params(params: list[torch.Tensor], x: np.ndarray) -> None:
+    """Copy the flat vector ``x`` into ``params`` in place (vector_to_parameters would
+    make them views of ``x``, here a memory-mapped row of the store)."""
+    flat = torch.from_numpy(np.array(x, copy=True))
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
+@contextlib.contextmanager
+def _params_kept(params: list[torch.Tensor]):
+    """Restore ``params`` afterwards (the trained model stays at x_T)."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+
+
+class RegularitySession:
+    """Record a framework-driven run and write a trajreg run directory at its end.
+
+    Call ``start`` once, then for every micro-batch ``before_batch()`` (before its
+    forward pass: the random state it will use is saved) and ``after_batch(batch,
+    loss)``; ``end_epoch()`` after each epoch; ``finish(model, loss_fn)`` at the end,
+    where ``loss_fn(model, batch)`` recomputes a micro-batch's loss.
+    """
+
+    def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
+                 loss_threshold: float = 0.1, tensorboard: bool = False, figures: bool = True,
+                 combine: str = "mean", lr_group: int = 0) -> None:
+        self.out = Path(out)
+        if self.out.exists():
+            raise UserError(f"output directory already exists: {self.out}")
+        if combine not in ("mean", "sum"):
+            raise UserError(f"combine: must be 'mean' or 'sum', got {combine!r}")
+        if tensorboard:
+            from trajreg.run.tensorboard import require_tensorboard
+
+            require_tensorboard()
+        self.source = source
+        self.analysis = AnalysisConfig(eps=list(eps), loss_threshold=loss_threshold)
+        self.analysis.validate()
+        self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
+        self.lr_group = lr_group
+        self.tmp: Path | None = None
+        self.recorder: Recorder | None = None
+        self._started = 0  # micro-batches whose forward began
+        self._rngs: dict[int, dict] = {}  # random state of started, unfinished micro-batches
+        self.batch_losses: list[float] = []  # the framework's loss of each micro-batch
+        self.step_bounds: list[int] = []  # micro-batches started when step t was taken
+        self.epoch_of_step: list[int] = []
+        self.epoch_ends: list[int] = []
+        self.info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ during training
+
+    def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              info: dict[str, Any] | None = None) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-",
+                                         dir=self.out.parent))
+        (self.tmp / "batches").mkdir()
+        self.model, self.optimizer = model, optimizer
+        self.recorder = Recorder(optimizer, self.tmp / "trajectory", mode="store",
+                                 lr_group=self.lr_group)
+        # after the recorder's own hook: the step just taken closes its micro-batches
+        self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
+        self.info = {"source": self.source, "model": type(model).__name__,
+                     "optimizer": type(optimizer).__name__,
+                     "param_groups": [{k: v for k, v in g.items() if k != "params"
+                                       and isinstance(v, int | float | str | bool | tuple)}
+                                      for g in optimizer.param_groups],
+                     **(info or {})}
+
+    def before_batch(self) -> None:
+        """A micro-batch's forward pass is about to begin: keep the random state it sees."""
+        self._rngs[self._started] = _rng_state()
+        self._started += 1
+
+    def after_batch(self, batch: Any, loss: float | torch.Tensor) -> None:
+        """Record a micro-batch (as the ``loss_fn`` given to ``finish`` takes it) and the
+        loss the framework computed on it (unscaled: the loss ``loss_fn`` returns)."""
+        i = len(self.batch_losses)
+        if i not in self._rngs:
+            raise RuntimeError("after_batch without before_batch")
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        torch.save((to_cpu(batch), self._rngs.pop(i)), self.tmp / "batches" / f"{i:08d}.pt")
+        self.batch_losses.append(value)
+
+    def _step_taken(self) -> None:
+        self.step_bounds.append(self._started)
+        self.epoch_of_step.append(len(self.epoch_ends) + 1)
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_bounds)
+
+    def end_epoch(self) -> None:
+        if self.steps and (not self.epoch_ends or self.epoch_ends[-1] != self.steps):
+            self.epoch_ends.append(self.steps)
+
+    def _members(self, t: int) -> range:
+        """The micro-batches of optimizer step t."""
+        return range(self.step_bounds[t - 1] if t else 0, self.step_bounds[t])
+
+    def _combine(self, values: list[float]) -> float:
+        if not values:
+            return math.nan
+        return float(np.sum(values) if self.combine == "sum" else np.mean(values))
+
+    # ------------------------------------------------------------------ after training
+
+    def _step_loss(self, model: torch.nn.Module, loss_fn: LossFn, t: int,
+                   device: torch.device) -> float:
+        values = []
+        for i in self._members(t):
+            path = self.tmp / "batches" / f"{i:08d}.pt"
+            if not path.is_file():  # started but never finished: b_t is unknown
+                return math.nan
+            batch, rng = torch.load(path, weights_only=False)
+            _set_rng_state(rng)
+            values.append(float(loss_fn(model, to_device(batch, device)).detach()))
+        return self._combine(values)
+
+    def abort(self) -> None:
+        """Drop the partial run directory (training failed or was interrupted)."""
+        if self.recorder is not None:
+            self.recorder.close()
+            self._hook.remove()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def finish(self, model: torch.nn.Module, loss_fn: LossFn) -> dict:
+        """Measure every step against x* = x_T, write the run directory, return its
+        summary."""
+        self.recorder.close()
+        self._hook.remove()
+        T = self.steps
+        recorded_losses = [self._combine([self.batch_losses[i] for i in self._members(t)
+                                          if i < len(self.batch_losses)]) for t in range(T)]
+        if T == 0:
+            self.abort()
+            raise UserError("no optimizer step was taken: nothing to measure")
+        self.end_epoch()
+        params = optimizer_params(self.optimizer)
+        device = params[0].device
+        finite = [t for t, v in enumerate(recorded_losses) if not math.isfinite(v)]
+        diverged = finite[0] if finite else None
+        k = T if diverged is None else diverged  # x* = x_k
+        store = TrajectoryStore(self.tmp / "trajectory")
+        x_star = store.row(k).astype(np.float64)
+        measured = stream_quantities(store, k, x_star)
+
+        loss_x, loss_star = [], []
+        with torch.no_grad(), _kept_state(model), _params_kept(params), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
+            model.train()
+            for t in range(k):
+                _set_params(params, store.row(t))
+                loss_x.append(self._step_loss(model, loss_fn, t, device))
+            _set_params(params, store.row(k))
+            for t in range(k):
+                loss_star.append(self._step_loss(model, loss_fn, t, device))
+        recorded, again = np.asarray(recorded_losses[:k]), np.asarray(loss_x)
+        known = np.isfinite(recorded) & np.isfinite(again)
+        check = {"steps": k, "equal": int(np.sum(recorded == again)),
+                 "max_abs_diff": float(np.max(np.abs(recorded - again)[known], initial=0.0))}
+
+        ends = [e for e in self.epoch_ends if e <= k] or [k]
+        full, start = [loss_x[0]], 0
+        for e in ends:
+            full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
+            start = e
+        last = ends[-2] if len(ends) > 1 else 0
+        f_star = float(np.mean(loss_star[last:k])) if k > last else math.nan
+        options = analysis.AnalysisOptions.from_config(self.analysis)
+        table = analysis.step_table(epoch=self.epoch_of_step, lr=measured["lr"],
+                                    loss=loss_x, loss_star=loss_star, D=measured["D"],
+                                    a=measured["a"], s=measured["s"], epoch_ends=ends,
+                                    full_loss=full, delta=options.delta)
+        summary = analysis.summarize(table, full_loss=full, epoch_ends=ends, reference_step=k,
+                                     f_star=f_star, options=options)
+        summary.update({"task": "external", "evaluation": {}, "record_mode": "store",
+                        "reference": "final",
+                        "n_params": int(sum(p.numel() for p in params)),
+                        "diverged": diverged is not None, "diverged_step": diverged,
+                        "loss_check": check, "source": self.source})
+        self._write(model, table, summary)
+        return summary
+
+    def _write(self, model: torch.nn.Module, table, summary: dict) -> None:
+        config = {"external": self.info,
+                  "analysis": dataclasses.asdict(self.analysis),
+                  "record": {"mode": "store"}, "versions": versions()}
+        (self.tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                   self.tmp / "final_state.pt")
+        write_parquet(self.tmp / "metrics.parquet", table)
+        if self.figures:
+            write_figures(self.tmp, table, summary)
+        if self.tensorboard:
+            from trajreg.run.tensorboard import write_tensorboard
+
+            write_tensorboard(self.tmp, table, summary)
+        write_json(self.tmp / "summary.json", summary)
+        os.rename(self.tmp, self.out)
