@@ -122,3 +122,13 @@ def test_study_then_report(tmp_path):
     proc = _cli("report", tmp_path / "s", cwd=tmp_path)
     assert proc.returncode == 0 and report.is_file()
     assert _cli("report", tmp_path, cwd=tmp_path).returncode == 2  # not a study directory
+
+
+def test_run_with_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    config = _write(tmp_path / "c.yaml", tiny(train={"epochs": 1}))
+    proc = _cli("run", config, "--out", tmp_path / "r", "--tensorboard", "--no-figures",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list((tmp_path / "r").glob("*.png"))

@@ -179,6 +179,10 @@ class RegularitySession:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-",
                                          dir=self.out.parent))
         (self.tmp / "batches").mkdir()
+        # frameworks wrap the optimizer (accelerate's AcceleratedOptimizer, ...): the
+        # step hooks belong on the torch optimizer that really updates the parameters
+        while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+            optimizer = optimizer.optimizer
         self.model, self.optimizer = model, optimizer
         self.recorder = Recorder(optimizer, self.tmp / "trajectory", mode="store",
                                  lr_group=self.lr_group)

@@ -1,0 +1,72 @@
+"""The Hugging Face Trainer callback on a real (small, config-built) model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from trajreg.integrations.huggingface import RegularityCallback  # noqa: E402
+from trajreg.run import analyze  # noqa: E402
+from trajreg.run.rundir import read_json  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Sequences of a simple rule (next token = token + 1 mod vocab) with noise."""
+
+    def __init__(self, n=96, length=12, vocab=50, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        start = torch.randint(0, vocab, (n, 1), generator=g)
+        self.ids = (start + torch.arange(length)) % vocab
+        flip = torch.rand(n, length, generator=g) < 0.1
+        self.ids[flip] = torch.randint(0, vocab, (int(flip.sum()),), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def tiny_gpt2():
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2,
+                                     n_head=2, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_trainer_callback_exact_quantities(tmp_path, accumulate):
+    out = tmp_path / "run"
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=16,
+        gradient_accumulation_steps=accumulate, num_train_epochs=2, learning_rate=5e-3,
+        weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="linear", logging_strategy="no",
+        save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
+        disable_tqdm=True)
+    cb = RegularityCallback(out)
+    model = tiny_gpt2()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(),
+                                   callbacks=[cb])
+    trainer.train()
+    table = pd.read_parquet(out / "metrics.parquet")
+    summary = read_json(out / "summary.json")
+    steps_per_epoch = 96 // 16 // accumulate
+    assert len(table) == 2 * steps_per_epoch == trainer.state.global_step
+    assert summary["epoch_ends"] == [steps_per_epoch, 2 * steps_per_epoch]
+    D = np.append(table["D"].to_numpy(), 0.0)
+    eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
+    assert np.allclose(D[:-1] - D[1:], 2 * eta * a - eta**2 * s, rtol=1e-6,
+                       atol=1e-9 * D.max())
+    assert (np.diff(eta) < 0).all()  # the linear schedule, step by step
+    # dropout masks and inputs were rebuilt exactly for every step
+    check = summary["loss_check"]
+    assert check["steps"] == len(table) and check["equal"] == len(table), check
+    assert np.isfinite(table["b"]).all() and summary["source"] == "huggingface"
+    again = analyze(out, eps=[0.0, 0.2])
+    assert set(again["gamma_hat"]) == {"0.0", "0.2"}
