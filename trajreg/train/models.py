@@ -36,8 +36,11 @@ Models (``MODELS``), built by ``build_model(cfg, input_shape, n_classes)``:
 
 Switches, shared by every model:
 
-* ``activation`` -- ``ACTIVATION_LAYERS``; ``identity`` (``nn.Identity``) makes the network
-  linear. ``nn.Identity`` is used for nothing else, so every activation is a module.
+* ``activation`` -- ``ACTIVATION_LAYERS``; ``identity`` (``nn.Identity``) removes every
+  activation: the mlp becomes linear; the conv nets keep their max-pooling, which is
+  piecewise linear, so they are linear only between pooling decisions (as in the
+  paper's "without nonlinear activation"); batch norm in train mode also mixes the
+  batch. ``nn.Identity`` is used for nothing else, so every activation is a module.
 * ``norm`` -- ``none`` adds no module at all; for conv features ``batch`` is BatchNorm2d,
   ``layer`` GroupNorm(1, C) and ``group`` GroupNorm(gcd(C, 8), C) (``group_count``); for
   the mlp's (N, width) features BatchNorm1d, LayerNorm and GroupNorm(gcd(width, 8), width).
