@@ -179,10 +179,13 @@ def dask_cluster(tmp_path):
             p.kill()
 
 
-def test_dask_executor_on_loopback(tmp_path, dask_cluster):
+def test_dask_executor_on_loopback(tmp_path, dask_cluster, monkeypatch):
     address, worker_pids = dask_cluster
     study = load_study(small_study())
-    result = run_study(study, tmp_path / "s", executor=f"dask://{address}", progress=False)
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    monkeypatch.chdir(client_dir)  # a relative study directory, workers elsewhere
+    result = run_study(study, "../s", executor=f"dask://{address}", progress=False)
     assert sorted(result.done) == sorted(r.run_id for r in study.runs) and not result.failed
     ran_in = {int(w.rsplit(":", 1)[1]) for w in result.workers.values()}
     assert ran_in <= worker_pids and os.getpid() not in ran_in

@@ -230,7 +230,9 @@ def _run_study(study: Study, study_dir: Path, pool, retry_failed: bool, report: 
     display = _Progress(study_dir, len(study.runs), len(study.runs) - len(todo), progress)
     try:
         threads = getattr(pool, "threads", None)
-        calls = [(spec.config, str(study_dir), spec.run_id, threads) for spec in todo]
+        # absolute: Dask workers need not share this process's working directory
+        calls = [(spec.config, str(study_dir.resolve()), spec.run_id, threads)
+                 for spec in todo]
         for call, outcome in pool.map_unordered(execute_run, calls):
             rid = call[2]
             if isinstance(outcome, BaseException):  # the worker itself died
