@@ -31,12 +31,8 @@ class RegularityCallback(TrainerCallback):
     """Record the training trajectory and write a trajreg run directory to ``out`` at the
     end of ``Trainer.train()``.
 
-    Args:
-        out: the run directory to create (must not exist).
-        eps: violation fractions for gamma_hat.
-        tensorboard: also mirror the per-step quantities and gamma per epoch to
-            ``out/tensorboard`` (needs the tensorboard package).
-        figures: write the PNG figures.
+    The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
+    loss_threshold).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),

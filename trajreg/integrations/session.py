@@ -142,6 +142,18 @@ class RegularitySession:
     forward pass: the random state it will use is saved) and ``after_batch(batch,
     loss)``; ``end_epoch()`` after each epoch; ``finish(model, loss_fn)`` at the end,
     where ``loss_fn(model, batch)`` recomputes a micro-batch's loss.
+
+    Args:
+        out: the run directory to create (must not exist).
+        source: who trained the run (lightning, huggingface, plain), for the summary.
+        eps: violation fractions for gamma_hat.
+        loss_threshold: for steps_to_threshold.
+        tensorboard: also mirror the per-step quantities and gamma per epoch to
+            ``out/tensorboard`` (needs the tensorboard package).
+        figures: write the PNG figures.
+        combine: a step's loss from its micro-batch losses: their mean, or their sum
+            (losses already normalised by the whole step's size).
+        lr_group: the param group whose learning rate is eta_t.
     """
 
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
