@@ -103,8 +103,24 @@ def evaluate(cfg, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
     return out
 
 
+def deterministic(device: str) -> None:
+    """On CUDA, ask for deterministic kernels, which replay needs to reproduce a run bit
+    for bit (cuBLAS reads its workspace setting when CUDA starts, so this runs first).
+    Ops without a deterministic kernel only warn: replay's own bitwise check then says
+    whether the run was reproduced. CPU kernels are deterministic already."""
+    if not str(device).startswith("cuda"):
+        return
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def build(cfg, data: Dataset):
     """Model, optimizer and scheduler for a run, initialised from the run seed."""
+    deterministic(cfg.train.device)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)
     optimizer = build_optimizer(cfg.optim, model.parameters())
