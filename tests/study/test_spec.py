@@ -126,3 +126,46 @@ def test_presets_expand():
                            ("alexnet", "model.norm"), ("vgg", "model.norm"),
                            ("resnet", "model.skip"), ("unet", "model.skip")]:
             assert (name, axis) in archs
+
+
+@pytest.mark.slow
+def test_every_quick_preset_cell_builds_and_takes_a_step(one_thread):
+    """Each distinct network x data x optimizer of the quick preset trains one real step
+    (catches, e.g., an image too small for a network's poolings before a study runs)."""
+    from trajreg.study import preset_path
+    from trajreg.train.data import load_data
+    from trajreg.train.loop import build, train
+
+    study = load_study(preset_path("quick"))
+    seen, cache = set(), {}
+    for spec in study.runs:
+        cfg = load_config(spec.config)
+        key = (repr(cfg.data), repr(cfg.model), repr(cfg.optim))
+        if key in seen:
+            continue
+        seen.add(key)
+        data = cache.setdefault(repr(cfg.data), load_data(cfg.data))
+        model, opt, sched = build(cfg, data)
+        log = train(cfg, data, model, opt, sched, max_steps=1, eval_full=False,
+                    progress=False)
+        assert log.steps == 1 and log.diverged_step is None, key
+
+
+def test_standard_preset_networks_fit_cifar_shapes():
+    """The standard preset's networks build for CIFAR-10's 3x32x32 images (the data itself
+    is read from data.root, absent here)."""
+    from trajreg.study import preset_path
+    from trajreg.train.models import build_model
+
+    study = load_study(preset_path("standard"))
+    shapes = {"cifar10": ((3, 32, 32), 10), "shapes": ((3, 32, 32), 4),
+              "mnist1d": ((40,), 10)}
+    seen = set()
+    for spec in study.runs:
+        cfg = load_config(spec.config)
+        key = (cfg.data.name, repr(cfg.model))
+        if key in seen:
+            continue
+        seen.add(key)
+        shape, classes = shapes[cfg.data.name]
+        build_model(cfg.model, shape, classes)

@@ -240,10 +240,10 @@ def _band(ax, curves: list[np.ndarray], color: str, label: str, x0: int) -> None
     m = np.full((len(curves), n), np.nan)
     for i, c in enumerate(curves):
         m[i, : len(c)] = c
-    m = np.where(np.isfinite(m), m, np.nan)
+    m = np.where(np.isfinite(m), m, np.nan)  # a seed's -inf gamma or diverged loss: a gap
     x = np.arange(x0, x0 + n)
     with np.errstate(all="ignore"), _quiet():
-        ax.plot(x, np.nanmedian(m, axis=0), color=color, label=label)
+        ax.plot(x, np.nanmean(m, axis=0), color=color, label=label)
         ax.fill_between(x, np.nanmin(m, axis=0), np.nanmax(m, axis=0), color=color, alpha=0.2,
                         lw=0)
 
@@ -263,7 +263,8 @@ class _quiet:
 
 
 def comparison_figure(comp: Comparison, summaries: dict, eps: str, path: Path) -> None:
-    """Training loss and gamma per epoch, median and min-max band over seeds."""
+    """Training loss and gamma per epoch: the mean over seeds and their spread (min-max
+    band); non-finite values (a -inf gamma, a diverged loss) are left out."""
     fig = Figure(figsize=(10, 3.6))
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.25)
     ax_loss, ax_gamma = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -276,9 +277,9 @@ def comparison_figure(comp: Comparison, summaries: dict, eps: str, path: Path) -
         _band(ax_gamma, [np.asarray(summaries[i]["gamma_hat_per_epoch"].get(eps, []), float)
                          for i in ids], color, text, 1)
     ax_loss.set(yscale="log", xlabel="epoch", ylabel="full training loss F_k",
-                title="Training loss (median, min-max over seeds)")
+                title="Training loss (mean, min-max over seeds)")
     ax_gamma.set(xlabel="epoch", ylabel=f"gamma_hat per epoch (eps={eps})",
-                 title="Gamma per epoch (median, min-max)")
+                 title="Gamma per epoch (mean, min-max over seeds)")
     ax_gamma.set_yscale("symlog", linthresh=1e-2)
     ax_gamma.axhline(0, color="k", lw=0.5)
     ax_loss.legend(fontsize=8)
