@@ -298,10 +298,20 @@ def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> None:
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.13, top=0.9)
     ax = fig.add_subplot()
     metric = f"gamma_hat_{eps}"
+    g_all = ok[metric].to_numpy(float)
+    finite = g_all[np.isfinite(g_all)]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    # +-inf estimates (no / every gamma qualifies) get their own column at either edge
+    x_ninf, x_pinf = min(lo, 0.0) * 10 - 10, max(hi, 0.0) * 10 + 10
     for arch, part in ok.groupby("architecture"):
         g = part[metric].to_numpy(float)
-        ax.scatter(np.clip(g, -1e6, 1e6), part[SPEED].to_numpy(float), s=14, label=arch)
+        x = np.where(g == -np.inf, x_ninf, np.where(g == np.inf, x_pinf, g))
+        ax.scatter(x, part[SPEED].to_numpy(float), s=14, label=arch)
     ax.set_xscale("symlog", linthresh=1e-2)
+    if np.isinf(g_all).any():
+        ticks = [t for t in ax.get_xticks() if x_ninf < t < x_pinf]
+        ax.set_xticks([x_ninf, *ticks, x_pinf],
+                      ["-inf", *(f"{t:g}" for t in ticks), "+inf"])
     ax.set(xlabel=f"gamma_hat (eps={eps})", ylabel="auc_log_loss (lower is faster)",
            title="Gamma and convergence speed, all runs")
     if len(ok):
