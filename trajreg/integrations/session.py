@@ -282,6 +282,9 @@ class RegularitySession:
         finite = [t for t, v in enumerate(recorded_losses) if not math.isfinite(v)]
         diverged = finite[0] if finite else None
         k = T if diverged is None else diverged  # x* = x_k
+        if k == 0:
+            self.abort()
+            raise UserError("the loss of the first step was not finite: nothing to measure")
         store = TrajectoryStore(self.tmp / "trajectory")
         x_star = store.row(k).astype(np.float64)
         measured = stream_quantities(store, k, x_star)
