@@ -132,3 +132,29 @@ def test_run_with_tensorboard(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
     assert not list((tmp_path / "r").glob("*.png"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_missing_cuda_is_a_clear_error_before_anything_is_written(tmp_path):
+    config = _write(tmp_path / "c.yaml", tiny(train={"device": "cuda"}))
+    proc = _cli("run", config, "--out", tmp_path / "r", cwd=tmp_path)
+    assert proc.returncode == 2 and "train.device: cuda requested" in proc.stderr
+    assert not (tmp_path / "r").exists()
+    study = _study_file(tmp_path / "s.yaml")
+    raw = yaml.safe_load(study.read_text())
+    raw["base"]["train"]["device"] = "cuda"
+    study.write_text(yaml.safe_dump(raw))
+    proc = _cli("study", study, "--out", tmp_path / "s", cwd=tmp_path)
+    assert proc.returncode == 2 and "train.device: cuda requested" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_study_data_root_points_local_data_sets(tmp_path):
+    from trajreg.study import load_study, preset_path
+    from trajreg.study.spec import with_data_root
+    from trajreg.train.config import read_yaml
+
+    raw = with_data_root(read_yaml(preset_path("standard")), str(tmp_path))
+    roots = {spec.config["data"]["name"]: spec.config["data"]["root"]
+             for spec in load_study(raw).runs}
+    assert roots["cifar10"] == str(tmp_path) and roots["mnist1d"] is None

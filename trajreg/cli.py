@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--executor", default="process",
                     help="serial, process (default) or dask://HOST:PORT")
     st.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    st.add_argument("--data-root", help="directory of the local data sets the study reads "
+                                        "(mnist, fashion_mnist, cifar10): sets data.root")
     rp = sub.add_parser("report", help="write the report of a study directory again")
     rp.add_argument("study_dir")
     return p
@@ -83,6 +85,8 @@ def _print_summary(summary: dict) -> None:
 
 def _study(args: argparse.Namespace) -> None:
     from trajreg.study import load_study, preset_path, run_study
+    from trajreg.study.spec import with_data_root
+    from trajreg.train.config import read_yaml
 
     if args.study == "paper":
         source = preset_path(args.preset or "quick")
@@ -90,7 +94,10 @@ def _study(args: argparse.Namespace) -> None:
         raise UserError("--preset: only the built-in 'paper' study has presets")
     else:
         source = Path(args.study)
-    study = load_study(source)
+    raw = read_yaml(source, "study")
+    if args.data_root:
+        raw = with_data_root(raw, args.data_root)
+    study = load_study(raw)
     out = Path(args.out) if args.out else Path("studies") / Path(source).stem
     result = run_study(study, out, executor=args.executor, jobs=args.jobs,
                        retry_failed=args.retry_failed)

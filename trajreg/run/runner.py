@@ -31,7 +31,16 @@ from trajreg.run.figures import write_figures
 from trajreg.run.rundir import atomic_dir, read_json, require_run_dir, write_json, write_parquet
 from trajreg.train.config import RunConfig, load_config
 from trajreg.train.data import Dataset, load_data
-from trajreg.train.loop import TrainLog, batches, build, evaluate, full_loss, minibatch_loss, train
+from trajreg.train.loop import (
+    TrainLog,
+    batches,
+    build,
+    evaluate,
+    full_loss,
+    minibatch_loss,
+    require_device,
+    train,
+)
 from trajreg.train.models import n_params
 
 
@@ -215,6 +224,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
     """
     out = Path(out)
+    require_device(cfg.train.device)
     if tensorboard:
         from trajreg.run.tensorboard import require_tensorboard
 

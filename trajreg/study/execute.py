@@ -200,6 +200,11 @@ def run_study(study: Study | str | Path | dict, out: str | Path, *, executor: st
     study_dir = Path(out)
     if study_dir.exists() and not study_dir.is_dir():
         raise UserError(f"--out {study_dir}: exists and is not a directory")
+    if not executor.startswith("dask://"):  # local runs: this machine's devices
+        from trajreg.train.loop import require_device
+
+        for device in sorted({spec.config["train"]["device"] for spec in study.runs}):
+            require_device(device)
     # before anything is written: a bad executor or an unreachable cluster stops here
     pool = make_executor(executor, jobs)
     try:

@@ -229,6 +229,23 @@ def expand(block: Block) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return out
 
 
+def with_data_root(raw: dict[str, Any], root: str) -> dict[str, Any]:
+    """The study with ``data.root`` set wherever it reads a local data set (mnist,
+    fashion_mnist, cifar10), e.g. to point the standard preset at your CIFAR-10.
+
+    >>> with_data_root({"base": {"data": {"name": "cifar10"}}}, "/d")["base"]["data"]
+    {'name': 'cifar10', 'root': '/d'}
+    """
+    from trajreg.train.data import LOCAL_DATASETS
+
+    out = copy.deepcopy(raw)
+    for section in [out.get("base", {}), *(b.get("base", {}) for b in out.get("blocks", []))]:
+        data = section.get("data") if isinstance(section, dict) else None
+        if isinstance(data, dict) and data.get("name") in LOCAL_DATASETS:
+            data["root"] = root
+    return out
+
+
 def load_study(source: str | Path | dict[str, Any]) -> Study:
     """Validate a study file (path or mapping) and expand it into deduplicated runs."""
     raw = _mapping("study", read_yaml(source, "study"))

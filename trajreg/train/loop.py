@@ -103,6 +103,16 @@ def evaluate(cfg, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
     return out
 
 
+def require_device(device: str) -> None:
+    """A clear error, before any work, when the config asks for a device this machine
+    lacks (torch's own is an AssertionError from deep inside)."""
+    from trajreg.errors import UserError
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {device} requested, but torch {torch.__version__} "
+                        "sees no CUDA device on this machine; use train.device: cpu")
+
+
 def deterministic(device: str) -> None:
     """On CUDA, ask for deterministic kernels, which replay needs to reproduce a run bit
     for bit (cuBLAS reads its workspace setting when CUDA starts, so this runs first).
