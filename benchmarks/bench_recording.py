@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,22 +204,26 @@ RATIO_NOTE = ("  ratio_of_medians = median(x) / median(base): the verdict. paire
 
 # ----------------------------------------------------------------------------- part 1
 
+def stopwatch() -> Callable[[], tuple[float, float]]:
+    """Start timing after a garbage collection; the returned function gives the wall
+    and CPU seconds since."""
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    return lambda: (time.perf_counter() - t0, time.process_time() - c0)
+
+
 def time_run(cfg, label: str, figures: bool = True) -> tuple[float, float, str | None]:
     """Wall and CPU seconds of run(cfg, fresh dir); on an exception, those until it."""
     from trajreg.run.runner import run
 
-    parent = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    try:
-        gc.collect()
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as parent:
         err = None
-        c0, t0 = time.process_time(), time.perf_counter()
+        elapsed = stopwatch()
         try:
-            run(cfg, parent / "run", figures=figures)
+            run(cfg, Path(parent) / "run", figures=figures)
         except Exception:
             err = note_crash("whole run", label)
-        return time.perf_counter() - t0, time.process_time() - c0, err
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
+        return (*elapsed(), err)
 
 
 def bench_whole_run(args: argparse.Namespace) -> None:
@@ -289,20 +294,16 @@ def time_train(cfg, data, recorded: bool) -> tuple[float, float, list[float]]:
     from trajreg.train.loop import build, total_steps, train
 
     model, opt, sched = build(cfg, data)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-rec-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-rec-") as tmp:
         rec = None
         if recorded:
-            rec = Recorder(opt, tmp / "trajectory", mode="store",
+            rec = Recorder(opt, Path(tmp) / "trajectory", mode="store",
                            capacity=total_steps(cfg, data) + 1)
-        gc.collect()
-        c0, t0 = time.process_time(), time.perf_counter()
+        elapsed = stopwatch()
         log = train(cfg, data, model, opt, sched, eval_full=False)
         if rec is not None:
             rec.close()
-        return time.perf_counter() - t0, time.process_time() - c0, log.loss
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return (*elapsed(), log.loss)
 
 
 def bench_train_overhead(args: argparse.Namespace) -> None:

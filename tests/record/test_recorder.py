@@ -164,3 +164,26 @@ def test_reference_loop_rows_match_training(tmp_path):
     store = TrajectoryStore(tmp_path / "t")
     assert store.rows == log.steps + 1
     assert np.array_equal(store.row(log.steps), flat_params(list(model.parameters())).numpy())
+
+
+@pytest.mark.parametrize("capacity, buffer_bytes, sync_seconds", [
+    (7, 40, 5.0), (1500, 8 << 20, 5.0), (5, 1000, 0.0), (1, 16, 5.0)])
+def test_writer_blocks_segments_and_syncs_keep_every_row(tmp_path, capacity, buffer_bytes,
+                                                         sync_seconds):
+    """Rows staged in buffers, written by the thread, across segment ends and syncs come
+    back exactly, with one learning rate per step and none for x_T."""
+    from trajreg.record.store import TrajectoryStore, TrajectoryWriter
+
+    w = TrajectoryWriter(tmp_path / "t", 10, np.float32, capacity=capacity,
+                         buffer_bytes=buffer_bytes, sync_seconds=sync_seconds)
+    rows = []
+    for i in range(51):
+        row = w.next_row()
+        row[:] = np.arange(10) + i
+        rows.append(row.copy())
+        w.commit_row(0.5 * i if i < 50 else None)
+    w.close()
+    store = TrajectoryStore(tmp_path / "t")
+    assert (store.rows, store.steps, store.closed) == (51, 50, True)
+    assert np.array_equal(np.stack([store.row(t) for t in range(51)]), np.array(rows))
+    assert np.array_equal(store.lrs, 0.5 * np.arange(50))

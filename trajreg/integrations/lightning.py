@@ -51,7 +51,6 @@ class RegularityCallback(Callback):
                                          tensorboard=tensorboard, figures=figures,
                                          loss_threshold=loss_threshold)
         self.summary: dict | None = None
-        self._batch_idx: dict[int, int] = {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:

@@ -31,12 +31,10 @@ What is exact and what is not:
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,36 +45,31 @@ import torch
 import yaml
 
 from trajreg.errors import UserError
-from trajreg.record.recorder import Recorder, optimizer_params
+from trajreg.record.recorder import Recorder, optimizer_params, set_flat_params
 from trajreg.record.store import TrajectoryStore
 from trajreg.run import analysis
-from trajreg.run.figures import write_figures
-from trajreg.run.rundir import write_json, write_parquet
-from trajreg.run.runner import stream_quantities, versions
-from trajreg.train.config import AnalysisConfig
+from trajreg.run.rundir import partial_dir
+from trajreg.run.runner import (
+    cpu_state,
+    external_config,
+    stream_quantities,
+    versions,
+    write_analysis,
+)
+from trajreg.train.loop import TrainLog
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
-def to_cpu(batch: Any) -> Any:
-    """A detached CPU copy of a batch (tensors, nested in tuples, lists and dicts)."""
+def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to every tensor of a batch (nested in tuples, named tuples, lists
+    and dicts); other leaves are kept as they are."""
     if isinstance(batch, torch.Tensor):
-        return batch.detach().cpu().clone()
+        return fn(batch)
     if isinstance(batch, dict):
-        return {k: to_cpu(v) for k, v in batch.items()}
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
     if isinstance(batch, list | tuple):
-        items = [to_cpu(v) for v in batch]
-        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
-    return copy.deepcopy(batch)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        items = [to_device(v, device) for v in batch]
+        items = [map_tensors(v, fn) for v in batch]
         return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
     return batch
 
@@ -96,43 +89,18 @@ def _set_rng_state(state: dict) -> None:
 
 @contextlib.contextmanager
 def _kept_state(model: torch.nn.Module):
-    """Evaluate in train mode without leaving a trace: buffers (BN statistics), the
-    mode and the global random state are restored afterwards."""
-    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    """Move the model's parameters and evaluate it in train mode without leaving a
+    trace: its state (parameters and BN statistics), mode and the global random
+    state are restored afterwards."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     training = model.training
     rng = _rng_state()
     try:
         yield
     finally:
-        with torch.no_grad():
-            for k, v in model.named_buffers():
-                v.copy_(buffers[k])
+        model.load_state_dict(state)  # copies in place
         model.train(training)
         _set_rng_state(rng)
-
-
-def _set_params(params: list[torch.Tensor], x: np.ndarray) -> None:
-    """Copy the flat vector ``x`` into ``params`` in place (vector_to_parameters would
-    make them views of ``x``, here a memory-mapped row of the store)."""
-    flat = torch.from_numpy(np.array(x, copy=True))
-    offset = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
-
-
-@contextlib.contextmanager
-def _params_kept(params: list[torch.Tensor]):
-    """Restore ``params`` afterwards (the trained model stays at x_T)."""
-    saved = [p.detach().clone() for p in params]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
 
 
 class RegularitySession:
@@ -169,8 +137,7 @@ class RegularitySession:
 
             require_tensorboard()
         self.source = source
-        self.analysis = AnalysisConfig(eps=list(eps), loss_threshold=loss_threshold)
-        self.analysis.validate()
+        self.cfg = external_config({"eps": list(eps), "loss_threshold": loss_threshold})
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
         self.tmp: Path | None = None
@@ -179,7 +146,6 @@ class RegularitySession:
         self._rngs: dict[int, dict] = {}  # random state of started, unfinished micro-batches
         self.batch_losses: list[float] = []  # the framework's loss of each micro-batch
         self.step_bounds: list[int] = []  # micro-batches started when step t was taken
-        self.epoch_of_step: list[int] = []
         self.epoch_ends: list[int] = []
         self.info: dict[str, Any] = {}
 
@@ -187,9 +153,7 @@ class RegularitySession:
 
     def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               info: dict[str, Any] | None = None) -> None:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-",
-                                         dir=self.out.parent))
+        self.tmp = partial_dir(self.out)
         (self.tmp / "batches").mkdir()
         # frameworks wrap the optimizer (accelerate's AcceleratedOptimizer, ...): the
         # step hooks belong on the torch optimizer that really updates the parameters
@@ -219,12 +183,13 @@ class RegularitySession:
         if i not in self._rngs:
             raise RuntimeError("after_batch without before_batch")
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        torch.save((to_cpu(batch), self._rngs.pop(i)), self.tmp / "batches" / f"{i:08d}.pt")
+        # a copy of its own: torch.save of a view would write its whole base storage
+        batch = map_tensors(batch, lambda t: t.detach().to("cpu", copy=True))
+        torch.save((batch, self._rngs.pop(i)), self.tmp / "batches" / f"{i:08d}.pt")
         self.batch_losses.append(value)
 
     def _step_taken(self) -> None:
         self.step_bounds.append(self._started)
-        self.epoch_of_step.append(len(self.epoch_ends) + 1)
 
     @property
     def steps(self) -> int:
@@ -254,7 +219,8 @@ class RegularitySession:
                 return math.nan
             batch, rng = torch.load(path, weights_only=False)
             _set_rng_state(rng)
-            values.append(float(loss_fn(model, to_device(batch, device)).detach()))
+            batch = map_tensors(batch, lambda t: t.to(device))
+            values.append(float(loss_fn(model, batch).detach()))
         return self._combine(values)
 
     def abort(self) -> None:
@@ -271,33 +237,31 @@ class RegularitySession:
         self.recorder.close()
         self._hook.remove()
         T = self.steps
-        recorded_losses = [self._combine([self.batch_losses[i] for i in self._members(t)
-                                          if i < len(self.batch_losses)]) for t in range(T)]
         if T == 0:
             self.abort()
             raise UserError("no optimizer step was taken: nothing to measure")
         self.end_epoch()
-        params = optimizer_params(self.optimizer)
-        device = params[0].device
+        recorded_losses = [self._combine([self.batch_losses[i] for i in self._members(t)
+                                          if i < len(self.batch_losses)]) for t in range(T)]
         finite = [t for t, v in enumerate(recorded_losses) if not math.isfinite(v)]
         diverged = finite[0] if finite else None
         k = T if diverged is None else diverged  # x* = x_k
         if k == 0:
             self.abort()
             raise UserError("the loss of the first step was not finite: nothing to measure")
+        params = optimizer_params(self.optimizer)
+        device = params[0].device
         store = TrajectoryStore(self.tmp / "trajectory")
         x_star = store.row(k).astype(np.float64)
-        measured = stream_quantities(store, k, x_star)
 
         loss_x, loss_star = [], []
-        with torch.no_grad(), _kept_state(model), _params_kept(params), \
-                warnings.catch_warnings():
+        with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
             model.train()
             for t in range(k):
-                _set_params(params, store.row(t))
+                set_flat_params(params, store.row(t))
                 loss_x.append(self._step_loss(model, loss_fn, t, device))
-            _set_params(params, store.row(k))
+            set_flat_params(params, store.row(k))
             for t in range(k):
                 loss_star.append(self._step_loss(model, loss_fn, t, device))
         recorded, again = np.asarray(recorded_losses[:k]), np.asarray(loss_x)
@@ -311,35 +275,20 @@ class RegularitySession:
             full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
             start = e
         last = ends[-2] if len(ends) > 1 else 0
-        f_star = float(np.mean(loss_star[last:k])) if k > last else math.nan
-        options = analysis.AnalysisOptions.from_config(self.analysis)
-        table = analysis.step_table(epoch=self.epoch_of_step, lr=measured["lr"],
-                                    loss=loss_x, loss_star=loss_star, D=measured["D"],
-                                    a=measured["a"], s=measured["s"], epoch_ends=ends,
-                                    full_loss=full, delta=options.delta)
-        summary = analysis.summarize(table, full_loss=full, epoch_ends=ends, reference_step=k,
-                                     f_star=f_star, options=options)
-        summary.update({"task": "external", "evaluation": {}, "record_mode": "store",
-                        "reference": "final",
-                        "n_params": int(sum(p.numel() for p in params)),
-                        "diverged": diverged is not None, "diverged_step": diverged,
-                        "loss_check": check, "source": self.source})
-        self._write(model, table, summary)
-        return summary
+        log = TrainLog(loss=loss_x, loss_star=loss_star, full_loss=full, epoch_ends=ends,
+                       epoch=(np.searchsorted(self.epoch_ends, np.arange(k), "right") + 1)
+                       .tolist(), diverged_step=diverged)
+        measured = {**stream_quantities(store, k, x_star), "loss_star": loss_star,
+                    "f_star": float(np.mean(loss_star[last:k])) if k > last else math.nan}
 
-    def _write(self, model: torch.nn.Module, table, summary: dict) -> None:
-        config = {"external": self.info,
-                  "analysis": dataclasses.asdict(self.analysis),
+        config = {"external": self.info, "analysis": dataclasses.asdict(self.cfg.analysis),
                   "record": {"mode": "store"}, "versions": versions()}
         (self.tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                   self.tmp / "final_state.pt")
-        write_parquet(self.tmp / "metrics.parquet", table)
-        if self.figures:
-            write_figures(self.tmp, table, summary)
-        if self.tensorboard:
-            from trajreg.run.tensorboard import write_tensorboard
-
-            write_tensorboard(self.tmp, table, summary)
-        write_json(self.tmp / "summary.json", summary)
+        torch.save(cpu_state(model), self.tmp / "final_state.pt")
+        summary = write_analysis(
+            self.tmp, self.cfg, log, measured, k,
+            analysis.AnalysisOptions.from_config(self.cfg.analysis),
+            int(sum(p.numel() for p in params)), "external", {}, self.figures,
+            self.tensorboard, extra={"loss_check": check, "source": self.source})
         os.rename(self.tmp, self.out)
+        return summary

@@ -53,6 +53,22 @@ def flat_params(params: list[torch.Tensor], out: torch.Tensor | None = None) -> 
     return torch.cat([f.to(out.device) for f in flat], out=out)
 
 
+def set_flat_params(params: list[torch.Tensor], x: np.ndarray | torch.Tensor) -> None:
+    """The inverse of ``flat_params``: copy the flat vector ``x`` into ``params`` in place.
+
+    (``torch.nn.utils.vector_to_parameters`` would make the parameters views of ``x``,
+    which may be a memory-mapped row of a trajectory store.)
+    """
+    flat = (x.detach().reshape(-1) if isinstance(x, torch.Tensor)
+            else torch.from_numpy(np.array(x, copy=True)))
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+
+
 class StepStream:
     """Streaming per-step quantities against a known x* (update/compute, like torchmetrics).
 

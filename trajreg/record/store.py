@@ -55,8 +55,7 @@ class TrajectoryWriter:
         self.sync_seconds = sync_seconds
         self.segments: list[dict] = []
         self.rows = 0  # rows committed (buffered, in flight or on disk)
-        self.steps = 0  # lr entries committed
-        self._queued_rows = self._queued_steps = 0  # handed to the writer thread
+        self.steps = 0  # lr entries committed (rows - 1 once x_T is in, else rows)
         self._disk_rows = self._disk_steps = 0  # known to be in the files
         n_buf = max(1, min(256, buffer_bytes // max(1, self.d * self.dtype.itemsize)))
         self._bufs = [np.empty((n_buf, self.d), self.dtype) for _ in range(2)]
@@ -121,13 +120,11 @@ class TrajectoryWriter:
         if n == 0:
             return
         self._wait()  # one write in flight at most: the other buffer is then free
-        n_lr = self.steps - self._queued_steps
-        r0 = self._queued_rows % self.capacity
+        n_lr = n - (self.rows - self.steps)  # the final row x_T has no learning rate
+        r0 = (self.rows - n) % self.capacity
         job = self._pool.submit(self._write, self._files, r0, self.d * self.dtype.itemsize,
                                 self._bufs[self._cur][:n], self._lr_bufs[self._cur][:n_lr])
         self._pending = (job, n, n_lr, self.segments[-1])
-        self._queued_rows += n
-        self._queued_steps += n_lr
         self._cur = 1 - self._cur
         self._buf_n = 0
 
@@ -163,8 +160,6 @@ class TrajectoryWriter:
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        self._write_buffer()
-        self._wait()
         self.closed = True
         self._sync()
         self._close_files()

@@ -9,6 +9,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator
 
+from trajreg.run.rundir import replace_atomic
+
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
 
 
@@ -25,7 +27,8 @@ def _thin(n: int, most: int = 4000) -> slice:
     return slice(None, None, max(1, -(-n // most)))
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
+    """Write ``fig`` to ``path`` atomically, with cheap plain-text log-axis ticks."""
     for ax in fig.axes:
         # log axes' minor ticks and mathtext tick labels were most of the drawing time
         ax.minorticks_off()
@@ -33,9 +36,7 @@ def _save(fig: Figure, path: Path) -> None:
             if scale == "log":  # labelled 1-2-5 ticks, plain text
                 axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
 def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
@@ -54,7 +55,7 @@ def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[P
     ax.axvspan(start, end, color="tab:green", alpha=0.08, label="window")
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="Training loss")
     ax.legend()
-    _save(fig, paths[0])
+    save_png(fig, paths[0])
 
     fig, ax = _axes()
     for key, series in summary["gamma_hat_per_epoch"].items():
@@ -66,7 +67,7 @@ def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[P
     ax.axhline(0, color="k", lw=0.5)
     ax.set(xlabel="epoch", ylabel="gamma", title="Gamma per epoch")
     ax.legend()
-    _save(fig, paths[1])
+    save_png(fig, paths[1])
 
     fig, ax = _axes()
     r = table["r"].to_numpy()[start:end]
@@ -80,12 +81,12 @@ def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[P
             ax.annotate(f"eps={key}", (g, ax.get_ylim()[1] * 0.9), color="tab:red")
     ax.set(xlabel="r_t (clipped to 1-99%)", ylabel="steps",
            title="Distribution of r_t over the window")
-    _save(fig, paths[2])
+    save_png(fig, paths[2])
 
     fig, ax = _axes()
     ax.plot(table["step"].to_numpy()[every], table["D"].to_numpy()[every], lw=0.8)
     ax.axvspan(start, end, color="tab:green", alpha=0.08)
     ax.set(xlabel="step", ylabel="D_t = |x_t - x*|^2", yscale="log",
            title="Squared distance to the reference")
-    _save(fig, paths[3])
+    save_png(fig, paths[3])
     return paths

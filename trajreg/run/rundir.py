@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,24 @@ from trajreg.errors import UserError
 COMPLETE_MARK = "summary.json"  # the last file a run writes
 
 
+def partial_dir(out: Path) -> Path:
+    """A fresh ``.NAME.partial-*`` directory beside ``out``, to ``os.rename`` to ``out``
+    once complete (``atomic_dir`` does both; the integrations, whose runs span many
+    framework callbacks, call the two steps themselves)."""
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"output directory already exists: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``out``; rename it to ``out`` on success.
 
     On an exception the temporary directory is removed and ``out`` is not created.
     """
-    out = Path(out)
-    if out.exists():
-        raise UserError(f"output directory already exists: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = partial_dir(out)
     try:
         yield tmp
     except BaseException:
@@ -74,7 +81,7 @@ def _decode(value: Any) -> Any:
 
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically; inf/-inf become strings and nan null (see ``read_json``)."""
-    _replace(path, lambda tmp: tmp.write_text(json.dumps(_encode(payload), indent=2)))
+    replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(_encode(payload), indent=2)))
 
 
 def read_json(path: Path) -> dict:
@@ -83,10 +90,12 @@ def read_json(path: Path) -> dict:
 
 
 def write_parquet(path: Path, table: pd.DataFrame) -> None:
-    _replace(path, lambda tmp: table.to_parquet(tmp, index=False))
+    replace_atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
 
 
-def _replace(path: Path, write) -> None:
+def replace_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then rename it to ``path``:
+    readers see the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

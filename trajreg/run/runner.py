@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from trajreg.errors import ReplayMismatch, UserError
-from trajreg.record.recorder import Recorder, flat_params, optimizer_params
+from trajreg.record.recorder import Recorder, flat_params, optimizer_params, set_flat_params
 from trajreg.record.store import TrajectoryStore
 from trajreg.run import analysis
 from trajreg.run.figures import write_figures
@@ -55,12 +55,14 @@ def default_out(config_path: str | Path | None) -> Path:
     return Path("runs") / f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state (parameters and buffers): final_state.pt."""
+    return {name: v.detach().cpu().clone() for name, v in model.state_dict().items()}
+
+
 def load_flat(model: torch.nn.Module, x: np.ndarray | torch.Tensor) -> None:
     """Copy a flat parameter vector into ``model`` (parameter order of ``build``)."""
-    x = torch.as_tensor(np.array(x))
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(x.to(params[0].device, params[0].dtype), params)
+    set_flat_params([p for p in model.parameters() if p.requires_grad], x)
 
 
 def reference_step(log: TrainLog, reference: str) -> int:
@@ -174,11 +176,13 @@ def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: dict) -> TrainLog
                     epoch_ends=summary["epoch_ends"], diverged_step=summary["diverged_step"])
 
 
-def _finish(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None, k: int,
-            options: analysis.AnalysisOptions, n: int, task: str, evaluation: dict,
-            figures: bool = True, tensorboard: bool = False,
-            extra: dict | None = None) -> dict:
-    """Write metrics.parquet, figures and summary.json (last) into ``run_dir``."""
+def write_analysis(run_dir: Path, cfg: RunConfig, log: TrainLog, measured: dict | None,
+                   k: int, options: analysis.AnalysisOptions, n: int, task: str,
+                   evaluation: dict, figures: bool = True, tensorboard: bool = False,
+                   extra: dict | None = None) -> dict:
+    """Analyse the measured steps and write metrics.parquet, figures (and TensorBoard
+    events) and summary.json (last) into ``run_dir``. ``extra`` joins the summary.
+    Shared by ``run``, ``analyze`` and the integrations' ``RegularitySession``."""
     T = log.steps
     if measured is None:  # record mode off: losses only
         nan = np.full(T, np.nan)
@@ -218,8 +222,8 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         tensorboard: bool = False) -> tuple[Path, dict]:
     """Train, record, analyse; return the finished run directory and its summary.
 
-    ``figures=False`` skips the PNGs (about 0.3 s a run; ``trajreg analyze`` draws
-    them later). ``progress`` shows tqdm bars (None: only on a terminal);
+    ``figures=False`` skips the PNGs (about 0.3 s a run, see the benchmark;
+    ``trajreg analyze`` draws them later). ``progress`` shows tqdm bars (None: only on a terminal);
     ``on_epoch(epoch)`` is called after each training epoch. ``tensorboard`` mirrors
     the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
     """
@@ -242,7 +246,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         log = train(cfg, data, model, opt, sched, progress=progress, on_epoch=on_epoch)
         if recorder is not None:
             recorder.close()
-        final_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        final_state = cpu_state(model)
         torch.save(final_state, tmp / "final_state.pt")
         k = reference_step(log, cfg.analysis.reference)
         if mode == "store":
@@ -254,8 +258,8 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
             measured = None
         options = analysis.AnalysisOptions.from_config(cfg.analysis)
         evaluation = evaluate(cfg, model, data)
-        summary = _finish(tmp, cfg, log, measured, k, options, n_params(model), data.task,
-                          evaluation, figures, tensorboard)
+        summary = write_analysis(tmp, cfg, log, measured, k, options, n_params(model),
+                                 data.task, evaluation, figures, tensorboard)
     return out, summary
 
 
@@ -265,8 +269,14 @@ def load_run_config(run_dir: Path) -> RunConfig:
     raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
     raw.pop("versions", None)
     if "external" in raw:
-        return load_config({"analysis": raw.get("analysis", {}), "record": {"mode": "store"}})
+        return external_config(raw.get("analysis", {}))
     return load_config(raw)
+
+
+def external_config(analysis_options: dict) -> RunConfig:
+    """The RunConfig of a run trained by other code (an integration): its analysis
+    options; the training sections keep their defaults and are not used."""
+    return load_config({"analysis": analysis_options, "record": {"mode": "store"}})
 
 
 def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[float] | None = None,
@@ -312,6 +322,6 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         else:
             measured = measure_replay(cfg, data, log, final_state, k)
     options = analysis.AnalysisOptions.from_config(cfg.analysis, window=window)
-    return _finish(run_dir, cfg, log, measured, k, options, old["n_params"], old["task"],
-                   old["evaluation"], extra={key: old[key] for key in ("source", "loss_check")
-                                              if key in old})
+    return write_analysis(run_dir, cfg, log, measured, k, options, old["n_params"],
+                          old["task"], old["evaluation"],
+                          extra={key: old[key] for key in ("source", "loss_check") if key in old})

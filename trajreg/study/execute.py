@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import socket
@@ -34,6 +33,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from trajreg.errors import UserError
+from trajreg.run.rundir import read_json, replace_atomic, write_json
 from trajreg.study.executors import make_executor
 from trajreg.study.spec import Study, load_study
 
@@ -64,14 +64,13 @@ def run_state(study_dir: Path, run_id: str) -> str:
 
 
 def failure_reason(study_dir: Path, run_id: str) -> str:
-    path = runs_dir(study_dir) / f"{run_id}{FAILED_SUFFIX}"
-    return json.loads(path.read_text())["reason"]
+    return read_json(runs_dir(study_dir) / f"{run_id}{FAILED_SUFFIX}")["reason"]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def record_failure(study_dir: Path, run_id: str, reason: str, config: dict[str, Any],
+                   trace: str = "") -> None:
+    write_json(runs_dir(study_dir) / f"{run_id}{FAILED_SUFFIX}",
+               {"run_id": run_id, "reason": reason, "traceback": trace, "config": config})
 
 
 def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
@@ -98,7 +97,7 @@ def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
 
     def on_epoch(epoch: int) -> None:
         with contextlib.suppress(OSError):
-            _write_atomic(progress, f"{epoch} {cfg.train.epochs}")
+            replace_atomic(progress, lambda tmp: tmp.write_text(f"{epoch} {cfg.train.epochs}"))
 
     try:
         _, summary = run(cfg, out, progress=False, on_epoch=on_epoch)
@@ -106,9 +105,7 @@ def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
         if (out / "summary.json").is_file():  # a concurrent attempt finished it
             return {"run_id": run_id, "status": "done", "worker": me}
         reason = f"{type(exc).__name__}: {exc}"
-        _write_atomic(base / f"{run_id}{FAILED_SUFFIX}", json.dumps(
-            {"run_id": run_id, "reason": reason, "traceback": traceback.format_exc(),
-             "config": config}, indent=1))
+        record_failure(Path(study_dir), run_id, reason, config, traceback.format_exc())
         return {"run_id": run_id, "status": "failed", "reason": reason, "worker": me}
     finally:
         with contextlib.suppress(OSError):
@@ -185,7 +182,8 @@ def write_study_file(study: Study, study_dir: Path) -> None:
     from trajreg import __version__
 
     raw = {**study.raw, "trajreg_version": __version__}
-    _write_atomic(study_dir / "study.yaml", yaml.safe_dump(raw, sort_keys=False))
+    text = yaml.safe_dump(raw, sort_keys=False)
+    replace_atomic(study_dir / "study.yaml", lambda tmp: tmp.write_text(text))
 
 
 def run_study(study: Study | str | Path | dict, out: str | Path, *, executor: str = "process",
@@ -242,9 +240,7 @@ def _run_study(study: Study, study_dir: Path, pool, retry_failed: bool, report: 
             rid = call[2]
             if isinstance(outcome, BaseException):  # the worker itself died
                 reason = f"{type(outcome).__name__}: {outcome}"
-                _write_atomic(runs_dir(study_dir) / f"{rid}{FAILED_SUFFIX}", json.dumps(
-                    {"run_id": rid, "reason": reason, "traceback": "",
-                     "config": call[0]}, indent=1))
+                record_failure(study_dir, rid, reason, call[0])
                 outcome = {"run_id": rid, "status": "failed", "reason": reason}
             result.ran.append(rid)
             result.workers[rid] = outcome.get("worker", "")

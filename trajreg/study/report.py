@@ -20,7 +20,7 @@ import base64
 import datetime
 import html
 import math
-import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from trajreg.run.rundir import read_json
+from trajreg.run.figures import save_png
+from trajreg.run.rundir import read_json, replace_atomic
 from trajreg.study.spec import Study, label, uses_kappa
 from trajreg.study.stats import Correlation, paired, spearman_bootstrap
 
@@ -149,15 +150,15 @@ def comparisons(study: Study, runs: pd.DataFrame) -> list[Comparison]:
         for axis, (role, value) in block.compare.items():
             others = [v for v in block.grid[axis] if v != value]
             pairs_of = [(value, o) if role == "with" else (o, value) for o in others]
-            contexts: dict[str, dict[str, Any]] = {}
+            contexts: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (values, a run)
             index: dict[tuple[str, Any, int], str] = {}
             for rid, axes, seed in block.members:
                 ctx = {k: v for k, v in axes.items() if k != axis}
                 key = repr(sorted(ctx.items(), key=lambda kv: kv[0]))
-                contexts[key] = ctx
+                contexts.setdefault(key, (ctx, rid))
                 index[(key, repr(axes[axis]), seed)] = rid
-            for key, ctx in contexts.items():
-                first = study.run(next(r for (k, _, _), r in index.items() if k == key)).config
+            for key, (ctx, some_run) in contexts.items():
+                first = study.run(some_run).config
                 for w, wo in pairs_of:
                     pairs = []
                     for seed in block.seeds:
@@ -242,24 +243,11 @@ def _band(ax, curves: list[np.ndarray], color: str, label: str, x0: int) -> None
         m[i, : len(c)] = c
     m = np.where(np.isfinite(m), m, np.nan)  # a seed's -inf gamma or diverged loss: a gap
     x = np.arange(x0, x0 + n)
-    with np.errstate(all="ignore"), _quiet():
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns of a partial study
         ax.plot(x, np.nanmean(m, axis=0), color=color, label=label)
         ax.fill_between(x, np.nanmin(m, axis=0), np.nanmax(m, axis=0), color=color, alpha=0.2,
                         lw=0)
-
-
-class _quiet:
-    """Silence numpy's all-nan slice warnings of a partial study."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 def comparison_figure(comp: Comparison, summaries: dict, eps: str, path: Path) -> None:
@@ -287,9 +275,7 @@ def comparison_figure(comp: Comparison, summaries: dict, eps: str, path: Path) -
                  f"[{comp.block}{'; ' if comp.context else ''}"
                  f"{', '.join(f'{k}={label(v)}' for k, v in comp.context.items())}]",
                  fontsize=10)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=90)
 
 
 def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> None:
@@ -316,9 +302,7 @@ def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> None:
            title="Gamma and convergence speed, all runs")
     if len(ok):
         ax.legend(fontsize=8)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=90)
 
 
 # ----------------------------------------------------------------------------- words
@@ -503,15 +487,11 @@ def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
         parts.append("<h2>Failed runs</h2>")
         parts.append(_table(failed[["run_id", "block", "reason"]]))
     parts.append("</body></html>")
-    tmp = paths["report"].with_name(".report.html.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, paths["report"])
+    replace_atomic(paths["report"], lambda tmp: tmp.write_text("\n".join(parts)))
     return paths
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
 
 

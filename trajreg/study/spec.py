@@ -57,8 +57,7 @@ class RunSpec:
 
     run_id: str
     config: dict[str, Any]  # resolved run config, as RunConfig.to_dict()
-    blocks: tuple[str, ...]  # the blocks asking for it
-    axes: dict[str, Any] = field(hash=False, compare=False)  # of the first block naming it
+    blocks: tuple[str, ...]  # the blocks asking for it (Block.members has each one's axes)
 
     @property
     def seed(self) -> int:
@@ -124,13 +123,6 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         node[last] = merge(node[last], value)
     else:
         node[last] = copy.deepcopy(value)
-
-
-def get_dotted(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +282,7 @@ def load_study(source: str | Path | dict[str, Any]) -> Study:
                 if block.name not in spec.blocks:
                     found[rid] = dataclasses.replace(spec, blocks=(*spec.blocks, block.name))
                 continue
-            found[rid] = RunSpec(rid, config, (block.name,), axes)
+            found[rid] = RunSpec(rid, config, (block.name,))
             order.append(rid)
     study.runs = [found[r] for r in order]
     study._by_id = found

@@ -8,6 +8,7 @@ t's minibatch be re-evaluated at another point x with the very same masks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from trajreg.errors import UserError
 from trajreg.train.data import Dataset
 from trajreg.train.metrics import accuracy, confusion_matrix, mean_iou
 from trajreg.train.models import build_model
@@ -106,8 +108,6 @@ def evaluate(cfg, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
 def require_device(device: str) -> None:
     """A clear error, before any work, when the config asks for a device this machine
     lacks (torch's own is an AssertionError from deep inside)."""
-    from trajreg.errors import UserError
-
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device: {device} requested, but torch {torch.__version__} "
                         "sees no CUDA device on this machine; use train.device: cpu")
@@ -120,8 +120,6 @@ def deterministic(device: str) -> None:
     whether the run was reproduced. CPU kernels are deterministic already."""
     if not str(device).startswith("cuda"):
         return
-    import os
-
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
