@@ -16,7 +16,8 @@ import yaml
 from tests.conftest import tiny
 from trajreg.errors import UserError
 from trajreg.study import load_study, run_study
-from trajreg.study.execute import FAILED_SUFFIX, run_state, runs_dir, study_lock
+from trajreg.study.execute import study_lock
+from trajreg.study.layout import FAILED_SUFFIX, run_state, runs_dir
 
 pytestmark = pytest.mark.slow
 

@@ -14,34 +14,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from trajreg.run.rundir import write_json
-from trajreg.study.execute import FAILED_SUFFIX, runs_dir
+from tests.study.fakes import fake_run, loss_curve
+from trajreg.study.layout import FAILED_SUFFIX, runs_dir
 from trajreg.study.report import write_report
 from trajreg.study.spec import load_study
 from trajreg.study.stats import spearman
 
 BASE = {"data": {"name": "digits", "batch_size": 64},
         "model": {"name": "mlp", "depth": 2, "width": 8},
+        "optim": {"name": "sgd", "lr": 0.05},
         "train": {"epochs": 3}, "record": {"mode": "store"}}
-
-
-def summary(gamma: float, kappa: float, final: float, diverged: bool = False) -> dict:
-    """A run summary whose loss falls geometrically from 2.0 to ``final`` in 3 epochs."""
-    full = list(np.geomspace(2.0, final, 4))
-    logs = np.log(full)
-    auc = float(np.sum(logs[:-1] + logs[1:]) / 2 / 3)
-    return {"gamma_hat": {"0.0": gamma - 1, "0.05": gamma},
-            "kappa_hat": {"0.0": kappa - 1, "0.05": kappa},
-            "gamma_bar": gamma + 0.5, "window": [0, 50], "final_loss": full[-1],
-            "steps_to_threshold": None, "auc_log_loss": auc, "diverged": diverged,
-            "full_loss": full, "epoch_ends": [22, 44, 66],
-            "gamma_hat_per_epoch": {"0.0": [gamma - 1] * 3, "0.05": [gamma] * 3}}
-
-
-def write_run(study_dir, rid, payload):
-    d = runs_dir(study_dir) / rid
-    d.mkdir(parents=True)
-    write_json(d / "summary.json", payload)
 
 
 def by(study, block, **want):
@@ -61,19 +43,17 @@ def test_report_numbers(tmp_path):
     with_bn = by(study, "bn", **{"model.norm": "batch"})
     without_bn = by(study, "bn", **{"model.norm": "none"})
     for seed, g in zip([0, 1, 2], [1.0, 2.0, 0.1], strict=True):
-        write_run(tmp_path, with_bn[seed], summary(g, 9.0, 0.01))
+        fake_run(tmp_path, with_bn[seed], g, 9.0, 0.01)
     for seed in [0, 1, 2]:
-        write_run(tmp_path, without_bn[seed], summary(0.5, 9.0, 0.2 + seed * 0.01))
+        fake_run(tmp_path, without_bn[seed], 0.5, 9.0, 0.2 + seed * 0.01)
     sgd = by(study, "opt", optim={"name": "sgd", "lr": 0.1})
     adam = by(study, "opt", optim={"name": "adam", "lr": 0.01})
     for seed in [0, 1]:
-        write_run(tmp_path, adam[seed], summary(0.1, 0.3, 0.05))
-    diverged = summary(0.1, 0.3, 0.05, diverged=True)
-    diverged["full_loss"][-1] = math.inf
-    diverged["auc_log_loss"] = math.nan
-    write_run(tmp_path, adam[2], diverged)
+        fake_run(tmp_path, adam[seed], 0.1, 0.3, 0.05)
+    fake_run(tmp_path, adam[2], 0.1, 0.3, full_loss=[*loss_curve(0.05)[:-1], math.inf],
+             diverged=True)
     for seed in [0, 1]:
-        write_run(tmp_path, sgd[seed], summary(5.0, 0.2, 0.1))
+        fake_run(tmp_path, sgd[seed], 5.0, 0.2, 0.1)
     # sgd seed 2 failed: its pair drops out of the comparison
     (runs_dir(tmp_path) / f"{sgd[2]}{FAILED_SUFFIX}").write_text(
         json.dumps({"run_id": sgd[2], "reason": "RuntimeError: out of memory"}))
@@ -100,7 +80,9 @@ def test_report_numbers(tmp_path):
     assert bn["gamma_with"] == 1.0 and bn["gamma_without"] == 0.5
     assert bn["gamma_larger"] and bn["gamma_larger_seeds"] == 2 and bn["n_seeds"] == 3
     assert bn["faster"] and bn["faster_seeds"] == 3
-    expect_auc = summary(1.0, 9.0, 0.01)["auc_log_loss"]
+    from trajreg.principle import auc_log_loss
+
+    expect_auc = auc_log_loss(loss_curve(0.01))
     assert np.isclose(bn["speed_with"], expect_auc)
     assert set(bn["runs_with"].split()) == set(with_bn.values())
 

@@ -13,6 +13,7 @@ from trajreg.train.config import load_config
 
 BASE = {"data": {"name": "digits", "batch_size": 64},
         "model": {"name": "mlp", "depth": 2, "width": 8},
+        "optim": {"name": "sgd", "lr": 0.05},
         "train": {"epochs": 1}, "record": {"mode": "store"}}
 
 

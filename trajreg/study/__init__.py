@@ -4,8 +4,13 @@ executed resumably (serially, in local processes or on Dask) and reported.
     spec.py        study files, grid expansion, run keys
     executors.py   serial / process / dask
     execute.py     run_study: resume, failures, progress
-    stats.py       rank correlation with a bootstrap interval, paired comparisons
-    report.py      runs.csv, techniques.csv, figures, report.html
+    layout.py      the study directory: where runs live, each run's state
+    stats.py       the statistics (scipy.stats): paired tests, intervals, correlations
+    tables.py      runs.csv, techniques.csv and the other tables, as DataFrames
+    verdicts.py    the report's sentences
+    figures.py     the report's figures
+    html.py        report.html from templates/report.html.j2
+    report.py      write_report: all of the above into the study directory
     presets/       the built-in paper study (quick, standard)
 """
 
@@ -15,6 +20,7 @@ from pathlib import Path
 
 from trajreg.errors import UserError
 from trajreg.study.execute import StudyResult, run_study
+from trajreg.study.layout import read_study_file
 from trajreg.study.report import write_report
 from trajreg.study.spec import Study, load_study
 
@@ -31,14 +37,7 @@ def preset_path(preset: str) -> Path:
 
 def load_study_dir(study_dir: str | Path) -> Study:
     """The study a study directory was run with (its ``study.yaml``)."""
-    import yaml
-
-    path = Path(study_dir) / "study.yaml"
-    if not path.is_file():
-        raise UserError(f"{study_dir}: not a study directory (no study.yaml)")
-    raw = yaml.safe_load(path.read_text())
-    raw.pop("trajreg_version", None)
-    return load_study(raw)
+    return load_study(read_study_file(study_dir))
 
 
 __all__ = ["Study", "StudyResult", "load_study", "load_study_dir", "preset_path",

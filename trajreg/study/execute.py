@@ -29,15 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
+from trajreg.atomic import replace_atomic
 from trajreg.errors import UserError
-from trajreg.run.rundir import read_json, replace_atomic, write_json
-from trajreg.study.executors import make_executor
+from trajreg.study.executors import Executor, make_executor
+from trajreg.study.layout import (
+    FAILED_SUFFIX,
+    clean_partials,
+    failure_reason,
+    record_failure,
+    run_state,
+    runs_dir,
+    write_study_file,
+)
+from trajreg.study.report import write_report
 from trajreg.study.spec import Study, load_study
-
-FAILED_SUFFIX = ".failed.json"
 
 
 @dataclass
@@ -47,30 +54,6 @@ class StudyResult:
     failed: dict[str, str] = field(default_factory=dict)  # run_id -> reason
     ran: list[str] = field(default_factory=list)  # run by this call (not resumed)
     workers: dict[str, str] = field(default_factory=dict)  # run_id -> "host:pid" that ran it
-
-
-def runs_dir(study_dir: Path) -> Path:
-    return Path(study_dir) / "runs"
-
-
-def run_state(study_dir: Path, run_id: str) -> str:
-    """'done', 'failed' or 'pending' for one run of a study directory."""
-    base = runs_dir(study_dir)
-    if (base / run_id / "summary.json").is_file():
-        return "done"
-    if (base / f"{run_id}{FAILED_SUFFIX}").is_file():
-        return "failed"
-    return "pending"
-
-
-def failure_reason(study_dir: Path, run_id: str) -> str:
-    return read_json(runs_dir(study_dir) / f"{run_id}{FAILED_SUFFIX}")["reason"]
-
-
-def record_failure(study_dir: Path, run_id: str, reason: str, config: dict[str, Any],
-                   trace: str = "") -> None:
-    write_json(runs_dir(study_dir) / f"{run_id}{FAILED_SUFFIX}",
-               {"run_id": run_id, "reason": reason, "traceback": trace, "config": config})
 
 
 def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
@@ -110,7 +93,7 @@ def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
     finally:
         with contextlib.suppress(OSError):
             progress.unlink()
-    return {"run_id": run_id, "status": "diverged" if summary.get("diverged") else "done",
+    return {"run_id": run_id, "status": "diverged" if summary.diverged else "done",
             "worker": me}
 
 
@@ -125,21 +108,6 @@ def study_lock(study_dir: Path) -> Iterator[None]:
             raise UserError(f"{study_dir}: another trajreg study is running in this "
                             "directory") from None
         yield
-
-
-def _clean_partials(study_dir: Path) -> int:
-    """Remove what killed attempts left: partial run directories and temp files."""
-    n = 0
-    base = runs_dir(study_dir)
-    for path in base.glob(".*"):
-        if ".partial-" in path.name or ".tmp-" in path.name:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            n += 1
-    shutil.rmtree(study_dir / "progress", ignore_errors=True)
-    return n
 
 
 class _Progress:
@@ -178,14 +146,6 @@ class _Progress:
         self.bar.close()
 
 
-def write_study_file(study: Study, study_dir: Path) -> None:
-    from trajreg import __version__
-
-    raw = {**study.raw, "trajreg_version": __version__}
-    text = yaml.safe_dump(raw, sort_keys=False)
-    replace_atomic(study_dir / "study.yaml", lambda tmp: tmp.write_text(text))
-
-
 def run_study(study: Study | str | Path | dict, out: str | Path, *, executor: str = "process",
               jobs: int | None = None, retry_failed: bool = False, report: bool = True,
               progress: bool | None = None) -> StudyResult:
@@ -212,11 +172,11 @@ def run_study(study: Study | str | Path | dict, out: str | Path, *, executor: st
         pool.close()
 
 
-def _run_study(study: Study, study_dir: Path, pool, retry_failed: bool, report: bool,
+def _run_study(study: Study, study_dir: Path, pool: Executor, retry_failed: bool, report: bool,
                progress: bool | None) -> StudyResult:
     runs_dir(study_dir).mkdir(exist_ok=True)
-    _clean_partials(study_dir)
-    write_study_file(study, study_dir)
+    clean_partials(study_dir)
+    write_study_file(study_dir, study.raw)
     result = StudyResult(study_dir)
     todo = []
     for spec in study.runs:
@@ -253,7 +213,5 @@ def _run_study(study: Study, study_dir: Path, pool, retry_failed: bool, report: 
         display.close()
     shutil.rmtree(study_dir / "progress", ignore_errors=True)
     if report:
-        from trajreg.study.report import write_report
-
         write_report(study_dir, study)
     return result

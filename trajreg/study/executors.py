@@ -55,7 +55,7 @@ def _init_worker(threads: int) -> None:
         os._exit(1)
 
 
-def _outcome(future) -> Any:
+def _outcome(future: Any) -> Any:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - a dead worker is the run's failure
@@ -135,7 +135,10 @@ class DaskExecutor:
         self._client.close()
 
 
-def make_executor(spec: str, jobs: int | None = None):
+Executor = SerialExecutor | ProcessExecutor | DaskExecutor
+
+
+def make_executor(spec: str, jobs: int | None = None) -> Executor:
     """``serial``, ``process`` or ``dask://HOST:PORT`` (``--executor`` of ``trajreg study``)."""
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs: must be >= 1, got {jobs}")

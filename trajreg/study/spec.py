@@ -44,7 +44,7 @@ DEFAULT_COMPARE: dict[str, tuple[str, Any]] = {
     "optim.name": ("without", "sgd"),
 }
 # Comparisons along these axes change the step size's meaning, so they use the
-# learning-rate-free kappa_hat = eta * gamma_hat (PRINCIPLE.md)
+# learning-rate-free kappa_hat = eta * gamma_hat (docs/principle.md)
 KAPPA_PREFIXES = ("optim.",)
 
 STUDY_KEYS = {"name", "base", "grid", "seeds", "compare", "blocks", "note", "report"}

@@ -1,0 +1,76 @@
+"""Run directories with chosen numbers, for report tests whose answers are known.
+
+``fake_run`` writes what a finished run leaves that the report reads: a complete
+summary.json (through ``Summary``, the one writer) and a metrics.parquet whose
+per-step quantities reproduce the chosen gamma_hat over the window (b_t = 1, s_t = 0,
+so gamma_hat_eps is an order statistic of a_t). These are data fixtures, not stand-ins
+for the code under test: the report code reads them with its real readers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from trajreg.atomic import write_json
+from trajreg.principle import auc_log_loss, steps_to_threshold
+from trajreg.run.summary import Summary, trained
+from trajreg.study.layout import run_path
+
+STEPS_PER_EPOCH = 20
+
+
+def loss_curve(final: float, epochs: int = 3, start: float = 2.0) -> list[float]:
+    """F_0 .. F_E falling geometrically from ``start`` to ``final``."""
+    return [float(v) for v in np.geomspace(start, final, epochs + 1)]
+
+
+def fake_run(study_dir, rid: str, gamma: float, kappa: float | None = None,
+             final: float = 0.1, *, diverged: bool = False, epochs: int = 3,
+             full_loss: list[float] | None = None, lr: float = 0.1,
+             per_epoch: list[float] | None = None, sensitivity: dict | None = None,
+             gamma_ci: float | None = None, window_end: int | None = None) -> Summary:
+    """A finished run: gamma_hat {"0.0": gamma - 1, "0.05": gamma}, kappa_hat likewise
+    (default lr * gamma), the given loss curve (default ``loss_curve(final)``)."""
+    full = list(full_loss) if full_loss is not None else loss_curve(final, epochs)
+    epochs = len(full) - 1
+    ends = [STEPS_PER_EPOCH * (k + 1) for k in range(epochs)]
+    n = ends[-1]
+    kappa = lr * gamma if kappa is None else kappa
+    end = window_end if window_end is not None else ends[-2] if epochs > 1 else ends[0]
+    # b = 1, s = 0: r_t = a_t; floor(0.05 * end) steps at gamma - 1, the rest at gamma
+    k = math.floor(round(0.05 * end, 9))
+    a = np.full(n, gamma if math.isfinite(gamma) else 1.0)
+    a[:k] = gamma - 1 if math.isfinite(gamma) else 0.0
+    table = pd.DataFrame({
+        "step": np.arange(n), "epoch": np.repeat(np.arange(epochs), STEPS_PER_EPOCH),
+        "lr": np.full(n, lr), "loss": np.full(n, 1.0), "loss_star": np.zeros(n),
+        "D": np.linspace(1.0, 0.0, n), "a": a, "s": np.zeros(n), "b": np.ones(n),
+        "c": np.ones(n), "r": a, "full_loss": np.nan})
+    finite = [f for f in full if math.isfinite(f)]
+    steps, ep = steps_to_threshold(full, ends, 0.1) if not diverged else (None, None)
+    summary = Summary(
+        n_steps=n, full_loss=full, epoch_ends=ends, final_loss=full[-1], loss_threshold=0.1,
+        steps_to_threshold=steps, epochs_to_threshold=ep,
+        auc_log_loss=auc_log_loss(full) if not diverged else math.nan,
+        task="classification", evaluation={"loss": finite[-1], "accuracy": 0.5},
+        record_mode="store", reference="final", n_params=100, diverged=diverged,
+        diverged_step=n - 1 if diverged else None, trained=trained(full, diverged),
+        reference_step=n, window=[0, end],
+        gamma_hat={"0.0": gamma - 1, "0.05": gamma},
+        kappa_hat={"0.0": kappa - 1, "0.05": kappa},
+        gamma_bar=gamma + 0.5, kappa_bar=kappa + 0.5,
+        gamma_hat_per_epoch={"0.0": [gamma - 1] * epochs,
+                             "0.05": list(per_epoch) if per_epoch else [gamma] * epochs},
+        gamma_bar_per_epoch=[gamma + 0.5] * epochs,
+        sensitivity=sensitivity,
+        gamma_hat_ci=None if gamma_ci is None else {
+            "0.05": [gamma - gamma_ci / 2, gamma + gamma_ci / 2]},
+    )
+    d = run_path(study_dir, rid)
+    d.mkdir(parents=True)
+    table.to_parquet(d / "metrics.parquet", index=False)
+    write_json(d / "summary.json", summary.to_dict())
+    return summary
