@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
         session.end_epoch()  # trajreg
     summary = session.finish(model, loss_fn)  # trajreg
 
-    g = summary["gamma_hat"]
+    g = summary.gamma_hat
     print(f"gamma_hat(eps=0) = {g['0.0']:.4g}, gamma_hat(eps=0.05) = {g['0.05']:.4g}, "
-          f"losses rebuilt exactly: {summary['loss_check']['equal']}/"
-          f"{summary['loss_check']['steps']}")
+          f"losses rebuilt exactly: {summary.loss_check['equal']}/"
+          f"{summary.loss_check['steps']}")
     print(f"run directory: {args.out}")
     return summary
 

@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from trajreg.errors import ConfigError, ReplayMismatch, UserError
+
+if TYPE_CHECKING:
+    from trajreg.run.summary import Summary
 
 
 def _window(text: str) -> tuple[int, int]:
@@ -72,15 +77,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_summary(summary: dict) -> None:
-    g, kap = summary["gamma_hat"], summary["kappa_hat"]
-    start, end = summary["window"]
-    print(f"window [{start}, {end}) of {summary['n_steps']} steps")
-    for key in g:
-        print(f"gamma_hat(eps={key}) = {g[key]:.6g}   kappa_hat(eps={key}) = {kap[key]:.6g}")
-    print(f"gamma_bar = {summary['gamma_bar']:.6g}   final loss = {summary['final_loss']:.6g}")
-    if summary["diverged"]:
-        print(f"diverged at step {summary['diverged_step']}")
+def _print_summary(summary: Summary) -> None:
+    if summary.analysed:
+        g, kap = summary.gamma_hat, summary.kappa_hat
+        start, end = summary.window
+        print(f"window [{start}, {end}) of {summary.n_steps} steps")
+        for key in g:
+            print(f"gamma_hat(eps={key}) = {g[key]:.6g}   kappa_hat(eps={key}) = {kap[key]:.6g}")
+        print(f"gamma_bar = {summary.gamma_bar:.6g}   final loss = {summary.final_loss:.6g}")
+    else:
+        print(f"{summary.n_steps} steps (record mode off: no analysis)   "
+              f"final loss = {summary.final_loss:.6g}")
+    if summary.diverged:
+        print(f"diverged at step {summary.diverged_step}")
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -120,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else runner.default_out(args.config)
             out, summary = runner.run(cfg, out, figures=not args.no_figures,
                                       tensorboard=args.tensorboard)
-            if cfg.record.mode != "off":
-                _print_summary(summary)
+            _print_summary(summary)
             print(f"run directory: {out}")
         elif args.command == "analyze":
             summary = runner.analyze(args.run_dir, reference=args.reference, eps=args.eps,

@@ -58,15 +58,15 @@ def test_trainer_callback_exact_quantities(tmp_path, accumulate):
     summary = read_json(out / "summary.json")
     steps_per_epoch = 96 // 16 // accumulate
     assert len(table) == 2 * steps_per_epoch == trainer.state.global_step
-    assert summary["epoch_ends"] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert summary.epoch_ends == [steps_per_epoch, 2 * steps_per_epoch]
     D = np.append(table["D"].to_numpy(), 0.0)
     eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
     assert np.allclose(D[:-1] - D[1:], 2 * eta * a - eta**2 * s, rtol=1e-6,
                        atol=1e-9 * D.max())
     assert (np.diff(eta) < 0).all()  # the linear schedule, step by step
     # dropout masks and inputs were rebuilt exactly for every step
-    check = summary["loss_check"]
+    check = summary.loss_check
     assert check["steps"] == len(table) and check["equal"] == len(table), check
-    assert np.isfinite(table["b"]).all() and summary["source"] == "huggingface"
+    assert np.isfinite(table["b"]).all() and summary.source == "huggingface"
     again = analyze(out, eps=[0.0, 0.2])
-    assert set(again["gamma_hat"]) == {"0.0", "0.2"}
+    assert set(again.gamma_hat) == {"0.0", "0.2"}

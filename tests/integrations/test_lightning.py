@@ -70,8 +70,8 @@ def test_callback_writes_a_run_directory_with_exact_quantities(tmp_path, accumul
     table = pd.read_parquet(out / "metrics.parquet")
     summary = read_json(out / "summary.json")
     steps_per_epoch = -(-10 // accumulate)  # 320 / 32 = 10 batches an epoch
-    assert len(table) == 2 * steps_per_epoch == summary["n_steps"]
-    assert summary["epoch_ends"] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert len(table) == 2 * steps_per_epoch == summary.n_steps
+    assert summary.epoch_ends == [steps_per_epoch, 2 * steps_per_epoch]
     # only real optimizer steps count; lr follows the per-step scheduler
     assert table["lr"].iloc[0] == (0.05 if optimizer == "sgd" else 1e-2)
     assert table["lr"].iloc[-1] < table["lr"].iloc[0]
@@ -81,9 +81,9 @@ def test_callback_writes_a_run_directory_with_exact_quantities(tmp_path, accumul
     lhs, rhs = D[:-1] - D[1:], 2 * eta * a - eta**2 * s
     assert np.allclose(lhs, rhs, rtol=1e-6, atol=1e-9 * D.max())
     # every step's loss was rebuilt bit for bit from the recorded batches and RNG states
-    check = summary["loss_check"]
+    check = summary.loss_check
     assert check["steps"] == len(table) and check["equal"] == len(table)
-    assert np.isfinite(table["b"]).all() and summary["source"] == "lightning"
+    assert np.isfinite(table["b"]).all() and summary.source == "lightning"
     # the last step's loss at x* is the loss at x_T: b of a step is l(x_t) - l(x_T)
     assert table["loss"].iloc[0] != table["loss_star"].iloc[0]
     # measuring left the trained model untouched (parameters and BN statistics)
@@ -92,7 +92,7 @@ def test_callback_writes_a_run_directory_with_exact_quantities(tmp_path, accumul
         assert torch.equal(final[k], v), k
     # trajreg analyze works on it unchanged
     again = analyze(out, eps=[0.0, 0.1])
-    assert set(again["gamma_hat"]) == {"0.0", "0.1"} and again["source"] == "lightning"
+    assert set(again.gamma_hat) == {"0.0", "0.1"} and again.source == "lightning"
 
 
 def test_tensorboard_mirror(tmp_path):

@@ -23,13 +23,13 @@ def test_plain_loop_example(tmp_path):
     out = tmp_path / "run"
     summary = main(["--out", str(out), "--epochs", "2"])
     table = pd.read_parquet(out / "metrics.parquet")
-    assert summary["loss_check"]["equal"] == len(table) == summary["n_steps"]
+    assert summary.loss_check["equal"] == len(table) == summary.n_steps
     D = np.append(table["D"].to_numpy(), 0.0)
     eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
     assert np.allclose(D[:-1] - D[1:], 2 * eta * a - eta**2 * s, rtol=1e-6,
                        atol=1e-9 * D.max())
     again = analyze(out, eps=[0.0, 0.05])
-    assert again["window"] == summary["window"] and again["gamma_hat"] == summary["gamma_hat"]
+    assert again.window == summary.window and again.gamma_hat == summary.gamma_hat
 
 
 def test_core_imports_no_framework():
@@ -69,6 +69,6 @@ def test_session_marks_a_diverged_loop_and_measures_up_to_it(tmp_path):
         if step % 4 == 3:
             session.end_epoch()
     summary = session.finish(model, loss_fn)
-    assert summary["diverged"] and summary["n_steps"] == summary["diverged_step"] >= 6
+    assert summary.diverged and summary.n_steps == summary.diverged_step >= 6
     table = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
-    assert np.isfinite(table["D"]).all() and len(table) == summary["diverged_step"]
+    assert np.isfinite(table["D"]).all() and len(table) == summary.diverged_step

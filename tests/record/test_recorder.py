@@ -34,7 +34,7 @@ def _loop(optimizer_factory, tmp_path, steps=40, capacity=4096, **rec):
         optimizer.step()
     seen.append(flat_params(list(model.parameters())).clone())
     recorder.close()
-    store = TrajectoryStore(tmp_path / "traj") if recorder.writer is not None else recorder
+    store = TrajectoryStore(tmp_path / "traj") if recorder.mode.name == "store" else recorder
     return store, torch.stack(seen).numpy(), torch.stack(grads)
 
 
@@ -116,7 +116,7 @@ def test_sidecar_counts_only_rows_written(tmp_path):
 def test_off_mode_adds_no_hooks_and_bad_arguments(tmp_path):
     opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
     rec = Recorder(opt, mode="off")
-    assert not opt._optimizer_step_pre_hooks and rec.writer is None
+    assert not opt._optimizer_step_pre_hooks and rec.mode.name == "off"
     with pytest.raises(ValueError, match="mode"):
         Recorder(opt, tmp_path, mode="tape")
     with pytest.raises(ValueError, match="directory"):

@@ -14,7 +14,8 @@ from trajreg.record import TrajectoryStore
 from trajreg.run import analyze, run
 from trajreg.run.analysis import METRIC_COLUMNS
 from trajreg.run.rundir import read_json
-from trajreg.run.runner import load_flat, load_run_config, measure_replay
+from trajreg.run.rundir import read_config
+from trajreg.run.runner import load_flat, measure_replay
 from trajreg.train.config import load_config
 from trajreg.train.data import load_data
 from trajreg.train.loop import TrainLog, batches, build, minibatch_loss
@@ -41,8 +42,8 @@ def test_identity_on_recorded_runs(optim, tmp_path):
     D = np.append(table["D"].to_numpy(), 0.0)  # x* = x_T
     resid = identity_residual(D, table["a"], table["s"], table["lr"])
     assert np.max(np.abs(resid)) <= 1e-10 * D.max()
-    assert summary["n_steps"] == len(table) == 3 * (512 // 64)
-    assert set(summary["gamma_hat"]) == {"0.0", "0.05"} == set(summary["kappa_hat"])
+    assert summary.n_steps == len(table) == 3 * (512 // 64)
+    assert set(summary.gamma_hat) == {"0.0", "0.05"} == set(summary.kappa_hat)
     for f in ("config.yaml", "summary.json", "metrics.parquet", "loss.png",
               "gamma_per_epoch.png", "r_distribution.png", "distance.png", "final_state.pt"):
         assert (out / f).is_file(), f
@@ -60,7 +61,7 @@ def test_store_and_replay_agree_and_runs_are_deterministic(tmp_path):
     assert all(np.array_equal(xa.row(t), xb.row(t)) for t in range(xa.rows))
     pd.testing.assert_frame_equal(ta, tr, check_exact=True)  # store == replay, bit for bit
     for key in ("gamma_hat", "kappa_hat", "window", "full_loss", "bound", "r_quantiles"):
-        assert s_a[key] == s_r[key], key
+        assert getattr(s_a, key) == getattr(s_r, key), key
     assert not (out_r / "trajectory").exists()
 
 
@@ -68,7 +69,7 @@ def test_loss_gap_uses_the_steps_own_batch_mode_and_masks(tmp_path):
     """l_t(x_t), re-evaluated from the stored x_t, equals the loss training saw (dropout and
     train-mode batch norm included), and evaluating at x* leaves no trace in the model."""
     out, _ = _run(tmp_path, model={"dropout": 0.3})
-    cfg = load_run_config(out)
+    cfg = read_config(out).run
     data = load_data(cfg.data)
     table = pd.read_parquet(out / "metrics.parquet")
     store = TrajectoryStore(out / "trajectory")
@@ -88,11 +89,11 @@ def test_loss_gap_uses_the_steps_own_batch_mode_and_masks(tmp_path):
 
 def test_replay_detects_a_run_it_cannot_reproduce(tmp_path):
     out, summary = _run(tmp_path, record={"mode": "replay"})
-    cfg = load_run_config(out)
+    cfg = read_config(out).run
     table = pd.read_parquet(out / "metrics.parquet")
     log = TrainLog(loss=table["loss"].tolist(), epoch=table["epoch"].tolist(),
-                   lr=table["lr"].tolist(), full_loss=summary["full_loss"],
-                   epoch_ends=summary["epoch_ends"])
+                   lr=table["lr"].tolist(), full_loss=summary.full_loss,
+                   epoch_ends=summary.epoch_ends)
     state = torch.load(out / "final_state.pt")
     name = next(k for k in state if k.endswith("weight"))
     state[name] = state[name].clone()
@@ -108,12 +109,13 @@ def test_replay_detects_a_run_it_cannot_reproduce(tmp_path):
 def test_divergence_is_marked_and_analysed_up_to_the_step(tmp_path):
     out, summary = _run(tmp_path, model={"norm": "none", "activation": "identity"},
                         optim={"name": "sgd", "lr": 50.0}, train={"epochs": 5})
-    assert summary["diverged"] is True
-    t = summary["diverged_step"]
+    assert summary.diverged is True
+    t = summary.diverged_step
     assert isinstance(t, int) and 0 < t < 40
-    assert summary["n_steps"] == t and summary["reference_step"] == t - 1
-    start, end = summary["window"]
-    assert 0 <= start < end <= t - 1
+    assert summary.n_steps == t and summary.reference_step == t - 1
+    # x* = x_{t-1} is already far worse than x_0: no converging phase, no gamma
+    assert summary.f_star > summary.full_loss[0] and summary.window == [0, 0]
+    assert np.isnan(summary.gamma_hat["0.05"]) and summary.trained is False
     assert read_json(out / "summary.json")["diverged_step"] == t
 
 
@@ -121,16 +123,16 @@ def test_analyze_recomputes_with_other_options(tmp_path):
     for mode in ("store", "replay"):
         out, first = _run(tmp_path, mode, record={"mode": mode}, train={"epochs": 4})
         again = analyze(out)
-        assert again["gamma_hat"] == first["gamma_hat"]
+        assert again.gamma_hat == first.gamma_hat
         other = analyze(out, eps=[0.0, 0.1], delta=0.0, window=(2, 20))
-        assert other["window"] == [2, 20] and set(other["gamma_hat"]) == {"0.0", "0.1"}
-        assert other["options"]["delta"] == 0.0
+        assert other.window == [2, 20] and set(other.gamma_hat) == {"0.0", "0.1"}
+        assert other.options["delta"] == 0.0
         assert read_json(out / "summary.json")["window"] == [2, 20]
         best = analyze(out, reference="best")
-        assert best["reference_step"] in best["epoch_ends"]
+        assert best.reference_step in best.epoch_ends
         if mode == "store":
             best_store = best
-    assert best["gamma_hat"] == pytest.approx(best_store["gamma_hat"], rel=1e-9)
+    assert best.gamma_hat == pytest.approx(best_store.gamma_hat, rel=1e-9)
 
 
 def test_segmentation_run_reports_pixel_loss_and_mean_iou(tmp_path):
@@ -138,17 +140,17 @@ def test_segmentation_run_reports_pixel_loss_and_mean_iou(tmp_path):
                                         "resize": 16},
                         model={"name": "unet", "width": 0.25, "norm": "batch"},
                         optim={"name": "adam", "lr": 3e-3}, train={"epochs": 2})
-    assert summary["task"] == "segmentation"
-    ev = summary["evaluation"]
+    assert summary.task == "segmentation"
+    ev = summary.evaluation
     assert 0.0 <= ev["test_mean_iou"] <= 1.0 and ev["train_loss"] > 0
     table = pd.read_parquet(out / "metrics.parquet")
     D = np.append(table["D"].to_numpy(), 0.0)
     assert np.max(np.abs(identity_residual(D, table["a"], table["s"], table["lr"]))) \
         <= 1e-10 * D.max()
-    assert np.isfinite(summary["gamma_hat"]["0.05"])
+    assert np.isfinite(summary.gamma_hat["0.05"])
     # classification runs report accuracy instead
     _, cls = _run(tmp_path, "cls")
-    assert "test_accuracy" in cls["evaluation"] and "test_mean_iou" not in cls["evaluation"]
+    assert "test_accuracy" in cls.evaluation and "test_mean_iou" not in cls.evaluation
 
 
 def test_scheduled_lr_is_each_steps_eta(tmp_path):
@@ -156,7 +158,7 @@ def test_scheduled_lr_is_each_steps_eta(tmp_path):
 
     out, _ = _run(tmp_path, optim={"name": "nesterov", "lr": 0.05, "schedule": "warmup_cosine"})
     table = pd.read_parquet(out / "metrics.parquet")
-    cfg = load_run_config(out)
+    cfg = read_config(out).run
     f = lr_factor(cfg.optim, len(table), 512 // 64)
     assert table["lr"].tolist() == pytest.approx([0.05 * f(t) for t in range(len(table))],
                                                  rel=1e-12)

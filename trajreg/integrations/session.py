@@ -36,26 +36,22 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from trajreg.errors import UserError
+from trajreg.record.measured import Measured
+from trajreg.record.modes import get_mode
 from trajreg.record.recorder import Recorder, optimizer_params, set_flat_params
 from trajreg.record.store import TrajectoryStore
-from trajreg.run import analysis
-from trajreg.run.rundir import partial_dir
-from trajreg.run.runner import (
-    cpu_state,
-    external_config,
-    stream_quantities,
-    versions,
-    write_analysis,
-)
+from trajreg.run import analysis, rundir
+from trajreg.run.runner import write_analysis
+from trajreg.run.summary import Summary
+from trajreg.train.config import AnalysisConfig
 from trajreg.train.loop import TrainLog
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
@@ -137,7 +133,13 @@ class RegularitySession:
 
             require_tensorboard()
         self.source = source
-        self.cfg = external_config({"eps": list(eps), "loss_threshold": loss_threshold})
+        self.analysis = AnalysisConfig(eps=[float(e) for e in eps],
+                                       loss_threshold=float(loss_threshold))
+        try:
+            self.analysis.validate()
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.mode = get_mode("store").from_config()
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
         self.tmp: Path | None = None
@@ -153,14 +155,14 @@ class RegularitySession:
 
     def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               info: dict[str, Any] | None = None) -> None:
-        self.tmp = partial_dir(self.out)
+        self.tmp = rundir.partial_dir(self.out)
         (self.tmp / "batches").mkdir()
         # frameworks wrap the optimizer (accelerate's AcceleratedOptimizer, ...): the
         # step hooks belong on the torch optimizer that really updates the parameters
         while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
             optimizer = optimizer.optimizer
         self.model, self.optimizer = model, optimizer
-        self.recorder = Recorder(optimizer, self.tmp / "trajectory", mode="store",
+        self.recorder = Recorder(optimizer, self.tmp / rundir.TRAJECTORY, mode=self.mode,
                                  lr_group=self.lr_group)
         # after the recorder's own hook: the step just taken closes its micro-batches
         self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
@@ -231,7 +233,7 @@ class RegularitySession:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def finish(self, model: torch.nn.Module, loss_fn: LossFn) -> dict:
+    def finish(self, model: torch.nn.Module, loss_fn: LossFn) -> Summary:
         """Measure every step against x* = x_T, write the run directory, return its
         summary."""
         self.recorder.close()
@@ -251,44 +253,74 @@ class RegularitySession:
             raise UserError("the loss of the first step was not finite: nothing to measure")
         params = optimizer_params(self.optimizer)
         device = params[0].device
-        store = TrajectoryStore(self.tmp / "trajectory")
-        x_star = store.row(k).astype(np.float64)
+        store = TrajectoryStore(self.tmp / rundir.TRAJECTORY)
 
-        loss_x, loss_star = [], []
         with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
             model.train()
+            loss_x = []
             for t in range(k):
                 set_flat_params(params, store.row(t))
                 loss_x.append(self._step_loss(model, loss_fn, t, device))
-            set_flat_params(params, store.row(k))
-            for t in range(k):
-                loss_star.append(self._step_loss(model, loss_fn, t, device))
-        recorded, again = np.asarray(recorded_losses[:k]), np.asarray(loss_x)
+            ends = [e for e in self.epoch_ends if e <= k] or [k]
+            ctx = _SessionContext(self, model, loss_fn, params, device, k, ends)
+            measured = self.mode.measure(ctx, k)
+        measured.loss = np.asarray(loss_x, dtype=np.float64)
+        recorded, again = np.asarray(recorded_losses[:k]), measured.loss
         known = np.isfinite(recorded) & np.isfinite(again)
         check = {"steps": k, "equal": int(np.sum(recorded == again)),
                  "max_abs_diff": float(np.max(np.abs(recorded - again)[known], initial=0.0))}
 
-        ends = [e for e in self.epoch_ends if e <= k] or [k]
         full, start = [loss_x[0]], 0
         for e in ends:
             full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
             start = e
-        last = ends[-2] if len(ends) > 1 else 0
-        log = TrainLog(loss=loss_x, loss_star=loss_star, full_loss=full, epoch_ends=ends,
+        log = TrainLog(loss=loss_x, loss_star=list(measured.loss_star), full_loss=full,
+                       epoch_ends=ends,
                        epoch=(np.searchsorted(self.epoch_ends, np.arange(k), "right") + 1)
                        .tolist(), diverged_step=diverged)
-        measured = {**stream_quantities(store, k, x_star), "loss_star": loss_star,
-                    "f_star": float(np.mean(loss_star[last:k])) if k > last else math.nan}
 
-        config = {"external": self.info, "analysis": dataclasses.asdict(self.cfg.analysis),
-                  "record": {"mode": "store"}, "versions": versions()}
-        (self.tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        torch.save(cpu_state(model), self.tmp / "final_state.pt")
+        rundir.write_config(self.tmp, {"external": self.info,
+                                       "record": {"mode": self.mode.name},
+                                       "analysis": dataclasses.asdict(self.analysis)})
+        rundir.write_final_state(self.tmp, model)
+        facts = analysis.RunFacts(n_params=int(sum(p.numel() for p in params)),
+                                  task="external", evaluation={}, source=self.source,
+                                  loss_check=check)
         summary = write_analysis(
-            self.tmp, self.cfg, log, measured, k,
-            analysis.AnalysisOptions.from_config(self.cfg.analysis),
-            int(sum(p.numel() for p in params)), "external", {}, self.figures,
-            self.tensorboard, extra={"loss_check": check, "source": self.source})
+            self.tmp, log, measured, mode=self.mode.name, reference="final",
+            options=analysis.AnalysisOptions.from_config(self.analysis), facts=facts,
+            figures=self.figures, tensorboard=self.tensorboard)
         os.rename(self.tmp, self.out)
         return summary
+
+
+class _SessionContext:
+    """``MeasureContext`` of an integration: step t's loss is rebuilt from its recorded
+    micro-batches and random states; F(x*) is the mean of l_t(x*) over the last epoch
+    (F_k is the running epoch loss here); a session cannot replay."""
+
+    def __init__(self, session: RegularitySession, model: torch.nn.Module, loss_fn: LossFn,
+                 params: list[torch.Tensor], device: torch.device, k: int,
+                 ends: list[int]) -> None:
+        self.session, self.model, self.loss_fn = session, model, loss_fn
+        self.params, self.device, self.ends = params, device, ends
+        self.directory, self.steps = session.tmp, k
+        self._at: dict[int, float] = {}
+
+    def load(self, x: np.ndarray) -> None:
+        set_flat_params(self.params, x)
+        self._at = {}
+
+    def step_losses(self, steps: Sequence[int]) -> np.ndarray:
+        for t in steps:
+            if t not in self._at:
+                self._at[t] = self.session._step_loss(self.model, self.loss_fn, t, self.device)
+        return np.asarray([self._at[t] for t in steps], dtype=np.float64)
+
+    def f_star(self, k: int) -> float:
+        last = self.ends[-2] if len(self.ends) > 1 else 0
+        return float(np.mean(self.step_losses(range(last, k)))) if k > last else math.nan
+
+    def replay(self, k: int) -> Measured:
+        raise UserError("a run recorded by an integration cannot be replayed")

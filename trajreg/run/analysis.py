@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from trajreg import principle as P
+from trajreg.record.measured import Measured
+from trajreg.run.summary import Summary, trained
+from trajreg.train.config import AnalysisConfig
+from trajreg.train.loop import TrainLog
 
 METRIC_COLUMNS = ["step", "epoch", "lr", "loss", "loss_star", "D", "a", "s", "b", "c", "r",
                   "full_loss"]
@@ -24,11 +28,13 @@ class AnalysisOptions:
     delta: float | None = None  # None: delta_t = eta_t / 2
     loss_threshold: float = 0.1
     window: tuple[int, int] | None = None  # None: the converging phase
+    train_margin: float = 0.1  # trained: F_final <= (1 - margin) F_0
 
     @classmethod
-    def from_config(cls, acfg, **overrides) -> AnalysisOptions:
+    def from_config(cls, acfg: AnalysisConfig, **overrides: object) -> AnalysisOptions:
         base = dict(eps=tuple(acfg.eps), tau=acfg.tau, max_fraction=acfg.max_fraction,
-                    delta=acfg.delta, loss_threshold=acfg.loss_threshold)
+                    delta=acfg.delta, loss_threshold=acfg.loss_threshold,
+                    train_margin=acfg.train_margin)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -37,27 +43,29 @@ def deltas(lr: np.ndarray, delta: float | None) -> np.ndarray:
     return P.default_delta(lr) if delta is None else np.full(len(lr), float(delta))
 
 
-def step_table(*, epoch, lr, loss, loss_star, D, a, s, epoch_ends, full_loss,
-               delta: float | None = None) -> pd.DataFrame:
-    """One row per optimizer step t < k with every per-step quantity.
-
-    ``D`` has k+1 entries (D_k = ||x_k - x*||^2 closes the trajectory); the table keeps
-    D_0..D_{k-1}. ``full_loss`` F_1.. sits on the row of the last step of each epoch.
-    """
-    k = len(a)
-    lr = np.asarray(lr, dtype=np.float64)[:k]
-    b = P.loss_gap(np.asarray(loss[:k]), np.asarray(loss_star[:k]))
+def step_table(log: TrainLog, measured: Measured, delta: float | None = None) -> pd.DataFrame:
+    """One row per measured step (every step, or the sampled ones) with every per-step
+    quantity; ``full_loss`` F_k sits on the row of the last step of epoch k when that
+    step was measured."""
+    steps = measured.steps
+    loss = (np.asarray(log.loss, dtype=np.float64)[steps] if measured.loss is None
+            else measured.loss)
+    epoch = np.asarray(log.epoch, dtype=np.int64)[steps]
+    lr, D, a, s = measured.lr, measured.D, measured.a, measured.s
+    b = P.loss_gap(loss, measured.loss_star)
     table = pd.DataFrame({
-        "step": np.arange(k), "epoch": np.asarray(epoch[:k], dtype=np.int64), "lr": lr,
-        "loss": np.asarray(loss[:k], dtype=np.float64),
-        "loss_star": np.asarray(loss_star[:k], dtype=np.float64),
-        "D": np.asarray(D[:k], dtype=np.float64), "a": a, "s": s, "b": b,
-        "c": P.cosine(a, np.asarray(D[:k]), s), "r": P.ratio(a, b, s, deltas(lr, delta)),
+        "step": steps, "epoch": epoch, "lr": lr, "loss": loss,
+        "loss_star": measured.loss_star, "D": D, "a": a, "s": s, "b": b,
+        "c": P.cosine(a, D, s), "r": P.ratio(a, b, s, deltas(lr, delta)),
         "full_loss": np.nan,
+        **measured.columns,
     })
-    for end, f in zip(epoch_ends, full_loss[1:], strict=False):
-        if end <= k:
-            table.loc[end - 1, "full_loss"] = f
+    row_of = {int(t): i for i, t in enumerate(steps)}
+    full = table["full_loss"].to_numpy().copy()
+    for end, f in zip(log.epoch_ends, log.full_loss[1:], strict=False):
+        if end - 1 in row_of:
+            full[row_of[end - 1]] = f
+    table["full_loss"] = full
     return table
 
 
@@ -65,39 +73,47 @@ def _key(eps: float) -> str:
     return str(float(eps))
 
 
-def summarize(table: pd.DataFrame, *, full_loss: list[float], epoch_ends: list[int],
-              reference_step: int, f_star: float, options: AnalysisOptions) -> dict:
-    """The regularity analysis of a run's steps measured against x* = x_k.
+def window_of(log: TrainLog, k: int, f_star: float, options: AnalysisOptions,
+              n_steps: int) -> tuple[int, int]:
+    """The analysis window [start, end) of steps: the given one, or the converging phase
+    within the first k steps (x* = x_k). A diverged run whose x* is no better than x_0
+    has no converging phase: an empty window, so no gamma comes from the diverged part."""
+    if options.window is not None:
+        start, end = options.window
+        if not 0 <= start < end <= n_steps:
+            raise ValueError(f"window [{start}, {end}) is not inside the {n_steps} steps")
+        return start, end
+    if k == 0 or not math.isfinite(f_star):
+        return 0, 0
+    if log.diverged_step is not None and not f_star < log.full_loss[0]:
+        return 0, 0
+    ends = [e for e in log.epoch_ends if e <= k]
+    full = list(log.full_loss[: len(ends) + 1])
+    if not ends:  # x* lies inside the first epoch: treat [0, k) as one epoch ending at x*
+        ends, full = [k], [log.full_loss[0], f_star]
+    return P.converging_window(full, ends, f_star, options.tau, options.max_fraction)
 
-    k = ``reference_step``: the default window lies within the first k steps.
 
-    ``full_loss`` is the run's F_0 .. F_E and ``epoch_ends`` the cumulative step counts
-    of its epochs; the window only uses the epochs completed within the k steps.
-    """
+def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star: float,
+              options: AnalysisOptions) -> dict:
+    """The regularity analysis of the measured steps against x* = x_k (k =
+    ``reference_step``): the summary.json keys of the analysis (see ``Summary``)."""
     k = reference_step
+    start, end = window_of(log, k, f_star, options, log.steps)
+    steps = table["step"].to_numpy()
+    w = (steps >= start) & (steps < end)
     a, b, s = (table[c].to_numpy() for c in ("a", "b", "s"))
     lr, epoch = table["lr"].to_numpy(), table["epoch"].to_numpy()
     delta = deltas(lr, options.delta)
-    ends = [e for e in epoch_ends if e <= k]
-    full = list(full_loss[: len(ends) + 1])
-    if not ends:  # x* lies inside the first epoch: treat [0, k) as one epoch ending at x*
-        ends, full = [k], [full_loss[0], f_star]
-    if options.window is not None:
-        start, end = options.window
-        if not 0 <= start < end <= len(table):
-            raise ValueError(f"window [{start}, {end}) is not inside the {len(table)} steps")
-    elif k == 0:
-        start, end = 0, 0
-    else:
-        start, end = P.converging_window(full, ends, f_star, options.tau, options.max_fraction)
-    w = slice(start, end)
     gamma = {_key(e): P.gamma_hat(a[w], b[w], s[w], delta[w], e) for e in options.eps}
     kappa = {_key(e): P.kappa_hat(a[w], b[w], s[w], lr[w], e) for e in options.eps}
     g0 = gamma.get("0.0", P.gamma_hat(a[w], b[w], s[w], delta[w], 0.0))
-    bound = P.convergence_bound(b[w], lr[w], float(table["D"].iloc[start]) if k else math.nan,
-                                g0) if end > start else None
+    first = np.flatnonzero(w)
+    # the bound telescopes over consecutive steps: only where every window step is measured
+    bound = (P.convergence_bound(b[w], lr[w], float(table["D"].iloc[first[0]]), g0)
+             if first.size and len(first) == end - start else None)
+    sens_eps = sorted({0.0, 0.05, 0.1, *options.eps})
     return {
-        "n_steps": len(table),
         "reference_step": k,
         "window": [int(start), int(end)],
         "gamma_hat": gamma,
@@ -114,12 +130,65 @@ def summarize(table: pd.DataFrame, *, full_loss: list[float], epoch_ends: list[i
         "bound": None if bound is None else {
             "gamma": bound.gamma, "lhs": bound.lhs, "rhs": bound.rhs, "holds": bound.holds},
         "f_star": f_star,
-        **speed_summary(full_loss, epoch_ends, options.loss_threshold),
+        "sensitivity": {
+            "gamma_hat": {_key(e): P.gamma_hat(a[w], b[w], s[w], delta[w], e) for e in sens_eps},
+            "kappa_hat": {_key(e): P.kappa_hat(a[w], b[w], s[w], lr[w], e) for e in sens_eps},
+        },
         "options": {"eps": list(options.eps), "tau": options.tau,
                     "max_fraction": options.max_fraction,
                     "delta": "eta/2" if options.delta is None else options.delta,
                     "window": "converging phase" if options.window is None else "given"},
     }
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the summary says about a run beyond its measurements."""
+
+    n_params: int
+    task: str
+    evaluation: dict[str, float] = field(default_factory=dict)
+    source: str | None = None  # the integration that trained it
+    loss_check: dict | None = None  # integrations: rebuilt losses against training's
+
+
+def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: str,
+            options: AnalysisOptions, facts: RunFacts, best: Measured | None = None
+            ) -> tuple[pd.DataFrame, Summary]:
+    """The metrics table and the summary of a run: ``measured`` against its reference
+    (None: record mode off, losses only); ``best``, when the mode could measure it
+    without retraining, the same against the best epoch end (sensitivity)."""
+    k = log.steps if measured is None else measured.reference_step
+    speed = speed_summary(log.full_loss, log.epoch_ends, options.loss_threshold)
+    diverged = log.diverged_step is not None
+    fields: dict = {}
+    if measured is None:
+        table = step_table(log, Measured.unmeasured(log.lr, k), options.delta)
+    else:
+        table = step_table(log, measured, options.delta)
+        fields = summarize(table, log=log, reference_step=k, f_star=measured.f_star,
+                           options=options)
+        if best is not None and best.reference_step != k:
+            other = summarize(step_table(log, best, options.delta), log=log,
+                              reference_step=best.reference_step, f_star=best.f_star,
+                              options=options)
+            fields["sensitivity"]["reference_best"] = {
+                "gamma_hat": other["gamma_hat"], "kappa_hat": other["kappa_hat"],
+                "reference_step": best.reference_step}
+        elif best is not None:  # the best epoch end is the reference itself
+            fields["sensitivity"]["reference_best"] = {
+                "gamma_hat": fields["gamma_hat"], "kappa_hat": fields["kappa_hat"],
+                "reference_step": k}
+        else:
+            fields["sensitivity"]["reference_best"] = None
+        fields.update(measured.summary)
+    summary = Summary(
+        n_steps=log.steps, **speed, task=facts.task, evaluation=facts.evaluation,
+        record_mode=mode, reference=reference, n_params=facts.n_params, diverged=diverged,
+        diverged_step=log.diverged_step,
+        trained=trained(log.full_loss, diverged, options.train_margin),
+        source=facts.source, loss_check=facts.loss_check, **fields)
+    return table, summary
 
 
 def speed_summary(full_loss: list[float], epoch_ends: list[int], threshold: float) -> dict:

@@ -1,0 +1,83 @@
+"""Record mode ``store``: every iterate x_t to disk, measured after training.
+
+During training each x_t is copied into a RAM buffer that a background thread
+writes to preallocated ``.npy`` segments (``trajectory/``, see
+``trajreg.record.store``). After training the trajectory is streamed in blocks
+against any stored x_k, so both references (final, best) are re-analysed without
+retraining. Memory O(d); disk O(T d).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from trajreg.principle import trajectory_quantities
+from trajreg.record.measured import Measured
+from trajreg.record.modes.base import MeasureContext, RecordMode
+from trajreg.record.store import TrajectoryStore, TrajectoryWriter
+
+if TYPE_CHECKING:
+    from trajreg.record.recorder import Recorder
+
+TRAJECTORY = "trajectory"
+
+
+def stream_quantities(store: TrajectoryStore, T: int, x_star: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """D_0..D_{T-1}, a, s and eta of the first T stored steps against ``x_star``,
+    streamed in ~8 MiB float64 blocks, so memory stays O(d) and the blocks stay
+    cache-friendly."""
+    if store.rows < T + 1:
+        raise RuntimeError(f"trajectory holds {store.rows} iterates, the run took {T} steps")
+    lrs = store.lrs[:T]
+    D, a, s = [], [], []
+    block_rows = max(1, min(256, (8 << 20) // (8 * store.d)))
+    for t0, xs in store.blocks(T, block_rows=block_rows):
+        q = trajectory_quantities(xs, lrs[t0 : t0 + len(xs) - 1], x_star)
+        D.extend(q.D[:-1])
+        a.extend(q.a)
+        s.extend(q.s)
+    return np.asarray(D), np.asarray(a), np.asarray(s), np.asarray(lrs, dtype=np.float64)
+
+
+class StoreMode(RecordMode):
+    name = "store"
+    reanalyse: ClassVar[tuple[str, ...]] = ("final", "best")
+    cost = "memory O(d); disk T*d floats"
+
+    def __init__(self) -> None:
+        self.writer: TrajectoryWriter | None = None
+
+    def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
+             sync_seconds: float = 5.0, **_: Any) -> None:
+        if directory is None:
+            raise ValueError("mode 'store' needs a directory to write the trajectory to")
+        dtype = np.float64 if rec.dtype == torch.float64 else np.float32
+        self.writer = TrajectoryWriter(directory, rec.d, dtype, capacity, sync_seconds)
+
+    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+        rec.flat(out=torch.from_numpy(self.writer.next_row()))
+        self.writer.commit_row(lr)
+
+    def close(self, rec: Recorder) -> None:
+        if self.writer is not None and not self.writer.closed:
+            rec.flat(out=torch.from_numpy(self.writer.next_row()))  # x_T
+            self.writer.commit_row(None)
+            self.writer.close()
+
+    def measure(self, ctx: MeasureContext, k: int) -> Measured:
+        store = TrajectoryStore(Path(ctx.directory) / TRAJECTORY)
+        if store.rows < ctx.steps + 1:
+            raise RuntimeError(f"trajectory holds {store.rows} iterates, "
+                               f"the run took {ctx.steps} steps")
+        T = ctx.steps  # every recorded step, also those after x* = x_k
+        x_star = store.row(k)
+        D, a, s, lr = stream_quantities(store, T, x_star.astype(np.float64))
+        ctx.load(x_star)
+        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr,
+                        loss_star=ctx.step_losses(range(T)), f_star=ctx.f_star(k),
+                        reference_step=k)
