@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'norm':<8}{'gamma_hat(0)':>14}{'gamma_hat(.05)':>16}{'kappa_hat(.05)':>16}"
           f"{'gamma_bar':>11}{'final loss':>12}  window")
     for norm, s, _ in rows:
-        g, k = s["gamma_hat"], s["kappa_hat"]
-        print(f"{norm:<8}{g['0.0']:>14.4g}{g['0.05']:>16.4g}{k['0.05']:>16.4g}"
-              f"{s['gamma_bar']:>11.4g}{s['final_loss']:>12.4g}  {s['window']}")
+        start, end = s.window
+        print(f"{norm:<8}{s.gamma(0.0):>14.4g}{s.gamma(0.05):>16.4g}{s.kappa(0.05):>16.4g}"
+              f"{s.gamma_bar:>11.4g}{s.final_loss:>12.4g}  [{start}, {end})")
     print()
     for norm, _, run_dir in rows:
         print(f"results (norm={norm}): {run_dir}/  (summary.json, metrics.parquet, *.png)")

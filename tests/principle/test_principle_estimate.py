@@ -28,7 +28,7 @@ def _delta_list(delta, n):
 
 
 def _step_ok(a, b, s, d, gamma):
-    """RP(gamma; d) at one step, straight from PRINCIPLE.md's case analysis."""
+    """RP(gamma; d) at one step, straight from docs/principle.md's case analysis."""
     c = a - d * s
     if not (math.isfinite(c) and math.isfinite(b)):
         return False

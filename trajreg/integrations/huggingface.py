@@ -25,6 +25,7 @@ except ImportError:
                       "pip install 'trajreg[huggingface]'") from None
 
 from trajreg.integrations.session import RegularitySession
+from trajreg.run.summary import Summary
 
 
 class RegularityCallback(TrainerCallback):
@@ -41,7 +42,7 @@ class RegularityCallback(TrainerCallback):
         self.session = RegularitySession(out, source="huggingface", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
                                          loss_threshold=loss_threshold)
-        self.summary: dict | None = None
+        self.summary: Summary | None = None
         self._hooks: list = []
         self._inputs = None
 

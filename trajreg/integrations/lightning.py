@@ -26,6 +26,7 @@ except ImportError:  # the standalone package name
                           "pip install 'trajreg[lightning]'") from None
 
 from trajreg.integrations.session import RegularitySession
+from trajreg.run.summary import Summary
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
@@ -50,7 +51,7 @@ class RegularityCallback(Callback):
         self.session = RegularitySession(out, source="lightning", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
                                          loss_threshold=loss_threshold)
-        self.summary: dict | None = None
+        self.summary: Summary | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:

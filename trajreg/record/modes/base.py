@@ -72,20 +72,20 @@ class RecordMode(ABC):
         return cls()
 
     # ------------------------------------------------------------ during training
-    def open(self, rec: Recorder, directory: Path | None, **options: Any) -> None:
+    def open(self, rec: Recorder, directory: Path | None, **options: Any) -> None:  # noqa: B027 - optional hook
         """Prepare to record the optimizer of ``rec`` (files under ``directory``)."""
 
     def keep(self, step: int) -> bool:
         """Whether step ``step`` is measured (its minibatch and random state must be kept)."""
         return True
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:  # noqa: B027 - optional hook
         """Just before optimizer step ``step``: the parameters are x_t."""
 
-    def post_step(self, rec: Recorder, step: int) -> None:
+    def post_step(self, rec: Recorder, step: int) -> None:  # noqa: B027 - optional hook
         """Just after optimizer step ``step``: the parameters are x_{t+1}."""
 
-    def close(self, rec: Recorder) -> None:
+    def close(self, rec: Recorder) -> None:  # noqa: B027 - optional hook
         """Training is over: the parameters are x_T; seal the files."""
 
     # ------------------------------------------------------------ after training
