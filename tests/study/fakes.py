@@ -74,3 +74,57 @@ def fake_run(study_dir, rid: str, gamma: float, kappa: float | None = None,
     table.to_parquet(d / "metrics.parquet", index=False)
     write_json(d / "summary.json", summary.to_dict())
     return summary
+
+
+BASE = {"data": {"name": "digits", "batch_size": 64, "subset": 256},
+        "model": {"name": "mlp", "depth": 2, "width": 8},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"epochs": 1}, "record": {"mode": "store"}}
+
+
+def small_raw(seeds=(0, 1), **over) -> dict:
+    """A study of tiny real runs (about a second each): norm none vs batch."""
+    import copy
+
+    raw = {"name": "small", "base": copy.deepcopy(BASE),
+           "grid": {"model.norm": ["none", "batch"]}, "seeds": list(seeds)}
+    raw.update(over)
+    return raw
+
+
+def fake_study(study_dir, study, gamma=lambda axes, seed: 0.5, **kw) -> None:
+    """Every run of ``study`` finished (fake_run) in ``study_dir``, with its study.yaml."""
+    from trajreg.study.layout import write_study_file
+
+    write_study_file(study_dir, study.raw)
+    done = set()
+    for block in study.blocks:
+        for rid, axes, seed in block.members:
+            if rid not in done:
+                fake_run(study_dir, rid, gamma(axes, seed), **kw)
+                done.add(rid)
+
+
+def first_comparison(study_dir, study):
+    """(the study's first comparison, summaries by run id, runs table), read back from
+    ``study_dir`` by the report's own readers."""
+    from trajreg.study import tables
+    from trajreg.study.report import load_records
+
+    records = load_records(study_dir, study)
+    runs = tables.runs_table(study, records)
+    summaries = {rid: r.summary for rid, r in records.items() if r.summary is not None}
+    return tables.comparisons(study, runs)[0], summaries, runs
+
+
+def tick_labels(fig, ax, axis: str = "y") -> list[str]:
+    """The visible tick labels of an axis once the figure is drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    labels = ax.get_yticklabels() if axis == "y" else ax.get_xticklabels()
+    lim = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    lo, hi = min(lim), max(lim)
+    ticks = ax.get_yticks() if axis == "y" else ax.get_xticks()
+    return [t.get_text() for t, v in zip(labels, ticks, strict=False)
+            if t.get_text() and lo <= v <= hi]

@@ -90,7 +90,7 @@ def test_one_study_process_per_directory(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "trajreg.cli", *map(str, args)], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "trajreg.study.cli", *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -130,7 +130,8 @@ def test_resume_after_sigkill(tmp_path, executor):
         assert after[rid] == mtime
     assert not list(runs_dir(out).glob(".*"))  # no partial left
     assert sorted(p.name for p in runs_dir(out).iterdir()) == sorted(after)
-    assert f"{len(study.runs)} runs finished ({len(study.runs) - len(before)} now)" in text
+    n = len(study.runs)
+    assert f"{n} of {n} runs finished, 0 failed ({n - len(before)} run now)" in text
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == len(study.runs) and (runs["status"] == "done").all()
     assert all(run_state(out, r.run_id) == "done" for r in study.runs)

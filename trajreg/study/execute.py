@@ -1,18 +1,14 @@
 """Run a study: every run of its grid, resumably, on any executor; then the report.
 
-Study directory::
+The study directory's layout is ``layout.py``. A run directory appears under its
+final name only when complete (written as ``.<run_id>.partial-*`` and renamed), so a
+study killed at any point and started again finds exactly the finished runs, removes
+the partial ones, and runs the rest. A run directory that is there but damaged (a
+truncated summary.json, a missing metrics.parquet) is moved aside to
+``runs/<run_id>.damaged-<time>`` and run again; nothing is deleted.
 
-    study.yaml              the study file as given, plus trajreg's version
-    runs/<run_id>/          finished run directories (``trajreg run`` layout)
-    runs/<run_id>.failed.json   why a run failed (the study went on)
-    progress/<run_id>       epoch of a run in flight (for the progress display)
-    runs.csv, techniques.csv, report.html, figures/   the report (``report.py``)
-
-A run directory appears under its final name only when complete (written as
-``.<run_id>.partial-*`` and renamed), so a study killed at any point and started
-again finds exactly the finished runs, removes the partial ones, and runs the rest.
-Runs are keyed by a hash of their resolved config: a changed study file reuses
-every run it still asks for.
+Every run's config sets ``train.threads`` (the study's default is 1), so a run's
+id and numbers do not depend on ``--jobs``; executors never change it.
 """
 
 from __future__ import annotations
@@ -20,14 +16,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 import socket
+import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
@@ -35,11 +32,14 @@ from trajreg.atomic import replace_atomic
 from trajreg.errors import UserError
 from trajreg.study.executors import Executor, make_executor
 from trajreg.study.layout import (
-    FAILED_SUFFIX,
+    PROGRESS,
+    check_out_dir,
     clean_partials,
-    failure_reason,
+    failed_path,
+    inspect_run,
+    move_damaged,
     record_failure,
-    run_state,
+    run_path,
     runs_dir,
     write_study_file,
 )
@@ -49,32 +49,34 @@ from trajreg.study.spec import Study, load_study
 
 @dataclass
 class StudyResult:
+    """What one ``run_study`` call found and did."""
+
     directory: Path
+    total: int = 0  # runs in the study
     done: list[str] = field(default_factory=list)  # finished runs (diverged included)
     failed: dict[str, str] = field(default_factory=dict)  # run_id -> reason
     ran: list[str] = field(default_factory=list)  # run by this call (not resumed)
     workers: dict[str, str] = field(default_factory=dict)  # run_id -> "host:pid" that ran it
+    moved_damaged: dict[str, Path] = field(default_factory=dict)  # run_id -> where it went
+    partials_removed: int = 0  # partial runs and temporary files of killed attempts
+    diverged: list[str] = field(default_factory=list)  # finished runs that diverged
+    report: dict[str, Path] | None = None  # the report's files, when written
 
 
-def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
-                threads: int | None = None) -> dict[str, Any]:
+def execute_run(config: dict[str, Any], study_dir: str, run_id: str) -> dict[str, Any]:
     """Train and analyse one run of a study into ``runs/<run_id>``; never raises for
     the run's own failure: it is written to ``runs/<run_id>.failed.json`` instead.
 
     Top-level and picklable: executors ship it to worker processes and Dask workers.
+    The run applies its own ``train.threads``.
     """
-    import torch
-
     from trajreg.run.runner import run
     from trajreg.train.config import load_config
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    base = runs_dir(Path(study_dir))
-    out = base / run_id
-    progress = Path(study_dir) / "progress" / run_id
+    out = run_path(study_dir, run_id)
+    progress = Path(study_dir) / PROGRESS / run_id
     me = f"{socket.gethostname()}:{os.getpid()}"
-    if (out / "summary.json").is_file():  # finished by an earlier attempt
+    if inspect_run(study_dir, run_id).state == "done":  # finished by an earlier attempt
         return {"run_id": run_id, "status": "done", "worker": me}
     cfg = load_config(config)
 
@@ -85,10 +87,10 @@ def execute_run(config: dict[str, Any], study_dir: str, run_id: str,
     try:
         _, summary = run(cfg, out, progress=False, on_epoch=on_epoch)
     except Exception as exc:  # noqa: BLE001 - the study records it and goes on
-        if (out / "summary.json").is_file():  # a concurrent attempt finished it
+        if inspect_run(study_dir, run_id).state == "done":  # a concurrent attempt won
             return {"run_id": run_id, "status": "done", "worker": me}
         reason = f"{type(exc).__name__}: {exc}"
-        record_failure(Path(study_dir), run_id, reason, config, traceback.format_exc())
+        record_failure(study_dir, run_id, reason, config, traceback.format_exc())
         return {"run_id": run_id, "status": "failed", "reason": reason, "worker": me}
     finally:
         with contextlib.suppress(OSError):
@@ -110,21 +112,25 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         yield
 
 
-class _Progress:
-    """One display for the whole study: runs done of total, epochs of runs in flight.
+class Progress:
+    """The study's progress: one bar on a terminal (runs done of total, the epochs of
+    runs in flight, polled from ``progress/`` where workers write them, whichever
+    machine they run on); without a terminal one line per finished run, so a log of a
+    long study shows it advancing; nothing when ``mode`` is ``"off"``."""
 
-    A thread polls ``progress/`` (workers write their epoch there, whichever machine
-    they run on) and updates the bar; silent when not a terminal.
-    """
-
-    def __init__(self, study_dir: Path, total: int, done: int, enabled: bool | None) -> None:
-        self.dir = study_dir / "progress"
+    def __init__(self, study_dir: Path, total: int, done: int, mode: str,
+                 stream: TextIO | None = None) -> None:
+        self.dir = study_dir / PROGRESS
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.bar = tqdm(total=total, initial=done, desc="study", unit="run",
-                        disable=None if enabled is None else not enabled)
+        self.mode, self.total, self.done = mode, total, done
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self.bar = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
-        if not self.bar.disable:
+        if mode == "bar":
+            self.bar = tqdm(total=total, initial=done, desc="study", unit="run",
+                            file=self.stream)
             self._thread.start()
 
     def _poll(self) -> None:
@@ -136,28 +142,49 @@ class _Progress:
                     parts.append(f"{path.name[:6]} epoch {epoch}/{epochs}")
             self.bar.set_postfix_str("; ".join(parts[:3]), refresh=True)
 
-    def advance(self) -> None:
-        self.bar.update(1)
+    def advance(self, run_id: str, status: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.mode == "lines":
+            elapsed = time.monotonic() - self.started
+            print(f"study: {self.done}/{self.total} runs finished ({run_id} {status}; "
+                  f"{elapsed:.0f} s)", file=self.stream, flush=True)
 
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
-def run_study(study: Study | str | Path | dict, out: str | Path, *, executor: str = "process",
-              jobs: int | None = None, retry_failed: bool = False, report: bool = True,
-              progress: bool | None = None) -> StudyResult:
+def progress_mode(progress: bool | None, stream: TextIO | None = None) -> str:
+    """``bar`` (a terminal), ``lines`` (no terminal) or ``off``: ``progress=None`` picks
+    by whether ``stream`` (default stderr) is a terminal, True forces the bar."""
+    if progress is False:
+        return "off"
+    if progress is True:
+        return "bar"
+    stream = stream or sys.stderr
+    return "bar" if hasattr(stream, "isatty") and stream.isatty() else "lines"
+
+
+def run_study(study: Study | str | Path | dict[str, Any], out: str | Path, *,
+              executor: str = "process", jobs: int | None = None,
+              retry_failed: bool = False, report: bool = True, progress: bool | None = None,
+              force: bool = False) -> StudyResult:
     """Run every unfinished run of ``study`` into ``out``, then write the report.
 
-    Finished runs are kept; failed ones are retried only with ``retry_failed``.
+    Finished runs are kept; failed ones are retried only with ``retry_failed``;
+    damaged ones are moved aside and run again. ``out`` must be new, empty, or a
+    directory of the same study file (``force`` writes into any directory; nothing
+    there is deleted). Raises ``UserError`` for bad input before any run starts.
     """
     if not isinstance(study, Study):
         study = load_study(study)
     study_dir = Path(out)
-    if study_dir.exists() and not study_dir.is_dir():
-        raise UserError(f"--out {study_dir}: exists and is not a directory")
+    check_out_dir(study_dir, study.raw, force)
     if not executor.startswith("dask://"):  # local runs: this machine's devices
         from trajreg.train.loop import require_device
 
@@ -167,35 +194,40 @@ def run_study(study: Study | str | Path | dict, out: str | Path, *, executor: st
     pool = make_executor(executor, jobs)
     try:
         with study_lock(study_dir):
-            return _run_study(study, study_dir, pool, retry_failed, report, progress)
+            return _run_study(study, study_dir, pool, retry_failed, report,
+                              progress_mode(progress))
     finally:
         pool.close()
 
 
-def _run_study(study: Study, study_dir: Path, pool: Executor, retry_failed: bool, report: bool,
-               progress: bool | None) -> StudyResult:
+def _run_study(study: Study, study_dir: Path, pool: Executor, retry_failed: bool,
+               report: bool, mode: str) -> StudyResult:
     runs_dir(study_dir).mkdir(exist_ok=True)
-    clean_partials(study_dir)
+    result = StudyResult(study_dir, total=len(study.runs))
+    result.partials_removed = clean_partials(study_dir)
     write_study_file(study_dir, study.raw)
-    result = StudyResult(study_dir)
     todo = []
     for spec in study.runs:
-        state = run_state(study_dir, spec.run_id)
+        record = inspect_run(study_dir, spec.run_id)
+        state = record.state
+        if state == "damaged":
+            result.moved_damaged[spec.run_id] = move_damaged(study_dir, spec.run_id)
+            state = "pending"
         if state == "failed" and retry_failed:
-            (runs_dir(study_dir) / f"{spec.run_id}{FAILED_SUFFIX}").unlink()
+            failed_path(study_dir, spec.run_id).unlink()
             state = "pending"
         if state == "done":
             result.done.append(spec.run_id)
+            if record.summary is not None and record.summary.diverged:
+                result.diverged.append(spec.run_id)
         elif state == "failed":
-            result.failed[spec.run_id] = failure_reason(study_dir, spec.run_id)
+            result.failed[spec.run_id] = record.reason
         else:
             todo.append(spec)
-    display = _Progress(study_dir, len(study.runs), len(study.runs) - len(todo), progress)
+    display = Progress(study_dir, len(study.runs), len(study.runs) - len(todo), mode)
     try:
-        threads = getattr(pool, "threads", None)
         # absolute: Dask workers need not share this process's working directory
-        calls = [(spec.config, str(study_dir.resolve()), spec.run_id, threads)
-                 for spec in todo]
+        calls = [(spec.config, str(study_dir.resolve()), spec.run_id) for spec in todo]
         for call, outcome in pool.map_unordered(execute_run, calls):
             rid = call[2]
             if isinstance(outcome, BaseException):  # the worker itself died
@@ -208,10 +240,12 @@ def _run_study(study: Study, study_dir: Path, pool: Executor, retry_failed: bool
                 result.failed[rid] = outcome["reason"]
             else:
                 result.done.append(rid)
-            display.advance()
+                if outcome["status"] == "diverged":
+                    result.diverged.append(rid)
+            display.advance(rid, outcome["status"])
     finally:
         display.close()
-    shutil.rmtree(study_dir / "progress", ignore_errors=True)
+    clean_partials(study_dir)  # the progress files; no partial run is left by now
     if report:
-        write_report(study_dir, study)
+        result.report = write_report(study_dir, study)
     return result

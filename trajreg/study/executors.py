@@ -8,10 +8,11 @@ a Dask cluster needs a shared file system (the usual set-up of a cluster's
 workers, as with submitit or Ray).
 
 - ``serial``: one run after another in this process (easiest to debug).
-- ``process`` (default): ``--jobs N`` spawned worker processes, each with
-  ``torch.set_num_threads(cores // N)`` so workers do not oversubscribe the cores.
-  Workers die with the study process (Linux), so a killed study leaves no orphans
-  writing into its directory.
+- ``process`` (default): ``--jobs N`` spawned worker processes (default: one per
+  core). Each run uses the threads its config sets (``train.threads``; a study's
+  default is 1), never a number derived from N, so its numbers do not depend on
+  ``--jobs``. Workers die with the study process (Linux), so a killed study leaves
+  no orphans writing into its directory.
 - ``dask://HOST:PORT``: a running Dask scheduler (``pip install trajreg[dask]``).
 """
 
@@ -45,11 +46,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker() -> None:
     _die_with_parent()
-    import torch
-
-    torch.set_num_threads(threads)
     # the parent may already be gone between fork/spawn and prctl
     if os.getppid() == 1:
         os._exit(1)
@@ -81,13 +79,11 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, jobs: int | None = None) -> None:
-        cores = usable_cores()
-        self.jobs = max(1, jobs if jobs else cores)
-        self.threads = max(1, cores // self.jobs)
+        self.jobs = max(1, jobs if jobs else usable_cores())
         # spawn, not fork: forking a process that has run torch (threads, OpenMP)
         # can deadlock the child
         self._pool = ProcessPoolExecutor(self.jobs, multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(self.threads,))
+                                         initializer=_init_worker)
 
     def map_unordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
         futures = {self._pool.submit(fn, *call): call for call in calls}

@@ -26,6 +26,21 @@ def load_records(study_dir: str | Path, study: Study) -> dict[str, RunRecord]:
 
 
 def _block_text(value: object) -> str:
+    """A block's settings as ``key: value`` text, mappings in parentheses, lists joined.
+
+    >>> _block_text({"name": "mlp", "depth": 4, "optim": [{"name": "sgd", "lr": 0.05}]})
+    'name: mlp, depth: 4, optim: (name: sgd, lr: 0.05)'
+    """
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_block_value(v)}" for k, v in value.items())
+    return _block_value(value)
+
+
+def _block_value(value: object) -> str:
+    if isinstance(value, dict):
+        return f"({_block_text(value)})"
+    if isinstance(value, list):
+        return " / ".join(_block_value(v) for v in value)
     return str(value)
 
 

@@ -26,11 +26,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trajreg.errors import ConfigError
+from trajreg.errors import ConfigError, UserError
+from trajreg.study.layout import read_study_file
 from trajreg.train.config import load_config, read_yaml
 
 # Default direction of each comparison: (role, value). "with" names the value that
@@ -47,8 +49,45 @@ DEFAULT_COMPARE: dict[str, tuple[str, Any]] = {
 # learning-rate-free kappa_hat = eta * gamma_hat (docs/principle.md)
 KAPPA_PREFIXES = ("optim.",)
 
+PRESETS = Path(__file__).parent / "presets"
 STUDY_KEYS = {"name", "base", "grid", "seeds", "compare", "blocks", "note", "report"}
 BLOCK_KEYS = {"name", "base", "grid", "seeds", "compare", "note"}
+# train.threads of every run unless the study sets it: the run's config (and so its
+# id and its numbers) must not depend on how many runs execute side by side (--jobs)
+DEFAULT_THREADS = 1
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The study file's ``report`` section: how the report decides (see tables.py)."""
+
+    eps: float = 0.05  # the eps of gamma_hat / kappa_hat compared
+    alpha: float = 0.05  # significance level, after the Holm correction
+    min_effect: float = 0.05  # smallest |median difference|, relative to the larger side
+    train_margin: float = 0.1  # trained: final loss <= (1 - margin) * initial loss
+
+    @property
+    def eps_key(self) -> str:
+        """The eps as a summary key ("0.05")."""
+        return str(float(self.eps))
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> ReportOptions:
+        limits = {"eps": (0.0, 1.0, "[0, 1)"), "alpha": (0.0, 1.0, "(0, 1)"),
+                  "min_effect": (0.0, math.inf, ">= 0"), "train_margin": (0.0, 1.0, "[0, 1)")}
+        values = {}
+        for key, value in raw.items():
+            if key not in limits:
+                raise ConfigError(f"report.{key}: unknown report key (allowed: "
+                                  f"{', '.join(sorted(limits))})")
+            low, high, text = limits[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"report.{key}: must be a number {text}, got {value!r}")
+            ok = (low < value < high if key == "alpha" else low <= value < high)
+            if not ok:
+                raise ConfigError(f"report.{key}: must be {text}, got {value!r}")
+            values[key] = float(value)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -83,7 +122,7 @@ class Study:
     name: str
     blocks: list[Block]
     raw: dict[str, Any]
-    report: dict[str, Any] = field(default_factory=dict)
+    report: ReportOptions = field(default_factory=ReportOptions)
     runs: list[RunSpec] = field(default_factory=list)
 
     def run(self, run_id: str) -> RunSpec:
@@ -210,6 +249,9 @@ def expand(block: Block) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         axes = dict(zip(keys, values, strict=True))
         for seed in block.seeds:
             raw = copy.deepcopy(block.base)
+            train = raw.setdefault("train", {})
+            if isinstance(train, dict):
+                train.setdefault("threads", DEFAULT_THREADS)
             for key, value in axes.items():
                 set_dotted(raw, key, value)
             raw["seed"] = seed
@@ -239,8 +281,13 @@ def with_data_root(raw: dict[str, Any], root: str) -> dict[str, Any]:
 
 
 def load_study(source: str | Path | dict[str, Any]) -> Study:
-    """Validate a study file (path or mapping) and expand it into deduplicated runs."""
+    """Validate a study file (path or mapping) completely and expand it into
+    deduplicated runs: anything that would stop the study or its report later (a bad
+    run config, a report eps some run does not analyse) is a ``ConfigError`` now."""
     raw = _mapping("study", read_yaml(source, "study"))
+    if not raw:
+        raise ConfigError("study: the study file is empty (give at least a base and a grid "
+                          "or blocks)")
     for key in raw:
         if key not in STUDY_KEYS:
             allowed = ", ".join(sorted(STUDY_KEYS))
@@ -249,7 +296,7 @@ def load_study(source: str | Path | dict[str, Any]) -> Study:
         raise ConfigError("grid: give either a top-level grid or blocks, not both")
     base = _mapping("base", raw.get("base", {}))
     seeds = raw.get("seeds", [0])
-    report = _mapping("report", raw.get("report", {}))
+    report = ReportOptions.from_raw(_mapping("report", raw.get("report") or {}))
     if "blocks" in raw:
         blocks_raw = raw["blocks"]
         if not isinstance(blocks_raw, list) or not blocks_raw:
@@ -286,7 +333,24 @@ def load_study(source: str | Path | dict[str, Any]) -> Study:
             order.append(rid)
     study.runs = [found[r] for r in order]
     study._by_id = found
+    _check_runs(study)
     return study
+
+
+def _check_runs(study: Study) -> None:
+    """What the report needs of every run: the regularity analysis at the report's eps."""
+    for block in study.blocks:
+        for rid, _, _ in block.members:
+            config = study.run(rid).config
+            if config["record"]["mode"] == "off":
+                raise ConfigError(f"block {block.name}: record.mode: a study's report needs "
+                                  "the regularity analysis; 'off' records none")
+            analysed = [float(e) for e in config["analysis"]["eps"]]
+            if study.report.eps not in analysed:
+                raise ConfigError(
+                    f"report.eps: {study.report.eps:g} is not among the analysis.eps of "
+                    f"block {block.name} ({', '.join(f'{e:g}' for e in analysed)}); add it "
+                    "to analysis.eps or choose one of those")
 
 
 def uses_kappa(axis: str) -> bool:
@@ -307,3 +371,16 @@ def label(value: Any) -> str:
     if isinstance(value, dict):
         return " ".join(f"{k}={label(v)}" for k, v in value.items())
     return str(value)
+
+
+def preset_path(preset: str) -> Path:
+    """The study file of the built-in paper study at a preset (quick, standard)."""
+    path = PRESETS / f"paper-{preset}.yaml"
+    if not path.is_file():
+        raise UserError(f"--preset: unknown preset {preset!r} (quick, standard)")
+    return path
+
+
+def load_study_dir(study_dir: str | Path) -> Study:
+    """The study a study directory was run with (its ``study.yaml``)."""
+    return load_study(read_study_file(study_dir))

@@ -37,6 +37,8 @@ TECHNIQUE_NAMES = {"model.activation": "activation", "model.norm": "normalizatio
                    "optim": "optimizer",
                    "model.dropout": "dropout", "optim.lr": "learning rate"}
 FINISHED = ("done", "diverged")
+# the networks that have the skip connections model.skip switches (ModelConfig.skip)
+SKIP_NETS = ("resnet", "unet")
 
 
 def architecture(config: dict[str, Any]) -> str:
@@ -58,7 +60,7 @@ def eps_keys(study: Study) -> list[str]:
 
 def primary_eps(study: Study) -> str:
     """The report's eps as a summary key (``report: {eps: ...}``, default 0.05)."""
-    return str(float(study.report.get("eps", 0.05)))
+    return study.report.eps_key
 
 
 def runs_table(study: Study, records: dict[str, RunRecord]) -> pd.DataFrame:
@@ -74,7 +76,8 @@ def runs_table(study: Study, records: dict[str, RunRecord]) -> pd.DataFrame:
                "reason": rec.reason,
                "architecture": architecture(c), "dataset": c["data"]["name"],
                "activation": c["model"]["activation"], "norm": c["model"]["norm"],
-               "skip": c["model"]["skip"], "optimizer": c["optim"]["name"],
+               "skip": c["model"]["skip"] if c["model"]["name"] in SKIP_NETS else "",
+               "optimizer": c["optim"]["name"],
                "lr": c["optim"]["lr"], "seed": c["seed"]}
         for name in ("gamma_hat", "kappa_hat"):
             table = getattr(s, name) if s is not None else None

@@ -1,0 +1,105 @@
+"""The ``trajreg study`` and ``trajreg report`` commands, for ``trajreg.cli`` to delegate to.
+
+``add_study_parsers(subparsers)`` adds both subcommands; ``run_study_command(args)`` and
+``run_report_command(args)`` run them and return the exit status: 0, or 3 when runs
+of the study failed (the message says how many). Bad input raises ``UserError``
+(``ConfigError`` included) before anything is written; ``main`` (and ``trajreg.cli``)
+print it as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from trajreg.errors import UserError
+from trajreg.study.execute import run_study
+from trajreg.study.report import write_report
+from trajreg.study.spec import load_study, load_study_dir, preset_path, with_data_root
+from trajreg.train.config import read_yaml
+
+EXIT_FAILED_RUNS = 3
+
+
+def add_study_parsers(subparsers: Any) -> None:
+    """Add ``study`` and ``report`` to an ``argparse`` subparsers object."""
+    st = subparsers.add_parser("study", help="run a study (grid x seeds) and write its report")
+    st.add_argument("study", help="study file (YAML), or 'paper' for the built-in paper study")
+    st.add_argument("--preset", choices=["quick", "standard"],
+                    help="size of the paper study (default quick; only with 'paper')")
+    st.add_argument("--out", help="study directory (default: studies/<study file name>); "
+                                  "running again with the same directory resumes")
+    st.add_argument("--jobs", type=int,
+                    help="runs side by side (process executor; default: one per core)")
+    st.add_argument("--executor", default="process",
+                    help="serial, process (default) or dask://HOST:PORT")
+    st.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    st.add_argument("--force", action="store_true",
+                    help="write into --out even if it holds something other than this "
+                         "study (nothing there is deleted)")
+    st.add_argument("--data-root", help="directory of the local data sets the study reads "
+                                        "(mnist, fashion_mnist, cifar10): sets data.root")
+    rp = subparsers.add_parser("report", help="write the report of a study directory again")
+    rp.add_argument("study_dir")
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    """``trajreg study``: run the study, print what happened; 3 if runs failed."""
+    if args.study == "paper":
+        source = preset_path(args.preset or "quick")
+    elif args.preset:
+        raise UserError("--preset: only the built-in 'paper' study has presets")
+    else:
+        source = Path(args.study)
+    raw = read_yaml(source, "study")
+    if args.data_root:
+        raw = with_data_root(raw, args.data_root)
+    study = load_study(raw)
+    out = Path(args.out) if args.out else Path("studies") / Path(source).stem
+    result = run_study(study, out, executor=args.executor, jobs=args.jobs,
+                       retry_failed=args.retry_failed, force=args.force)
+    print(f"{len(result.done)} of {result.total} runs finished, {len(result.failed)} failed "
+          f"({len(result.ran)} run now)"
+          + (f"; {len(result.diverged)} of the finished runs diverged" if result.diverged
+             else ""))
+    for rid, where in result.moved_damaged.items():
+        print(f"  damaged {rid}: moved to {where} and run again")
+    for rid, reason in result.failed.items():
+        print(f"  failed {rid}: {reason}")
+    print(f"study directory: {out}")
+    if result.report:
+        print(f"report: {result.report['report']}")
+    if result.failed:
+        print(f"trajreg: {len(result.failed)} of {result.total} runs failed (reasons in "
+              f"{out / 'runs'}/<run_id>.failed.json; --retry-failed runs them again)",
+              file=sys.stderr)
+        return EXIT_FAILED_RUNS
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    """``trajreg report``: write the report of a study directory again."""
+    study_dir = Path(args.study_dir)
+    paths = write_report(study_dir, load_study_dir(study_dir))
+    print(f"report: {paths['report']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The two commands on their own (``python -m trajreg.study.cli study ...``)."""
+    parser = argparse.ArgumentParser(prog="trajreg")
+    add_study_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "study":
+            return run_study_command(args)
+        return run_report_command(args)
+    except UserError as exc:
+        print(f"trajreg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
