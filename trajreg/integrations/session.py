@@ -45,7 +45,8 @@ import torch
 
 from trajreg.errors import UserError
 from trajreg.record.measured import Measured
-from trajreg.record.modes import get_mode
+from trajreg.record.modes import RecordMode, get_mode
+from trajreg.record.modes.sample import SampleMode, SampleStore
 from trajreg.record.recorder import Recorder, optimizer_params, set_flat_params
 from trajreg.record.store import TrajectoryStore
 from trajreg.run import analysis, rundir
@@ -118,11 +119,17 @@ class RegularitySession:
         combine: a step's loss from its micro-batch losses: their mean, or their sum
             (losses already normalised by the whole step's size).
         lr_group: the param group whose learning rate is eta_t.
+        mode: the record mode (docs/record-modes.md): ``store`` (every x_t), ``sample``
+            (a random sample of steps, exact; only the kept steps' micro-batches are
+            saved) or ``sketch``, by name with its defaults or as a mode instance
+            (e.g. ``SampleMode(rate=0.1, seed=1)``). Steps not measured exactly take
+            l_t(x_t) from the loss the framework computed.
     """
 
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
                  loss_threshold: float = 0.1, tensorboard: bool = False, figures: bool = True,
-                 combine: str = "mean", lr_group: int = 0) -> None:
+                 combine: str = "mean", lr_group: int = 0,
+                 mode: str | RecordMode = "store") -> None:
         self.out = Path(out)
         if self.out.exists():
             raise UserError(f"output directory already exists: {self.out}")
@@ -139,7 +146,15 @@ class RegularitySession:
             self.analysis.validate()
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        self.mode = get_mode("store").from_config()
+        if isinstance(mode, str):
+            if mode in ("replay", "off"):
+                raise UserError(f"mode: {mode!r} cannot record an integration's run "
+                                "(store, sample or sketch)")
+            try:
+                mode = get_mode(mode).from_config()
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        self.mode = mode
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
         self.tmp: Path | None = None
@@ -148,6 +163,7 @@ class RegularitySession:
         self._rngs: dict[int, dict] = {}  # random state of started, unfinished micro-batches
         self.batch_losses: list[float] = []  # the framework's loss of each micro-batch
         self.step_bounds: list[int] = []  # micro-batches started when step t was taken
+        self.step_lrs: list[float] = []  # eta_t of each step taken
         self.epoch_ends: list[int] = []
         self.info: dict[str, Any] = {}
 
@@ -175,7 +191,8 @@ class RegularitySession:
 
     def before_batch(self) -> None:
         """A micro-batch's forward pass is about to begin: keep the random state it sees."""
-        self._rngs[self._started] = _rng_state()
+        # the step it belongs to is the next one taken: keep it only if that is measured
+        self._rngs[self._started] = _rng_state() if self.mode.keep(self.steps) else None
         self._started += 1
 
     def after_batch(self, batch: Any, loss: float | torch.Tensor) -> None:
@@ -185,13 +202,24 @@ class RegularitySession:
         if i not in self._rngs:
             raise RuntimeError("after_batch without before_batch")
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        # a copy of its own: torch.save of a view would write its whole base storage
-        batch = map_tensors(batch, lambda t: t.detach().to("cpu", copy=True))
-        torch.save((batch, self._rngs.pop(i)), self.tmp / "batches" / f"{i:08d}.pt")
+        rng = self._rngs.pop(i)
+        if rng is not None:  # its step is measured
+            # a copy of its own: torch.save of a view would write its whole base storage
+            batch = map_tensors(batch, lambda t: t.detach().to("cpu", copy=True))
+            torch.save((batch, rng), self.tmp / "batches" / f"{i:08d}.pt")
         self.batch_losses.append(value)
+
+    def _iterates(self) -> Callable[[int], np.ndarray | None]:
+        """x_t by step (None where the mode did not keep it)."""
+        directory = self.tmp / rundir.TRAJECTORY
+        if isinstance(self.mode, SampleMode):
+            sample = SampleStore(directory)
+            return lambda t: sample.row(t) if sample.has(t) else None
+        return TrajectoryStore(directory).row
 
     def _step_taken(self) -> None:
         self.step_bounds.append(self._started)
+        self.step_lrs.append(float(self.optimizer.param_groups[self.lr_group]["lr"]))
 
     @property
     def steps(self) -> int:
@@ -253,22 +281,27 @@ class RegularitySession:
             raise UserError("the loss of the first step was not finite: nothing to measure")
         params = optimizer_params(self.optimizer)
         device = params[0].device
-        store = TrajectoryStore(self.tmp / rundir.TRAJECTORY)
+        row = self._iterates()
 
         with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
             model.train()
-            loss_x = []
+            loss_x = list(recorded_losses[:k])  # rebuilt below where x_t was kept
+            rebuilt = []
             for t in range(k):
-                set_flat_params(params, store.row(t))
-                loss_x.append(self._step_loss(model, loss_fn, t, device))
+                x = row(t) if self.mode.keep(t) else None
+                if x is not None:
+                    set_flat_params(params, x)
+                    loss_x[t] = self._step_loss(model, loss_fn, t, device)
+                    rebuilt.append(t)
             ends = [e for e in self.epoch_ends if e <= k] or [k]
             ctx = _SessionContext(self, model, loss_fn, params, device, k, ends)
             measured = self.mode.measure(ctx, k)
-        measured.loss = np.asarray(loss_x, dtype=np.float64)
-        recorded, again = np.asarray(recorded_losses[:k]), measured.loss
+        measured.loss = np.asarray(loss_x, dtype=np.float64)[measured.steps]
+        recorded = np.asarray(recorded_losses[:k])[rebuilt]
+        again = np.asarray(loss_x, dtype=np.float64)[rebuilt]
         known = np.isfinite(recorded) & np.isfinite(again)
-        check = {"steps": k, "equal": int(np.sum(recorded == again)),
+        check = {"steps": len(rebuilt), "equal": int(np.sum(recorded == again)),
                  "max_abs_diff": float(np.max(np.abs(recorded - again)[known], initial=0.0))}
 
         full, start = [loss_x[0]], 0
@@ -276,6 +309,7 @@ class RegularitySession:
             full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
             start = e
         log = TrainLog(loss=loss_x, loss_star=list(measured.loss_star), full_loss=full,
+                       lr=self.step_lrs[:k],
                        epoch_ends=ends,
                        epoch=(np.searchsorted(self.epoch_ends, np.arange(k), "right") + 1)
                        .tolist(), diverged_step=diverged)
@@ -320,7 +354,9 @@ class _SessionContext:
 
     def f_star(self, k: int) -> float:
         last = self.ends[-2] if len(self.ends) > 1 else 0
-        return float(np.mean(self.step_losses(range(last, k)))) if k > last else math.nan
+        keep = self.session.mode.keep  # the steps whose micro-batches were kept
+        steps = [t for t in range(last, k) if keep(t)] or [t for t in range(k) if keep(t)]
+        return float(np.mean(self.step_losses(steps))) if steps else math.nan
 
     def replay(self, k: int) -> Measured:
         raise UserError("a run recorded by an integration cannot be replayed")

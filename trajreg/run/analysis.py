@@ -10,6 +10,7 @@ import pandas as pd
 
 from trajreg import principle as P
 from trajreg.record.measured import Measured
+from trajreg.record.modes.sample import onepass_summary
 from trajreg.run.summary import Summary, trained
 from trajreg.train.config import AnalysisConfig
 from trajreg.train.loop import TrainLog
@@ -138,6 +139,8 @@ def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star
                     "max_fraction": options.max_fraction,
                     "delta": "eta/2" if options.delta is None else options.delta,
                     "window": "converging phase" if options.window is None else "given"},
+        # a random sample of steps (one-pass modes): intervals for the full window
+        **onepass_summary(table, w, delta, tuple(options.eps)),
     }
 
 

@@ -34,6 +34,7 @@ from trajreg.train.loop import (
     full_loss,
     minibatch_loss,
     require_device,
+    total_steps,
     train,
 )
 from trajreg.train.models import n_params
@@ -212,6 +213,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         require_tensorboard()
     data = load_data(cfg.data)
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
+    mode.expect_steps(total_steps(cfg, data), cfg.analysis.max_fraction)
     with atomic_dir(out) as tmp:
         rundir.write_config(tmp, cfg.to_dict())
         model, opt, sched = build(cfg, data)

@@ -16,13 +16,14 @@ from typing import Any
 import yaml
 
 from trajreg.errors import ConfigError
+from trajreg.record.modes import MODE_NAMES
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "identity")
 NORMS = ("none", "batch", "layer", "group")
 INITS = ("default", "kaiming", "xavier", "orthogonal")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
-RECORD_MODES = ("store", "replay", "off")
+RECORD_MODES = MODE_NAMES  # the record-mode registry (trajreg.record.modes)
 REFERENCES = ("final", "best")
 
 
@@ -129,10 +130,26 @@ class TrainConfig:
 
 @dataclass
 class RecordConfig:
+    """How the trajectory is recorded (docs/record-modes.md).
+
+    ``sample_rate``: mode sample keeps each step with this probability. ``sketch_dim``:
+    mode sketch's CountSketch size k (None: the measured default). ``sketch_sample_rate``:
+    the exact sample a sketched run checks itself against."""
+
     mode: str = "store"
+    sample_rate: float = 0.05
+    sketch_dim: int | None = None
+    sketch_sample_rate: float = 0.02
 
     def validate(self) -> None:
         _choice("record.mode", self.mode, RECORD_MODES)
+        for key in ("sample_rate", "sketch_sample_rate"):
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"record.{key}: must be in (0, 1], got {value!r}")
+        if self.sketch_dim is not None and not 1 <= self.sketch_dim < 2**31:
+            raise ConfigError(f"record.sketch_dim: must be an integer in [1, 2^31), "
+                              f"got {self.sketch_dim!r}")
 
 
 @dataclass

@@ -9,12 +9,14 @@ from __future__ import annotations
 from trajreg.record.modes.base import MeasureContext, RecordMode
 from trajreg.record.modes.off import OffMode
 from trajreg.record.modes.replay import ReplayMode, StepStream
+from trajreg.record.modes.sample import SampleMode
 from trajreg.record.modes.store import StoreMode
 
 MODES: dict[str, type[RecordMode]] = {
     "store": StoreMode,
     "replay": ReplayMode,
     "off": OffMode,
+    "sample": SampleMode,
 }
 MODE_NAMES: tuple[str, ...] = tuple(MODES)
 

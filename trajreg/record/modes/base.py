@@ -71,6 +71,9 @@ class RecordMode(ABC):
         is the run's seed, from which a mode derives its own randomness."""
         return cls()
 
+    def expect_steps(self, steps: int, max_fraction: float = 0.9) -> None:  # noqa: B027
+        """Told, before training, how many steps the run will take (a mode may warn)."""
+
     # ------------------------------------------------------------ during training
     def open(self, rec: Recorder, directory: Path | None, **options: Any) -> None:  # noqa: B027 - optional hook
         """Prepare to record the optimizer of ``rec`` (files under ``directory``)."""

@@ -1,0 +1,210 @@
+"""Record mode ``sample``: exact quantities at a random sample of steps, in one pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tests.conftest import tiny
+from trajreg.errors import ConfigError
+from trajreg.principle import trajectory_quantities
+from trajreg.record.modes import MODE_NAMES, get_mode
+from trajreg.record.modes.sample import ROWS, SampleMode, SampleStore, StepSampler
+from trajreg.record.recorder import set_flat_params
+from trajreg.run.rundir import read_json
+from trajreg.run.runner import analyze, run
+from trajreg.train.config import RECORD_MODES, DataConfig, load_config
+from trajreg.train.data import load_data
+
+SMALL = {"model": {"width": 16}, "train": {"epochs": 4}}
+
+
+def _cfg(record, **over):
+    return load_config(tiny(record=record, **{**SMALL, **over}))
+
+
+def test_registry_and_config_know_the_mode():
+    assert "sample" in MODE_NAMES and RECORD_MODES == MODE_NAMES
+    assert get_mode("sample") is SampleMode
+    mode = SampleMode.from_config(_cfg({"mode": "sample", "sample_rate": 0.25}).record, seed=7)
+    assert mode.rate == 0.25 and mode.sampler.seed == 7
+
+
+@pytest.mark.parametrize("rate", [0, -0.1, 1.5, float("nan")])
+def test_sample_rate_outside_0_1_is_one_config_error(rate):
+    with pytest.raises(ConfigError, match=r"^record\.sample_rate: must be") as exc:
+        _cfg({"mode": "sample", "sample_rate": rate})
+    assert "\n" not in str(exc.value)
+
+
+def test_sampler_is_a_pure_function_of_seed_and_step():
+    a, b = StepSampler(0.1, seed=3), StepSampler(0.1, seed=3)
+    n = 10_000  # more than one block
+    forward = [a.keep(t) for t in range(n)]
+    backward = [b.keep(t) for t in reversed(range(n))][::-1]  # any order, fresh cache
+    assert forward == backward
+    assert np.array_equal(np.flatnonzero(forward), a.kept(n))
+    assert abs(np.mean(forward) - 0.1) < 0.01
+    assert a.kept(n).tolist() != StepSampler(0.1, seed=4).kept(n).tolist()
+    assert a.kept(n).tolist() != StepSampler(0.1, seed=3, stream=4).kept(n).tolist()
+    assert StepSampler(1.0).kept(50).tolist() == list(range(50))
+
+
+def test_sampled_quantities_equal_store_bit_for_bit(tmp_path, one_thread):
+    _, exact = run(_cfg({"mode": "store"}), tmp_path / "store", figures=False, progress=False)
+    with pytest.warns(UserWarning, match="record.sample_rate: 0.3 of 32 steps"):
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.3}), tmp_path / "sample",
+                           figures=False, progress=False)
+    full = pd.read_parquet(tmp_path / "store" / "metrics.parquet").set_index("step")
+    got = pd.read_parquet(out / "metrics.parquet")
+    kept = StepSampler(0.3, seed=0).kept(summary.n_steps)
+    assert got["step"].tolist() == kept.tolist() and 0 < len(kept) < summary.n_steps
+    want = full.loc[kept]
+    for col in ("D", "a", "s", "b", "loss", "loss_star", "lr", "epoch", "c", "r"):
+        assert np.array_equal(want[col].to_numpy(), got[col].to_numpy(), equal_nan=True), col
+    # the window, x* and the speed come from every step, as in store mode
+    assert summary.window == exact.window and summary.f_star == exact.f_star
+    assert summary.reference_step == exact.reference_step == summary.n_steps
+    assert len(pd.read_parquet(out / "trainlog.parquet")) == summary.n_steps
+    # the summary's intervals, from the window's samples
+    n = int(((kept >= summary.window[0]) & (kept < summary.window[1])).sum())
+    assert summary.n_sampled_window == n
+    assert set(summary.gamma_hat_ci) == set(summary.gamma_hat) == {"0.0", "0.05"}
+    low, high = summary.gamma_hat_ci["0.0"]
+    assert low is None and high == summary.gamma_hat["0.0"]  # eps 0: an upper bound only
+    assert summary.gamma_hat_ci["0.05"][0] is None  # n < 72: insufficient for a lower side
+    assert len(summary.gamma_bar_ci) == 2 and set(summary.kappa_hat_ci) == {"0.0", "0.05"}
+    raw = read_json(out / "summary.json")
+    assert raw["gamma_hat_ci"]["0.05"][0] is None and raw["n_sampled_window"] == n
+
+
+def test_analyze_reanalyses_a_sample_without_retraining(tmp_path, one_thread, monkeypatch):
+    with pytest.warns(UserWarning):
+        out, first = run(_cfg({"mode": "sample", "sample_rate": 0.5}), tmp_path / "r",
+                         figures=False, progress=False)
+    before = pd.read_parquet(out / "metrics.parquet")
+
+    def no_data(*_):
+        raise AssertionError("analyze loaded the data: it re-measured")
+
+    monkeypatch.setattr("trajreg.run.runner.load_data", no_data)
+    with pytest.warns(UserWarning, match="insufficient samples"):
+        again = analyze(out, eps=[0.0, 0.1], window=(2, 20))
+    assert again.window == [2, 20] and set(again.gamma_hat) == {"0.0", "0.1"}
+    after = pd.read_parquet(out / "metrics.parquet")
+    assert after["step"].tolist() == before["step"].tolist()
+    assert np.array_equal(after["a"], before["a"])
+    w = (before["step"] >= 2) & (before["step"] < 20)
+    assert again.n_sampled_window == int(w.sum())
+    assert again.n_steps == first.n_steps and again.full_loss == first.full_loss
+
+
+def test_files_hold_only_the_sampled_rows(tmp_path, one_thread):
+    with pytest.warns(UserWarning):
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.2}, train={"epochs": 6}),
+                           tmp_path / "r", figures=False, progress=False)
+    store = SampleStore(out / "trajectory")
+    T, d = summary.n_steps, store.d
+    kept = store.kept
+    assert set(store.iterates) == {0, T - 1, T} | set(kept) | set(kept + 1)
+    assert (out / "trajectory" / ROWS).stat().st_size == len(store.iterates) * d * 4
+    assert len(store.iterates) <= 2 * len(kept) + 3
+
+
+def _plain_loop(out, mode, epochs=3, seed=None):
+    """A hand-written loop whose data order is not derived from any seed trajreg knows."""
+    from trajreg.integrations import RegularitySession
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little") if seed is None else seed)
+    data = load_data(DataConfig(name="digits", subset=512))
+    x, y = data.x_train, data.y_train
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def loss_fn(m, batch):
+        return torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    session = RegularitySession(out, source="plain", figures=False, mode=mode)
+    session.start(model, opt)
+    xs, batches = [], []
+    for _ in range(epochs):
+        order = torch.randperm(len(x))  # unseeded shuffle
+        for i in range(len(x) // 32):
+            batch = (x[order[i * 32:(i + 1) * 32]], y[order[i * 32:(i + 1) * 32]])
+            session.before_batch()
+            loss = loss_fn(model, batch)
+            session.after_batch(batch, loss)
+            xs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
+            batches.append(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        session.end_epoch()
+    xs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
+    with pytest.warns(UserWarning, match="insufficient samples"):
+        summary = session.finish(model, loss_fn)
+    return summary, torch.stack(xs).numpy(), batches, model, loss_fn
+
+
+def test_session_sample_is_exact_with_an_unseeded_data_order(tmp_path, one_thread):
+    out = tmp_path / "run"
+    summary, xs, batches, model, loss_fn = _plain_loop(out, SampleMode(rate=0.3, seed=5))
+    table = pd.read_parquet(out / "metrics.parquet")
+    steps = table["step"].to_numpy()
+    assert steps.tolist() == StepSampler(0.3, seed=5).kept(len(xs) - 1).tolist()
+    q = trajectory_quantities(xs, np.full(len(xs) - 1, 0.05), xs[-1].astype(np.float64))
+    for col, want in (("a", q.a), ("s", q.s), ("D", q.D[:-1])):
+        assert np.array_equal(table[col].to_numpy(), want[steps]), col
+    set_flat_params(list(model.parameters()), xs[-1])
+    with torch.no_grad():
+        star = [loss_fn(model, batches[t]).item() for t in steps]
+    assert np.array_equal(table["loss_star"].to_numpy(), star)
+    assert summary.loss_check == {"steps": len(steps), "equal": len(steps), "max_abs_diff": 0.0}
+    # only the kept steps' micro-batches are on disk; the log has every step
+    assert len(list((out / "batches").iterdir())) == len(steps)
+    assert len(pd.read_parquet(out / "trainlog.parquet")) == summary.n_steps == len(xs) - 1
+    assert summary.n_sampled_window == int(((steps >= summary.window[0])
+                                            & (steps < summary.window[1])).sum())
+
+
+@pytest.mark.slow
+def test_interval_covers_the_exact_gamma_hat(tmp_path, one_thread):
+    """Three seeds, a fixed window of ~540 steps, R = 0.25: 100+ window samples each."""
+    window = (0, 540)
+    for seed in (0, 1, 2):
+        cfg = {"seed": seed, "data": {"subset": None, "batch_size": 32},
+               "train": {"epochs": 14}}
+        exact_dir, _ = run(_cfg({"mode": "store"}, **cfg), tmp_path / f"s{seed}",
+                           figures=False, progress=False)
+        sample_dir, _ = run(_cfg({"mode": "sample", "sample_rate": 0.25}, **cfg),
+                            tmp_path / f"m{seed}", figures=False, progress=False)
+        exact = analyze(exact_dir, window=window)
+        sampled = analyze(sample_dir, window=window)
+        assert sampled.n_sampled_window >= 100
+        for eps in ("0.0", "0.05"):
+            low, high = sampled.gamma_hat_ci[eps]
+            assert (low is None) == (eps == "0.0")
+            assert (low is None or low <= exact.gamma_hat[eps]) and exact.gamma_hat[eps] <= high
+            klow, khigh = sampled.kappa_hat_ci[eps]
+            assert (klow is None or klow <= exact.kappa_hat[eps] * (1 + 1e-12))
+            assert exact.kappa_hat[eps] <= khigh * (1 + 1e-12)
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_bad_sample_rate(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(tiny(record={"mode": "sample", "sample_rate": 2})))
+    proc = subprocess.run([sys.executable, "-m", "trajreg.cli", "run", str(config)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trajreg: error: record.sample_rate:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]

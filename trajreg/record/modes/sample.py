@@ -1,0 +1,329 @@
+"""Record mode ``sample``: exact quantities at a random sample of steps, one pass.
+
+Each optimizer step t is kept independently with probability R (``record.sample_rate``),
+decided before the step by a generator seeded from the run seed, so an integration
+keeps the micro-batches of the kept steps only. For a kept step the mode writes x_t
+(just before the step) and x_{t+1} (just after it) to ``trajectory/``; after training
+a_t, s_t, D_t come from ``trajectory_quantities([x_t, x_{t+1}], [eta_t], x*)``, the
+function store mode streams, so they equal store mode's values bit for bit, and
+b_t = l_t(x_t) - l_t(x*) from step t's own minibatch and random state. The summary
+gets confidence intervals for the full window's estimates (``trajreg.principle.interval``;
+see ``onepass_summary``). Memory O(d); disk about 2 R d floats a step.
+
+Reference point: x* = x_T (``reanalyse = ("final",)``). The mode always stores x_0,
+x_{T-1} and x_T, so a diverged run (its reference is x_{T-1}, the last iterate before
+the step whose loss was not finite) is measured exactly as in store mode. Another
+reference k whose iterate was not stored (a diverged run's last finite epoch end) is
+replaced by the latest stored iterate before it; ``reference_step`` says which.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trajreg.principle import (
+    gamma_bar_interval,
+    gamma_hat_interval,
+    kappa_hat_interval,
+    trajectory_quantities,
+)
+from trajreg.record.measured import Measured
+from trajreg.record.modes.base import MeasureContext, RecordMode
+
+if TYPE_CHECKING:
+    from trajreg.record.recorder import Recorder
+
+TRAJECTORY = "trajectory"
+SIDECAR = "sample.json"
+ROWS = "x.bin"
+FORMAT = "trajreg-sample/1"
+STREAM_SAMPLE = 3  # SeedSequence([seed, 3, block]) draws the sample of mode sample
+STREAM_CHECK = 4  # ... and [seed, 4, block] the exact check sample of mode sketch
+MIN_WINDOW = 72  # fewest window samples with a two-sided 95% interval for eps = 0.05
+
+
+class StepSampler:
+    """Which steps are kept: step t is kept iff U_t < rate, U_t uniform on [0, 1).
+
+    U_t is entry t % 4096 of block t // 4096, drawn from
+    ``numpy.random.default_rng(SeedSequence([seed, stream, block]))``, so ``keep(t)``
+    is a pure function of (seed, stream, rate, t), known before step t, in any order.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, rate: float, seed: int = 0, stream: int = STREAM_SAMPLE) -> None:
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"sample rate must be in (0, 1], got {rate!r}")
+        self.rate, self.seed, self.stream = float(rate), int(seed), int(stream)
+        self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def _block(self, b: int) -> np.ndarray:
+        block = self._blocks.get(b)
+        if block is None:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.stream, b]))
+            block = rng.random(self.BLOCK) < self.rate
+            self._blocks[b] = block
+            if len(self._blocks) > 4:
+                self._blocks.popitem(last=False)
+        return block
+
+    def keep(self, t: int) -> bool:
+        if self.rate >= 1.0:
+            return True
+        b, i = divmod(int(t), self.BLOCK)
+        return bool(self._block(b)[i])
+
+    def kept(self, n: int) -> np.ndarray:
+        """The kept steps among 0..n-1."""
+        parts = [np.flatnonzero(self._block(b)) + b * self.BLOCK
+                 for b in range(-(-n // self.BLOCK))]
+        steps = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return steps[steps < n].astype(np.int64)
+
+
+class SampleWriter:
+    """Appends iterate rows to ``x.bin`` (raw, ``dtype``, d per row); the sidecar
+    ``sample.json`` (which iterate each row is, the kept steps and their eta_t) is
+    written at ``close``. A run directory is renamed into place only when complete,
+    so a crash leaves no half-written sample behind. Memory O(d)."""
+
+    def __init__(self, directory: Path, d: int, dtype: np.dtype) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if (self.dir / SIDECAR).exists() or (self.dir / ROWS).exists():
+            raise FileExistsError(f"{self.dir} already holds a sample; refusing to overwrite")
+        self.d, self.dtype = int(d), np.dtype(dtype)
+        self._file = open(self.dir / ROWS, "wb")  # noqa: SIM115 - closed in close()
+        self.iterates: list[int] = []  # iterate number of each row
+        self._written: set[int] = set()
+        self.kept: list[int] = []
+        self.lrs: list[float] = []
+        self.closed = False
+
+    def has(self, t: int) -> bool:
+        return t in self._written
+
+    def write(self, t: int, x: torch.Tensor) -> None:
+        """Row x_t (a flat tensor of the writer's dtype), once per iterate."""
+        if t in self._written:
+            return
+        row = x.detach().to("cpu").numpy()
+        self._file.write(memoryview(np.ascontiguousarray(row, dtype=self.dtype)).cast("B"))
+        self.iterates.append(int(t))
+        self._written.add(int(t))
+
+    def step(self, t: int, lr: float) -> None:
+        self.kept.append(int(t))
+        self.lrs.append(float(lr))
+
+    def close(self, steps: int, meta: dict[str, Any]) -> None:
+        self._file.close()
+        self.closed = True
+        payload = {"format": FORMAT, "d": self.d, "dtype": self.dtype.str, "steps": int(steps),
+                   "iterates": self.iterates, "kept": self.kept, "lr": self.lrs, **meta}
+        tmp = self.dir / (SIDECAR + ".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(self.dir / SIDECAR)
+
+
+class SampleStore:
+    """Read access to a sample written by ``SampleWriter``: ``row(t)`` is x_t."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        path = self.dir / SIDECAR
+        if not path.is_file():
+            raise FileNotFoundError(f"no sampled trajectory at {self.dir} (missing {SIDECAR})")
+        meta = json.loads(path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: unknown sample format {meta.get('format')!r}")
+        self.meta = meta
+        self.d: int = meta["d"]
+        self.dtype = np.dtype(meta["dtype"])
+        self.steps: int = meta["steps"]
+        self.kept = np.asarray(meta["kept"], dtype=np.int64)
+        self.lrs = np.asarray(meta["lr"], dtype=np.float64)
+        self._row_of = {int(t): i for i, t in enumerate(meta["iterates"])}
+
+    @property
+    def iterates(self) -> np.ndarray:
+        """The iterate numbers stored, ascending."""
+        return np.asarray(sorted(self._row_of), dtype=np.int64)
+
+    def has(self, t: int) -> bool:
+        return int(t) in self._row_of
+
+    def row(self, t: int) -> np.ndarray:
+        i = self._row_of.get(int(t))
+        if i is None:
+            raise IndexError(f"iterate x_{t} was not sampled")
+        size = self.d * self.dtype.itemsize
+        return np.fromfile(self.dir / ROWS, dtype=self.dtype, count=self.d, offset=i * size)
+
+
+class SampleMode(RecordMode):
+    name = "sample"
+    reanalyse: ClassVar[tuple[str, ...]] = ("final",)
+    cost = "memory O(d); disk about 2 R d floats a step (x_t and x_{t+1} of each kept step)"
+
+    def __init__(self, rate: float = 0.05, seed: int = 0, stream: int = STREAM_SAMPLE) -> None:
+        self.sampler = StepSampler(rate, seed, stream)
+        self.writer: SampleWriter | None = None
+        self._x: torch.Tensor | None = None  # x_t of the step in progress (O(d))
+
+    @property
+    def rate(self) -> float:
+        return self.sampler.rate
+
+    @classmethod
+    def from_config(cls, cfg: Any = None, seed: int = 0) -> SampleMode:
+        return cls(rate=0.05 if cfg is None else cfg.sample_rate, seed=seed)
+
+    def expect_steps(self, steps: int, max_fraction: float = 0.9) -> None:
+        """Warn before training when the analysis window cannot hold enough samples for
+        a two-sided interval (the window is at most ``max_fraction`` of the steps)."""
+        expected = self.rate * max_fraction * steps
+        if expected < MIN_WINDOW:
+            warnings.warn(f"record.sample_rate: {self.rate:g} of {steps} steps keeps about "
+                          f"{expected:.0f} steps of the analysis window; a two-sided 95% "
+                          f"interval for gamma_hat(0.05) needs {MIN_WINDOW} (raise the rate "
+                          "or train longer): the summary will say insufficient samples",
+                          UserWarning, stacklevel=2)
+
+    # ------------------------------------------------------------ during training
+    def keep(self, step: int) -> bool:
+        return self.sampler.keep(step)
+
+    def open(self, rec: Recorder, directory: Path | None, **_: Any) -> None:
+        if directory is None:
+            raise ValueError(f"mode {self.name!r} needs a directory to write its sample to")
+        dtype = np.float64 if rec.dtype == torch.float64 else np.float32
+        self.writer = SampleWriter(directory, rec.d, dtype)
+        self._x = torch.empty(rec.d, dtype=torch.float64 if dtype == np.float64 else torch.float32,
+                              device=rec.params[0].device)
+
+    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+        rec.flat(out=self._x)  # kept in memory: x_{T-1} is stored at close
+        sampled = self.sampler.keep(step)
+        if step == 0 or sampled:
+            self.writer.write(step, self._x)
+        if sampled:
+            self.writer.step(step, lr)
+
+    def post_step(self, rec: Recorder, step: int) -> None:
+        if self.sampler.keep(step):  # x_t is written: the buffer may take x_{t+1}
+            self.writer.write(step + 1, rec.flat(out=self._x))
+
+    def close(self, rec: Recorder) -> None:
+        if self.writer is None or self.writer.closed:
+            return
+        T = rec.steps
+        if T >= 1 and not self.writer.has(T - 1):
+            self.writer.write(T - 1, self._x)  # the last pre_step's x_t
+        self.writer.write(T, rec.flat(out=self._x))
+        self.writer.close(T, {"rate": self.rate, "seed": self.sampler.seed,
+                              "stream": self.sampler.stream})
+        self._x = None
+
+    # ------------------------------------------------------------ after training
+    def reference(self, store: SampleStore, k: int) -> int:
+        """k when x_k is stored, else the latest stored iterate before it."""
+        if store.has(k):
+            return k
+        before = store.iterates[store.iterates <= k]
+        return int(before[-1]) if before.size else int(store.iterates[0])
+
+    def measure(self, ctx: MeasureContext, k: int) -> Measured:
+        store = SampleStore(Path(ctx.directory) / TRAJECTORY)
+        k = self.reference(store, k)
+        x_star = store.row(k).astype(np.float64)
+        use = store.kept < ctx.steps  # every recorded kept step, also those after x_k
+        steps, lrs = store.kept[use], store.lrs[use]
+        D, a, s = (np.empty(len(steps)) for _ in range(3))
+        for i, (t, lr) in enumerate(zip(steps, lrs, strict=True)):
+            q = trajectory_quantities(np.stack([store.row(t), store.row(t + 1)]), [lr], x_star)
+            D[i], a[i], s[i] = q.D[0], q.a[0], q.s[0]
+        ctx.load(x_star)
+        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=ctx.step_losses(steps),
+                        f_star=ctx.f_star(k), reference_step=k)
+
+
+# ---------------------------------------------------------------- the summary's intervals
+
+
+def _interval(iv: Any) -> list[float | None]:
+    return [None if v is None else float(v) for v in iv]
+
+
+def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
+                    eps: tuple[float, ...], confidence: float = 0.95) -> dict[str, Any]:
+    """The summary keys of a run measured on a random sample of steps (``{}`` otherwise).
+
+    ``table`` is the analysis' step table, ``window`` its rows in the analysis window,
+    ``delta`` delta_t of every row. The exact sample is every row of a sampled table
+    (mode sample), or the rows with a finite ``a_exact`` (mode sketch: the table holds
+    every step, estimated; ``a_exact``/``D_exact`` are exact on its check sample). Keys:
+
+    - ``n_sampled_window``: exactly measured steps in the window;
+    - ``gamma_hat_ci``/``kappa_hat_ci``: ``{eps: [low, high]}``, the 95% intervals of
+      ``gamma_hat_interval``/``kappa_hat_interval`` for the full window's value; for
+      eps = 0 only the upper side exists (``[null, high]``). A null side means
+      insufficient samples to bound that side (for eps = 0.05, fewer than 72 window
+      samples: a warning says so);
+    - ``gamma_bar_ci``: ``gamma_bar_interval`` (Fieller), null sides when unbounded;
+    - ``sketch_error`` (mode sketch): the median relative error of the sketch's a_t and
+      D_t against the exact values on the check sample, and its size ``n``.
+    """
+    steps = table["step"].to_numpy()
+    sketched = "a_exact" in table.columns
+    if sketched:
+        exact = np.isfinite(table["a_exact"].to_numpy())
+        a = table["a_exact"].to_numpy()
+    else:
+        if len(steps) == 0 or (steps == np.arange(len(steps))).all():
+            return {}  # every step measured: the estimates are exact
+        exact = np.ones(len(steps), dtype=bool)
+        a = table["a"].to_numpy()
+    b, s, lr = (table[c].to_numpy() for c in ("b", "s", "lr"))
+    m = exact & window
+    n = int(m.sum())
+    out: dict[str, Any] = {"n_sampled_window": n, "gamma_hat_ci": {}, "kappa_hat_ci": {}}
+    short = []
+    for e in eps:
+        key = str(float(e))
+        g = gamma_hat_interval(a[m], b[m], s[m], delta[m], e, confidence)
+        out["gamma_hat_ci"][key] = _interval(g)
+        out["kappa_hat_ci"][key] = _interval(kappa_hat_interval(a[m], b[m], s[m], lr[m], e,
+                                                                confidence))
+        if g.high is None or (e > 0 and g.low is None):
+            short.append(key)
+    out["gamma_bar_ci"] = _interval(gamma_bar_interval(a[m], b[m], s[m], delta[m], confidence))
+    if short:
+        warnings.warn(f"insufficient samples: {n} exactly measured steps in the analysis "
+                      f"window bound gamma_hat({', '.join(short)}) on one side only (null in "
+                      "gamma_hat_ci); raise record.sample_rate or train longer",
+                      UserWarning, stacklevel=2)
+    if sketched:
+        out["sketch_error"] = {"a_median_rel": _median_rel(table["a"].to_numpy()[exact],
+                                                           a[exact]),
+                               "D_median_rel": _median_rel(table["D"].to_numpy()[exact],
+                                                           table["D_exact"].to_numpy()[exact]),
+                               "n": int(exact.sum())}
+    return out
+
+
+def _median_rel(estimate: np.ndarray, exact: np.ndarray) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(estimate - exact) / np.abs(exact)
+    rel = rel[np.isfinite(rel)]
+    return float(np.median(rel)) if rel.size else math.nan
