@@ -217,7 +217,7 @@ def test_resize_images_and_generated_masks():
                                                                             base.y_train)]
     assert torch.allclose(frac[0], frac[1], atol=0.01)
     with pytest.raises(ConfigError, match=r"^data\.resize: mnist1d"):
-        load_data(_cfg("mnist1d", resize=16))
+        _cfg("mnist1d", resize=16).validate()  # the config knows the set holds signals
 
 
 def test_resize_masks_nearest_keeps_classes():

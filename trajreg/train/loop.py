@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,12 @@ from trajreg.train.data import Dataset
 from trajreg.train.metrics import accuracy, confusion_matrix, mean_iou
 from trajreg.train.models import build_model
 from trajreg.train.optim import build_optimizer, build_scheduler
+from trajreg.train.size import check_run_size
+
+if TYPE_CHECKING:
+    from trajreg.train.config import RunConfig
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler
 
 
 def derive_seed(*key: int) -> int:
@@ -29,15 +36,15 @@ def derive_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(2, np.uint64)[0] >> 1)
 
 
-def steps_per_epoch(cfg, data: Dataset) -> int:
+def steps_per_epoch(cfg: RunConfig, data: Dataset) -> int:
     return len(data.x_train) // cfg.data.batch_size  # last partial batch dropped
 
 
-def total_steps(cfg, data: Dataset) -> int:
+def total_steps(cfg: RunConfig, data: Dataset) -> int:
     return cfg.train.epochs * steps_per_epoch(cfg, data)
 
 
-def batches(cfg, data: Dataset) -> Iterator[tuple[int, int, torch.Tensor]]:
+def batches(cfg: RunConfig, data: Dataset) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(step, epoch, indices) for every optimizer step of the run, in order."""
     n, bs = len(data.x_train), cfg.data.batch_size
     step = 0
@@ -49,7 +56,7 @@ def batches(cfg, data: Dataset) -> Iterator[tuple[int, int, torch.Tensor]]:
             step += 1
 
 
-def minibatch_loss(cfg, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
+def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
                    step: int) -> torch.Tensor:
     """l_t(x): step t's minibatch, train mode, step t's random state."""
     device = cfg.train.device
@@ -65,7 +72,7 @@ def minibatch_loss(cfg, model: torch.nn.Module, data: Dataset, idx: torch.Tensor
 
 
 @torch.no_grad()
-def _eval(cfg, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
+def _eval(cfg: RunConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
           chunk: int = 1024) -> tuple[float, np.ndarray | None]:
     """Mean loss (per sample, or per pixel for segmentation) in eval mode, so no BN
     statistics are updated; with ``n_classes``, also the confusion matrix."""
@@ -84,12 +91,12 @@ def _eval(cfg, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_class
     return total / y.numel(), confusion
 
 
-def full_loss(cfg, model: torch.nn.Module, data: Dataset) -> float:
+def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> float:
     """F(x): mean training-set loss in eval mode."""
     return _eval(cfg, model, data.x_train, data.y_train, 0)[0]
 
 
-def evaluate(cfg, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
+def evaluate(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
     """Loss and accuracy (classification) or pixel loss, pixel accuracy and mean IoU
     (segmentation) on the training and test sets."""
     out = {}
@@ -126,8 +133,15 @@ def deterministic(device: str) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build(cfg, data: Dataset):
-    """Model, optimizer and scheduler for a run, initialised from the run seed."""
+def build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, torch.optim.Optimizer,
+                                                  Scheduler]:
+    """Model, optimizer and scheduler for a run, initialised from the run seed.
+
+    First applies ``train.threads`` (``torch.set_num_threads``; None keeps torch's
+    default) and refuses a run above the memory cap (``size.check_run_size``)."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    check_run_size(cfg)
     deterministic(cfg.train.device)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)
@@ -154,7 +168,8 @@ class TrainLog:
         return len(self.loss)
 
 
-def train(cfg, data: Dataset, model, optimizer, scheduler, *, max_steps: int | None = None,
+def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer, scheduler: Scheduler, *, max_steps: int | None = None,
           star_model: torch.nn.Module | None = None, eval_full: bool = True,
           desc: str = "train", progress: bool | None = None,
           on_epoch: Callable[[int], None] | None = None) -> TrainLog:

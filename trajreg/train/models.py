@@ -1,22 +1,34 @@
 """The study's networks; every training technique is a switch that changes nothing else.
 
-Models (``MODELS``), built by ``build_model(cfg, input_shape, n_classes)``:
+This module and ``optim.py`` and ``data.py`` hold the registries that own every allowed
+name (``MODELS``, ``VARIANTS``, ``ACTIVATION_LAYERS``, ``NORM_LAYERS``, ``INIT_SCHEMES``);
+``config.py`` derives its choices from them and validates a config once, so the builders
+here trust their input. They check only what a config cannot know: whether the data
+set's input shape suits the model.
 
-* ``mlp`` -- ``depth`` linear layers, ``int(width)`` hidden units; each hidden layer is
-  Linear -> norm -> activation (-> Dropout when ``dropout > 0``). Any input shape is
-  flattened, so (F,) and (C, L) inputs work.
+Models (``MODELS``), built by ``build_model(cfg, input_shape, n_classes)``. ``width`` is
+per family (``DEFAULT_WIDTH`` when unset, ``model_width``):
+
+* ``mlp`` -- ``depth`` linear layers, ``int(width)`` hidden units (default 64); each hidden
+  layer is Linear -> norm -> activation (-> Dropout when ``dropout > 0``). Any input shape
+  is flattened, so (F,) and (C, L) inputs work. Default on digits (64 inputs, depth 6):
+  21,450 parameters.
 * ``cnn`` -- the small benchmark CNN: two blocks conv3x3 -> norm -> activation -> max-pool 2,
   then one Linear. Base channels 1 and 2, so ``width`` is the first block's channel count
-  (width 16: 16 and 32 channels). Needs images of side >= 4.
+  (default 16: 16 and 32 channels, 25,578 parameters on CIFAR's 3x32x32 with 10 classes).
+  Needs images of side >= 4.
 * ``alexnet`` -- CIFAR-style AlexNet. Five convs with base channels 64-192-384-256-256
   (conv1 and conv2 5x5, conv3-5 3x3, all stride 1 with "same" padding), each
   conv -> norm -> activation, with 2x2 max-pooling after conv1, conv2 and conv5; then three
   Linear layers: features -> 1024 -> 1024 -> n_classes (hidden size base 1024, scaled by
   ``width``), activation after the two hidden ones and Dropout before each of the first
   two when ``dropout > 0``. Needs images of side >= 8 (32x32: 256 x 4 x 4 features).
+  Default (width 1) on CIFAR: 7,706,442 parameters (2.45M in the convs, 5.26M in the
+  Linear layers).
 * ``vgg`` -- VGG-11/13/16/19 convolution stacks (base channels 64..512), conv3x3 -> norm
   -> activation, five 2x2 max-poolings, then a single Linear classifier on the flattened
   features (the usual CIFAR VGG; 512 features at 32x32). Needs images of side >= 32.
+  Default (width 1) on CIFAR: VGG-11 9,225,610, VGG-16 14,719,818 parameters.
 * ``resnet`` -- ``resnet20/32/56``: He et al.'s CIFAR ResNets, a 3x3 stem and three stages
   of 3/5/9 BasicBlocks with base channels 16/32/64, parameter-free "option A" shortcuts
   (stride-2 subsampling plus zero-padding of the new channels).
@@ -24,7 +36,9 @@ Models (``MODELS``), built by ``build_model(cfg, input_shape, n_classes)``:
   CIFAR-style 3x3 stride-1 stem without max-pooling, projection shortcuts (1x1 conv ->
   norm) where the shape changes. Both end in global average pooling and one Linear.
   A block computes activation(F(x) + shortcut(x)); with ``skip: false`` it computes
-  activation(F(x)) and has no shortcut module.
+  activation(F(x)) and has no shortcut module. Default (width 1, norm none, conv biases
+  kept) on CIFAR: ResNet-20/32/56 269,034 / 463,018 / 850,986, ResNet-18 11,169,162 and
+  ResNet-34 21,273,610 parameters (the published 0.27M / 0.46M / 0.85M / 11.2M / 21.3M).
 * ``unet`` -- a U-Net with three 2x2 max-pool downsamplings: encoder double-conv blocks of
   base 16, 32, 64 channels, a 128-channel bottleneck, decoder levels of 2x2 stride-2
   transposed convs (halving the channels) whose output is concatenated with the
@@ -32,7 +46,8 @@ Models (``MODELS``), built by ``build_model(cfg, input_shape, n_classes)``:
   ``n_classes`` logits per pixel: output (N, n_classes, H, W). A double-conv is
   (conv3x3 -> norm -> activation) twice. With ``skip: false`` zeros of the encoder
   features' shape are concatenated instead, so every layer keeps its size.
-  Needs H and W to be multiples of 8.
+  Needs H and W to be multiples of 8. Default (width 1) with 1 input channel and 4
+  classes (``shapes``): 481,796 parameters.
 
 Switches, shared by every model:
 
@@ -47,8 +62,10 @@ Switches, shared by every model:
   AlexNet and VGG normalise their conv layers only (as torchvision's ``*_bn`` models).
   Convs and Linears keep their biases either way, so the norm switch changes the
   parameter count by exactly the norm layers' affine parameters.
-* ``width`` -- conv nets: every layer's channels are ``max(1, round(base * width))``
-  (``channels``), hidden FC sizes included; width 1 is the standard size.
+* ``width`` -- per family, default ``DEFAULT_WIDTH``: the mlp's hidden units (64); the
+  cnn's first-block channels (16); for alexnet, vgg, resnet and unet a multiplier (1.0,
+  the standard size): every layer's channels are ``max(1, round(base * width))``
+  (``channels``), hidden FC sizes included.
 * ``init`` -- ``default`` keeps PyTorch's initialisation. ``kaiming``
   (``kaiming_normal_``, fan_in, gain of the activation: relu for relu/elu/gelu,
   leaky_relu with slope 0.01, tanh, sigmoid, linear for identity), ``xavier``
@@ -57,8 +74,9 @@ Switches, shared by every model:
 
 Classifier input sizes are computed analytically from ``input_shape`` (no dry forward),
 so building consumes the global torch RNG only through the layers' own initialisation
-and is deterministic given ``torch.manual_seed``. Inputs a model cannot take raise
-``ConfigError`` with a message starting ``"model.name: "``.
+and is deterministic given ``torch.manual_seed``; building under ``torch.device("meta")``
+allocates nothing (``trajreg.train.size`` sizes a run that way). Inputs a model cannot
+take raise ``ConfigError`` with a message starting ``"model.name: "``.
 """
 
 from __future__ import annotations
@@ -93,13 +111,52 @@ TECHNIQUE_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
     "dropout": (nn.Dropout,),
 }
 
-VARIANTS: dict[str, tuple[str, ...]] = {
+VARIANTS: dict[str, tuple[str, ...]] = {  # the first is the family's default
     "vgg": ("vgg11", "vgg13", "vgg16", "vgg19"),
     "resnet": ("resnet20", "resnet32", "resnet56", "resnet18", "resnet34"),
 }
 
+# ``width`` when the config leaves it unset: the mlp's hidden units, the cnn's first-block
+# channels, the other conv nets' channel multiplier.
+DEFAULT_WIDTH: dict[str, float] = {"mlp": 64, "cnn": 16, "alexnet": 1.0, "vgg": 1.0,
+                                   "resnet": 1.0, "unet": 1.0}
+
+MAX_DEPTH = 1000  # the mlp's depth limit: deeper is a typo, and slow to even build
+
+
+def group_count(c: int) -> int:
+    """GroupNorm's group count for ``c`` channels: gcd(c, 8), which always divides c."""
+    return math.gcd(c, 8)
+
+
+# norm -> (layer for (N, C, H, W) conv features, layer for (N, C) features), each called
+# with C; ``none`` maps to None and adds no module at all.
+NORM_LAYERS: dict[str, tuple[Callable[[int], nn.Module], Callable[[int], nn.Module]] | None] = {
+    "none": None,
+    "batch": (nn.BatchNorm2d, nn.BatchNorm1d),
+    "layer": (lambda c: nn.GroupNorm(1, c), nn.LayerNorm),
+    "group": (lambda c: nn.GroupNorm(group_count(c), c),
+              lambda c: nn.GroupNorm(group_count(c), c)),
+}
+
 _KAIMING_GAIN = {"relu": "relu", "elu": "relu", "gelu": "relu", "leaky_relu": "leaky_relu",
                  "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear"}
+
+
+def _kaiming(weight: torch.Tensor, activation: str) -> None:
+    gain = _KAIMING_GAIN[activation]
+    a = 0.01 if gain == "leaky_relu" else 0.0
+    nn.init.kaiming_normal_(weight, a=a, mode="fan_in", nonlinearity=gain)
+
+
+# init scheme -> how it sets a weight, given the activation; ``default`` (None) keeps
+# PyTorch's own initialisation.
+INIT_SCHEMES: dict[str, Callable[[torch.Tensor, str], None] | None] = {
+    "default": None,
+    "kaiming": _kaiming,
+    "xavier": lambda weight, activation: nn.init.xavier_normal_(weight),
+    "orthogonal": lambda weight, activation: nn.init.orthogonal_(weight),
+}
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -109,9 +166,9 @@ def channels(base: int, width: float) -> int:
     return max(1, round(base * width))
 
 
-def group_count(c: int) -> int:
-    """GroupNorm's group count for ``c`` channels: gcd(c, 8), which always divides c."""
-    return math.gcd(c, 8)
+def model_width(cfg: ModelConfig) -> float:
+    """``cfg.width``, or the family's default (``DEFAULT_WIDTH``) when it is unset."""
+    return DEFAULT_WIDTH[cfg.name] if cfg.width is None else cfg.width
 
 
 def _act(name: str) -> nn.Module:
@@ -120,28 +177,14 @@ def _act(name: str) -> nn.Module:
 
 def _norm2d(kind: str, c: int) -> list[nn.Module]:
     """The norm layer for conv features with ``c`` channels: none adds no module."""
-    if kind == "none":
-        return []
-    if kind == "batch":
-        return [nn.BatchNorm2d(c)]
-    if kind == "layer":
-        return [nn.GroupNorm(1, c)]
-    if kind == "group":
-        return [nn.GroupNorm(group_count(c), c)]
-    raise ConfigError(f"model.norm: unknown value {kind!r}")
+    layers = NORM_LAYERS[kind]
+    return [] if layers is None else [layers[0](c)]
 
 
 def _norm1d(kind: str, c: int) -> list[nn.Module]:
     """The norm layer for (N, c) features: none adds no module."""
-    if kind == "none":
-        return []
-    if kind == "batch":
-        return [nn.BatchNorm1d(c)]
-    if kind == "layer":
-        return [nn.LayerNorm(c)]
-    if kind == "group":
-        return [nn.GroupNorm(group_count(c), c)]
-    raise ConfigError(f"model.norm: unknown value {kind!r}")
+    layers = NORM_LAYERS[kind]
+    return [] if layers is None else [layers[1](c)]
 
 
 def _conv_block(c_in: int, c_out: int, k: int, activation: str, norm: str,
@@ -288,6 +331,11 @@ class SubsamplePad(nn.Module):
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.before, self.after))
 
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output's shape for an input of ``shape`` (``size.leaf_output_shapes``)."""
+        n, c, h, w = shape
+        return (n, c + self.before + self.after, -(-h // self.stride), -(-w // self.stride))
+
 
 class BasicBlock(nn.Module):
     """activation(F(x) + shortcut(x)), F = conv3x3 -> norm -> activation -> conv3x3 -> norm.
@@ -410,45 +458,44 @@ class UNet(nn.Module):
 
 # ----------------------------------------------------------------------------- registry
 
-def _variant(cfg, name: str) -> str:
-    variant = cfg.variant if cfg.variant is not None else VARIANTS[name][0]
-    if variant not in VARIANTS[name]:
-        raise ConfigError(f"model.variant: unknown value {variant!r} for {name} "
-                          f"(allowed: {', '.join(VARIANTS[name])})")
-    return variant
+def _variant(cfg: ModelConfig) -> str:
+    """``cfg.variant``, or the family's default (the first of ``VARIANTS[cfg.name]``)."""
+    return cfg.variant if cfg.variant is not None else VARIANTS[cfg.name][0]
 
 
-def _mlp(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    return MLP(math.prod(input_shape), n_classes, cfg.depth, int(cfg.width), cfg.activation,
-               cfg.norm, cfg.dropout)
+def _mlp(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    return MLP(math.prod(input_shape), n_classes, cfg.depth, int(model_width(cfg)),
+               cfg.activation, cfg.norm, cfg.dropout)
 
 
-def _cnn(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     c, h, w = _image_shape("cnn", input_shape)
     _min_side("cnn", (h, w), 4, "2 max-poolings")
-    return SmallCNN(c, (h, w), n_classes, channels(1, cfg.width), cfg.activation, cfg.norm)
+    return SmallCNN(c, (h, w), n_classes, channels(1, model_width(cfg)), cfg.activation,
+                    cfg.norm)
 
 
-def _alexnet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+def _alexnet(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     c, h, w = _image_shape("alexnet", input_shape)
     _min_side("alexnet", (h, w), 8, "3 max-poolings")
-    return AlexNet(c, (h, w), n_classes, cfg.width, cfg.activation, cfg.norm, cfg.dropout)
+    return AlexNet(c, (h, w), n_classes, model_width(cfg), cfg.activation, cfg.norm,
+                   cfg.dropout)
 
 
-def _vgg(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    variant = _variant(cfg, "vgg")
+def _vgg(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     c, h, w = _image_shape("vgg", input_shape)
     _min_side("vgg", (h, w), 32, "5 max-poolings")
-    return VGG(variant, c, (h, w), n_classes, cfg.width, cfg.activation, cfg.norm)
+    return VGG(_variant(cfg), c, (h, w), n_classes, model_width(cfg), cfg.activation,
+               cfg.norm)
 
 
-def _resnet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    variant = _variant(cfg, "resnet")
+def _resnet(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     c, _, _ = _image_shape("resnet", input_shape)
-    return ResNet(variant, c, n_classes, cfg.width, cfg.activation, cfg.norm, cfg.skip)
+    return ResNet(_variant(cfg), c, n_classes, model_width(cfg), cfg.activation, cfg.norm,
+                  cfg.skip)
 
 
-def _unet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+def _unet(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     c, h, w = _image_shape("unet", input_shape)
     m = 2**UNet.LEVELS
     if h % m or w % m:
@@ -456,7 +503,7 @@ def _unet(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         raise ConfigError(f"model.name: unet needs images whose height and width are "
                           f"multiples of {m} ({UNet.LEVELS} downsamplings), got {h}x{w}; "
                           f"set data.resize to e.g. {side}")
-    return UNet(c, n_classes, cfg.width, cfg.activation, cfg.norm, cfg.skip)
+    return UNet(c, n_classes, model_width(cfg), cfg.activation, cfg.norm, cfg.skip)
 
 
 MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
@@ -467,23 +514,15 @@ MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
 
 def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> None:
     """Apply ``scheme`` (see the module docstring) in place; ``default`` does nothing."""
-    if scheme == "default":
+    set_weight = INIT_SCHEMES[scheme]
+    if set_weight is None:
         return
     weighted = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     norms = TECHNIQUE_MODULES["norm"]
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, weighted):
-                if scheme == "kaiming":
-                    gain = _KAIMING_GAIN[activation]
-                    a = 0.01 if gain == "leaky_relu" else 0.0
-                    nn.init.kaiming_normal_(m.weight, a=a, mode="fan_in", nonlinearity=gain)
-                elif scheme == "xavier":
-                    nn.init.xavier_normal_(m.weight)
-                elif scheme == "orthogonal":
-                    nn.init.orthogonal_(m.weight)
-                else:
-                    raise ConfigError(f"model.init: unknown value {scheme!r}")
+                set_weight(m.weight, activation)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, norms) and getattr(m, "weight", None) is not None:
@@ -491,12 +530,10 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
                 nn.init.zeros_(m.bias)
 
 
-def build_model(cfg, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """Build ``cfg.name`` (a ``ModelConfig``) for the data set's input shape and classes,
-    then apply ``cfg.init``."""
-    if cfg.name not in MODELS:
-        raise ConfigError(f"model.name: unknown value {cfg.name!r} "
-                          f"(allowed: {', '.join(MODELS)})")
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """Build ``cfg.name`` for the data set's input shape and classes, then apply
+    ``cfg.init``. ``cfg`` is a validated ``ModelConfig``: only the input shape is checked
+    here (``ConfigError``, ``"model.name: ..."``)."""
     model = MODELS[cfg.name](cfg, tuple(input_shape), n_classes)
     init_weights(model, cfg.init, cfg.activation)
     return model

@@ -2,35 +2,117 @@
 
 The recorder reads each step's learning rate from the optimizer's param group at
 that step, so v_t = u_t / eta_t always uses the scheduled value.
+
+``OPTIMIZERS`` and ``SCHEDULES`` are the registries that own the names; ``config.py``
+derives its choices from them and validates, so the builders here trust their input.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from trajreg.train.config import OptimConfig
 
-def build_optimizer(cfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+Params = Iterable[torch.nn.Parameter]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build one optimizer, and what it takes."""
+
+    build: Callable[[OptimConfig, Params, float], torch.optim.Optimizer]  # cfg, params, momentum
+    momentum: float | None  # its default momentum; None: it takes no momentum
+    needs_momentum: bool = False  # momentum must be > 0 (nesterov)
+    state: int = 0  # state tensors the size of the parameters, besides a momentum buffer
+    betas: bool = False  # reads ``optim.betas``
+
+
+def _sgd(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.name == "nesterov")
+
+
+def _adam(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                            weight_decay=cfg.weight_decay)
+
+
+def _adamw(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                             weight_decay=cfg.weight_decay)
+
+
+def _rmsprop(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, lr=cfg.lr, momentum=momentum,
+                               weight_decay=cfg.weight_decay)
+
+
+def _adagrad(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec(_sgd, 0.0),
+    "momentum": OptimizerSpec(_sgd, 0.9),  # heavy ball
+    "nesterov": OptimizerSpec(_sgd, 0.9, needs_momentum=True),
+    "adam": OptimizerSpec(_adam, None, state=2, betas=True),  # first and second moments
+    "adamw": OptimizerSpec(_adamw, None, state=2, betas=True),
+    "rmsprop": OptimizerSpec(_rmsprop, 0.0, state=1),  # the running square average
+    "adagrad": OptimizerSpec(_adagrad, None, state=1),  # the sum of squares
+}
+
+
+def optimizer_state_tensors(cfg: OptimConfig) -> int:
+    """The optimizer's state in tensors the size of the parameters: the spec's own, plus
+    a momentum buffer when it takes momentum and ``cfg.momentum > 0``."""
+    spec = OPTIMIZERS[cfg.name]
+    return spec.state + (1 if spec.momentum is not None and cfg.momentum else 0)
+
+
+def build_optimizer(cfg: OptimConfig, params: Params) -> torch.optim.Optimizer:
     """sgd, momentum (heavy ball), nesterov, adam, adamw, rmsprop or adagrad."""
-    momentum = cfg.momentum or 0.0
-    wd = cfg.weight_decay
-    if cfg.name in ("sgd", "momentum", "nesterov"):
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=wd,
-                               nesterov=cfg.name == "nesterov")
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=wd)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=wd)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=momentum, weight_decay=wd)
-    if cfg.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=wd)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
+    return OPTIMIZERS[cfg.name].build(cfg, params, cfg.momentum or 0.0)
 
 
-def lr_factor(cfg, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+def _constant(cfg: OptimConfig, T: int, S: int) -> Callable[[int], float]:
+    return lambda t: 1.0
+
+
+def _step(cfg: OptimConfig, T: int, S: int) -> Callable[[int], float]:
+    every = max(1, cfg.step_epochs * S)
+    return lambda t: cfg.decay ** (t // every)
+
+
+def _cosine(cfg: OptimConfig, T: int, S: int) -> Callable[[int], float]:
+    return lambda t: 0.5 * (1.0 + math.cos(math.pi * t / T))
+
+
+def _warmup_cosine(cfg: OptimConfig, T: int, S: int) -> Callable[[int], float]:
+    W = min(cfg.warmup_epochs * S, T - 1)
+
+    def factor(t: int) -> float:
+        if t < W:
+            return (t + 1) / W
+        return 0.5 * (1.0 + math.cos(math.pi * (t - W) / (T - W)))
+
+    return factor
+
+
+# schedule -> the lr multiplier at step t, given the config, the run's steps T (>= 1) and
+# the steps per epoch S
+SCHEDULES: dict[str, Callable[[OptimConfig, int, int], Callable[[int], float]]] = {
+    "constant": _constant, "step": _step, "cosine": _cosine, "warmup_cosine": _warmup_cosine,
+}
+
+
+def lr_factor(cfg: OptimConfig, total_steps: int,
+              steps_per_epoch: int) -> Callable[[int], float]:
     """The multiplier of the base lr at step t (0-based), for ``cfg.schedule``:
 
     - constant:       1
@@ -45,27 +127,10 @@ def lr_factor(cfg, total_steps: int, steps_per_epoch: int) -> Callable[[int], fl
     >>> [round(f(t), 4) for t in range(4)]
     [1.0, 0.8536, 0.5, 0.1464]
     """
-    T = max(total_steps, 1)
-    if cfg.schedule == "constant":
-        return lambda t: 1.0
-    if cfg.schedule == "step":
-        every = max(1, cfg.step_epochs * steps_per_epoch)
-        return lambda t: cfg.decay ** (t // every)
-    if cfg.schedule == "cosine":
-        return lambda t: 0.5 * (1.0 + math.cos(math.pi * t / T))
-    if cfg.schedule == "warmup_cosine":
-        W = min(cfg.warmup_epochs * steps_per_epoch, T - 1)
-
-        def factor(t: int) -> float:
-            if t < W:
-                return (t + 1) / W
-            return 0.5 * (1.0 + math.cos(math.pi * (t - W) / (T - W)))
-
-        return factor
-    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    return SCHEDULES[cfg.schedule](cfg, max(total_steps, 1), steps_per_epoch)
 
 
-def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int,
+def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler (``scheduler.step()`` after every optimizer step)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer,

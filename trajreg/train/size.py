@@ -1,0 +1,292 @@
+"""How much memory a run will need, told before anything is allocated.
+
+``estimate_run_memory(cfg)`` sizes a run from its config alone: the data set from its
+published size (``data.planned_size``), the model by building it on the ``meta`` device
+(no storage) and propagating one training batch's shape through its ``torch.fx`` graph
+(``leaf_output_shapes``; a meta-device forward where an op has no shape rule: the same
+figures, but torch's meta kernels cost seconds to import on first use). ``check_run_size(cfg)``
+refuses a run above the machine's cap (``machine.memory_cap``: 75% of the RAM, or of the
+GPU's memory for cuda; ``train.max_memory_gb`` replaces it) with one ``ConfigError``
+naming the key most to blame and the figures. Both take well under a second.
+
+The estimate, in bytes (float32 throughout, P parameters):
+
+* parameters: ``4 P (2 + k + 4)`` -- the weights, their gradients, ``k`` optimizer state
+  tensors (``optim.optimizer_state_tensors``: 0 for sgd, 1 with momentum, 2 for adam),
+  and four more copies the run makes (the final state, x*, the recorder's staging rows
+  or replay's second model);
+* activations: the larger of the training step, ``2 A`` with ``A`` the bytes of every
+  leaf module's output (and the input) in a train-mode forward of one batch (what
+  autograd keeps for the backward, plus the gradients flowing back through it), and
+  the evaluation, ``2 M`` with ``M`` the largest leaf output for a chunk of 1024
+  examples (no_grad: one layer's input and output live at a time);
+* data: float32 inputs and int64 targets of the training and test sets after
+  ``resize``, plus the float32 copy at the original size while resizing.
+
+On cpu all three share the host's RAM; on cuda the data stays in host memory and the
+model's parameters and activations are held to the GPU's cap.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import fx, nn
+
+from trajreg.errors import ConfigError
+from trajreg.train.data import DATASETS, DataSize, planned_size
+from trajreg.train.machine import fmt_bytes, memory_cap
+from trajreg.train.models import MODELS, TECHNIQUE_MODULES
+from trajreg.train.optim import optimizer_state_tensors
+
+if TYPE_CHECKING:
+    from trajreg.train.config import ModelConfig, RunConfig
+
+RUN_COPIES = 4  # copies of the parameters a run makes besides weights, grads, optimizer
+EVAL_CHUNK = 1024  # examples per evaluation forward (loop._eval)
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A model's parameter count and the activation bytes of one batch."""
+
+    n_params: int
+    train_activation_bytes: int  # all leaf outputs of one train-mode forward of a batch
+    largest_output_bytes: int  # the largest leaf output of that forward
+
+
+def model_size(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int,
+               batch_size: int) -> ModelSize:
+    """Build ``cfg`` on the meta device (nothing is allocated) and size one forward of
+    ``batch_size`` inputs of ``input_shape``: every leaf module's output, float32.
+    ``ConfigError`` where the model cannot take that input (as ``build_model``)."""
+    with torch.device("meta"):
+        model = MODELS[cfg.name](cfg, tuple(input_shape), n_classes)
+    shape = (batch_size, *input_shape)
+    shapes = leaf_output_shapes(model, shape)
+    if shapes is None:
+        shapes = meta_leaf_output_shapes(model, shape)
+    sizes = [FLOAT_BYTES * math.prod(s) for s in [shape, *shapes]]
+    n = sum(p.numel() for p in model.parameters())
+    return ModelSize(n, sum(sizes), max(sizes))
+
+
+def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple]:
+    """The output shape of every leaf module (one without children) in a train-mode
+    forward of a meta tensor of ``input_shape``, in call order. ``model`` must be on
+    the meta device. Exact for any model, but the first call in a process imports
+    torch's meta kernels (seconds)."""
+    shapes: list[tuple] = []
+
+    def record(module: nn.Module, args: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            shapes.append(tuple(out.shape))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if next(m.children(), None) is None]
+    try:
+        with torch.no_grad():
+            model.train()(torch.empty(input_shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+class _LeafTracer(fx.Tracer):
+    """Every module without children is a leaf (torch.fx's default traces into modules
+    defined outside torch.nn)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return next(m.children(), None) is None
+
+
+def leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple] | None:
+    """``meta_leaf_output_shapes`` by shape rules over the model's ``torch.fx`` graph,
+    in milliseconds; None where the graph holds an op without a rule (or does not
+    trace). A custom leaf module gives its rule as an ``output_shape(shape)`` method."""
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 -- untraceable control flow: use the meta forward
+        return None
+    modules = dict(model.named_modules())
+    env: dict[fx.Node, tuple] = {}
+    out: list[tuple] = []
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            shape: tuple | None = tuple(input_shape)
+        elif node.op == "call_module":
+            args = [env.get(a) for a in node.args if isinstance(a, fx.Node)]
+            shape = _module_rule(modules[node.target], args[0]) if len(args) == 1 \
+                and args[0] is not None else None
+            if shape is not None:
+                out.append(shape)
+        elif node.op in ("call_function", "call_method"):
+            shape = _function_rule(node, env)
+        elif node.op == "output":
+            break
+        else:
+            return None
+        if shape is None:
+            return None
+        env[node] = shape
+    return out
+
+
+_SAME_SHAPE = (*TECHNIQUE_MODULES["norm"], *TECHNIQUE_MODULES["activation"],
+               *TECHNIQUE_MODULES["dropout"])
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _module_rule(m: nn.Module, s: tuple) -> tuple | None:
+    if isinstance(m, _SAME_SHAPE):
+        return s
+    if isinstance(m, nn.Linear):
+        return (*s[:-1], m.out_features)
+    if isinstance(m, nn.Conv2d | nn.MaxPool2d) and not isinstance(m.padding, str):
+        k, st, p, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size,
+                                            m.padding, m.dilation))
+        if getattr(m, "ceil_mode", False):
+            return None
+        hw = [(s[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(2)]
+        c = m.out_channels if isinstance(m, nn.Conv2d) else s[1]
+        return (s[0], c, *hw)
+    if isinstance(m, nn.ConvTranspose2d):
+        k, st, p, d, op = (_pair(v) for v in (m.kernel_size, m.stride, m.padding, m.dilation,
+                                              m.output_padding))
+        hw = [(s[2 + i] - 1) * st[i] - 2 * p[i] + d[i] * (k[i] - 1) + op[i] + 1
+              for i in range(2)]
+        return (s[0], m.out_channels, *hw)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        size = _pair(m.output_size)
+        return (*s[:2], *(s[2 + i] if size[i] is None else size[i] for i in range(2)))
+    rule: Callable[[tuple], tuple] | None = getattr(m, "output_shape", None)
+    return rule(s) if rule is not None else None
+
+
+def _broadcast(a: tuple, b: tuple) -> tuple | None:
+    """numpy's broadcasting of two shapes (torch.broadcast_shapes imports sympy)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+        return None
+    return tuple(max(x, y) if 1 in (x, y) else x for x, y in zip(a, b, strict=True))
+
+
+def _function_rule(node: fx.Node, env: dict[fx.Node, tuple]) -> tuple | None:
+    target = node.target
+    args = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+    if target in (operator.add, torch.add) and all(isinstance(a, tuple) for a in args):
+        return _broadcast(*args)
+    if target is torch.zeros_like and isinstance(args[0], tuple):
+        return args[0]
+    if target is torch.cat and isinstance(node.args[0], list | tuple):
+        parts = [env.get(a) for a in node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if any(p is None for p in parts) or not isinstance(dim, int):
+            return None
+        shape = list(parts[0])
+        shape[dim] = sum(p[dim] for p in parts)
+        return tuple(shape)
+    if target in ("flatten", torch.flatten) and isinstance(args[0], tuple):
+        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+        end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+        s = args[0]
+        end = end % len(s)
+        return (*s[:start], math.prod(s[start : end + 1]), *s[end + 1 :])
+    return None
+
+
+@dataclass(frozen=True)
+class RunMemory:
+    """A run's estimated memory in bytes (see the module docstring for the formula)."""
+
+    n_params: int
+    param_bytes: int  # weights, gradients, optimizer state, the run's copies
+    activation_bytes: int  # the larger of a training step's and an evaluation's
+    data_bytes: int  # the data set in host memory, at its peak while loading
+    data: DataSize
+    device: str
+
+    @property
+    def model_bytes(self) -> int:
+        return self.param_bytes + self.activation_bytes
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    @property
+    def host_bytes(self) -> int:
+        """What the host's RAM holds: the data, and the model too on cpu."""
+        return self.data_bytes + (0 if self.on_gpu else self.model_bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.data_bytes + self.model_bytes
+
+    def describe(self) -> str:
+        """``'1.09e+09 parameters: 34.9 GB, activations 1.2 GB, data 737 MB'``."""
+        return (f"{self.n_params:.3g} parameters: {fmt_bytes(self.param_bytes)}, "
+                f"activations {fmt_bytes(self.activation_bytes)}, "
+                f"data {fmt_bytes(self.data_bytes)}")
+
+
+def estimate_run_memory(cfg: RunConfig) -> RunMemory:
+    """Size a validated run config without allocating anything (see the module docstring).
+    ``ConfigError`` where the model cannot take the data set's input shape."""
+    size = planned_size(cfg.data)
+    data_bytes = size.nbytes
+    spec = DATASETS[cfg.data.name]
+    if cfg.data.resize is not None and not spec.sized and size.input_shape != spec.shape:
+        data_bytes += DataSize(size.n_train, size.n_test, spec.shape,
+                               tuple(spec.shape[1:]) if size.target_shape else ()).nbytes
+    batch = min(cfg.data.batch_size, max(size.n_train, 1))
+    m = model_size(cfg.model, size.input_shape, spec.n_classes, batch)
+    copies = 2 + optimizer_state_tensors(cfg.optim) + RUN_COPIES
+    param_bytes = FLOAT_BYTES * m.n_params * copies
+    train_act = 2 * m.train_activation_bytes
+    per_example_largest = m.largest_output_bytes / batch
+    eval_act = 2 * per_example_largest * min(EVAL_CHUNK, max(size.n_train, size.n_test, 1))
+    return RunMemory(m.n_params, param_bytes, int(max(train_act, eval_act)), data_bytes,
+                     size, cfg.train.device)
+
+
+def check_run_size(cfg: RunConfig) -> RunMemory:
+    """The run's ``estimate_run_memory``, or ``ConfigError`` (one line, with the figures)
+    when it is above the cap: ``train.max_memory_gb`` if set, else 75% of the machine's
+    RAM (and, for cuda, of the GPU's memory for the model's part)."""
+    est = estimate_run_memory(cfg)
+    override = cfg.train.max_memory_gb
+    host = memory_cap("cpu", override)
+    checks = [(est.host_bytes, host)]
+    if est.on_gpu:
+        checks.append((est.model_bytes, memory_cap(cfg.train.device, override)))
+    for needed, cap in checks:
+        if not cap.allows(needed):
+            raise ConfigError(f"{_blame(cfg, est)}: the run needs about {fmt_bytes(needed)} "
+                              f"({est.describe()}), above {cap.about}; set "
+                              "train.max_memory_gb to override")
+    return est
+
+
+def _blame(cfg: RunConfig, est: RunMemory) -> str:
+    """The key most to blame for a run's size: the data set's or the activations' size
+    (resize, batch_size) or the parameters' (width)."""
+    grown = cfg.data.resize is not None and \
+        math.prod(est.data.input_shape) > math.prod(DATASETS[cfg.data.name].shape)
+    worst = max(est.data_bytes, est.activation_bytes, est.param_bytes)
+    if worst == est.data_bytes:
+        return "data.resize" if grown else "data.subset"
+    if worst == est.activation_bytes:
+        return "data.resize" if grown else "data.batch_size"
+    return "model.width"
