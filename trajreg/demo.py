@@ -6,11 +6,12 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from trajreg.run import run
 from trajreg.train.config import load_config
 
-BASE = {
+BASE: dict[str, Any] = {
     "seed": 0,
     "data": {"name": "digits", "batch_size": 64},
     "model": {"name": "mlp", "depth": 6, "width": 64, "activation": "relu", "norm": "batch"},
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'norm':<8}{'gamma_hat(0)':>14}{'gamma_hat(.05)':>16}{'kappa_hat(.05)':>16}"
           f"{'gamma_bar':>11}{'final loss':>12}  window")
     for norm, s, _ in rows:
-        start, end = s.window
+        start, end = s.window or (0, 0)
         print(f"{norm:<8}{s.gamma(0.0):>14.4g}{s.gamma(0.05):>16.4g}{s.kappa(0.05):>16.4g}"
               f"{s.gamma_bar:>11.4g}{s.final_loss:>12.4g}  [{start}, {end})")
     print()

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from trajreg.integrations.huggingface import RegularityCallback  # noqa: E402
 from trajreg.run import analyze  # noqa: E402
-from trajreg.run.rundir import read_json  # noqa: E402
+from trajreg.run.summary import read_summary  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_trainer_callback_exact_quantities(tmp_path, accumulate):
                                    callbacks=[cb])
     trainer.train()
     table = pd.read_parquet(out / "metrics.parquet")
-    summary = read_json(out / "summary.json")
+    summary = read_summary(out)
     steps_per_epoch = 96 // 16 // accumulate
     assert len(table) == 2 * steps_per_epoch == trainer.state.global_step
     assert summary.epoch_ends == [steps_per_epoch, 2 * steps_per_epoch]

@@ -11,7 +11,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from trajreg.integrations.lightning import RegularityCallback  # noqa: E402
 from trajreg.run import analyze  # noqa: E402
-from trajreg.run.rundir import read_json  # noqa: E402
+from trajreg.run.summary import read_summary  # noqa: E402
 from trajreg.train.config import DataConfig  # noqa: E402
 from trajreg.train.data import load_data  # noqa: E402
 
@@ -68,7 +68,7 @@ def test_callback_writes_a_run_directory_with_exact_quantities(tmp_path, accumul
                  "final_state.pt", "trajectory/trajectory.json"):
         assert (out / name).exists(), name
     table = pd.read_parquet(out / "metrics.parquet")
-    summary = read_json(out / "summary.json")
+    summary = read_summary(out)
     steps_per_epoch = -(-10 // accumulate)  # 320 / 32 = 10 batches an epoch
     assert len(table) == 2 * steps_per_epoch == summary.n_steps
     assert summary.epoch_ends == [steps_per_epoch, 2 * steps_per_epoch]

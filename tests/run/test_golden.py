@@ -4,7 +4,7 @@ Catches a silent change of the public format (a renamed, dropped or retyped key)
 and of the numbers (same config and seed, same torch build: the run is
 deterministic on the CPU). The golden files were written by this code after
 checking that the layering refactor left every value of the previous version
-unchanged (metrics bit for bit, every summary key equal).
+unchanged (metrics bit for bit, every summary key equal, both at one thread).
 """
 
 import json

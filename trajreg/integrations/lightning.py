@@ -20,7 +20,7 @@ try:
     from lightning.pytorch.callbacks import Callback
 except ImportError:  # the standalone package name
     try:
-        from pytorch_lightning.callbacks import Callback
+        from pytorch_lightning.callbacks import Callback  # type: ignore[assignment]
     except ImportError:
         raise ImportError("trajreg.integrations.lightning needs PyTorch Lightning: "
                           "pip install 'trajreg[lightning]'") from None
@@ -89,6 +89,9 @@ class RegularityCallback(Callback):
         trainer = module._trainer
         module._trainer = None  # self.log() outside the fit loop: a no-op, not an error
         try:
-            return _loss_of(module.training_step(batch, batch_idx))
+            loss = _loss_of(module.training_step(batch, batch_idx))
+            if loss is None:
+                raise ValueError("RegularityCallback: training_step returned no loss")
+            return loss
         finally:
             module._trainer = trainer

@@ -113,7 +113,7 @@ class Summary:
             raw["trained"] = trained(raw["full_loss"], bool(raw.get("diverged")))
         for name, f in fields.items():
             if name in raw:
-                kwargs[name] = _null_to_nan(raw[name], f.type)
+                kwargs[name] = _null_to_nan(raw[name], str(f.type))
             elif name == "format":
                 kwargs[name] = 1
             elif not f.metadata.get("optional"):

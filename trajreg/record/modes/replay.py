@@ -82,6 +82,7 @@ class ReplayMode(RecordMode):
 
     def post_step(self, rec: Recorder, step: int) -> None:
         if self.stream is not None:
+            assert self._x_prev is not None, "post_step without pre_step"
             self.stream.update(self._x_prev, rec.flat().cpu(), self._lr_prev)
             self._x_prev = None
 

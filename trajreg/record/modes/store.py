@@ -34,7 +34,9 @@ def stream_quantities(store: TrajectoryStore, T: int, x_star: np.ndarray
     if store.rows < T + 1:
         raise RuntimeError(f"trajectory holds {store.rows} iterates, the run took {T} steps")
     lrs = store.lrs[:T]
-    D, a, s = [], [], []
+    D: list[float] = []
+    a: list[float] = []
+    s: list[float] = []
     block_rows = max(1, min(256, (8 << 20) // (8 * store.d)))
     for t0, xs in store.blocks(T, block_rows=block_rows):
         q = trajectory_quantities(xs, lrs[t0 : t0 + len(xs) - 1], x_star)
@@ -56,10 +58,11 @@ class StoreMode(RecordMode):
              sync_seconds: float = 5.0, **_: Any) -> None:
         if directory is None:
             raise ValueError("mode 'store' needs a directory to write the trajectory to")
-        dtype = np.float64 if rec.dtype == torch.float64 else np.float32
+        dtype = np.dtype(np.float64 if rec.dtype == torch.float64 else np.float32)
         self.writer = TrajectoryWriter(directory, rec.d, dtype, capacity, sync_seconds)
 
     def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+        assert self.writer is not None, "open() first"
         rec.flat(out=torch.from_numpy(self.writer.next_row()))
         self.writer.commit_row(lr)
 
