@@ -206,3 +206,14 @@ def test_build_applies_threads_and_checks_the_size(one_thread):
     with pytest.raises(ConfigError, match=r"above train\.max_memory_gb = 1e-06 GB"):
         build(load_config(tiny(train={"max_memory_gb": 1e-6})), d)
     assert np.isfinite(size.estimate_run_memory(load_config(tiny())).total_bytes)
+
+
+def test_a_loaded_data_set_is_sized_as_loaded():
+    cfg = load_config(tiny(data={"resize": 16}))
+    d = load_data(cfg.data)
+    assert d.size == planned_size(cfg.data)
+    loaded = size.estimate_run_memory(cfg, d.size)
+    planned = size.estimate_run_memory(cfg)
+    assert loaded.data_bytes == d.size.nbytes  # no resize copy: it is done
+    assert planned.data_bytes > loaded.data_bytes
+    assert loaded.model_bytes == planned.model_bytes

@@ -67,6 +67,12 @@ class Dataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def size(self) -> DataSize:
+        """Its counts and shapes (``size.estimate_run_memory`` of a loaded set)."""
+        return DataSize(len(self.x_train), len(self.x_test), self.input_shape,
+                        tuple(self.y_train.shape[1:]))
+
 
 class Arrays(NamedTuple):
     """What a loader returns. ``x_test is None``: no own test split, ``load_data`` splits.

@@ -141,7 +141,7 @@ def build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, torch.optim.O
     default) and refuses a run above the memory cap (``size.check_run_size``)."""
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    check_run_size(cfg)
+    check_run_size(cfg, data.size)
     deterministic(cfg.train.device)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)

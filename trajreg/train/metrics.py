@@ -5,16 +5,21 @@ Pure functions over label arrays (numpy or torch); the loop feeds them predictio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+
+Labels = torch.Tensor | np.ndarray | Sequence[int]
 
 
-def _labels(x) -> np.ndarray:
+def _labels(x: Labels) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x).reshape(-1).astype(np.int64)
 
 
-def confusion_matrix(pred, target, n_classes: int) -> np.ndarray:
+def confusion_matrix(pred: Labels, target: Labels, n_classes: int) -> np.ndarray:
     """M[i, j] = number of elements (samples or pixels) with target i and prediction j.
 
     >>> confusion_matrix([0, 1, 1], [0, 0, 1], 2).tolist()

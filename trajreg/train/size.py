@@ -241,13 +241,16 @@ class RunMemory:
                 f"data {fmt_bytes(self.data_bytes)}")
 
 
-def estimate_run_memory(cfg: RunConfig) -> RunMemory:
+def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
     """Size a validated run config without allocating anything (see the module docstring).
+    ``data``: the size of the data set when it is loaded already (``Dataset.size``);
+    None: its published size after ``subset`` and ``resize`` (``data.planned_size``).
     ``ConfigError`` where the model cannot take the data set's input shape."""
-    size = planned_size(cfg.data)
+    size = planned_size(cfg.data) if data is None else data
     data_bytes = size.nbytes
     spec = DATASETS[cfg.data.name]
-    if cfg.data.resize is not None and not spec.sized and size.input_shape != spec.shape:
+    if data is None and cfg.data.resize is not None and not spec.sized \
+            and size.input_shape != spec.shape:
         data_bytes += DataSize(size.n_train, size.n_test, spec.shape,
                                tuple(spec.shape[1:]) if size.target_shape else ()).nbytes
     batch = min(cfg.data.batch_size, max(size.n_train, 1))
@@ -261,11 +264,11 @@ def estimate_run_memory(cfg: RunConfig) -> RunMemory:
                      size, cfg.train.device)
 
 
-def check_run_size(cfg: RunConfig) -> RunMemory:
-    """The run's ``estimate_run_memory``, or ``ConfigError`` (one line, with the figures)
-    when it is above the cap: ``train.max_memory_gb`` if set, else 75% of the machine's
-    RAM (and, for cuda, of the GPU's memory for the model's part)."""
-    est = estimate_run_memory(cfg)
+def check_run_size(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
+    """The run's ``estimate_run_memory(cfg, data)``, or ``ConfigError`` (one line, with
+    the figures) when it is above the cap: ``train.max_memory_gb`` if set, else 75% of
+    the machine's RAM (and, for cuda, of the GPU's memory for the model's part)."""
+    est = estimate_run_memory(cfg, data)
     override = cfg.train.max_memory_gb
     host = memory_cap("cpu", override)
     checks = [(est.host_bytes, host)]
