@@ -217,3 +217,25 @@ def test_a_loaded_data_set_is_sized_as_loaded():
     assert loaded.data_bytes == d.size.nbytes  # no resize copy: it is done
     assert planned.data_bytes > loaded.data_bytes
     assert loaded.model_bytes == planned.model_bytes
+
+
+def test_cuda_runs_hold_the_model_to_the_gpu_and_the_data_to_the_host(monkeypatch):
+    """Without a GPU here: torch.cuda is stubbed with a GPU of 0.4 MB."""
+    class Props:
+        total_memory = 400_000
+
+    seen = []
+    monkeypatch.setattr(machine.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(machine.torch.cuda, "get_device_properties",
+                        lambda index: seen.append(index) or Props())
+    assert machine.device_memory_bytes("cuda:1") == 400_000 and seen == [1]
+    cap = machine.memory_cap("cuda")
+    assert cap.bytes == 300_000 and "cuda's memory" in cap.about
+    cfg = load_config(tiny(train={"device": "cuda"}))
+    est = size.estimate_run_memory(cfg)
+    assert est.on_gpu and est.host_bytes == est.data_bytes
+    assert est.model_bytes > 300_000 > est.data_bytes  # the model does not fit the stubbed GPU
+    with pytest.raises(ConfigError, match=r"above the cap of 0\.3 MB \(75% of cuda's memory"):
+        size.check_run_size(cfg)
+    cfg.train.max_memory_gb = 1.0  # the override applies to both
+    assert size.check_run_size(cfg) == est
