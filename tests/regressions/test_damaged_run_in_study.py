@@ -31,7 +31,7 @@ def test_report_marks_the_run_damaged_and_goes_on(tmp_path):
     assert "summary.json" in runs.loc[victim, "reason"]
     assert (runs.drop(index=victim)["status"] == "done").all()
     tech = pd.read_csv(paths["techniques"])
-    assert tech["n_seeds"].tolist() == [2]  # the damaged run's pair is left out
+    assert tech["n_pairs"].tolist() == [2]  # the damaged run's pair is left out
     assert "damaged" in paths["report"].read_text()
 
 

@@ -28,12 +28,24 @@ def loss_curve(final: float, epochs: int = 3, start: float = 2.0) -> list[float]
 
 
 def fake_run(study_dir, rid: str, gamma: float, kappa: float | None = None,
-             final: float = 0.1, *, diverged: bool = False, epochs: int = 3,
-             full_loss: list[float] | None = None, lr: float = 0.1,
-             per_epoch: list[float] | None = None, sensitivity: dict | None = None,
-             gamma_ci: float | None = None, window_end: int | None = None) -> Summary:
-    """A finished run: gamma_hat {"0.0": gamma - 1, "0.05": gamma}, kappa_hat likewise
-    (default lr * gamma), the given loss curve (default ``loss_curve(final)``)."""
+             final: float = 0.1, **kw) -> Summary:
+    """A finished run directory (``make_run``) at ``runs/<rid>`` of ``study_dir``."""
+    summary, table = make_run(gamma, kappa, final, **kw)
+    d = run_path(study_dir, rid)
+    d.mkdir(parents=True)
+    table.to_parquet(d / "metrics.parquet", index=False)
+    write_json(d / "summary.json", summary.to_dict())
+    return summary
+
+
+def make_run(gamma: float, kappa: float | None = None, final: float = 0.1, *,
+             diverged: bool = False, epochs: int = 3, full_loss: list[float] | None = None,
+             lr: float = 0.1, per_epoch: list[float] | None = None,
+             sensitivity: dict | None | str = "auto", gamma_ci: float | None = None,
+             window_end: int | None = None) -> tuple[Summary, pd.DataFrame]:
+    """A run's summary and metrics table: gamma_hat {"0.0": gamma - 1, "0.05": gamma},
+    kappa_hat likewise (default lr * gamma), the given loss curve (default
+    ``loss_curve(final)``)."""
     full = list(full_loss) if full_loss is not None else loss_curve(final, epochs)
     epochs = len(full) - 1
     ends = [STEPS_PER_EPOCH * (k + 1) for k in range(epochs)]
@@ -49,6 +61,11 @@ def fake_run(study_dir, rid: str, gamma: float, kappa: float | None = None,
         "lr": np.full(n, lr), "loss": np.full(n, 1.0), "loss_star": np.zeros(n),
         "D": np.linspace(1.0, 0.0, n), "a": a, "s": np.zeros(n), "b": np.ones(n),
         "c": np.ones(n), "r": a, "full_loss": np.nan})
+    if sensitivity == "auto":  # what the analysis writes for a store-mode run
+        sensitivity = {"gamma_hat": {"0.0": gamma - 1, "0.05": gamma, "0.1": gamma},
+                       "kappa_hat": {"0.0": kappa - 1, "0.05": kappa, "0.1": kappa},
+                       "reference_best": {"gamma_hat": {"0.05": gamma},
+                                          "kappa_hat": {"0.05": kappa}}}
     finite = [f for f in full if math.isfinite(f)]
     steps, ep = steps_to_threshold(full, ends, 0.1) if not diverged else (None, None)
     summary = Summary(
@@ -69,11 +86,7 @@ def fake_run(study_dir, rid: str, gamma: float, kappa: float | None = None,
         gamma_hat_ci=None if gamma_ci is None else {
             "0.05": [gamma - gamma_ci / 2, gamma + gamma_ci / 2]},
     )
-    d = run_path(study_dir, rid)
-    d.mkdir(parents=True)
-    table.to_parquet(d / "metrics.parquet", index=False)
-    write_json(d / "summary.json", summary.to_dict())
-    return summary
+    return summary, table
 
 
 BASE = {"data": {"name": "digits", "batch_size": 64, "subset": 256},
@@ -128,3 +141,29 @@ def tick_labels(fig, ax, axis: str = "y") -> list[str]:
     ticks = ax.get_yticks() if axis == "y" else ax.get_xticks()
     return [t.get_text() for t, v in zip(labels, ticks, strict=False)
             if t.get_text() and lo <= v <= hi]
+
+
+def records(study, make) -> dict:
+    """run_id -> RunRecord for every run of ``study``: ``make(block, axes, seed)`` gives
+    the run's ``make_run`` keyword arguments (a dict), or None for a pending run."""
+    from trajreg.study.layout import RunRecord
+
+    out = {}
+    for block in study.blocks:
+        for rid, axes, seed in block.members:
+            if rid in out:
+                continue
+            kw = make(block.name, axes, seed)
+            out[rid] = RunRecord("pending") if kw is None else RunRecord(
+                "done", summary=make_run(**kw)[0])
+    return out
+
+
+def technique_rows(study, make):
+    """(techniques table, runs table, comparisons) of a study whose runs ``records``
+    builds in memory: the real table code on constructed runs."""
+    from trajreg.study import tables
+
+    runs = tables.runs_table(study, records(study, make))
+    comps = tables.comparisons(study, runs)
+    return tables.techniques_table(runs, comps, study.report), runs, comps

@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import tiny
 from trajreg.errors import UserError
+from trajreg.run.summary import read_summary
 from trajreg.study import load_study, run_study
 from trajreg.study.execute import study_lock
 from trajreg.study.layout import FAILED_SUFFIX, run_state, runs_dir
@@ -202,3 +203,23 @@ def test_unreachable_dask_scheduler_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot reach the Dask scheduler"):
         run_study(study, tmp_path / "s", executor=f"dask://127.0.0.1:{_free_port()}",
                   progress=False)
+
+
+def test_the_same_run_id_gives_the_same_numbers_whatever_the_jobs(tmp_path):
+    """train.threads is part of every run's config (1 unless the study sets it), so a
+    run's id and numbers do not depend on --jobs: serially and on 2 worker processes the
+    same ids give bit-identical summaries and per-step metrics."""
+    study = load_study(small_study(epochs=2, seeds=[0]))
+    assert all(spec.config["train"]["threads"] == 1 for spec in study.runs)
+    a = run_study(study, tmp_path / "a", executor="serial", progress=False, report=False)
+    b = run_study(study, tmp_path / "b", executor="process", jobs=2, progress=False,
+                  report=False)
+    assert sorted(a.done) == sorted(b.done) == sorted(r.run_id for r in study.runs)
+    for spec in study.runs:
+        sa = read_summary(runs_dir(tmp_path / "a") / spec.run_id)
+        sb = read_summary(runs_dir(tmp_path / "b") / spec.run_id)
+        assert sa.gamma_hat == sb.gamma_hat and sa.full_loss == sb.full_loss
+        assert sa.auc_log_loss == sb.auc_log_loss
+        ma = pd.read_parquet(runs_dir(tmp_path / "a") / spec.run_id / "metrics.parquet")
+        mb = pd.read_parquet(runs_dir(tmp_path / "b") / spec.run_id / "metrics.parquet")
+        pd.testing.assert_frame_equal(ma, mb, check_exact=True)

@@ -1,8 +1,8 @@
-"""The study report computed from run data whose answers are known.
+"""The study report computed from run directories whose answers are known.
 
-The run directories here hold summaries written by hand with chosen gamma_hat,
-kappa_hat and loss curves, so every number of runs.csv and techniques.csv, the
-verdicts and the rank correlation have known values.
+The run directories hold summaries and metrics written with chosen gamma_hat,
+kappa_hat and loss curves (tests/study/fakes.py), read back by the report's own
+readers, so every number of the tables and the outcomes are known.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from tests.study.fakes import fake_run, loss_curve
-from trajreg.study.layout import FAILED_SUFFIX, runs_dir
+from tests.study.fakes import BASE, fake_run, loss_curve
+from trajreg.principle import auc_log_loss
+from trajreg.study.layout import FAILED_SUFFIX, runs_dir, write_study_file
 from trajreg.study.report import write_report
 from trajreg.study.spec import load_study
-from trajreg.study.stats import spearman
 
-BASE = {"data": {"name": "digits", "batch_size": 64},
-        "model": {"name": "mlp", "depth": 2, "width": 8},
-        "optim": {"name": "sgd", "lr": 0.05},
-        "train": {"epochs": 3}, "record": {"mode": "store"}}
+SEEDS = list(range(8))
 
 
 def by(study, block, **want):
@@ -33,80 +30,115 @@ def by(study, block, **want):
             if all(axes[k] == v for k, v in want.items())}
 
 
-def test_report_numbers(tmp_path):
-    study = load_study({"name": "known", "base": copy.deepcopy(BASE), "seeds": [0, 1, 2],
+def known_study(tmp_path):
+    study = load_study({"name": "known", "base": copy.deepcopy(BASE), "seeds": SEEDS,
                         "blocks": [
                             {"name": "bn", "grid": {"model.norm": ["none", "batch"]}},
                             {"name": "opt", "grid": {"optim": [{"name": "sgd", "lr": 0.1},
                                                                {"name": "adam", "lr": 0.01}]}},
                         ]})
+    write_study_file(tmp_path, study.raw)
     with_bn = by(study, "bn", **{"model.norm": "batch"})
     without_bn = by(study, "bn", **{"model.norm": "none"})
-    for seed, g in zip([0, 1, 2], [1.0, 2.0, 0.1], strict=True):
-        fake_run(tmp_path, with_bn[seed], g, 9.0, 0.01)
-    for seed in [0, 1, 2]:
-        fake_run(tmp_path, without_bn[seed], 0.5, 9.0, 0.2 + seed * 0.01)
+    for seed in SEEDS:
+        fake_run(tmp_path, with_bn[seed], 1.0 + 0.1 * seed, final=0.01)
+        fake_run(tmp_path, without_bn[seed], 0.5, final=0.2 + seed * 0.01)
     sgd = by(study, "opt", optim={"name": "sgd", "lr": 0.1})
     adam = by(study, "opt", optim={"name": "adam", "lr": 0.01})
-    for seed in [0, 1]:
-        fake_run(tmp_path, adam[seed], 0.1, 0.3, 0.05)
-    fake_run(tmp_path, adam[2], 0.1, 0.3, full_loss=[*loss_curve(0.05)[:-1], math.inf],
-             diverged=True)
-    for seed in [0, 1]:
-        fake_run(tmp_path, sgd[seed], 5.0, 0.2, 0.1)
-    # sgd seed 2 failed: its pair drops out of the comparison
-    (runs_dir(tmp_path) / f"{sgd[2]}{FAILED_SUFFIX}").write_text(
-        json.dumps({"run_id": sgd[2], "reason": "RuntimeError: out of memory"}))
+    for seed in SEEDS[:-1]:
+        fake_run(tmp_path, adam[seed], 3.0, final=0.05, lr=0.01)
+    fake_run(tmp_path, adam[7], 3.0, full_loss=[*loss_curve(0.05)[:-1], math.inf],
+             diverged=True, lr=0.01)
+    for seed in SEEDS[:-2]:
+        fake_run(tmp_path, sgd[seed], 2.0, final=0.1, lr=0.1)
+    # sgd seed 6 failed: its pair drops out; seed 7 pairs with the diverged adam run
+    (runs_dir(tmp_path) / f"{sgd[6]}{FAILED_SUFFIX}").write_text(
+        json.dumps({"run_id": sgd[6], "reason": "RuntimeError: out of memory"}))
+    fake_run(tmp_path, sgd[7], 2.0, final=0.1, lr=0.1)
+    return study, with_bn, without_bn, sgd, adam
 
+
+def test_report_numbers(tmp_path):
+    study, with_bn, without_bn, sgd, adam = known_study(tmp_path)
     paths = write_report(tmp_path, study)
-    runs = pd.read_csv(paths["runs"])
-    tech = pd.read_csv(paths["techniques"])
+    runs = pd.read_csv(paths["runs"]).set_index("run_id")
+    tech = pd.read_csv(paths["techniques"], keep_default_na=False)
 
-    assert len(runs) == 12
-    assert runs.set_index("run_id").loc[sgd[2], "status"] == "failed"
-    assert runs.set_index("run_id").loc[adam[2], "status"] == "diverged"
-    for col in ["run_id", "architecture", "dataset", "activation", "norm", "skip", "optimizer",
-                "lr", "seed", "gamma_hat_0.0", "gamma_hat_0.05", "kappa_hat_0.0",
-                "kappa_hat_0.05", "gamma_bar", "window_end", "final_loss",
-                "steps_to_threshold", "auc_log_loss", "diverged", "run_dir"]:
-        assert col in runs.columns
-    row = runs.set_index("run_id").loc[with_bn[1]]
-    assert row["gamma_hat_0.05"] == 2.0 and row["gamma_hat_0.0"] == 1.0
-    assert row["run_dir"] == f"runs/{with_bn[1]}" and row["norm"] == "batch"
+    assert len(runs) == 32
+    assert runs.loc[sgd[6], "status"] == "failed"
+    assert runs.loc[adam[7], "status"] == "diverged" and not runs.loc[adam[7], "trained"]
+    assert runs.loc[with_bn[1], "gamma_hat_0.05"] == 1.1
+    assert runs.loc[with_bn[1], "run_dir"] == f"runs/{with_bn[1]}"
+    assert (runs["threads"].dropna() == 1).all()
 
     bn = tech[tech["technique"] == "normalization"].iloc[0]
-    assert (bn["with"], bn["without"]) == ("batch", "none")
-    assert bn["metric"] == "gamma_hat_0.05"
-    assert bn["gamma_with"] == 1.0 and bn["gamma_without"] == 0.5
-    assert bn["gamma_larger"] and bn["gamma_larger_seeds"] == 2 and bn["n_seeds"] == 3
-    assert bn["faster"] and bn["faster_seeds"] == 3
-    from trajreg.principle import auc_log_loss
-
-    expect_auc = auc_log_loss(loss_curve(0.01))
-    assert np.isclose(bn["speed_with"], expect_auc)
+    assert (bn["with"], bn["without"], bn["role"]) == ("batch", "none", "claim")
+    assert bn["metric"] == "gamma_hat_0.05" and bn["n"] == 8
+    diffs = [1.0 + 0.1 * s - 0.5 for s in SEEDS]
+    assert np.isclose(float(bn["diff_median"]), np.median(diffs))
+    assert float(bn["p_value"]) == 2 / 256 and bn["outcome_gamma"] == "larger"
+    speed_diffs = [auc_log_loss(loss_curve(0.01)) - auc_log_loss(loss_curve(0.2 + s * 0.01))
+                   for s in SEEDS]
+    assert np.isclose(float(bn["speed_diff_median"]), np.median(speed_diffs))
+    assert bn["outcome_speed"] == "faster" and bn["outcome_speed_steps"] == "faster"
     assert set(bn["runs_with"].split()) == set(with_bn.values())
 
     opt = tech[tech["technique"] == "optimizer"].iloc[0]
-    assert opt["with"] == "name=adam lr=0.01" and opt["without"] == "name=sgd lr=0.1"
-    assert opt["metric"] == "kappa_hat_0.05"  # across optimizers: kappa, not gamma
-    assert opt["n_seeds"] == 2  # seed 2's sgd run failed
-    assert opt["gamma_with"] == 0.3 and opt["gamma_without"] == 0.2 and opt["gamma_larger"]
-    assert opt["faster"] and opt["faster_seeds"] == 2
+    assert opt["with"] == "name=adam lr=0.01" and opt["metric"] == "kappa_hat_0.05"
+    # 7 finished pairs (seed 6 failed), one of them not comparable (adam diverged)
+    assert (int(opt["n_pairs"]), int(opt["n_not_trained"]), int(opt["n"])) == (7, 1, 6)
+    assert opt["runs_not_trained"] == adam[7]
+    assert np.isclose(float(opt["diff_median"]), 3.0 * 0.01 - 2.0 * 0.1)
+    # 6 of 6 pairs: p = 1/32; Holm's second step (bn's p = 1/128 comes first) uses alpha / 1
+    assert float(opt["p_value"]) == float(opt["p_holm"]) == 1 / 32
+    assert opt["outcome_gamma"] == "smaller"
+
+    sens = pd.read_csv(paths["sensitivity"], keep_default_na=False)
+    row = sens[sens["technique"] == "normalization"].iloc[0]
+    assert row["window"] == "larger"  # metrics.parquet reproduce the summaries' gammas
+    assert row["eps_0.0"] == row["eps_0.05"] == row["eps_0.1"] == "larger"
+    assert row["reference_best"] == "larger" and row["survives"] == "yes"
+    assert sens[sens["technique"] == "optimizer"].iloc[0]["survives"] == "yes"
+
+    corr = pd.read_csv(paths["correlations"], keep_default_na=False)
+    assert corr["scope"].tolist() == ["stratum", "stratum", "pooled", "all runs"]
+    assert "WARNING" in corr.iloc[-1]["note"]  # lrs 0.05, 0.1 and 0.01
 
     html = paths["report"].read_text()
-    assert "normalization: in 1 of 1 comparisons" in html
-    assert "larger in 2 of 3 seeds" in html
+    assert html.index("forest.png") < html.index("Verdicts on the paper")
+    assert "normalization (1 comparison): gamma_hat larger with the technique in 1" in html
     assert "RuntimeError: out of memory" in html
     assert "data:image/png;base64," in html  # self-contained figures
     assert 'src="http' not in html and "<script" not in html
+    assert "overflow-x:auto" in html
     for rid in with_bn.values():
         assert rid in html
 
-    # the rank correlation over all finished runs, from the numbers written above
-    done = runs[runs["status"].isin(["done", "diverged"])]
-    speed = -done["auc_log_loss"].fillna(np.inf).to_numpy()
-    rho = spearman(done["gamma_hat_0.05"].to_numpy(), speed)
-    assert f"{rho:.4g}" in html
+
+def test_rerunning_the_report_gives_byte_identical_csvs(tmp_path):
+    study = known_study(tmp_path)[0]
+    first = {k: p.read_bytes() for k, p in write_report(tmp_path, study).items()
+             if p.suffix == ".csv"}
+    second = {k: p.read_bytes() for k, p in write_report(tmp_path, study).items()
+              if p.suffix == ".csv"}
+    assert first.keys() == {"runs", "techniques", "sensitivity", "correlations"}
+    assert first == second
+
+
+def test_reference_best_is_na_when_the_runs_cannot_give_it(tmp_path):
+    study = load_study({"base": copy.deepcopy(BASE), "seeds": SEEDS,
+                        "grid": {"model.norm": ["none", "batch"]}})
+    write_study_file(tmp_path, study.raw)
+    for rid, axes, _ in study.blocks[0].members:
+        g = 1.0 if axes["model.norm"] == "batch" else 0.5
+        fake_run(tmp_path, rid, g, sensitivity={
+            "gamma_hat": {"0.0": g - 1, "0.05": g, "0.1": 0.5}, "kappa_hat": {},
+            "reference_best": None})
+    sens = pd.read_csv(write_report(tmp_path, study)["sensitivity"], keep_default_na=False)
+    row = sens.iloc[0]
+    assert row["reference_best"] == "n/a"
+    assert row["eps_0.1"] == "inconclusive"  # equal gammas at eps 0.1
+    assert row["survives"] == "no (eps_0.1: inconclusive)"
 
 
 def test_partial_study_report(tmp_path):
@@ -114,5 +146,6 @@ def test_partial_study_report(tmp_path):
                         "grid": {"model.norm": ["none", "batch"]}})
     paths = write_report(tmp_path, study)
     tech = pd.read_csv(paths["techniques"])
-    assert tech["n_seeds"].tolist() == [0]
-    assert "no finished matched runs yet" in paths["report"].read_text()
+    assert tech["n_pairs"].tolist() == [0]
+    assert tech["outcome_gamma"].tolist() == ["not comparable"]
+    assert "no finished pair of runs" in paths["report"].read_text()

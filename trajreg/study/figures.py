@@ -30,9 +30,23 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 from trajreg.atomic import replace_atomic
 from trajreg.run.summary import Summary
 from trajreg.study.spec import label
-from trajreg.study.tables import FINISHED, SPEED, Comparison
+from trajreg.study.tables import (
+    CLAIM_AXES,
+    FASTER,
+    FINISHED,
+    LARGER,
+    NOT_COMPARABLE,
+    SLOWER,
+    SMALLER,
+    SPEED,
+    Comparison,
+)
 
 WITH, WITHOUT = "tab:blue", "tab:orange"
+OUTCOME_COLORS = {LARGER: "tab:green", FASTER: "tab:green", SMALLER: "tab:red",
+                  SLOWER: "tab:red"}
+UNDECIDED = "0.55"
+FOREST_LIMIT = 1.0  # relative differences beyond +-100% sit at the panel's edge
 
 
 def log_ticks(low: float, high: float, most: int = 8) -> list[float]:
@@ -223,13 +237,21 @@ def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> Figure:
         color = colors.setdefault(arch, f"C{i % 10}")
         g = part[metric].to_numpy(float)
         speed = part[SPEED].to_numpy(float)
+        good = part["trained"].map(lambda v: v is True or str(v) == "True").to_numpy(bool)
         finite = np.isfinite(g)
-        main.scatter(g[finite], speed[finite], s=14, color=color, label=arch)
+        main.scatter(g[finite & good], speed[finite & good], s=14, color=color, label=arch)
+        main.scatter(g[finite & ~good], speed[finite & ~good], s=14, facecolors="none",
+                     edgecolors=color)
         for key, value in (("-inf", -np.inf), ("+inf", np.inf)):
             sel = g == value
             if sel.any():
                 jitter = np.linspace(-0.25, 0.25, int(sel.sum())) if sel.sum() > 1 else [0.0]
-                columns[key].scatter(jitter, speed[sel], s=14, color=color)
+                columns[key].scatter(np.asarray(jitter), speed[sel], s=14,
+                                     facecolors=np.where(good[sel], color, "none").tolist(),
+                                     edgecolors=color)
+    if len(ok) and not ok["trained"].map(lambda v: v is True or str(v) == "True").all():
+        main.scatter([], [], s=14, facecolors="none", edgecolors="0.3",
+                     label="did not train (no speed if diverged)")
     if limits is not None:
         main.set_xlim(*limits)
         finite = np.isfinite(g_all)
@@ -250,5 +272,85 @@ def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> Figure:
     fig.suptitle("Gamma and convergence speed, all finished runs", fontsize=10)
     if len(ok):
         main.legend(fontsize=7)
+    save_figure(fig, path)
+    return fig
+
+
+def _forest_order(tech: pd.DataFrame) -> pd.DataFrame:
+    order = {name: i for i, name in enumerate(dict.fromkeys(CLAIM_AXES.values()))}
+    key = tech.apply(lambda r: (0 if r["role"] == "claim" else 1,
+                                order.get(r["technique"], len(order)), r["technique"]), axis=1)
+    return tech.assign(_key=key).sort_values("_key", kind="stable").drop(columns="_key")
+
+
+def _relative(diff: float, low: float, high: float, a: float, b: float) -> tuple[float, ...]:
+    scale = max((abs(v) for v in (a, b) if math.isfinite(v)), default=math.nan)
+    if not scale > 0:
+        return math.nan, math.nan, math.nan
+    return diff / scale, low / scale, high / scale
+
+
+def forest_figure(tech: pd.DataFrame, min_effect: float, path: Path) -> Figure:
+    """One row per comparison, grouped by technique (the paper's first, then other
+    settings): the median paired difference of the metric and of speed (auc_log_loss)
+    with its 95% bootstrap interval, relative to the larger side's median magnitude
+    (the scale of the minimum effect, shaded), coloured by outcome."""
+    rows = _forest_order(tech).reset_index(drop=True)
+    n = len(rows)
+    height = 1.75 + 0.3 * max(n, 1)  # inches: 0.45 title, 1.0 labels and legend, rows
+    fig = Figure(figsize=(11, height))
+    fig.subplots_adjust(left=0.36, right=0.98, bottom=1.1 / height, top=1 - 0.4 / height,
+                        wspace=0.08)
+    ax_g, ax_s = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax_s.sharey(ax_g)
+    panels = ((ax_g, "diff_median", "diff_low", "diff_high", "gamma_with", "gamma_without",
+               "outcome_gamma", "gamma_hat / kappa_hat: with - without\n(relative; "
+               "right: larger with the technique)"),
+              (ax_s, "speed_diff_median", "speed_diff_low", "speed_diff_high", "speed_with",
+               "speed_without", "outcome_speed", "auc_log_loss: with - without\n(relative; "
+               "left: faster with the technique)"))
+    y = np.arange(n)[::-1].astype(float)
+    for ax, med, lo, hi, a, b, outcome, xlabel in panels:
+        ax.axvspan(-min_effect, min_effect, color="0.92", lw=0, zorder=0)
+        ax.axvline(0, color="k", lw=0.6, zorder=1)
+        for yi, (_, r) in zip(y, rows.iterrows(), strict=True):
+            word = r[outcome]
+            if word == NOT_COMPARABLE:
+                ax.text(0, yi, "not comparable", ha="center", va="center", fontsize=7,
+                        color=UNDECIDED, style="italic")
+                continue
+            x, xl, xh = _relative(r[med], r[lo], r[hi], r[a], r[b])
+            color = OUTCOME_COLORS.get(word, UNDECIDED)
+            if math.isnan(x):
+                continue
+            lim = FOREST_LIMIT
+            xl = -lim if math.isnan(xl) else xl
+            xh = lim if math.isnan(xh) else xh
+            ax.plot([max(xl, -lim), min(xh, lim)], [yi, yi], color=color, lw=2, zorder=2)
+            marker = "o" if -lim <= x <= lim else (">" if x > lim else "<")
+            ax.plot([min(max(x, -lim), lim)], [yi], marker, color=color, ms=6, zorder=3)
+        ax.set_xlim(-1.1 * FOREST_LIMIT, 1.1 * FOREST_LIMIT)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.0%}"))
+        ax.tick_params(labelsize=7)
+        previous = None
+        for yi, (_, r) in zip(y, rows.iterrows(), strict=True):
+            if previous is not None and r["technique"] != previous:
+                ax.axhline(yi + 0.5, color="0.6", lw=0.6)
+            previous = r["technique"]
+    labels = [f"{r['technique']}: {r['with']} vs {r['without']} - {r['architecture']}"
+              + (f" ({r['context']})" if r["context"] else "")
+              + ("" if r["role"] == "claim" else " [stratum]") for _, r in rows.iterrows()]
+    ax_g.set_yticks(y, labels, fontsize=7)
+    ax_s.tick_params(axis="y", labelleft=False)
+    ax_g.set_ylim(-0.7, n - 0.3)
+    for word, color in (("larger / faster", "tab:green"), ("smaller / slower", "tab:red"),
+                        ("inconclusive", UNDECIDED)):
+        ax_s.plot([], [], "o-", color=color, label=word)
+    ax_s.fill_between([], [], color="0.92", label=f"minimum effect (+-{min_effect:.0%})")
+    fig.legend(*ax_s.get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=4,
+               bbox_to_anchor=(0.67, 0.0), frameon=False)
+    fig.suptitle("Paired differences by comparison (median over seeds, 95% bootstrap "
+                 "interval)", fontsize=10)
     save_figure(fig, path)
     return fig

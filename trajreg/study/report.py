@@ -1,9 +1,13 @@
-"""The study report: runs.csv, techniques.csv, figures and a self-contained report.html.
+"""The study report: runs.csv, techniques.csv, sensitivity.csv, correlations.csv,
+figures/ and a self-contained report.html.
 
-Everything is computed from the run directories (``summary.json``) and the study
-file, so ``trajreg report STUDY_DIR`` redraws it at any time, on a partial study too.
-The pieces: ``tables.py`` (the DataFrames), ``verdicts.py`` (the sentences),
-``figures.py`` (the PNGs), ``html.py`` and ``templates/report.html.j2`` (the page).
+Everything is computed from the run directories and the study file, so
+``trajreg report STUDY_DIR`` redraws it at any time, on a partial study too, and a
+damaged run is reported (status ``damaged``) and left out rather than stopping it.
+The CSVs depend only on the runs (bootstrap seeds are fixed): rerunning the report
+writes them byte for byte again. The pieces: ``tables.py`` (the DataFrames and the
+decision rule), ``verdicts.py`` (the sentences), ``figures.py`` (the PNGs),
+``html.py`` and ``templates/report.html.j2`` (the page).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 from trajreg.atomic import replace_atomic
-from trajreg.study import figures, html, tables
-from trajreg.study.layout import RunRecord, inspect_run, trajreg_version
-from trajreg.study.spec import Study, label
-from trajreg.study.verdicts import technique_verdicts, verdict
+from trajreg.run.rundir import read_metrics
+from trajreg.run.summary import Summary
+from trajreg.study import figures, html, tables, verdicts
+from trajreg.study.layout import RunRecord, inspect_run, run_path, trajreg_version
+from trajreg.study.spec import Study
 
 
 def load_records(study_dir: str | Path, study: Study) -> dict[str, RunRecord]:
@@ -44,54 +49,92 @@ def _block_value(value: object) -> str:
     return str(value)
 
 
-def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
-    """Write runs.csv, techniques.csv, figures/*.png and report.html into ``study_dir``."""
+def build_tables(study_dir: str | Path, study: Study,
+                 records: dict[str, RunRecord] | None = None) -> dict[str, pd.DataFrame]:
+    """The report's four tables (runs, techniques, sensitivity, correlations)."""
     study_dir = Path(study_dir)
-    eps = tables.primary_eps(study)
-    records = load_records(study_dir, study)
+    records = records if records is not None else load_records(study_dir, study)
     summaries = {rid: r.summary for rid, r in records.items() if r.summary is not None}
     runs = tables.runs_table(study, records)
     comps = tables.comparisons(study, runs)
-    tech = tables.techniques_table(runs, comps)
-    corr = tables.correlation_table(tables.correlations(study, runs))
+    curves = {rid: (s.full_loss, s.epoch_ends) for rid, s in summaries.items()}
+    tech = tables.techniques_table(runs, comps, study.report, curves)
+    sens = tables.sensitivity_table(tech, comps, runs, summaries, study.report,
+                                    lambda rid: read_metrics(run_path(study_dir, rid)))
+    corr = tables.correlation_table(study, runs, comps, study.report)
+    return {"runs": runs, "techniques": tech, "sensitivity": sens, "correlations": corr}
+
+
+def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
+    """Write the CSVs, figures/*.png and report.html into ``study_dir``; their paths."""
+    study_dir = Path(study_dir)
+    options = study.report
+    eps = options.eps_key
+    records = load_records(study_dir, study)
+    summaries: dict[str, Summary] = {rid: r.summary for rid, r in records.items()
+                                     if r.summary is not None}
+    t = build_tables(study_dir, study, records)
+    runs, tech = t["runs"], t["techniques"]
+    comps = tables.comparisons(study, runs)
     fig_dir = study_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
+    forest_png = fig_dir / "forest.png"
+    figures.forest_figure(tech, options.min_effect, forest_png)
     comparison_figures = []
     for comp in comps:
         if comp.pairs:
             path = fig_dir / f"{comp.slug}.png"
             figures.comparison_figure(comp, summaries, eps, path)
             comparison_figures.append({
-                "title": f"{comp.technique}: {label(comp.with_value)} vs "
-                         f"{label(comp.without_value)} ({comp.block})",
-                "image": html.image(path),
-                "runs": ", ".join(f"{p[1]}/{p[2]}" for p in comp.pairs)})
+                "title": comp.title, "image": html.image(path),
+                "runs": ", ".join(f"seed {p[0]}: {p[1]} / {p[2]}" for p in comp.pairs)})
     corr_png = fig_dir / "gamma_vs_speed.png"
     figures.correlation_figure(runs, eps, corr_png)
 
-    paths = {"runs": study_dir / "runs.csv", "techniques": study_dir / "techniques.csv",
-             "report": study_dir / "report.html"}
-    _write_csv(runs, paths["runs"])
-    _write_csv(tech, paths["techniques"])
+    paths = {name: study_dir / f"{name}.csv" for name in t}
+    paths["report"] = study_dir / "report.html"
+    for name, df in t.items():
+        _write_csv(df, paths[name])
 
-    counts = runs["status"].value_counts().to_dict()
-    failed = runs[runs["status"] == "failed"]
+    counts = runs["status"].value_counts()
+    not_trained = runs[(runs["trained"] == False) & runs["status"].isin(  # noqa: E712
+        tables.FINISHED)]
+    trouble = runs[runs["status"].isin(["failed", "damaged"])]
     context = {
         "name": study.name,
-        "counts": f"{len(runs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        "counts": f"{len(runs)} runs: " + ", ".join(
+            f"{counts[k]} {k}" for k in ("done", "diverged", "failed", "damaged", "pending")
+            if k in counts) + f"; {len(not_trained)} of the finished runs did not train",
         "written": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
-        "version": trajreg_version(), "eps": eps,
-        "technique_verdicts": technique_verdicts(tech),
-        "comparison_verdicts": [verdict(r) for _, r in tech.iterrows()],
-        "techniques": html.table(tech, links=("runs_with", "runs_without")),
-        "blocks": [{"name": b.name, "model": _block_text(b.base.get("model", {})),
-                    "data": _block_text(b.base.get("data", {})), "grid": _block_text(b.grid),
-                    "seeds": b.seeds, "note": b.note} for b in study.blocks],
-        "comparison_figures": comparison_figures,
-        "correlations": html.table(corr),
+        "version": trajreg_version(), "options": options,
+        "forest": html.image(forest_png),
+        "technique_verdicts": verdicts.technique_verdicts(tech),
+        "strata": verdicts.strata_descriptions(tech),
+        "power": verdicts.power_note(tech, options),
+        "comparison_verdicts": [verdicts.verdict(r) for _, r in tech.iterrows()],
+        "techniques": html.table(tech, links=("runs_with", "runs_without",
+                                              "runs_not_trained")),
+        "sensitivity": html.table(t["sensitivity"]),
+        "correlations": html.table(t["correlations"]),
         "correlation_image": html.image(corr_png),
+        "not_comparable": html.table(
+            tech.loc[tech["n_not_trained"] > 0,
+                     ["technique", "with", "without", "architecture", "block",
+                      "n_not_trained", "runs_not_trained"]],
+            links=("runs_not_trained",)) if (tech["n_not_trained"] > 0).any() else None,
+        "not_trained": html.table(
+            not_trained[["run_id", "block", "status", "final_loss"]], links=("run_id",))
+        if len(not_trained) else None,
+        "blocks": [{"name": b.name, "model": _block_text(b.base.get("model", {})),
+                    "data": _block_text(b.base.get("data", {})),
+                    "optim": _block_text(b.base.get("optim", {})),
+                    "train": _block_text(b.base.get("train", {})),
+                    "grid": _block_text(b.grid), "seeds": b.seeds, "note": b.note}
+                   for b in study.blocks],
+        "comparison_figures": comparison_figures,
         "runs": html.table(runs.drop(columns=["reason"]), links=("run_id",)),
-        "failed": html.table(failed[["run_id", "block", "reason"]]) if len(failed) else None,
+        "trouble": html.table(trouble[["run_id", "block", "status", "reason"]])
+        if len(trouble) else None,
     }
     text = html.render(context)
     replace_atomic(paths["report"], lambda tmp: tmp.write_text(text))
@@ -100,3 +143,4 @@ def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     replace_atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+

@@ -1,5 +1,7 @@
-"""The report's sentences: one per comparison, one per technique. Pure: rows in,
-strings out."""
+"""The report's sentences: one per comparison, one per technique of the paper's claim,
+one per stratum (other settings), and what the number of seeds allows. Pure: rows
+of techniques.csv in, strings out; the outcomes themselves are decided in tables.py.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +11,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trajreg.study import stats
+from trajreg.study.spec import ReportOptions
+from trajreg.study.tables import (
+    FASTER,
+    INCONCLUSIVE,
+    LARGER,
+    NOT_COMPARABLE,
+    SLOWER,
+    SMALLER,
+)
+
 
 def fmt(x: Any) -> str:
     """A number as the report prints it: 4 significant digits, n/a, +inf, -inf.
 
-    >>> fmt(0.123456), fmt(float("nan")), fmt(float("-inf")), fmt(3)
-    ('0.1235', 'n/a', '-inf', '3')
+    >>> fmt(0.123456), fmt(float("nan")), fmt(float("-inf")), fmt(3), fmt(None)
+    ('0.1235', 'n/a', '-inf', '3', '')
     """
+    if x is None:
+        return ""
     if isinstance(x, float | np.floating):
         if math.isnan(x):
             return "n/a"
@@ -25,43 +40,114 @@ def fmt(x: Any) -> str:
     return str(x)
 
 
+def _signed(x: float) -> str:
+    return fmt(x) if not (isinstance(x, float) and x > 0 and math.isfinite(x)) \
+        else f"+{fmt(x)}"
+
+
+def _where(row: pd.Series) -> str:
+    ctx = f"; {row['context']}" if row["context"] else ""
+    return f"on {row['architecture']} ({row['dataset']}{ctx}) [{row['block']}]"
+
+
 def verdict(row: pd.Series) -> str:
-    """One sentence on one comparison."""
-    n = int(row["n_seeds"])
-    name = row["metric"].rsplit("_", 1)[0].replace("_hat", "_hat ")
-    if n == 0:
-        return (f"{row['technique']} {row['with']} vs {row['without']} on "
-                f"{row['architecture']} ({row['dataset']}): no finished matched runs yet.")
-    g_with, g_without = row["gamma_with"], row["gamma_without"]
-    diff = g_with - g_without if np.isfinite(g_with) and np.isfinite(g_without) else math.nan
-    by = f" (by {fmt(diff)})" if np.isfinite(diff) else ""
-    larger = "larger" if row["gamma_larger"] else "not larger"
-    faster = "faster" if row["faster"] else "not faster"
-    return (f"{row['technique']} {row['with']} vs {row['without']} on {row['architecture']} "
-            f"({row['dataset']}{'; ' + row['context'] if row['context'] else ''}): "
-            f"{name.strip()} is {larger} with {row['with']}: median {fmt(g_with)} vs "
-            f"{fmt(g_without)}{by}, larger in {int(row['gamma_larger_seeds'])} of {n} seeds; "
-            f"convergence is {faster}: median auc_log_loss {fmt(row['speed_with'])} vs "
-            f"{fmt(row['speed_without'])}, faster in {int(row['faster_seeds'])} of {n} seeds.")
+    """One sentence on one comparison (a row of techniques.csv)."""
+    head = f"{row['technique']} {row['with']} vs {row['without']} {_where(row)}"
+    name = row["metric"].rsplit("_", 1)[0]
+    if row["outcome_gamma"] == NOT_COMPARABLE:
+        return f"{head}: not comparable ({row['note'] or 'no comparable pair'})."
+    n = int(row["n"])
+    g = (f"{name} {row['outcome_gamma']}"
+         + (f" with {row['with']}" if row["outcome_gamma"] in (LARGER, SMALLER) else "")
+         + f": median paired difference {_signed(row['diff_median'])} (95% interval "
+         f"{fmt(row['diff_low'])} to {fmt(row['diff_high'])}; sign test p = "
+         f"{fmt(row['p_value'])}, Holm {fmt(row['p_holm'])}; larger in "
+         f"{int(row['larger_pairs'])} of {n} pairs)")
+    s = (f"convergence {row['outcome_speed']}"
+         + (f" with {row['with']}" if row["outcome_speed"] in (FASTER, SLOWER) else "")
+         + f": median auc_log_loss difference {_signed(row['speed_diff_median'])} (95% "
+         f"interval {fmt(row['speed_diff_low'])} to {fmt(row['speed_diff_high'])}; p = "
+         f"{fmt(row['speed_p_value'])}, Holm {fmt(row['speed_p_holm'])}; faster in "
+         f"{int(row['faster_pairs'])} of {n} pairs)")
+    undecided = INCONCLUSIVE in (row["outcome_gamma"], row["outcome_speed"])
+    tail = f" {'Why not decided' if undecided else 'Notes'}: {row['note']}." \
+        if row["note"] else ""
+    return f"{head}: {g}; {s}.{tail}"
+
+
+def _count(part: pd.DataFrame, column: str, word: str) -> int:
+    return int((part[column] == word).sum())
 
 
 def technique_verdicts(tech: pd.DataFrame) -> list[str]:
-    """Per technique, across its comparisons: how often gamma is larger and convergence
-    faster with it, and whether the two agree (the paper's claim)."""
+    """Per technique of the paper's claim, over its comparisons: the decided outcomes
+    (only those count), how many were inconclusive or not comparable, and what that
+    says about the claim that the technique raises gamma and speeds up convergence."""
     out = []
-    for name, part in tech[tech["n_seeds"] > 0].groupby("technique", sort=False):
+    claims = tech[tech["role"] == "claim"]
+    for name, part in claims.groupby("technique", sort=False):
         n = len(part)
-        g, f = int(part["gamma_larger"].sum()), int(part["faster"].sum())
-        agree = int((part["gamma_larger"] == part["faster"]).sum())
-        seeds_g = int(part["gamma_larger_seeds"].sum())
-        seeds_f = int(part["faster_seeds"].sum())
-        seeds = int(part["n_seeds"].sum())
-        claim = ("supports" if g == n and f == n else
-                 "partly supports" if g > 0 or f > 0 else "does not support")
-        out.append(f"{name}: in {g} of {n} comparisons the technique's median "
-                   f"{'kappa' if part['metric'].str.startswith('kappa').all() else 'gamma'}"
-                   f" is larger ({seeds_g} of {seeds} matched seeds), and in {f} of {n} it "
-                   f"converges faster ({seeds_f} of {seeds} seeds); the two agree in {agree} "
-                   f"of {n}. This {claim} the paper's claim that the technique raises gamma "
-                   f"and speeds up convergence.")
+        larger, smaller = _count(part, "outcome_gamma", LARGER), \
+            _count(part, "outcome_gamma", SMALLER)
+        faster, slower = _count(part, "outcome_speed", FASTER), \
+            _count(part, "outcome_speed", SLOWER)
+        g_inc, s_inc = _count(part, "outcome_gamma", INCONCLUSIVE), \
+            _count(part, "outcome_speed", INCONCLUSIVE)
+        nc = _count(part, "outcome_gamma", NOT_COMPARABLE)
+        metric = "kappa_hat" if part["metric"].str.startswith("kappa").all() else "gamma_hat"
+        if larger + smaller == 0:
+            claim = ("is undecided: no comparison of its " + metric + " was decided")
+        elif smaller == 0 and slower == 0 and faster > 0:
+            claim = "supports the claim (larger " + metric + " and faster convergence)"
+        elif smaller == 0 and slower == 0:
+            claim = ("supports the " + metric + " half of the claim; no speed comparison "
+                     "was decided")
+        elif larger == 0 and smaller > 0:
+            claim = "contradicts the claim (" + metric + " smaller with the technique)"
+        else:
+            claim = "is mixed (decided comparisons point both ways)"
+        out.append(
+            f"{name} ({n} comparison{'s' if n != 1 else ''}): {metric} larger with the "
+            f"technique in {larger} and smaller in {smaller} decided comparisons "
+            f"({g_inc} inconclusive, {nc} not comparable); convergence faster in {faster} "
+            f"and slower in {slower} ({s_inc} inconclusive). The evidence {claim}.")
     return out
+
+
+def strata_descriptions(tech: pd.DataFrame) -> list[str]:
+    """One sentence per comparison along an axis that is not one of the paper's
+    techniques (learning rate, width, batch size, data, ...): the effect, described."""
+    out = []
+    for _, row in tech[tech["role"] == "stratum"].iterrows():
+        name = row["metric"].rsplit("_", 1)[0]
+        out.append(f"{row['technique']} ({row['axis']}) {row['with']} vs {row['without']} "
+                   f"{_where(row)}: {name} {row['outcome_gamma']} (median difference "
+                   f"{_signed(row['diff_median'])}), convergence {row['outcome_speed']} "
+                   f"(median auc difference {_signed(row['speed_diff_median'])}). "
+                   "A description of this setting's effect, not evidence about the "
+                   "paper's techniques.")
+    return out
+
+
+def power_note(tech: pd.DataFrame, options: ReportOptions) -> str:
+    """What the number of pairs allows under the Holm correction, in words."""
+    tested = tech[tech["n"] > 0]
+    if not len(tested):
+        return "No comparison has a comparable pair yet."
+    m = len(tested)
+    n_min, n_max = int(tested["n"].min()), int(tested["n"].max())
+    strictest = options.alpha / m
+    need = next(k for k in range(1, 64) if stats.smallest_p(k) < strictest)
+    never = int((tested["n"].map(stats.smallest_p) >= options.alpha).sum())
+    text = (f"{m} comparisons were tested, with {n_min}" + (f" to {n_max}" if n_max != n_min
+                                                            else "")
+            + f" comparable pairs each. With n pairs the exact sign test's smallest "
+            f"two-sided p is 2 x 0.5^n ({stats.smallest_p(n_min):.3g} for {n_min}); Holm "
+            f"compares the smallest of the {m} p-values with alpha/{m} = {strictest:.3g}, "
+            f"so even when every pair agrees a decision needs {need} pairs or more (fewer "
+            f"can be decided only after other comparisons were).")
+    if never:
+        text += (f" {never} comparison{'s' if never != 1 else ''} cannot be decided at all: "
+                 f"too few pairs (the smallest possible p is >= alpha = {options.alpha:g}; "
+                 "3 of 3 pairs agreeing gives p = 0.25 two-sided, 0.125 one-sided).")
+    return text
