@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,8 +21,7 @@ from trajreg.errors import ReplayMismatch, UserError
 from trajreg.record.measured import Measured
 from trajreg.record.modes import RecordMode, get_mode
 from trajreg.record.recorder import Recorder, flat_params, optimizer_params, set_flat_params
-from trajreg.run import analysis
-from trajreg.run import rundir
+from trajreg.run import analysis, rundir
 from trajreg.run.rundir import atomic_dir
 from trajreg.run.summary import Summary
 from trajreg.train.config import RunConfig
@@ -38,6 +38,8 @@ from trajreg.train.loop import (
     train,
 )
 from trajreg.train.models import n_params
+from trajreg.train.size import check_run_size
+
 
 def default_out(config_path: str | Path | None) -> Path:
     stem = Path(config_path).stem if config_path else "run"
@@ -87,10 +89,15 @@ class RunContext:
         self.directory, self.steps, self.progress = Path(directory), log.steps, progress
         self._star: torch.nn.Module | None = None
 
-    def load(self, x: np.ndarray) -> None:
+    @property
+    def star(self) -> torch.nn.Module:
+        """The evaluation copy of the trained model (created on first use)."""
         if self._star is None:
             self._star = copy.deepcopy(self.model)
-        load_flat(self._star, x)
+        return self._star
+
+    def load(self, x: np.ndarray) -> None:
+        load_flat(self.star, x)
 
     @torch.no_grad()
     def step_losses(self, steps: Sequence[int]) -> np.ndarray:
@@ -101,7 +108,7 @@ class RunContext:
             if step > last:
                 break
             if step in wanted:
-                out[step] = minibatch_loss(self.cfg, self._star, self.data, idx, step).item()
+                out[step] = minibatch_loss(self.cfg, self.star, self.data, idx, step).item()
         return np.asarray([out[int(t)] for t in steps], dtype=np.float64)
 
     def f_star(self, k: int) -> float:
@@ -110,7 +117,7 @@ class RunContext:
             return log.full_loss[log.epoch_ends.index(k) + 1]
         if k == 0:
             return log.full_loss[0]
-        return full_loss(self.cfg, data=self.data, model=self._star)
+        return full_loss(self.cfg, data=self.data, model=self.star)
 
     def replay(self, k: int) -> Measured:
         return measure_replay(self.cfg, self.data, self.log, self.final_state, k, self.progress)
@@ -160,6 +167,7 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
     if replay.steps != T or not _same_bits(x_end, recorded):
         raise ReplayMismatch("replay did not reproduce the recorded final parameters "
                              "bit for bit; the run is not deterministic on this machine")
+    assert rec.stream is not None
     q = rec.stream.compute()
     if k < T and q["D"][k] != 0.0:
         raise ReplayMismatch(f"replay did not pass through x* = x_{k}")
@@ -207,11 +215,12 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     """
     out = Path(out)
     require_device(cfg.train.device)
+    check_run_size(cfg)  # refuse a run that cannot fit before loading anything
     if tensorboard:
         from trajreg.run.tensorboard import require_tensorboard
 
         require_tensorboard()
-    data = load_data(cfg.data)
+    data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
     mode.expect_steps(total_steps(cfg, data), cfg.analysis.max_fraction)
     with atomic_dir(out) as tmp:
@@ -237,13 +246,20 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
 
 
 def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[float] | None = None,
-            delta: float | None = None, window: tuple[int, int] | None = None) -> Summary:
+            delta: float | None = None, window: tuple[int, int] | None = None,
+            progress: bool | None = None) -> Summary:
     """Recompute the analysis of a finished run with other options, without retraining.
 
     Another reference point re-measures the steps: from the stored trajectory in
-    store mode, by a verified replay in replay mode.
+    store mode, by a verified replay in replay mode. The run is verified first
+    (``rundir.verify_run_dir``: a damaged one is a ``DamagedRun``), and the new
+    outputs replace the old all-or-nothing (``rundir.replace_outputs``). ``progress``
+    as in ``run`` (phase lines on stderr, bars on a terminal; False: silent).
     """
-    run_dir = rundir.require_run_dir(Path(run_dir))
+    from trajreg.run.progress import phase
+
+    phase(f"verifying {run_dir}", progress)
+    run_dir = rundir.verify_run_dir(Path(run_dir))
     conf = rundir.read_config(run_dir)
     mode = get_mode(conf.record_mode).from_config(
         conf.run.record if conf.run else None, conf.run.seed if conf.run else 0)
@@ -272,7 +288,8 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         measured = Measured(steps=table["step"].to_numpy(), D=table["D"].to_numpy(),
                             a=table["a"].to_numpy(), s=table["s"].to_numpy(),
                             lr=table["lr"].to_numpy(), loss_star=table["loss_star"].to_numpy(),
-                            f_star=old.f_star, reference_step=k,
+                            f_star=math.nan if old.f_star is None else old.f_star,
+                            reference_step=k,
                             loss=table["loss"].to_numpy(),
                             columns={c: table[c].to_numpy() for c in table.columns
                                      if c not in analysis.METRIC_COLUMNS})
@@ -281,17 +298,22 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         cfg = conf.run
         if cfg is None:  # pragma: no cover - integrations refused above
             raise UserError(f"{run_dir}: no training config to re-measure with")
-        data = load_data(cfg.data)
+        data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
         final_state = rundir.read_final_state(run_dir)
         model, _, _ = build(cfg, data)
         model.load_state_dict(final_state)
-        ctx = RunContext(cfg, data, log, model, final_state, run_dir)
+        ctx = RunContext(cfg, data, log, model, final_state, run_dir, progress)
+        phase(f"measuring ({mode.name}) against x_{k}", progress)
         if measured is None:
             measured = mode.measure(ctx, k)
     if k_best is not None:
-        best = measured if k_best == k else mode.measure(ctx, k_best)
+        best = measured if k_best == k or ctx is None else mode.measure(ctx, k_best)
     options = analysis.AnalysisOptions.from_config(acfg, window=window)
     facts = analysis.RunFacts(n_params=old.n_params, task=old.task, evaluation=old.evaluation,
                               source=old.source, loss_check=old.loss_check)
-    return write_analysis(run_dir, log, measured, mode=mode.name, reference=acfg.reference,
-                          options=options, facts=facts, best=best)
+    phase(f"writing {run_dir}", progress)
+    written: list[Summary] = []
+    rundir.replace_outputs(run_dir, lambda stage: written.append(write_analysis(
+        stage, log, measured, mode=mode.name, reference=acfg.reference, options=options,
+        facts=facts, best=best)))
+    return written[0]

@@ -202,6 +202,7 @@ class AnalysisConfig:
     reference: str = "final"
     delta: float | None = None  # None: the default delta_t = eta_t / 2
     loss_threshold: float = 0.1
+    train_margin: float = 0.1  # a run trained when F_final <= (1 - margin) F_0
 
     def validate(self) -> None:
         if not self.eps or not all(0.0 <= e < 1.0 for e in self.eps):
@@ -214,6 +215,8 @@ class AnalysisConfig:
         if self.delta is not None and self.delta < 0:
             raise ConfigError(f"analysis.delta: must be >= 0, got {self.delta}")
         _positive("analysis.loss_threshold", self.loss_threshold)
+        if not 0.0 <= self.train_margin < 1.0:
+            raise ConfigError(f"analysis.train_margin: must be in [0, 1), got {self.train_margin}")
 
 
 @dataclass

@@ -211,6 +211,9 @@ def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
             if eval_full:
                 log.full_loss.append(full_loss(cfg, model, data))
                 bar.set_postfix(epoch=epoch, loss=f"{log.full_loss[-1]:.4g}")
+                if not np.isfinite(log.full_loss[-1]):  # F_k diverged: stop here too
+                    log.diverged_step = step + 1
+                    break
             if on_epoch is not None:
                 on_epoch(epoch)
     bar.close()
