@@ -118,7 +118,7 @@ def test_files_hold_only_the_sampled_rows(tmp_path, one_thread):
     assert len(store.iterates) <= 2 * len(kept) + 3
 
 
-def _plain_loop(out, mode, epochs=3, seed=None):
+def _plain_loop(out, mode, epochs=3, seed=None, warns=True):
     """A hand-written loop whose data order is not derived from any seed trajreg knows."""
     from trajreg.integrations import RegularitySession
 
@@ -149,7 +149,10 @@ def _plain_loop(out, mode, epochs=3, seed=None):
             opt.step()
         session.end_epoch()
     xs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
-    with pytest.warns(UserWarning, match="insufficient samples"):
+    if warns:
+        with pytest.warns(UserWarning, match="insufficient samples"):
+            summary = session.finish(model, loss_fn)
+    else:
         summary = session.finish(model, loss_fn)
     return summary, torch.stack(xs).numpy(), batches, model, loss_fn
 

@@ -10,6 +10,7 @@ from trajreg.record.modes.base import MeasureContext, RecordMode
 from trajreg.record.modes.off import OffMode
 from trajreg.record.modes.replay import ReplayMode, StepStream
 from trajreg.record.modes.sample import SampleMode
+from trajreg.record.modes.sketch import SketchMode
 from trajreg.record.modes.store import StoreMode
 
 MODES: dict[str, type[RecordMode]] = {
@@ -17,6 +18,7 @@ MODES: dict[str, type[RecordMode]] = {
     "replay": ReplayMode,
     "off": OffMode,
     "sample": SampleMode,
+    "sketch": SketchMode,
 }
 MODE_NAMES: tuple[str, ...] = tuple(MODES)
 

@@ -3,12 +3,13 @@
 Each optimizer step t is kept independently with probability R (``record.sample_rate``),
 decided before the step by a generator seeded from the run seed, so an integration
 keeps the micro-batches of the kept steps only. For a kept step the mode writes x_t
-(just before the step) and x_{t+1} (just after it) to ``trajectory/``; after training
-a_t, s_t, D_t come from ``trajectory_quantities([x_t, x_{t+1}], [eta_t], x*)``, the
-function store mode streams, so they equal store mode's values bit for bit, and
-b_t = l_t(x_t) - l_t(x*) from step t's own minibatch and random state. The summary
-gets confidence intervals for the full window's estimates (``trajreg.principle.interval``;
-see ``onepass_summary``). Memory O(d); disk about 2 R d floats a step.
+and x_{t+1} (each just before its step, as store mode takes every row) to
+``trajectory/``; after training a_t, s_t, D_t come from
+``trajectory_quantities([x_t, x_{t+1}], [eta_t], x*)``, the function store mode
+streams, so they equal store mode's values bit for bit, and b_t = l_t(x_t) - l_t(x*)
+from step t's own minibatch and random state. The summary gets confidence intervals
+for the full window's estimates (``trajreg.principle.interval``; see
+``onepass_summary``). Memory O(d); disk about 2 R d floats a step.
 
 Reference point: x* = x_T (``reanalyse = ("final",)``). The mode always stores x_0,
 x_{T-1} and x_T, so a diverged run (its reference is x_{T-1}, the last iterate before
@@ -212,27 +213,31 @@ class SampleMode(RecordMode):
         self._x = torch.empty(rec.d, dtype=torch.float64 if dtype == np.float64 else torch.float32,
                               device=rec.params[0].device)
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
-        rec.flat(out=self._x)  # kept in memory: x_{T-1} is stored at close
+    def _sample_rows(self, step: int, lr: float, x: torch.Tensor) -> None:
+        """Step ``step`` is about to be taken from ``x`` = x_t: write x_t if step t is
+        sampled, if step t-1 was (x_t is its x_{t+1}, taken here as store mode takes it:
+        just before the next step), or t = 0."""
         sampled = self.sampler.keep(step)
-        if step == 0 or sampled:
-            self.writer.write(step, self._x)
+        if step == 0 or sampled or self.sampler.keep(step - 1):
+            self.writer.write(step, x)
         if sampled:
             self.writer.step(step, lr)
 
-    def post_step(self, rec: Recorder, step: int) -> None:
-        if self.sampler.keep(step):  # x_t is written: the buffer may take x_{t+1}
-            self.writer.write(step + 1, rec.flat(out=self._x))
+    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+        rec.flat(out=self._x)  # kept in memory: x_{T-1} is stored at close
+        self._sample_rows(step, lr, self._x)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"rate": self.rate, "seed": self.sampler.seed, "stream": self.sampler.stream}
 
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
             return
         T = rec.steps
-        if T >= 1 and not self.writer.has(T - 1):
-            self.writer.write(T - 1, self._x)  # the last pre_step's x_t
+        if T >= 1:
+            self.writer.write(T - 1, self._x)  # the last pre_step's x_t (once)
         self.writer.write(T, rec.flat(out=self._x))
-        self.writer.close(T, {"rate": self.rate, "seed": self.sampler.seed,
-                              "stream": self.sampler.stream})
+        self.writer.close(T, self._meta())
         self._x = None
 
     # ------------------------------------------------------------ after training
@@ -308,7 +313,7 @@ def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
         if g.high is None or (e > 0 and g.low is None):
             short.append(key)
     out["gamma_bar_ci"] = _interval(gamma_bar_interval(a[m], b[m], s[m], delta[m], confidence))
-    if short:
+    if short and not sketched:  # a sketch's check sample is small by design
         warnings.warn(f"insufficient samples: {n} exactly measured steps in the analysis "
                       f"window bound gamma_hat({', '.join(short)}) on one side only (null in "
                       "gamma_hat_ci); raise record.sample_rate or train longer",

@@ -1,0 +1,202 @@
+"""Record mode ``sketch``: the torch CountSketch against the numpy reference, and real runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import tiny
+from trajreg.errors import ConfigError
+from trajreg.principle import countsketch, hash_buckets, hash_signs
+from trajreg.record.modes import MODE_NAMES, get_mode
+from trajreg.record.modes.sample import SampleStore, StepSampler
+from trajreg.record.modes.sketch import (
+    DEFAULT_DIM,
+    S_FILE,
+    SKETCHES,
+    SketchMode,
+    TorchCountSketch,
+    torch_buckets,
+    torch_signs,
+)
+from trajreg.record.recorder import Recorder
+from trajreg.record.store import TrajectoryStore
+from trajreg.run.runner import analyze, run
+from trajreg.train.config import load_config
+
+SMALL = {"model": {"width": 16}, "train": {"epochs": 4}}  # d = 1546
+
+
+def _cfg(record, **over):
+    return load_config(tiny(record=record, **{**SMALL, **over}))
+
+
+@pytest.mark.parametrize("start", [0, 12345, (5 << 32) - 100])  # crosses a high word
+def test_torch_hash_equals_the_numpy_recipe(start):
+    idx = torch.arange(start, start + 5000, dtype=torch.int64)
+    for k in (1, 7, 4096, 2**31 - 1):
+        assert np.array_equal(torch_buckets(idx, k, 99).numpy(), hash_buckets(idx.numpy(), k, 99))
+    assert np.array_equal(torch_signs(idx, 2**32 - 1).numpy(),
+                          hash_signs(idx.numpy(), 2**32 - 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_countsketch_equals_numpy_countsketch(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30_000, generator=g, dtype=dtype)
+    for offset in (0, 777):
+        got = TorchCountSketch(len(x), 1000, 5, offset=offset, chunk=4096)(x).numpy()
+        want = countsketch(x.numpy(), 1000, 5, offset=offset)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(x.numpy()).sum())
+
+
+def test_sketch_of_a_concatenation_is_the_sum_of_the_parts():
+    g = torch.Generator().manual_seed(1)
+    # multiples of 2^-10 with small sums: every partial sum is exact in float64
+    x = torch.randint(-2**12, 2**12, (20_000,), generator=g).double() / 1024
+    whole = TorchCountSketch(len(x), 512, 3)(x)
+    cuts = [0, 1, 4999, 13_000, len(x)]
+    parts = sum(TorchCountSketch(b - a, 512, 3, offset=a)(x[a:b])
+                for a, b in zip(cuts, cuts[1:], strict=False))
+    assert torch.equal(parts, whole)
+    assert np.array_equal(whole.numpy(), countsketch(x.numpy(), 512, 3))
+    # and generic floats: the same to float64 rounding
+    y = torch.randn(20_000, generator=g, dtype=torch.float64)
+    whole = TorchCountSketch(len(y), 512, 3)(y)
+    parts = sum(TorchCountSketch(b - a, 512, 3, offset=a)(y[a:b])
+                for a, b in zip(cuts, cuts[1:], strict=False))
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-12)
+
+
+def test_inner_products_of_sketches_are_unbiased_over_hash_seeds():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(2000, generator=g, dtype=torch.float64), None
+    y = x + 0.5 * torch.randn(2000, generator=g, dtype=torch.float64)
+    est = [float(TorchCountSketch(2000, 64, h)(x) @ TorchCountSketch(2000, 64, h)(y))
+           for h in range(400)]
+    se = np.std(est) / np.sqrt(len(est))
+    assert abs(np.mean(est) - float(x @ y)) < 4 * se
+
+
+def test_registry_and_config():
+    assert "sketch" in MODE_NAMES and get_mode("sketch") is SketchMode
+    mode = SketchMode.from_config(_cfg({"mode": "sketch", "sketch_dim": 256,
+                                        "sketch_sample_rate": 0.5}).record, seed=4)
+    assert mode.dim == 256 and mode.rate == 0.5 and mode.keep(12345)
+    with pytest.raises(ConfigError, match=r"^record\.sketch_dim: must be"):
+        _cfg({"mode": "sketch", "sketch_dim": 0})
+    with pytest.raises(ConfigError, match=r"^record\.sketch_sample_rate: must be"):
+        _cfg({"mode": "sketch", "sketch_sample_rate": 0})
+
+
+def test_sketch_dim_above_d_is_a_config_error_and_nothing_is_written(tmp_path, one_thread):
+    with pytest.raises(ConfigError, match=r"^record\.sketch_dim: 5000 is more than the "
+                                          r"model's 1546 parameters"):
+        run(_cfg({"mode": "sketch", "sketch_dim": 5000}), tmp_path / "r", figures=False,
+            progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sketched_run_against_store(tmp_path, one_thread):
+    _, exact = run(_cfg({"mode": "store"}), tmp_path / "store", figures=False, progress=False)
+    out, summary = run(_cfg({"mode": "sketch", "sketch_dim": 256, "sketch_sample_rate": 0.5}),
+                       tmp_path / "sketch", figures=False, progress=False)
+    want = pd.read_parquet(tmp_path / "store" / "metrics.parquet")
+    got = pd.read_parquet(out / "metrics.parquet")
+    assert got["step"].tolist() == want["step"].tolist()  # every step
+    for col in ("b", "loss", "loss_star", "lr", "epoch"):
+        assert np.array_equal(got[col], want[col]), col
+    np.testing.assert_allclose(got["s"], want["s"], rtol=1e-13)  # exact, summed in torch
+    # the check sample is exact: store's values bit for bit
+    check = StepSampler(0.5, seed=0, stream=4).kept(summary.n_steps)
+    assert np.flatnonzero(np.isfinite(got["a_exact"])).tolist() == check.tolist()
+    assert np.array_equal(got["a_exact"].to_numpy()[check], want["a"].to_numpy()[check])
+    assert np.array_equal(got["D_exact"].to_numpy()[check], want["D"].to_numpy()[check])
+    # the sketch's estimates: close to the exact values, not equal (k = 256 of d = 1546)
+    rel = np.abs(got["D"] - want["D"]) / want["D"]
+    assert 0 < np.median(rel[:-1]) < 0.5
+    err = summary.sketch_error
+    assert err["n"] == len(check) and 0 < err["a_median_rel"] < 1 and 0 < err["D_median_rel"]
+    assert summary.window == exact.window and summary.n_sampled_window is not None
+    assert set(summary.gamma_hat_ci) == {"0.0", "0.05"} and len(summary.gamma_bar_ci) == 2
+    # files: one float64 row of k a step (and x_T), s_t of every step
+    sketches = TrajectoryStore(out / "trajectory" / SKETCHES)
+    assert sketches.d == 256 and sketches.rows == summary.n_steps + 1
+    assert (out / "trajectory" / S_FILE).stat().st_size == 8 * summary.n_steps
+    meta = SampleStore(out / "trajectory").meta
+    assert meta["sketch_dim"] == 256 and not meta["identity"]
+    # re-analysis keeps the check columns and the self-check
+    again = analyze(out, eps=[0.0, 0.1])
+    assert again.sketch_error == err and set(again.gamma_hat_ci) == {"0.0", "0.1"}
+
+
+def test_a_model_no_larger_than_k_is_kept_exactly(tmp_path, one_thread):
+    assert DEFAULT_DIM >= 1546
+    run(_cfg({"mode": "store"}), tmp_path / "store", figures=False, progress=False)
+    out, summary = run(_cfg({"mode": "sketch"}), tmp_path / "sketch", figures=False,
+                       progress=False)
+    want = pd.read_parquet(tmp_path / "store" / "metrics.parquet")
+    got = pd.read_parquet(out / "metrics.parquet")
+    assert SampleStore(out / "trajectory").meta["identity"]
+    for col in ("a", "D", "b"):  # S = I: the same arithmetic on the same rows
+        assert np.array_equal(got[col], want[col]), col
+    assert summary.sketch_error["a_median_rel"] == 0.0
+
+
+def test_rows_staged_on_the_device_are_the_same(tmp_path, one_thread):
+    """The accelerator path (sketches staged 64 rows at a time) forced on the CPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(50, 20)
+    files = {}
+    for stage in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(50, 20)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mode = SketchMode(dim=128, check_rate=0.3, seed=1, stage=stage)
+        rec = Recorder(opt, tmp_path / str(stage), mode=mode)
+        for _ in range(150):
+            loss = model(torch.randn(8, 50)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rec.close()
+        store = TrajectoryStore(tmp_path / str(stage) / SKETCHES)
+        files[stage] = (np.stack([store.row(t) for t in range(store.rows)]), store.lrs,
+                        (tmp_path / str(stage) / S_FILE).read_bytes())
+    assert files[True][0].shape == (151, 128)
+    for a, b in zip(files[False], files[True], strict=True):
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+
+
+def test_session_in_sketch_mode(tmp_path, one_thread):
+    from tests.record.test_sample_mode import _plain_loop
+
+    out = tmp_path / "run"
+    mode = SketchMode(dim=256, check_rate=0.3, seed=2)
+    summary, xs, _, _, _ = _plain_loop(out, mode, warns=False)
+    T = len(xs) - 1
+    table = pd.read_parquet(out / "metrics.parquet")
+    assert table["step"].tolist() == list(range(T))
+    assert len(list((out / "batches").iterdir())) == T  # every micro-batch: b_t everywhere
+    check = StepSampler(0.3, seed=2, stream=4).kept(T)
+    # l_t(x_t) is rebuilt (and checked) wherever x_t is stored: the check steps and their
+    # successors, x_0 and x_{T-1}; elsewhere it is the loss the loop computed
+    stored = [t for t in SampleStore(out / "trajectory").iterates if t < T]
+    assert summary.loss_check["steps"] == summary.loss_check["equal"] == len(stored)
+    assert set(check) <= set(stored)
+    assert np.isfinite(table["b"]).all() and summary.sketch_error["n"] == len(check)
+
+
+@pytest.mark.slow
+def test_gamma_hat_within_10_percent_of_store(tmp_path, one_thread):
+    """The demo MLP (d = 22090 > k): the default k's gamma_hat(0.05) against store's."""
+    cfg = {"data": {"subset": None}, "model": {"depth": 6, "width": 64}, "train": {"epochs": 15}}
+    _, exact = run(_cfg({"mode": "store"}, **cfg), tmp_path / "store", figures=False,
+                   progress=False)
+    _, sketched = run(_cfg({"mode": "sketch"}, **cfg), tmp_path / "sketch", figures=False,
+                      progress=False)
+    g, want = sketched.gamma_hat["0.05"], exact.gamma_hat["0.05"]
+    assert abs(g / want - 1) <= 0.10, (g, want)
+    assert sketched.sketch_error["a_median_rel"] < 0.1

@@ -1,0 +1,281 @@
+"""Record mode ``sketch``: a CountSketch of every iterate, exact s_t, one pass.
+
+For every step the mode keeps S x_t, a CountSketch of k numbers (``record.sketch_dim``)
+of the flat parameter vector, computed on the parameters' device with the hash recipe
+of ``trajreg.principle.sketch`` (``hash_buckets``/``hash_signs``) reproduced in torch
+int64: bucket and sign of every coordinate are computed once, from its GLOBAL flat
+index, so the sketch of a vector split into shards is the sum of the shards' sketches.
+s_t = ||x_t - x_{t+1}||^2 / eta_t^2 is exact, computed online in float64 from the kept
+x_t (memory O(d)). After training, D_t and a_t are estimated from the sketches
+(``sketch_quantities``: unbiased, relative error about sqrt(1 + 1/c_t^2) / sqrt(k)),
+and b_t is exact at every step (l_t at x* on step t's own minibatch).
+
+The mode checks itself on an exact sample of steps (``record.sketch_sample_rate``,
+stored as mode ``sample`` stores its sample): metrics.parquet gets ``a_exact`` and
+``D_exact`` (NaN off the sample), summary.json ``sketch_error`` (median relative error
+of a_t and D_t) and the exact sample's intervals (``gamma_hat_ci``, ...).
+
+A model with d <= k parameters is not sketched: the mode keeps x_t itself (S = I, exact,
+d floats a step). An explicit ``sketch_dim`` above d is an error.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from trajreg.errors import ConfigError
+from trajreg.principle import sketch_quantities, trajectory_quantities
+from trajreg.principle.sketch import STREAM_BUCKET, STREAM_SIGN
+from trajreg.record.measured import Measured
+from trajreg.record.modes.base import MeasureContext
+from trajreg.record.modes.sample import (
+    STREAM_CHECK,
+    TRAJECTORY,
+    SampleMode,
+    SampleStore,
+)
+from trajreg.record.store import TrajectoryStore, TrajectoryWriter
+
+if TYPE_CHECKING:
+    from trajreg.record.recorder import Recorder
+
+DEFAULT_DIM = 8192  # gamma_hat(0.05) within 10% of the exact value (docs/record-modes.md)
+SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, one float64 row each, and eta_t
+S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: Any, m: int) -> Any:
+    """(x m) mod 2^32 for 0 <= x, m < 2^32 with every intermediate below 2^49, so the
+    same expression is exact on Python ints and on int64 tensors."""
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: Any) -> Any:
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def torch_hash32(index: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """``trajreg.principle.sketch.hash32`` on an int64 tensor of non-negative global
+    flat indices (any device): int64 values in [0, 2^32), equal to numpy's."""
+    key = _mix32(_mix32(int(seed)) ^ int(stream))
+    key2 = _mix32(key ^ (index >> 32))
+    return _mix32(key2 ^ (index & _M32))
+
+
+def torch_buckets(index: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Bucket in [0, k) of each global flat index (``hash_buckets``), int64."""
+    return (torch_hash32(index, seed, STREAM_BUCKET) * int(k)) >> 32
+
+
+def torch_signs(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """Sign in {+1, -1} of each global flat index (``hash_signs``), int8."""
+    return (1 - 2 * (torch_hash32(index, seed, STREAM_SIGN) >> 31)).to(torch.int8)
+
+
+class TorchCountSketch:
+    """S x for flat vectors of d entries whose first has global index ``offset``.
+
+    Buckets (int64) and signs (int8) are computed once, in chunks, on ``device``; each
+    sketch is then one multiply and one ``scatter_add_`` in float64: O(d) a vector. The
+    result equals ``trajreg.principle.countsketch(x, k, seed, offset)`` to float64
+    rounding (each bucket's sum may be added in another order).
+    """
+
+    def __init__(self, d: int, k: int, seed: int, device: torch.device | str = "cpu",
+                 offset: int = 0, chunk: int = 1 << 20, tmp: torch.Tensor | None = None) -> None:
+        self.d, self.k, self.seed, self.offset = int(d), int(k), int(seed), int(offset)
+        self.buckets = torch.empty(self.d, dtype=torch.int64, device=device)
+        self.signs = torch.empty(self.d, dtype=torch.int8, device=device)
+        for i in range(0, self.d, chunk):
+            n = min(chunk, self.d - i)
+            idx = torch.arange(self.offset + i, self.offset + i + n, dtype=torch.int64,
+                               device=device)
+            self.buckets[i : i + n] = torch_buckets(idx, self.k, self.seed)
+            self.signs[i : i + n] = torch_signs(idx, self.seed)
+        # float64 scratch of d entries (a caller may share its own)
+        self._tmp = torch.empty(self.d, dtype=torch.float64, device=device) if tmp is None else tmp
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The sketch of the flat vector x (float64, shape (k,)), into ``out`` if given."""
+        if out is None:
+            out = torch.empty(self.k, dtype=torch.float64, device=x.device)
+        torch.mul(x.reshape(-1), self.signs, out=self._tmp)
+        out.zero_()
+        out.scatter_add_(0, self.buckets, self._tmp)
+        return out
+
+
+def hash_seed(seed: int) -> int:
+    """The sketch's hash seed in [0, 2^32), derived from the run seed."""
+    return int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0])
+
+
+class SketchMode(SampleMode):
+    name = "sketch"
+    reanalyse: ClassVar[tuple[str, ...]] = ("final",)
+    cost = ("memory O(d); disk k float64 a step (the sketches), plus the exact check "
+            "sample (about 2 R d floats a step)")
+
+    def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
+                 stage: bool | None = None) -> None:
+        """``stage``: sketch into a block of 64 rows on the device and copy the block to the
+        host when full (None: on accelerators only; on the CPU each sketch goes straight
+        into the writer's buffer)."""
+        super().__init__(rate=check_rate, seed=seed, stream=STREAM_CHECK)
+        self.dim = dim
+        self.stage = stage
+        self.k = 0  # the sketch size in use (set by open)
+        self.identity = False
+        self.sketch: TorchCountSketch | None = None
+        self.sketches: TrajectoryWriter | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any = None, seed: int = 0) -> SketchMode:
+        if cfg is None:
+            return cls(seed=seed)
+        return cls(dim=cfg.sketch_dim, check_rate=cfg.sketch_sample_rate, seed=seed)
+
+    def keep(self, step: int) -> bool:
+        return True  # b_t at every step: every minibatch is measured
+
+    def expect_steps(self, steps: int, max_fraction: float = 0.9) -> None:
+        """No warning: the check sample is small by design (its intervals say so)."""
+
+    # ------------------------------------------------------------ during training
+    def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
+             sync_seconds: float = 5.0, **options: Any) -> None:
+        d = rec.d
+        if self.dim is not None and self.dim > d:
+            raise ConfigError(f"record.sketch_dim: {self.dim} is more than the model's {d} "
+                              "parameters (use record.mode store for an exact trajectory)")
+        super().open(rec, directory, **options)
+        k = DEFAULT_DIM if self.dim is None else self.dim
+        self.identity = d <= k  # a sketch no smaller than x: keep x itself
+        self.k = d if self.identity else k
+        device = rec.params[0].device
+        self._bufs = [self._x, torch.empty_like(self._x)]
+        self._diff = torch.empty(d, dtype=torch.float64, device=device)  # shared scratch
+        if not self.identity:
+            self.sketch = TorchCountSketch(d, self.k, hash_seed(self.sampler.seed), device,
+                                           tmp=self._diff)
+        self._lr_prev = math.nan
+        self._s_file = open(Path(directory) / S_FILE, "wb")  # noqa: SIM115 - closed in close()
+        self._s = torch.empty(4096, dtype=torch.float64, device=device)  # s_t, flushed
+        self._s_n = 0
+        self._staged = device.type != "cpu" if self.stage is None else self.stage
+        self._rows = torch.empty((64 if self._staged else 1, self.k), dtype=torch.float64,
+                                 device=device)
+        self._row_lrs: list[float | None] = []
+        self.sketches = TrajectoryWriter(Path(directory) / SKETCHES, self.k, np.float64,
+                                         capacity, sync_seconds)
+
+    def _push_s(self, x: torch.Tensor, x_next: torch.Tensor, lr: float) -> None:
+        """s_t from x_t and x_{t+1}: u_t in float64 (exact from float32 rows, as in
+        ``trajectory_quantities``), its squared norm over eta_t^2."""
+        self._diff.copy_(x)
+        self._diff.sub_(x_next)
+        self._s[self._s_n] = torch.dot(self._diff, self._diff) / (lr * lr)
+        self._s_n += 1
+        if self._s_n == len(self._s):
+            self._flush_s()
+
+    def _flush_s(self) -> None:
+        self._s_file.write(memoryview(self._s[: self._s_n].cpu().numpy()).cast("B"))
+        self._s_n = 0
+
+    def _push_sketch(self, x: torch.Tensor, lr: float | None) -> None:
+        if self._staged:  # sketched on the device, copied to the host 64 rows at a time
+            row = self._rows[len(self._row_lrs)]
+        else:  # straight into the writer's buffer
+            row = torch.from_numpy(self.sketches.next_row())
+        if self.identity:
+            row.copy_(x)
+        else:
+            self.sketch(x, out=row)
+        if not self._staged:
+            self.sketches.commit_row(lr)
+            return
+        self._row_lrs.append(lr)
+        if len(self._row_lrs) == len(self._rows):
+            self._flush_sketches()
+
+    def _flush_sketches(self) -> None:
+        host = self._rows[: len(self._row_lrs)].cpu().numpy()
+        for row, lr in zip(host, self._row_lrs, strict=True):
+            self.sketches.next_row()[:] = row
+            self.sketches.commit_row(lr)
+        self._row_lrs = []
+
+    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+        x = self._bufs[step % 2]
+        rec.flat(out=x)
+        self._sample_rows(step, lr, x)
+        if step > 0:
+            self._push_s(self._bufs[(step - 1) % 2], x, self._lr_prev)
+        self._push_sketch(x, lr)
+        self._lr_prev = lr
+
+    def close(self, rec: Recorder) -> None:
+        if self.writer is None or self.writer.closed:
+            return
+        T = rec.steps
+        x_end = self._bufs[T % 2]
+        rec.flat(out=x_end)
+        if T >= 1:
+            x_last = self._bufs[(T - 1) % 2]
+            self._push_s(x_last, x_end, self._lr_prev)
+            self.writer.write(T - 1, x_last)
+        self.writer.write(T, x_end)
+        self._push_sketch(x_end, None)
+        if self._staged:
+            self._flush_sketches()
+        self._flush_s()
+        self._s_file.close()
+        self.sketches.close()
+        self.writer.close(T, {**self._meta(), "sketch_dim": self.k, "identity": self.identity,
+                              "hash_seed": hash_seed(self.sampler.seed)})
+        self._bufs = []
+        self._x = self._diff = self._s = self._rows = None
+        self.sketch = None
+
+    # ------------------------------------------------------------ after training
+    def measure(self, ctx: MeasureContext, k: int) -> Measured:
+        directory = Path(ctx.directory) / TRAJECTORY
+        sample = SampleStore(directory)
+        k = self.reference(sample, k)  # the exact x* is needed for l_t(x*)
+        sketches = TrajectoryStore(directory / SKETCHES)
+        T = ctx.steps
+        if sketches.rows < T + 1:
+            raise RuntimeError(f"the sketch holds {sketches.rows} iterates, "
+                               f"the run took {T} steps")
+        lrs = sketches.lrs[:T]
+        s = np.fromfile(directory / S_FILE, dtype=np.float64, count=T)
+        sx_star = sketches.row(k)
+        D, a = np.empty(T), np.empty(T)
+        block_rows = max(1, min(256, (8 << 20) // (8 * sketches.d)))
+        for t0, sxs in sketches.blocks(T, block_rows=block_rows):
+            n = len(sxs) - 1
+            q = sketch_quantities(sxs, lrs[t0 : t0 + n], sx_star, s=s[t0 : t0 + n])
+            D[t0 : t0 + n], a[t0 : t0 + n] = q.D[:-1], q.a
+        # the exact check sample
+        x_star = sample.row(k).astype(np.float64)
+        a_exact, D_exact = np.full(T, np.nan), np.full(T, np.nan)
+        for t, lr in zip(sample.kept, sample.lrs, strict=True):
+            if t < T:
+                q = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
+                                          x_star)
+                a_exact[t], D_exact[t] = q.a[0], q.D[0]
+        ctx.load(x_star)
+        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lrs,
+                        loss_star=ctx.step_losses(range(T)), f_star=ctx.f_star(k),
+                        reference_step=k, columns={"a_exact": a_exact, "D_exact": D_exact})
