@@ -116,7 +116,7 @@ def test_study_then_report(tmp_path):
     study = _study_file(tmp_path / "s.yaml")
     proc = _cli("study", study, "--out", tmp_path / "s", "--executor", "serial", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "2 runs finished (2 now), 0 failed, of 2" in proc.stdout
+    assert "2 of 2 runs finished, 0 failed (2 run now)" in proc.stdout
     report = tmp_path / "s" / "report.html"
     report.unlink()
     proc = _cli("report", tmp_path / "s", cwd=tmp_path)

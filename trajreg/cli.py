@@ -1,17 +1,58 @@
-"""``trajreg`` command line: a thin shell over the Python API."""
+"""``trajreg`` command line: a thin shell over the Python API.
+
+Every failure is one line on stderr and an exit status: 2 for what the user can act
+on (a bad config, option or path, a damaged run directory, a full or read-only
+disk), 1 for a failed replay or a bug ("internal error", with ``--debug`` for the
+traceback), 3 for a study whose runs failed, 130 and 143 for SIGINT and SIGTERM
+(the partial run directory is removed first).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
+import re
+import signal
 import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from typing import TYPE_CHECKING
-
-from trajreg.errors import ConfigError, ReplayMismatch, UserError
+from trajreg.errors import ReplayMismatch, UserError
 
 if TYPE_CHECKING:
     from trajreg.run.summary import Summary
+
+# OSErrors that are the machine's state, not a bug: the user can act on them
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                errno.EPERM, errno.EFBIG, errno.ENOTDIR, errno.EISDIR,
+                                errno.ENAMETOOLONG, errno.EIO, errno.ELOOP, errno.EMFILE})
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: raised in the main thread so that every ``finally`` and
+    partial-directory clean-up runs (a BaseException: ``except Exception`` skips it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.status = 128 + signum
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``trajreg run: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def one_line(text: object) -> str:
+    """A message on one line: line breaks (in YAML or pyarrow errors) become spaces."""
+    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
 
 
 def _window(text: str) -> tuple[int, int]:
@@ -34,18 +75,30 @@ def _eps(text: str) -> list[float]:
     return values
 
 
-def _nonneg(text: str) -> float:
+def _delta(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 
+def _common(p: argparse.ArgumentParser, top: bool = False, quiet: bool = False) -> None:
+    # on the top parser and on each command, so both `trajreg --debug run` and
+    # `trajreg run ... --debug` work (SUPPRESS: a command's default never overrides)
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="print the traceback of an error")
+    if quiet:
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress lines or bars on stderr")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trajreg", description=__doc__)
+    p = Parser(prog="trajreg", description=__doc__.split("\n\n")[0])
+    _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train, record and analyse one run")
     r.add_argument("config", help="run config (YAML)")
@@ -58,22 +111,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("run_dir")
     a.add_argument("--reference", choices=["final", "best"])
     a.add_argument("--eps", type=_eps, help="comma-separated violation fractions, e.g. 0,0.05")
-    a.add_argument("--delta", type=_nonneg, help="constant delta (default: eta_t / 2)")
+    a.add_argument("--delta", type=_delta, help="constant delta (default: eta_t / 2)")
     a.add_argument("--window", type=_window, help="START:END steps (default: converging phase)")
-    st = sub.add_parser("study", help="run a study (grid x seeds) and write its report")
-    st.add_argument("study", help="study file (YAML), or 'paper' for the built-in paper study")
-    st.add_argument("--preset", choices=["quick", "standard"],
-                    help="size of the paper study (default quick; only with 'paper')")
-    st.add_argument("--out", help="study directory (default: studies/<study name>); "
-                                  "running again with the same directory resumes")
-    st.add_argument("--jobs", type=int, help="parallel runs (process executor; default: cores)")
-    st.add_argument("--executor", default="process",
-                    help="serial, process (default) or dask://HOST:PORT")
-    st.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    st.add_argument("--data-root", help="directory of the local data sets the study reads "
-                                        "(mnist, fashion_mnist, cifar10): sets data.root")
-    rp = sub.add_parser("report", help="write the report of a study directory again")
-    rp.add_argument("study_dir")
+    from trajreg.study.cli import add_study_parsers
+
+    add_study_parsers(sub)
+    for name, command in sub.choices.items():
+        _common(command, quiet=name in ("run", "analyze"))
     return p
 
 
@@ -92,65 +136,106 @@ def _print_summary(summary: Summary) -> None:
         print(f"diverged at step {summary.diverged_step}")
 
 
-def _study(args: argparse.Namespace) -> None:
-    from trajreg.study import load_study, preset_path, run_study
-    from trajreg.study.spec import with_data_root
-    from trajreg.train.config import read_yaml
+def _run(args: argparse.Namespace) -> int:
+    from trajreg.run import rundir, runner
+    from trajreg.train.config import load_config
 
-    if args.study == "paper":
-        source = preset_path(args.preset or "quick")
-    elif args.preset:
-        raise UserError("--preset: only the built-in 'paper' study has presets")
-    else:
-        source = Path(args.study)
-    raw = read_yaml(source, "study")
-    if args.data_root:
-        raw = with_data_root(raw, args.data_root)
-    study = load_study(raw)
-    out = Path(args.out) if args.out else Path("studies") / Path(source).stem
-    result = run_study(study, out, executor=args.executor, jobs=args.jobs,
-                       retry_failed=args.retry_failed)
-    print(f"{len(result.done)} runs finished ({len(result.ran)} now), "
-          f"{len(result.failed)} failed, of {len(study.runs)}")
-    for rid, reason in result.failed.items():
-        print(f"  failed {rid}: {reason}")
-    print(f"study directory: {out}\nreport: {out / 'report.html'}")
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else runner.default_out(args.config)
+    rundir.check_new_out(out)  # before the data are loaded; the rename checks again
+    out, summary = runner.run(cfg, out, figures=not args.no_figures,
+                              tensorboard=args.tensorboard,
+                              progress=False if args.quiet else None)
+    _print_summary(summary)
+    print(f"run directory: {out}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from trajreg.run import runner
+
+    summary = runner.analyze(args.run_dir, reference=args.reference, eps=args.eps,
+                             delta=args.delta, window=args.window,
+                             progress=False if args.quiet else None)
+    _print_summary(summary)
+    print(f"updated: {args.run_dir}")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "analyze":
+        return _analyze(args)
+    from trajreg.study import cli as study_cli
+
+    if args.command == "study":
+        return study_cli.run_study_command(args)
+    return study_cli.run_report_command(args)
+
+
+def _unchanged(args: argparse.Namespace) -> str:
+    """What a failed command left behind, for the one-line message."""
+    return {"run": "nothing was written", "analyze": "the run directory is unchanged"
+            }.get(args.command, "")
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM (and SIGINT) raise ``Interrupted`` in the main thread while the command
+    runs, so the clean-up of partial directories happens."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    debug = args.debug
+
+    def fail(message: str, status: int) -> int:
+        if debug:
+            traceback.print_exc()
+        print(one_line(message), file=sys.stderr, flush=True)
+        return status
+
     try:
-        from trajreg.run import runner
-
-        if args.command == "run":
-            from trajreg.train.config import load_config
-
-            cfg = load_config(args.config)
-            out = Path(args.out) if args.out else runner.default_out(args.config)
-            out, summary = runner.run(cfg, out, figures=not args.no_figures,
-                                      tensorboard=args.tensorboard)
-            _print_summary(summary)
-            print(f"run directory: {out}")
-        elif args.command == "analyze":
-            summary = runner.analyze(args.run_dir, reference=args.reference, eps=args.eps,
-                                     delta=args.delta, window=args.window)
-            _print_summary(summary)
-            print(f"updated: {args.run_dir}")
-        elif args.command == "study":
-            _study(args)
-        elif args.command == "report":
-            from trajreg.study import load_study_dir, write_report
-
-            study_dir = Path(args.study_dir)
-            paths = write_report(study_dir, load_study_dir(study_dir))
-            print(f"report: {paths['report']}")
-    except (UserError, ConfigError) as exc:
-        print(f"trajreg: error: {exc}", file=sys.stderr)
-        return 2
+        with _signals_raise():
+            return _dispatch(args)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        return fail("trajreg: interrupted",
+                    exc.status if isinstance(exc, Interrupted) else 128 + signal.SIGINT)
+    except UserError as exc:  # ConfigError and DamagedRun included
+        return fail(f"trajreg: error: {exc}", 2)
     except ReplayMismatch as exc:
-        print(f"trajreg: replay failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return fail(f"trajreg: replay failed: {exc}", 1)
+    except BrokenPipeError:  # stdout closed early (`trajreg ... | head`): quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            return fail(_internal(exc), 1)
+        where = f": {exc.filename}" if exc.filename else ""
+        left = _unchanged(args)
+        return fail(f"trajreg: error: {os.strerror(exc.errno)}{where}"
+                    + (f" ({left})" if left else ""), 2)
+    except Exception as exc:
+        return fail(_internal(exc), 1)
+
+
+def _internal(exc: BaseException) -> str:
+    return (f"trajreg: internal error: {type(exc).__name__}: {exc} (please report it; "
+            "rerun with --debug for the traceback)")
 
 
 if __name__ == "__main__":

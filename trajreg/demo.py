@@ -16,7 +16,9 @@ BASE: dict[str, Any] = {
     "data": {"name": "digits", "batch_size": 64},
     "model": {"name": "mlp", "depth": 6, "width": 64, "activation": "relu", "norm": "batch"},
     "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.0, "weight_decay": 0.0},
-    "train": {"epochs": 30, "device": "cpu"},
+    # one thread: a model this small gains nothing from more, and on a busy machine
+    # torch's default (one per core) made the demo several times slower
+    "train": {"epochs": 30, "device": "cpu", "threads": 1},
     "record": {"mode": "store"},
 }
 

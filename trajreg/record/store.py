@@ -9,6 +9,11 @@ Layout of a trajectory directory::
 
 The sidecar is the source of truth: rows beyond its counts are never read, so a
 crash can lose at most the steps since the last sidecar write, never corrupt it.
+Each segment's entry carries a CRC32 of its valid rows' bytes (``x_crc32``) and of
+its valid learning rates (``lr_crc32``), computed as the writer thread writes the
+blocks and always matching the counts beside them; ``TrajectoryStore.verify``
+checks them, so a file changed on disk after the run is detected, not analysed.
+(Format 1 sidecars, from before the checksums, are read without them.)
 """
 
 from __future__ import annotations
@@ -16,14 +21,19 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from trajreg.errors import DamagedRun
+
 SIDECAR = "trajectory.json"
-FORMAT = "trajreg-trajectory/1"
+FORMAT = "trajreg-trajectory/2"  # 2: per-segment CRC32s
+FORMATS = ("trajreg-trajectory/1", FORMAT)  # what TrajectoryStore reads
+_CHUNK = 16 << 20  # bytes read at a time when verifying checksums
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
@@ -82,7 +92,8 @@ class TrajectoryWriter:
             del mm
             files += [open(self.dir / name, "r+b"), offset]  # noqa: SIM115 - see _close_files
         self._files = tuple(files)
-        self.segments.append({"x": xf, "lr": lf, "rows": 0, "steps": 0})
+        self.segments.append({"x": xf, "lr": lf, "rows": 0, "steps": 0,
+                              "x_crc32": 0, "lr_crc32": 0})
 
     def next_row(self) -> np.ndarray:
         """The writable buffer row that will hold the next iterate (x_{rows})."""
@@ -106,13 +117,18 @@ class TrajectoryWriter:
             self._sync()
 
     @staticmethod
-    def _write(files: tuple, r0: int, row_bytes: int, x: np.ndarray, lr: np.ndarray) -> None:
+    def _write(files: tuple, r0: int, row_bytes: int, x: np.ndarray, lr: np.ndarray,
+               crcs: tuple[int, int]) -> tuple[int, int]:
+        """Write a block at row ``r0`` of the segment; the segment's CRC32s continued
+        over it (blocks of a segment are written in order, one at a time)."""
         xfile, xoff, lfile, loff = files
+        xbytes, lbytes = memoryview(x).cast("B"), memoryview(lr).cast("B")
         xfile.seek(xoff + r0 * row_bytes)
-        xfile.write(memoryview(x).cast("B"))
+        xfile.write(xbytes)
         if len(lr):
             lfile.seek(loff + r0 * 8)
-            lfile.write(memoryview(lr).cast("B"))
+            lfile.write(lbytes)
+        return zlib.crc32(xbytes, crcs[0]), zlib.crc32(lbytes, crcs[1])
 
     def _write_buffer(self) -> None:
         """Hand the current buffer to the writer thread and switch to the other one."""
@@ -122,9 +138,11 @@ class TrajectoryWriter:
         self._wait()  # one write in flight at most: the other buffer is then free
         n_lr = n - (self.rows - self.steps)  # the final row x_T has no learning rate
         r0 = (self.rows - n) % self.capacity
+        seg = self.segments[-1]  # its CRCs are current: no other write is in flight
         job = self._pool.submit(self._write, self._files, r0, self.d * self.dtype.itemsize,
-                                self._bufs[self._cur][:n], self._lr_bufs[self._cur][:n_lr])
-        self._pending = (job, n, n_lr, self.segments[-1])
+                                self._bufs[self._cur][:n], self._lr_bufs[self._cur][:n_lr],
+                                (seg["x_crc32"], seg["lr_crc32"]))
+        self._pending = (job, n, n_lr, seg)
         self._cur = 1 - self._cur
         self._buf_n = 0
 
@@ -133,7 +151,8 @@ class TrajectoryWriter:
             return
         job, n, n_lr, seg = self._pending
         self._pending = None
-        job.result()  # re-raises a failed write (disk full ...) in the training loop
+        # re-raises a failed write (disk full ...) in the training loop
+        seg["x_crc32"], seg["lr_crc32"] = job.result()
         self._disk_rows += n
         self._disk_steps += n_lr
         seg["rows"] += n
@@ -167,24 +186,57 @@ class TrajectoryWriter:
 
 
 class TrajectoryStore:
-    """Read access to a trajectory directory written by ``TrajectoryWriter``."""
+    """Read access to a trajectory directory written by ``TrajectoryWriter``.
+
+    Opening checks the structure: the sidecar parses, every segment file exists with
+    the ``.npy`` header (shape, dtype) and the size the sidecar implies, and the
+    counts fit (``DamagedRun`` naming the file and what is wrong). ``verify()`` also
+    reads the data against the checksums.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         path = self.dir / SIDECAR
         if not path.is_file():
             raise FileNotFoundError(f"no trajectory at {self.dir} (missing {SIDECAR})")
-        meta = json.loads(path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown trajectory format {meta.get('format')!r}")
+        meta = _read_sidecar(path)
         self.meta = meta
         self.d: int = meta["d"]
         self.rows: int = meta["rows"]
         self.steps: int = meta["steps"]
         self.capacity: int = meta["capacity"]
         self.closed: bool = meta["closed"]
+        dtype = np.dtype(meta["dtype"])
+        for k, seg in enumerate(meta["segments"]):
+            _check_npy(self.dir / seg["x"], (self.capacity, self.d), dtype)
+            _check_npy(self.dir / seg["lr"], (self.capacity,), np.dtype(np.float64))
+            if k < len(meta["segments"]) - 1 and seg["rows"] != self.capacity:
+                raise DamagedRun(f"{path}: segment {k} holds {seg['rows']} rows, but "
+                                 f"only the last segment may hold fewer than {self.capacity}")
         self._x = [np.load(self.dir / s["x"], mmap_mode="r") for s in meta["segments"]]
         self._lr = [np.load(self.dir / s["lr"], mmap_mode="r") for s in meta["segments"]]
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether the sidecar has checksums (format 2 and later)."""
+        return self.meta["format"] != FORMATS[0]
+
+    def verify(self) -> None:
+        """Read every valid row and learning rate and compare them with the sidecar's
+        CRC32s; ``DamagedRun`` naming the segment file and its rows on a mismatch.
+        (A format-1 trajectory has no checksums: only its structure is checked.)"""
+        if not self.checksummed:
+            return
+        row_bytes = self.d * np.dtype(self.meta["dtype"]).itemsize
+        for k, seg in enumerate(self.meta["segments"]):
+            first = k * self.capacity
+            rows = f"rows {first}-{first + seg['rows'] - 1}"
+            for name, n_bytes, want, what in (
+                    (seg["x"], seg["rows"] * row_bytes, seg["x_crc32"], rows),
+                    (seg["lr"], seg["steps"] * 8, seg["lr_crc32"],
+                     f"learning rates of steps {first}-{first + seg['steps'] - 1}")):
+                if _crc32(self.dir / name, n_bytes) != want:
+                    raise DamagedRun(f"{self.dir / name}: checksum mismatch ({what})")
 
     @property
     def lrs(self) -> np.ndarray:
@@ -222,3 +274,92 @@ class TrajectoryStore:
                                      ).reshape(n, self.d))
             start += n
         return np.concatenate(parts)
+
+
+def _read_sidecar(path: Path) -> dict:
+    """The sidecar, checked for the keys and types the reader relies on."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DamagedRun(f"{path}: not a JSON object")
+    if meta.get("format") not in FORMATS:
+        raise DamagedRun(f"{path}: unknown trajectory format {meta.get('format')!r}")
+    seg_keys = ("x", "lr", "rows", "steps") + (("x_crc32", "lr_crc32")
+                                               if meta["format"] != FORMATS[0] else ())
+
+    def ok_int(v: object, low: int = 0) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    bad = next((k for k, low in (("d", 1), ("capacity", 1), ("rows", 0), ("steps", 0))
+                if not ok_int(meta.get(k), low)), None)
+    if bad is None and not (isinstance(meta.get("closed"), bool)
+                            and isinstance(meta.get("segments"), list)):
+        bad = "closed" if not isinstance(meta.get("closed"), bool) else "segments"
+    if bad is None:
+        try:
+            np.dtype(meta.get("dtype"))
+        except TypeError:
+            bad = "dtype"
+    if bad is not None:
+        raise DamagedRun(f"{path}: key {bad!r} missing or invalid")
+    names: set[str] = set()
+    for k, seg in enumerate(meta["segments"]):
+        if not (isinstance(seg, dict) and all(key in seg for key in seg_keys)
+                and all(isinstance(seg[key], str) and "/" not in seg[key]
+                        and seg[key] not in ("", ".", "..") for key in ("x", "lr"))
+                and all(ok_int(seg[key]) for key in seg_keys[2:])):
+            raise DamagedRun(f"{path}: segment {k} is not a valid entry")
+        if seg["rows"] > meta["capacity"]:
+            raise DamagedRun(f"{path}: segment {k} counts {seg['rows']} rows, more than "
+                             f"its capacity {meta['capacity']}")
+        if not seg["rows"] - 1 <= seg["steps"] <= seg["rows"]:
+            raise DamagedRun(f"{path}: segment {k} counts {seg['steps']} learning rates "
+                             f"for {seg['rows']} rows")
+        names.update((seg["x"], seg["lr"]))
+    if len(names) != 2 * len(meta["segments"]):
+        raise DamagedRun(f"{path}: segments share files")
+    for key in ("rows", "steps"):
+        total = sum(seg[key] for seg in meta["segments"])
+        if total != meta[key]:
+            raise DamagedRun(f"{path}: {key} is {meta[key]} but the segments hold {total}")
+    return meta
+
+
+def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The ``.npy`` file at ``path`` has this header and exactly the size it implies."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            got_shape, fortran, got_dtype = read(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise DamagedRun(f"{path}: missing") from None
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise DamagedRun(f"{path}: not a .npy file ({exc})") from None
+    if tuple(got_shape) != shape or got_dtype != dtype or fortran:
+        raise DamagedRun(f"{path}: header says {got_dtype} {tuple(got_shape)}, the sidecar "
+                         f"{dtype} {shape}")
+    size, want = os.path.getsize(path), offset + int(np.prod(shape)) * dtype.itemsize
+    if size != want:
+        raise DamagedRun(f"{path}: {size} bytes, {want} expected (truncated?)"
+                         if size < want else f"{path}: {size} bytes, {want} expected")
+
+
+def _crc32(path: Path, n_bytes: int) -> int:
+    """CRC32 of the ``n_bytes`` bytes after the ``.npy`` header of ``path``."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        (np.lib.format.read_array_header_1_0 if version == (1, 0)
+         else np.lib.format.read_array_header_2_0)(f)
+        crc = 0
+        while n_bytes > 0:
+            chunk = f.read(min(n_bytes, _CHUNK))
+            if not chunk:
+                raise DamagedRun(f"{path}: ends before the rows the sidecar counts")
+            crc = zlib.crc32(chunk, crc)
+            n_bytes -= len(chunk)
+    return crc

@@ -1,20 +1,30 @@
-"""The run's PNG figures, drawn from its metrics table and summary."""
+"""The run's PNG figures, drawn from its metrics table and summary.
+
+Every figure is drawn for any run trajreg writes: a diverged run (empty window,
+gamma nan), infinite gamma in some epochs (marked at the axis edge, named in the
+legend), an empty metrics table, or a summary without an analysis (record mode
+off: only the loss figure).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from trajreg.run.rundir import replace_atomic
 
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
+MAX_LOG_TICKS = 8  # labelled ticks on a log axis spanning many decades
 
 
-def _axes() -> tuple[Figure, object]:
+def _axes() -> tuple[Figure, Axes]:
     # Figure objects, not pyplot: no global state, safe in worker threads. A fixed
     # layout and plain-text labels: tight/constrained layout and mathtext parsing
     # cost more than drawing (about 0.15 s a figure), paid by every run of a study
@@ -27,66 +37,149 @@ def _thin(n: int, most: int = 4000) -> slice:
     return slice(None, None, max(1, -(-n // most)))
 
 
+def log_label(value: float, _pos: object = None) -> str:
+    """A log-axis tick label in plain text (no mathtext: it is slow to draw): powers of
+    ten far from 1 as ``1e-12``, ``1e30``; other values as ``%g`` (0.05, 200)."""
+    if not (value > 0 and math.isfinite(value)):
+        return ""
+    exponent = round(math.log10(value))
+    if abs(math.log10(value) - exponent) < 1e-9 and abs(exponent) > 3:
+        return f"1e{exponent}"
+    return f"{value:g}"
+
+
+def set_log_ticks(axis: Axis, low: float, high: float) -> None:
+    """Labelled major ticks on a log axis showing [low, high]: 1-2-5 within two decades,
+    all of 1..9 within one, else at most ``MAX_LOG_TICKS`` powers of ten (every
+    decade, every other decade, ... as the span needs)."""
+    if not (0 < low < high and math.isfinite(high)):
+        return  # nothing positive to show: the default ticks
+    decades = math.log10(high / low)
+    if decades > 2:
+        locator = LogLocator(base=10, subs=(1.0,), numticks=MAX_LOG_TICKS)
+    elif decades > 1:
+        locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=3 * MAX_LOG_TICKS)
+    else:
+        locator = LogLocator(base=10, subs=tuple(float(k) for k in range(1, 10)),
+                             numticks=9 * MAX_LOG_TICKS)
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(log_label))
+
+
 def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
     """Write ``fig`` to ``path`` atomically, with cheap plain-text log-axis ticks."""
     for ax in fig.axes:
         # log axes' minor ticks and mathtext tick labels were most of the drawing time
         ax.minorticks_off()
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-            if scale == "log":  # labelled 1-2-5 ticks, plain text
-                axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        for axis, scale, limits in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+                                    (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+            if scale == "log":
+                set_log_ticks(axis, min(limits), max(limits))
     replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
-def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
-    """Training loss, gamma per epoch, the distribution of r and D over steps."""
-    directory = Path(directory)
-    start, end = summary["window"]
-    paths = [directory / name for name in FIGURES]
+def _floats(values: object) -> np.ndarray:
+    """A JSON series as floats (null, i.e. nan in the file, becomes nan)."""
+    return np.asarray([math.nan if v is None else v for v in values], dtype=float)
 
+
+def mark_infinities(ax: Axes, x: np.ndarray, y: np.ndarray, color: str, what: str) -> None:
+    """Mark x where y is +inf (a triangle at the top edge) or -inf (at the bottom edge),
+    with a legend entry, so an infinite value cannot vanish from a plot."""
+    for sign, edge, marker, word in ((1, 0.97, "^", "top"), (-1, 0.03, "v", "bottom")):
+        at = x[np.isinf(y) & (np.sign(y) == sign)]
+        if len(at):
+            ax.plot(at, np.full(len(at), edge), marker, color=color, ms=7, ls="none",
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=f"{what} = {'+' if sign > 0 else '-'}inf (at the {word} edge)")
+
+
+def _loss(path: Path, table: pd.DataFrame, summary: dict, window: tuple[int, int] | None
+          ) -> None:
     fig, ax = _axes()
     every = _thin(len(table))
     ax.plot(table["step"].to_numpy()[every], table["loss"].to_numpy()[every], lw=0.6,
             alpha=0.5, label="minibatch loss l_t(x_t)")
-    ends = [0, *summary["epoch_ends"]]
-    ax.plot(ends[: len(summary["full_loss"])], summary["full_loss"], "o-", ms=3,
-            label="full training loss F_k")
-    ax.axvspan(start, end, color="tab:green", alpha=0.08, label="window")
+    full = _floats(summary.get("full_loss", []))
+    ends = np.asarray([0, *summary.get("epoch_ends", [])][: len(full)], dtype=float)
+    ax.plot(ends, full[: len(ends)], "o-", ms=3, label="full training loss F_k")
+    if window is not None and window[1] > window[0]:
+        ax.axvspan(*window, color="tab:green", alpha=0.08, label="window")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="Training loss")
     ax.legend()
-    save_png(fig, paths[0])
+    save_png(fig, path)
 
+
+def _gamma_per_epoch(path: Path, summary: dict) -> None:
     fig, ax = _axes()
-    for key, series in summary["gamma_hat_per_epoch"].items():
-        series = np.asarray(series, dtype=float)
-        ax.plot(np.arange(1, len(series) + 1), series, "o-", ms=3,
-                label=f"gamma_hat, eps={key}")
-    bar = np.asarray(summary["gamma_bar_per_epoch"], dtype=float)
-    ax.plot(np.arange(1, len(bar) + 1), bar, "s--", ms=3, label="gamma_bar")
+    series = [(f"gamma_hat, eps={key}", _floats(values), "o-")
+              for key, values in (summary.get("gamma_hat_per_epoch") or {}).items()]
+    series.append(("gamma_bar", _floats(summary.get("gamma_bar_per_epoch") or []), "s--"))
+    for label, y, style in series:
+        x = np.arange(1, len(y) + 1, dtype=float)
+        finite = np.where(np.isfinite(y), y, np.nan)  # inf: a gap here, a mark at the edge
+        (line,) = ax.plot(x, finite, style, ms=3, label=label)
+        mark_infinities(ax, x, y, line.get_color(), label.split(",")[0])
     ax.axhline(0, color="k", lw=0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="gamma", title="Gamma per epoch")
     ax.legend()
-    save_png(fig, paths[1])
+    save_png(fig, path)
 
+
+def _r_distribution(path: Path, table: pd.DataFrame, summary: dict,
+                    window: tuple[int, int]) -> None:
     fig, ax = _axes()
-    r = table["r"].to_numpy()[start:end]
+    start, end = window
+    r = table["r"].to_numpy()[start:end] if "r" in table else np.zeros(0)
     r = r[np.isfinite(r)]
     if len(r):
         lo, hi = np.quantile(r, [0.01, 0.99])
         ax.hist(np.clip(r, lo, hi), bins=60, color="tab:blue")
-    for key, g in summary["gamma_hat"].items():
-        if np.isfinite(g):
+    else:
+        ax.text(0.5, 0.5, f"no finite r_t in the window [{start}, {end})",
+                transform=ax.transAxes, ha="center", va="center")
+    notes = []
+    for key, g in (summary.get("gamma_hat") or {}).items():
+        g = math.nan if g is None else float(g)
+        if math.isfinite(g):
             ax.axvline(g, ls="--", color="tab:red", lw=1)
             ax.annotate(f"eps={key}", (g, ax.get_ylim()[1] * 0.9), color="tab:red")
+        else:  # inf or nan: said in words, there is no place for a line
+            notes.append(f"gamma_hat(eps={key}) = {g:g}")
+    if notes:
+        ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top",
+                color="tab:red")
     ax.set(xlabel="r_t (clipped to 1-99%)", ylabel="steps",
            title="Distribution of r_t over the window")
-    save_png(fig, paths[2])
+    save_png(fig, path)
 
+
+def _distance(path: Path, table: pd.DataFrame, window: tuple[int, int]) -> None:
     fig, ax = _axes()
-    ax.plot(table["step"].to_numpy()[every], table["D"].to_numpy()[every], lw=0.8)
-    ax.axvspan(start, end, color="tab:green", alpha=0.08)
+    every = _thin(len(table))
+    if "D" in table:
+        ax.plot(table["step"].to_numpy()[every], table["D"].to_numpy()[every], lw=0.8)
+    if window[1] > window[0]:
+        ax.axvspan(*window, color="tab:green", alpha=0.08)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="step", ylabel="D_t = |x_t - x*|^2", yscale="log",
            title="Squared distance to the reference")
-    save_png(fig, paths[3])
+    save_png(fig, path)
+
+
+def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
+    """Training loss, gamma per epoch, the distribution of r and D over steps (only the
+    loss for a summary without an analysis); the paths written."""
+    directory = Path(directory)
+    paths = [directory / name for name in FIGURES]
+    raw = summary.get("window")
+    window = (int(raw[0]), int(raw[1])) if raw is not None else None
+    _loss(paths[0], table, summary, window)
+    if window is None or summary.get("gamma_hat") is None:
+        return paths[:1]
+    _gamma_per_epoch(paths[1], summary)
+    _r_distribution(paths[2], table, summary, window)
+    _distance(paths[3], table, window)
     return paths
