@@ -113,20 +113,28 @@ def test_bad_block_files():
         load_study("/nonexistent/study.yaml")
 
 
-def test_presets_expand():
-    from trajreg.study import preset_path
+def test_presets_expand_and_can_decide():
+    from trajreg.study import preset_path, tables
+    from trajreg.study.stats import smallest_p
 
     for preset in ("quick", "standard"):
         s = load_study(preset_path(preset))
-        assert all(len(b.seeds) >= 3 for b in s.blocks)
+        assert all(len(b.seeds) >= 6 for b in s.blocks)
         techniques = {axis for b in s.blocks for axis in b.compare}
         assert {"model.activation", "model.norm", "model.skip", "optim"} <= techniques
         archs = {(r.config["model"]["name"], axis) for b in s.blocks for axis in b.compare
                  for r in s.runs if b.name in r.blocks}
-        for name, axis in [("alexnet", "model.activation"), ("vgg", "model.activation"),
-                           ("alexnet", "model.norm"), ("vgg", "model.norm"),
-                           ("resnet", "model.skip"), ("unet", "model.skip")]:
+        wanted = [("mlp", "model.activation"), ("alexnet", "model.activation"),
+                  ("alexnet", "model.norm"), ("resnet", "model.skip"), ("unet", "model.skip")]
+        if preset == "standard":
+            wanted += [("vgg", "model.activation"), ("vgg", "model.norm"), ("vgg", "optim")]
+        for name, axis in wanted:
             assert (name, axis) in archs
+        # every comparison can be decided when all its seeds agree: the smallest sign-test
+        # p clears Holm's first threshold alpha / m
+        m = len(tables.comparisons(s, tables.runs_table(s, {})))
+        seeds = min(len(b.seeds) for b in s.blocks)
+        assert smallest_p(seeds) < s.report.alpha / m, (preset, seeds, m)
 
 
 @pytest.mark.slow
@@ -170,3 +178,20 @@ def test_standard_preset_networks_fit_cifar_shapes():
         seen.add(key)
         shape, classes = shapes[cfg.data.name]
         build_model(cfg.model, shape, classes)
+
+
+def test_every_run_sets_its_threads():
+    assert {r.config["train"]["threads"] for r in load_study(study()).runs} == {1}
+    own = study(base={**copy.deepcopy(BASE), "train": {"epochs": 1, "threads": 2}})
+    assert {r.config["train"]["threads"] for r in load_study(own).runs} == {2}
+    # the thread count is part of the run's key
+    assert load_study(own).runs[0].run_id != load_study(study()).runs[0].run_id
+
+
+def test_report_options():
+    s = load_study(study(report={"eps": 0.0, "alpha": 0.01, "min_effect": 0.1,
+                                 "train_margin": 0.2}))
+    assert (s.report.eps, s.report.alpha, s.report.min_effect, s.report.train_margin) == (
+        0.0, 0.01, 0.1, 0.2)
+    assert s.report.eps_key == "0.0"
+    assert load_study(study()).report.eps_key == "0.05"
