@@ -30,16 +30,6 @@ def _named(parent: Path, out: str, marker: str, owner: str) -> Path:
     return path
 
 
-def test_partial_dir_names_its_owner_and_follows_the_umask(tmp_path):
-    old = os.umask(0o027)
-    try:
-        tmp = rundir.partial_dir(tmp_path / "r")
-    finally:
-        os.umask(old)
-    assert tmp.name.startswith(f".r.partial-{rundir._owner()}-")
-    assert oct(tmp.stat().st_mode & 0o777) == oct(0o750)
-
-
 def test_stale_partials_of_ended_processes_are_removed(tmp_path):
     host, me = rundir._host(), rundir._owner()
     dead = _named(tmp_path, "r", ".partial-", f"{host}-{_dead_pid()}-1")

@@ -1,5 +1,7 @@
-"""``trajreg analyze`` replaces a run's outputs all-or-nothing: a failure (or an
-interrupt) after the new metrics are computed leaves every file byte-identical."""
+"""``trajreg analyze`` wrote metrics.parquet, then the figures, then summary.json into
+the run: a failure in between (figures failing, an interrupt) left new metrics beside
+the old summary. It must replace the outputs all-or-nothing: a failure after the new
+metrics are computed leaves every file byte-identical."""
 
 from __future__ import annotations
 
