@@ -184,3 +184,11 @@ def test_strata_rho_and_the_lr_warning():
     assert pooled["spearman_rho"] == pytest.approx(strata["spearman_rho"].mean())
     everything = corr[corr["scope"] == "all runs"].iloc[0]
     assert everything["note"].startswith("WARNING: the runs differ in learning rate")
+
+
+def test_the_study_may_set_its_own_train_margin():
+    make = bn(lambda s: 1.0, lambda s: 0.5, with_final=1.7, without_final=1.7)  # F_E = 0.85 F_0
+    _, runs, _ = technique_rows(norm_study([0]), make)
+    assert runs["trained"].all()  # the runs' own margin, 0.1
+    tech, runs, _ = technique_rows(norm_study([0], train_margin=0.2), make)
+    assert not runs["trained"].any() and tech.iloc[0]["outcome_gamma"] == "not comparable"

@@ -64,7 +64,9 @@ class ReportOptions:
     eps: float = 0.05  # the eps of gamma_hat / kappa_hat compared
     alpha: float = 0.05  # significance level, after the Holm correction
     min_effect: float = 0.05  # smallest |median difference|, relative to the larger side
-    train_margin: float = 0.1  # trained: final loss <= (1 - margin) * initial loss
+    # trained: final loss <= (1 - margin) * initial loss; None: each run's own verdict
+    # (Summary.trained, at its analysis.train_margin, 0.1 by default)
+    train_margin: float | None = None
 
     @property
     def eps_key(self) -> str:

@@ -123,9 +123,10 @@ def extra_axes(study: Study) -> list[str]:
     return out
 
 
-def run_trained(summary: Summary, margin: float) -> bool:
-    """Summary.trained at its default margin; recomputed for another margin."""
-    if margin == ReportOptions.train_margin:
+def run_trained(summary: Summary, margin: float | None) -> bool:
+    """Whether a run trained: ``Summary.trained`` (the run's own analysis.train_margin),
+    or recomputed at the study's ``report.train_margin`` when it sets one."""
+    if margin is None:
         return summary.trained
     return trained(summary.full_loss, summary.diverged, margin)
 
