@@ -211,3 +211,83 @@ def test_cli_refuses_a_bad_sample_rate(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trajreg: error: record.sample_rate:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_a_diverged_run_is_measured_as_in_store_mode(tmp_path, one_thread):
+    blow_up = {"model": {"width": 16, "norm": "none", "activation": "identity"},
+               "optim": {"name": "sgd", "lr": 50.0}, "train": {"epochs": 5}}
+    _, exact = run(_cfg({"mode": "store"}, **blow_up), tmp_path / "store", figures=False,
+                   progress=False)
+    with pytest.warns(UserWarning):
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.5}, **blow_up),
+                           tmp_path / "sample", figures=False, progress=False)
+    assert summary.diverged and summary.diverged_step == exact.diverged_step
+    assert summary.reference_step == exact.reference_step == summary.n_steps - 1
+    want = pd.read_parquet(tmp_path / "store" / "metrics.parquet").set_index("step")
+    got = pd.read_parquet(out / "metrics.parquet")
+    for col in ("D", "a", "s", "b"):
+        assert np.array_equal(want.loc[got["step"], col].to_numpy(), got[col].to_numpy(),
+                              equal_nan=True), col
+
+
+@pytest.mark.parametrize("mode", ["sample", "sketch"])
+def test_a_reference_other_than_final_is_refused_before_training(mode, tmp_path):
+    cfg = load_config(tiny(record={"mode": mode}, analysis={"reference": "best"}))
+    with pytest.raises(ConfigError, match=r"^analysis\.reference: record mode \w+ measures "
+                                          r"against the final iterate only"):
+        run(cfg, tmp_path / "r", figures=False, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_iterate_not_kept_is_refused_unless_the_run_diverged(tmp_path, one_thread):
+    """``trajreg analyze --reference best`` asks for an epoch end the sample did not keep."""
+    from types import SimpleNamespace
+
+    from trajreg.errors import UserError
+
+    with pytest.warns(UserWarning):
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.2}), tmp_path / "r",
+                           figures=False, progress=False)
+    store = SampleStore(out / "trajectory")
+    missing = next(t for t in range(summary.n_steps) if not store.has(t))
+    mode = SampleMode(rate=0.2)
+    trained = SimpleNamespace(log=SimpleNamespace(diverged_step=None))
+    with pytest.raises(UserError, match="final iterate only"):
+        mode.reference(store, missing, trained)
+    diverged = SimpleNamespace(log=SimpleNamespace(diverged_step=summary.n_steps))
+    assert mode.reference(store, missing, diverged) == max(store.iterates[store.iterates
+                                                                          < missing])
+    assert mode.reference(store, summary.n_steps, trained) == summary.n_steps
+
+
+def test_session_sample_measures_a_diverged_loop_up_to_it(tmp_path):
+    from trajreg.integrations import RegularitySession
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def loss_fn(m, batch):
+        return torch.nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    session = RegularitySession(tmp_path / "run", source="plain", figures=False,
+                                mode=SampleMode(rate=0.5, seed=0))
+    session.start(model, opt)
+    for step in range(12):
+        if step == 5:
+            for g in opt.param_groups:
+                g["lr"] = 1e30
+        session.before_batch()
+        loss = loss_fn(model, (x, y))
+        session.after_batch((x, y), loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 4 == 3:
+            session.end_epoch()
+    with pytest.warns(UserWarning):
+        summary = session.finish(model, loss_fn)
+    assert summary.diverged and summary.reference_step <= summary.diverged_step
+    table = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert np.isfinite(table["D"]).all() and (table["step"] < summary.diverged_step).all()

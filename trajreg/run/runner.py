@@ -222,7 +222,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         require_tensorboard()
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
-    mode.expect_steps(total_steps(cfg, data), cfg.analysis.max_fraction)
+    mode.plan(total_steps(cfg, data), cfg.analysis)
     with atomic_dir(out) as tmp:
         rundir.write_config(tmp, cfg.to_dict())
         model, opt, sched = build(cfg, data)

@@ -71,8 +71,10 @@ class RecordMode(ABC):
         is the run's seed, from which a mode derives its own randomness."""
         return cls()
 
-    def expect_steps(self, steps: int, max_fraction: float = 0.9) -> None:  # noqa: B027
-        """Told, before training, how many steps the run will take (a mode may warn)."""
+    def plan(self, steps: int, analysis: Any) -> None:  # noqa: B027 - optional hook
+        """Before training: the number of steps the run will take and its
+        ``AnalysisConfig``. A mode may warn, or refuse (``ConfigError``) a reference point
+        it cannot measure against."""
 
     # ------------------------------------------------------------ during training
     def open(self, rec: Recorder, directory: Path | None, **options: Any) -> None:  # noqa: B027 - optional hook

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trajreg.errors import ConfigError, UserError
 from trajreg.principle import (
     gamma_bar_interval,
     gamma_hat_interval,
@@ -190,10 +191,18 @@ class SampleMode(RecordMode):
     def from_config(cls, cfg: Any = None, seed: int = 0) -> SampleMode:
         return cls(rate=0.05 if cfg is None else cfg.sample_rate, seed=seed)
 
-    def expect_steps(self, steps: int, max_fraction: float = 0.9) -> None:
-        """Warn before training when the analysis window cannot hold enough samples for
-        a two-sided interval (the window is at most ``max_fraction`` of the steps)."""
-        expected = self.rate * max_fraction * steps
+    def _check_reference(self, analysis: Any) -> None:
+        if analysis is not None and analysis.reference not in self.reanalyse:
+            raise ConfigError(f"analysis.reference: record mode {self.name} measures against "
+                              f"the final iterate only, not {analysis.reference!r} (use "
+                              "record mode store or replay)")
+
+    def plan(self, steps: int, analysis: Any) -> None:
+        """Refuse a reference other than the final iterate; warn before training when the
+        analysis window cannot hold enough samples for a two-sided interval (the window
+        is at most ``analysis.max_fraction`` of the steps)."""
+        self._check_reference(analysis)
+        expected = self.rate * getattr(analysis, "max_fraction", 0.9) * steps
         if expected < MIN_WINDOW:
             warnings.warn(f"record.sample_rate: {self.rate:g} of {steps} steps keeps about "
                           f"{expected:.0f} steps of the analysis window; a two-sided 95% "
@@ -241,16 +250,23 @@ class SampleMode(RecordMode):
         self._x = None
 
     # ------------------------------------------------------------ after training
-    def reference(self, store: SampleStore, k: int) -> int:
-        """k when x_k is stored, else the latest stored iterate before it."""
+    def reference(self, store: SampleStore, k: int, ctx: MeasureContext) -> int:
+        """k when x_k is stored. Otherwise, for a diverged run (its last finite epoch end)
+        or an integration's (the step before its first non-finite loss), the latest stored
+        iterate before k; any other reference is refused."""
         if store.has(k):
             return k
+        log = getattr(ctx, "log", None)  # the reference loop's training log
+        if log is not None and log.diverged_step is None:
+            raise UserError(f"record mode {self.name} keeps x_{k} only at sampled steps, "
+                            "x_0, x_{T-1} and x_T: it measures against the final iterate "
+                            "only (use record mode store or replay for another reference)")
         before = store.iterates[store.iterates <= k]
         return int(before[-1]) if before.size else int(store.iterates[0])
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
         store = SampleStore(Path(ctx.directory) / TRAJECTORY)
-        k = self.reference(store, k)
+        k = self.reference(store, k, ctx)
         x_star = store.row(k).astype(np.float64)
         use = store.kept < ctx.steps  # every recorded kept step, also those after x_k
         steps, lrs = store.kept[use], store.lrs[use]
@@ -315,8 +331,8 @@ def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
     out["gamma_bar_ci"] = _interval(gamma_bar_interval(a[m], b[m], s[m], delta[m], confidence))
     if short and not sketched:  # a sketch's check sample is small by design
         warnings.warn(f"insufficient samples: {n} exactly measured steps in the analysis "
-                      f"window bound gamma_hat({', '.join(short)}) on one side only (null in "
-                      "gamma_hat_ci); raise record.sample_rate or train longer",
+                      f"window cannot bound gamma_hat({', '.join(short)}) on both sides (null "
+                      "in gamma_hat_ci); raise record.sample_rate or train longer",
                       UserWarning, stacklevel=2)
     if sketched:
         out["sketch_error"] = {"a_median_rel": _median_rel(table["a"].to_numpy()[exact],

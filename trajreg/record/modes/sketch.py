@@ -148,8 +148,10 @@ class SketchMode(SampleMode):
     def keep(self, step: int) -> bool:
         return True  # b_t at every step: every minibatch is measured
 
-    def expect_steps(self, steps: int, max_fraction: float = 0.9) -> None:
-        """No warning: the check sample is small by design (its intervals say so)."""
+    def plan(self, steps: int, analysis: Any) -> None:
+        """The reference check only: the check sample is small by design (its intervals
+        say so), no warning."""
+        self._check_reference(analysis)
 
     # ------------------------------------------------------------ during training
     def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
@@ -252,7 +254,7 @@ class SketchMode(SampleMode):
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
         directory = Path(ctx.directory) / TRAJECTORY
         sample = SampleStore(directory)
-        k = self.reference(sample, k)  # the exact x* is needed for l_t(x*)
+        k = self.reference(sample, k, ctx)  # the exact x* is needed for l_t(x*)
         sketches = TrajectoryStore(directory / SKETCHES)
         T = ctx.steps
         if sketches.rows < T + 1:
