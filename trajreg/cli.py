@@ -85,6 +85,16 @@ def _delta(text: str) -> float:
     return value
 
 
+def _nproc(text: str) -> int:  # trajreg run --nproc (trajreg.distributed)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, top: bool = False, quiet: bool = False) -> None:
     # on the top parser and on each command, so both `trajreg --debug run` and
     # `trajreg run ... --debug` work (SUPPRESS: a command's default never overrides)
@@ -107,6 +117,9 @@ def parser() -> argparse.ArgumentParser:
                    help="skip the PNG figures (trajreg analyze draws them later)")
     r.add_argument("--tensorboard", action="store_true",
                    help="mirror per-step quantities and gamma per epoch to RUN_DIR/tensorboard")
+    r.add_argument("--nproc", type=_nproc,  # trajreg.distributed
+                   help="train on N processes (overrides train.distributed.nproc; "
+                        "without that section: DDP on gloo)")
     a = sub.add_parser("analyze", help="recompute the analysis of a finished run")
     a.add_argument("run_dir")
     a.add_argument("--reference", choices=["final", "best"])
@@ -141,6 +154,10 @@ def _run(args: argparse.Namespace) -> int:
     from trajreg.train.config import load_config
 
     cfg = load_config(args.config)
+    if args.nproc is not None:  # trajreg.distributed: --nproc N overrides the config's
+        from trajreg.distributed import with_nproc
+
+        cfg = with_nproc(cfg, args.nproc)
     out = Path(args.out) if args.out else runner.default_out(args.config)
     rundir.check_new_out(out)  # before the data are loaded; the rename checks again
     out, summary = runner.run(cfg, out, figures=not args.no_figures,

@@ -43,9 +43,16 @@ def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return params
 
 
+def local_part(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's entries held by this process: a DTensor's local shard (FSDP2), else
+    the tensor itself (trajreg.distributed: each rank records its shard, never the whole)."""
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
 def flat_params(params: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
-    """x as one flat vector (written into ``out`` when given)."""
-    flat = [p.detach().reshape(-1) for p in params]
+    """x as one flat vector (written into ``out`` when given); of a sharded (DTensor)
+    parameter, the local shard only (``local_part``)."""
+    flat = [local_part(p).detach().reshape(-1) for p in params]
     if out is None:
         return torch.cat(flat)
     return torch.cat([f.to(out.device) for f in flat], out=out)
@@ -94,7 +101,7 @@ class Recorder:
         self.mode = mode
         self.lr_group = lr_group
         self.params = optimizer_params(optimizer)
-        self.d = sum(p.numel() for p in self.params)
+        self.d = sum(local_part(p).numel() for p in self.params)  # DTensor: the local shard
         self.dtype = self.params[0].dtype
         self.steps = 0
         self._handles: list[Any] = []

@@ -159,15 +159,52 @@ class TrainConfig:
     # the memory a run may use (size.check_run_size); None: 75% of the machine's RAM,
     # or of the GPU's memory for cuda (machine.memory_cap)
     max_memory_gb: float | None = None
+    # trajreg.distributed: N processes (DDP or FSDP2) training one run; None: one process
+    distributed: DistributedConfig | None = None
 
     def validate(self) -> None:
         _positive("train.epochs", self.epochs)
+        if self.distributed is not None:  # trajreg.distributed
+            self.distributed.validate()
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"train.device: must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.threads is not None:
             _positive("train.threads", self.threads)
         if self.max_memory_gb is not None:
             _positive("train.max_memory_gb", self.max_memory_gb)
+
+
+@dataclass
+class DistributedConfig:
+    """``train.distributed`` (trajreg.distributed, docs/distributed.md): ``nproc`` processes
+    launched with torch.distributed's launcher, each taking its contiguous part of every
+    global batch (``data.batch_size`` stays the global batch size)."""
+
+    strategy: str = "ddp"  # ddp: every rank holds all parameters; fsdp: FSDP2 fully_shard
+    nproc: int = 2
+    backend: str = "gloo"  # gloo (CPU) | nccl (CUDA)
+
+    def validate(self) -> None:
+        _choice("train.distributed.strategy", self.strategy, ("ddp", "fsdp"))
+        _positive("train.distributed.nproc", self.nproc)
+        _choice("train.distributed.backend", self.backend, ("gloo", "nccl"))
+
+    def check_run(self, cfg: RunConfig) -> None:
+        """What the distributed run needs of the other sections (one-line ConfigErrors)."""
+        n, bs = self.nproc, cfg.data.batch_size
+        if bs % n:
+            raise ConfigError(f"data.batch_size: {bs} is not divisible by "
+                              f"train.distributed.nproc {n} (each process takes an equal "
+                              "part of every global batch)")
+        if cfg.record.mode == "replay":
+            raise ConfigError("record.mode: replay cannot measure a distributed run (a "
+                              "replay re-executes the run in one process); use store")
+        if self.strategy == "fsdp" and cfg.record.mode not in ("store", "off"):
+            raise ConfigError(f"record.mode: {cfg.record.mode} is not supported with "
+                              "train.distributed.strategy fsdp (store and off are)")
+        if self.backend == "nccl" and not cfg.train.device.startswith("cuda"):
+            raise ConfigError("train.distributed.backend: nccl needs train.device cuda; "
+                              "use gloo on the CPU")
 
 
 @dataclass
@@ -236,9 +273,14 @@ class RunConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        if self.train.distributed is not None:  # trajreg.distributed: cross-section checks
+            self.train.distributed.check_run(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.train.distributed is None:  # trajreg.distributed: absent unless set, so
+            del out["train"]["distributed"]  # single-process configs (and run ids) are unchanged
+        return out
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -393,6 +435,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in raw.items():
         kind = hints[key]
+        if value is not None and typing.get_origin(kind) in (typing.Union, types.UnionType):
+            # an optional section (train.distributed, trajreg.distributed): a mapping builds it
+            kind = next((a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)), kind)
         if dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{prefix}{key}.")
         else:

@@ -1,0 +1,164 @@
+"""Distributed runs without processes: the config, --nproc, failure messages, and the
+sharded trajectory's measurement (sums of per-rank partial sums) against store mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny
+from trajreg.distributed import shards
+from trajreg.distributed.launch import describe_failure, with_nproc
+from trajreg.errors import ConfigError, DamagedRun
+from trajreg.record.modes.store import stream_quantities
+from trajreg.record.recorder import local_part
+from trajreg.record.store import TrajectoryStore, TrajectoryWriter
+from trajreg.train.config import load_config
+
+
+def _dist(**kw) -> dict:
+    return tiny(train={"epochs": 1, "distributed": kw}, data={"batch_size": 64})
+
+
+def test_distributed_section_is_optional_and_round_trips():
+    plain = load_config(tiny())
+    assert plain.train.distributed is None
+    assert "distributed" not in plain.to_dict()["train"]  # run ids of plain runs unchanged
+    cfg = load_config(_dist(strategy="fsdp", nproc=4))
+    assert (cfg.train.distributed.strategy, cfg.train.distributed.nproc,
+            cfg.train.distributed.backend) == ("fsdp", 4, "gloo")
+    again = load_config(cfg.to_dict())
+    assert again.train.distributed == cfg.train.distributed
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"nproc": 3}, "data.batch_size: 64 is not divisible by train.distributed.nproc 3"),
+    ({"strategy": "zero"}, "train.distributed.strategy: unknown value 'zero'"),
+    ({"backend": "mpi"}, "train.distributed.backend: unknown value 'mpi'"),
+    ({"nproc": 0}, "train.distributed.nproc: must be > 0"),
+    ({"backend": "nccl"}, "train.distributed.backend: nccl needs train.device cuda"),
+])
+def test_bad_distributed_sections_are_one_line_errors(section, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(_dist(**section))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_replay_refused_and_fsdp_modes():
+    with pytest.raises(ConfigError, match="replay cannot measure a distributed run"):
+        load_config(tiny(train={"distributed": {}}, record={"mode": "replay"}))
+    with pytest.raises(ConfigError, match="sample is not supported with .* fsdp"):
+        load_config(tiny(train={"distributed": {"strategy": "fsdp"}},
+                         record={"mode": "sample"}))
+    load_config(tiny(train={"distributed": {}}, record={"mode": "sample"}))  # ddp: any
+
+
+def test_nproc_override():
+    cfg = with_nproc(load_config(tiny()), 4)
+    assert cfg.train.distributed.strategy == "ddp" and cfg.train.distributed.nproc == 4
+    cfg = with_nproc(load_config(_dist(strategy="fsdp")), 1)
+    assert (cfg.train.distributed.strategy, cfg.train.distributed.nproc) == ("fsdp", 1)
+    with pytest.raises(ConfigError, match="not divisible"):
+        with_nproc(load_config(tiny()), 5)
+
+
+def test_cli_nproc_argument():
+    from trajreg.cli import parser
+
+    assert parser().parse_args(["run", "c.yaml", "--nproc", "2"]).nproc == 2
+    assert parser().parse_args(["run", "c.yaml"]).nproc is None
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "c.yaml", "--nproc", "0"])
+
+
+def test_failure_message_names_the_rank(tmp_path):
+    killed = {"1": {"exitcode": -9, "signal": "SIGKILL", "pid": 42, "timestamp": 5},
+              "0": {"exitcode": 1, "signal": "", "pid": 41, "timestamp": 5}}
+    (tmp_path / "rank-0.error").write_text("RuntimeError: Connection closed by peer\n")
+    message = describe_failure(killed, tmp_path, 1)
+    assert message.startswith("distributed run failed: rank 1 (pid 42) was killed by SIGKILL")
+    assert "rank 0 failed too" in message and "\n" not in message
+    (tmp_path / "rank-1.error").write_text("ConfigError: bad\n")
+    failed = {"1": {"exitcode": 2, "signal": "", "pid": 42, "timestamp": 3}}
+    assert "rank 1 (pid 42) exited with status 2: ConfigError: bad" in describe_failure(
+        failed, tmp_path, 1)
+    assert "status 7" in describe_failure({}, tmp_path, 7)
+
+
+def test_local_part_of_plain_and_sharded_parameters():
+    p = torch.zeros(3, 4)
+    assert local_part(p) is p
+
+    class Sharded:  # what the recorder asks of a DTensor
+        def to_local(self):
+            return p[:1]
+
+    assert local_part(Sharded()).shape == (1, 4)
+
+
+def _split_store(tmp_path, xs, lrs, ranges_by_rank):
+    """Write the trajectory xs as per-rank shard stores plus shards.json."""
+    traj = tmp_path / "trajectory"
+    entries = []
+    for rank, ranges in enumerate(ranges_by_rank):
+        cols = np.concatenate([np.arange(s, s + n) for s, n in ranges])
+        w = TrajectoryWriter(traj / shards.shard_dir(rank), len(cols), np.float32, capacity=7)
+        for t, x in enumerate(xs):
+            w.next_row()[:] = x[cols]
+            w.commit_row(lrs[t] if t < len(lrs) else None)
+        w.close()
+        entries.append({"rank": rank, "dir": shards.shard_dir(rank), "d": len(cols),
+                        "ranges": [list(r) for r in ranges]})
+    shards.write_index(traj, xs.shape[1], entries)
+    return traj
+
+
+def test_sharded_quantities_equal_the_whole_stores(tmp_path):
+    rng = np.random.default_rng(0)
+    T, d = 20, 37
+    xs = np.cumsum(rng.normal(size=(T + 1, d)), axis=0).astype(np.float32)
+    lrs = rng.uniform(0.01, 0.1, T)
+    whole = tmp_path / "whole"
+    w = TrajectoryWriter(whole, d, np.float32, capacity=7)
+    for t, x in enumerate(xs):
+        w.next_row()[:] = x
+        w.commit_row(lrs[t] if t < T else None)
+    w.close()
+    # FSDP-like: each rank a chunk of every "parameter" (interleaved runs of the index)
+    traj = _split_store(tmp_path, xs, lrs, [[(0, 5), (10, 3), (20, 9)],
+                                            [(5, 5), (13, 7), (29, 8)]])
+    sharded = shards.ShardedTrajectory(traj)
+    sharded.verify(n_steps=T)
+    store = TrajectoryStore(whole)
+    for k in (T, 7):
+        D, a, s, lr = sharded.quantities(T, k)
+        D1, a1, s1, lr1 = stream_quantities(store, T, store.row(k).astype(np.float64))
+        np.testing.assert_allclose(D, D1, rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(a, a1, rtol=1e-13, atol=1e-11)
+        np.testing.assert_allclose(s, s1, rtol=1e-13)
+        np.testing.assert_array_equal(lr, lr1)
+        np.testing.assert_array_equal(sharded.row(k), store.row(k))
+
+
+def test_sharded_index_and_stores_are_checked(tmp_path):
+    xs = np.arange(12, dtype=np.float32).reshape(3, 4)
+    traj = _split_store(tmp_path, xs, [0.1, 0.1], [[(0, 2)], [(2, 2)]])
+    meta = json.loads((traj / shards.SHARDS).read_text())
+    with pytest.raises(DamagedRun, match="do not cover"):
+        shards.check_index({**meta, "d": 5}, traj / shards.SHARDS)
+    bad = json.loads(json.dumps(meta))
+    bad["shards"][1]["ranges"] = [[1, 2]]
+    with pytest.raises(DamagedRun, match="do not cover"):
+        shards.check_index(bad, traj / shards.SHARDS)
+    with pytest.raises(DamagedRun, match="holds 3 iterates, the run took 5"):
+        shards.verify_sharded(traj, 5)
+    x = traj / shards.shard_dir(1) / "x-0000.npy"
+    offset = np.load(x, mmap_mode="r").offset
+    data = bytearray(x.read_bytes())
+    data[offset + 2] ^= 0xFF  # inside row 0
+    x.write_bytes(bytes(data))
+    with pytest.raises(DamagedRun, match="checksum mismatch"):
+        shards.verify_sharded(traj, 2)

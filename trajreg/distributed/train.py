@@ -1,0 +1,161 @@
+"""The reference loop on N processes: each rank takes its contiguous part of every global
+batch; DDP or FSDP2 averages the gradients, so every rank takes the step the single
+process would take on the whole batch (up to the order of float32 additions).
+
+The run stays a function of its seed exactly as ``trajreg.train.loop`` defines it: the
+same model init on every rank (from (seed, 0)), the same global batches (from
+(seed, 1, epoch)), and step t's random state (seed, 2, t) set before each rank's
+forward pass. What differs from one process: a rank draws dropout masks for its part
+only (so masks are not the single process's), and batch norm normalises with its
+part's statistics (as plain DDP does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trajreg.train.data import Dataset
+from trajreg.train.loop import (
+    Scheduler,
+    TrainLog,
+    batches,
+    build,
+    minibatch_loss,
+    steps_per_epoch,
+    total_steps,
+)
+from trajreg.train.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from trajreg.train.config import RunConfig
+
+
+def part_of(idx: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous part of a global batch (the batch size divides evenly)."""
+    n = len(idx) // world
+    return idx[rank * n : (rank + 1) * n]
+
+
+def wrap(model: torch.nn.Module, strategy: str, world: int, device: str) -> torch.nn.Module:
+    """The model under DDP, or sharded with FSDP2's ``fully_shard`` (every module owning
+    parameters, then the root, so one module's parameters are gathered at a time)."""
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        return DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
+    for module in reversed(list(model.modules())):  # children before their parents
+        if module is not model and any(True for _ in module.parameters(recurse=False)):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def build_distributed(cfg: RunConfig, data: Dataset, strategy: str, world: int
+                      ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Scheduler]:
+    """``loop.build``'s model (the same init on every rank), wrapped, with the optimizer
+    and schedule built over the wrapped parameters (FSDP2 replaces them by DTensors)."""
+    model, _, _ = build(cfg, data)
+    model = wrap(model, strategy, world, cfg.train.device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    scheduler = build_scheduler(cfg.optim, optimizer, total_steps(cfg, data),
+                                steps_per_epoch(cfg, data))
+    return model, optimizer, scheduler
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # DDP keeps the model as .module
+
+
+def mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    """The mean over ranks of a scalar (float64): the global batch's mean loss from the
+    ranks' equal parts."""
+    t = value.detach().to(torch.float64).reshape(1).clone()
+    dist.all_reduce(t)
+    return t.item() / world
+
+
+@torch.no_grad()
+def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, world: int,
+              chunk: int = 1024) -> float:
+    """F(x), the mean training-set loss in eval mode: each rank sums the losses of its
+    contiguous part of the training set, the sums are added over ranks. Every rank runs
+    the same number of forward passes (FSDP2 gathers parameters collectively), the last
+    ones possibly empty."""
+    x, y = data.x_train, data.y_train
+    n = len(x)
+    per = math.ceil(n / world)
+    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
+    module = unwrapped(model)
+    was_training = module.training
+    module.eval()
+    device = cfg.train.device
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for i in range(math.ceil(per / chunk)):
+        a = min(lo + i * chunk, hi)
+        b = min(a + chunk, hi)
+        xb, yb = x[a:b].to(device), y[a:b].to(device)
+        total += F.cross_entropy(module(xb), yb, reduction="sum").to(torch.float64)
+    module.train(was_training)
+    dist.all_reduce(total)
+    return total.item() / y.numel()
+
+
+def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer, scheduler: Scheduler, *, rank: int,
+                      world: int, on_epoch: Callable[[int], None] | None = None) -> TrainLog:
+    """``loop.train`` on this rank's part of every global batch. Every rank logs the same
+    numbers: l_t(x_t) is the mean of the ranks' part means (the global batch's mean), F_k
+    the summed losses over the ranks' parts of the training set; so every rank stops at
+    the same step on a non-finite loss."""
+    log = TrainLog()
+    log.full_loss.append(full_loss(cfg, model, data, rank, world))
+    per_epoch = steps_per_epoch(cfg, data)
+    for step, epoch, idx in batches(cfg, data):
+        loss = minibatch_loss(cfg, model, data, part_of(idx, rank, world), step)
+        value = mean_over_ranks(loss, world)
+        if not np.isfinite(value):
+            log.diverged_step = step
+            break
+        log.loss.append(value)
+        log.epoch.append(epoch)
+        log.lr.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % per_epoch == 0:
+            log.epoch_ends.append(step + 1)
+            log.full_loss.append(full_loss(cfg, model, data, rank, world))
+            if not np.isfinite(log.full_loss[-1]):
+                log.diverged_step = step + 1
+                break
+            if on_epoch is not None:
+                on_epoch(epoch)
+    return log
+
+
+def full_state(model: torch.nn.Module, strategy: str, rank: int) -> dict[str, torch.Tensor]:
+    """The model's whole state (parameters and buffers) on rank 0, a CPU copy; an empty
+    dict on the other ranks. After training only: under FSDP2 this gathers every
+    parameter (a collective every rank must call)."""
+    if strategy == "ddp":
+        if rank != 0:
+            return {}
+        return {k: v.detach().cpu().clone() for k, v in unwrapped(model).state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    return state if rank == 0 else {}
