@@ -214,6 +214,11 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
     """
     out = Path(out)
+    if cfg.train.distributed is not None:  # N processes, one run dir (trajreg.distributed)
+        from trajreg.distributed import run_distributed
+
+        return run_distributed(cfg, out, figures=figures, progress=progress,
+                               tensorboard=tensorboard)
     require_device(cfg.train.device)
     check_run_size(cfg)  # refuse a run that cannot fit before loading anything
     if tensorboard:
