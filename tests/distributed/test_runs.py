@@ -1,0 +1,214 @@
+"""Distributed runs on 2 CPU processes (gloo), end to end: DDP and FSDP2 measure what one
+process measures, the run directory is an ordinary one, shards are 1/N of the disk, a
+killed rank leaves nothing finished-looking, and the ranks exit cleanly.
+
+Tolerance. The three runs take the same global batches from the same init, but the
+gradient of a global batch is a sum in another order (two half-batch means averaged
+by the backend, against one mean), so the float32 iterates differ by rounding from
+the first step on, and the differences grow slowly along the trajectory. Over these
+192 steps l_t, l_t(x*), D_t, a_t, s_t differ by at most about 1e-6 relative (measured);
+the tests allow RTOL = 1e-4. b_t = l_t(x_t) - l_t(x*) is a difference of two nearby
+losses, so its error is the losses' rounding, not a fraction of b_t: it is compared
+with an absolute tolerance of 1e-4 times the largest |b_t|.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trajreg.distributed import shards
+from trajreg.distributed.launch import launch
+from trajreg.record.recorder import flat_params
+from trajreg.run import rundir, runner
+from trajreg.train.config import load_config
+
+pytestmark = pytest.mark.slow
+
+RTOL = 1e-4
+B_ATOL = 1e-4  # times max |b_t|
+STEPS = 192  # 12 epochs of 16 steps
+
+BASE = {
+    "seed": 0,
+    "data": {"name": "digits", "batch_size": 32, "subset": 512},
+    "model": {"name": "mlp", "depth": 3, "width": 16, "norm": "none"},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "train": {"epochs": 12, "threads": 1},
+    "record": {"mode": "store"},
+}
+
+
+def _config(strategy: str | None = None, **train):
+    raw = json.loads(json.dumps(BASE))
+    raw["train"].update(train)
+    if strategy is not None:
+        raw["train"]["distributed"] = {"strategy": strategy, "nproc": 2, "backend": "gloo"}
+    return load_config(raw)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same run in one process, under DDP and under FSDP2."""
+    root = tmp_path_factory.mktemp("dist")
+    out = {}
+    for name in ("single", "ddp", "fsdp"):
+        t0 = time.monotonic()
+        path, summary = runner.run(_config(None if name == "single" else name),
+                                   root / name, figures=False, progress=False)
+        out[name] = (path, summary, time.monotonic() - t0)
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_distributed_run_measures_what_one_process_measures(runs, strategy):
+    single = pd.read_parquet(runs["single"][0] / rundir.METRICS)
+    dist = pd.read_parquet(runs[strategy][0] / rundir.METRICS)
+    assert len(single) == len(dist) == STEPS
+    np.testing.assert_array_equal(dist["step"], single["step"])
+    np.testing.assert_array_equal(dist["lr"], single["lr"])
+    for column in ("loss", "loss_star", "D", "a", "s"):
+        np.testing.assert_allclose(dist[column], single[column], rtol=RTOL, err_msg=column)
+    b = single["b"].to_numpy()
+    np.testing.assert_allclose(dist["b"], b, rtol=0, atol=B_ATOL * np.abs(b).max())
+    # the identity D_t - D_{t+1} = 2 eta a_t - eta^2 s_t holds on the distributed run
+    D, a, s, eta = (dist[c].to_numpy() for c in ("D", "a", "s", "lr"))
+    D_next = np.append(D[1:], 0.0)  # x* = x_T: D_T = 0
+    residual = (D - D_next) - (2 * eta * a - eta**2 * s)
+    assert np.abs(residual).max() <= 1e-9 * D.max()
+    one, other = runs["single"][1], runs[strategy][1]
+    assert one.window == other.window
+    for key, value in one.gamma_hat.items():
+        assert math.isclose(other.gamma_hat[key], value, rel_tol=1e-3), key
+    assert math.isclose(other.gamma_bar, one.gamma_bar, rel_tol=1e-3)
+
+
+def test_ddp_and_fsdp_agree_with_each_other(runs):
+    """Both reduce the same two half-batch gradients: their runs agree far more closely
+    than either agrees with one process."""
+    ddp = pd.read_parquet(runs["ddp"][0] / rundir.METRICS)
+    fsdp = pd.read_parquet(runs["fsdp"][0] / rundir.METRICS)
+    for column in ("loss", "D", "a", "s", "b"):
+        np.testing.assert_allclose(fsdp[column], ddp[column], rtol=1e-9, atol=1e-12,
+                                   err_msg=column)
+
+
+def test_ddp_run_directory_is_ordinary_and_reanalysed(runs):
+    path = runs["ddp"][0]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.yaml", "final_state.pt", "metrics.parquet", "summary.json", "trajectory"]
+    rundir.verify_run_dir(path)
+    assert rundir.read_config(path).run.train.distributed.strategy == "ddp"
+    summary = runner.analyze(path, eps=[0.0, 0.1], progress=False)
+    assert set(summary.gamma_hat) == {"0.0", "0.1"}
+    assert summary.gamma_hat["0.0"] == runs["ddp"][1].gamma_hat["0.0"]
+
+
+def test_fsdp_shards_hold_one_nth_of_the_trajectory_each(runs):
+    path = runs["fsdp"][0]
+    index = json.loads((path / "trajectory" / shards.SHARDS).read_text())
+    d = index["d"]
+    assert d == runs["single"][1].n_params and index["world"] == 2
+    widths = [s["d"] for s in index["shards"]]
+    assert sum(widths) == d
+    single_x = runs["single"][0] / "trajectory" / "x-0000.npy"
+    for shard in index["shards"]:
+        x = path / "trajectory" / shard["dir"] / "x-0000.npy"
+        rows = np.load(x, mmap_mode="r")
+        # the recorder's rows (and so its RAM buffers) are d_r wide, never d
+        assert rows.shape == (STEPS + 1, shard["d"]) and rows.dtype == np.float32
+        assert abs(shard["d"] - d / 2) <= 0.05 * d
+        assert x.stat().st_size == rows.offset + (STEPS + 1) * shard["d"] * 4
+        assert x.stat().st_size < 0.55 * single_x.stat().st_size
+    assert not (path / "trajectory" / "x-0000.npy").exists()
+    shards.verify_sharded(path / "trajectory", STEPS)
+    whole = shards.ShardedTrajectory(path / "trajectory").row(STEPS)
+    final = flat_params(list(rundir.read_final_state(path).values()))  # no buffers
+    np.testing.assert_array_equal(whole, final.numpy())
+
+
+@pytest.mark.xfail(reason="trajreg analyze needs the shards hook in rundir.verify_run_dir "
+                          "and StoreMode.measure (docs/distributed.md)", strict=False)
+def test_fsdp_run_reanalysed_by_trajreg_analyze(runs):
+    summary = runner.analyze(runs["fsdp"][0], eps=[0.0, 0.1], progress=False)
+    assert summary.gamma_hat["0.0"] == runs["fsdp"][1].gamma_hat["0.0"]
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    """The pid of the worker process of rank ``rank`` whose command line holds
+    ``marker`` (this test's own run directory)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "trajreg.distributed.worker" not in cmd or marker not in cmd:
+                continue
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+def test_killed_rank_fails_the_run_and_names_the_rank(tmp_path):
+    config = tmp_path / "long.yaml"
+    raw = json.loads(json.dumps(BASE))
+    raw["train"].update(epochs=400, distributed={"strategy": "ddp", "nproc": 2})
+    config.write_text(json.dumps(raw))
+    out = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "trajreg.cli", "run", str(config), "--out",
+                             str(out), "--no-figures", "-q"], stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            started = list((tmp_path / "runs").glob(".killed.partial-*/trajectory/"
+                                                    "trajectory.json"))
+            victim = _rank_pid(str(tmp_path / "runs"), 1) if started else None
+            if victim is not None:
+                break
+            time.sleep(0.2)
+        assert victim is not None, "rank 1 never started training"
+        time.sleep(0.5)  # mid-run
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # the agent and the ranks die with it (PDEATHSIG)
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert f"rank 1 (pid {victim}) was killed by SIGKILL" in err, err
+    assert not out.exists()
+    assert not any((p / rundir.COMPLETE_MARK).exists() for p in (tmp_path / "runs").iterdir())
+    assert _rank_pid(str(tmp_path / "runs"), 0) is None  # rank 0 was stopped too
+
+
+def test_five_launches_exit_cleanly():
+    """Each rank ends with barrier, destroy_process_group and an orderly exit
+    (``process.clean_shutdown``); five 2-rank gloo launches, all must exit 0."""
+    def one(_: int) -> str:
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                launch(2, [], Path(d), module="tests.distributed.tiny_worker")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                return str(exc)
+        return "ok"
+
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(one, range(5)))
+    assert results == ["ok"] * 5, results
