@@ -136,8 +136,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _print_summary(summary: Summary) -> None:
     if summary.analysed:
-        g, kap = summary.gamma_hat, summary.kappa_hat
-        start, end = summary.window
+        g, kap, window = summary.gamma_hat, summary.kappa_hat, summary.window
+        assert g is not None and kap is not None and window is not None  # analysed
+        start, end = window
         print(f"window [{start}, {end}) of {summary.n_steps} steps")
         for key in g:
             print(f"gamma_hat(eps={key}) = {g[key]:.6g}   kappa_hat(eps={key}) = {kap[key]:.6g}")

@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from trajreg.errors import DamagedRun
 
@@ -52,7 +53,7 @@ class TrajectoryWriter:
     The sidecar only ever counts rows already written to the files.
     """
 
-    def __init__(self, directory: str | Path, d: int, dtype: np.dtype | str = np.float32,
+    def __init__(self, directory: str | Path, d: int, dtype: npt.DTypeLike = np.float32,
                  capacity: int = 4096, sync_seconds: float = 5.0,
                  buffer_bytes: int = 8 << 20) -> None:
         self.dir = Path(directory)
@@ -122,7 +123,7 @@ class TrajectoryWriter:
         """Write a block at row ``r0`` of the segment; the segment's CRC32s continued
         over it (blocks of a segment are written in order, one at a time)."""
         xfile, xoff, lfile, loff = files
-        xbytes, lbytes = memoryview(x).cast("B"), memoryview(lr).cast("B")
+        xbytes, lbytes = x.data.cast("B"), lr.data.cast("B")
         xfile.seek(xoff + r0 * row_bytes)
         xfile.write(xbytes)
         if len(lr):
@@ -139,6 +140,7 @@ class TrajectoryWriter:
         n_lr = n - (self.rows - self.steps)  # the final row x_T has no learning rate
         r0 = (self.rows - n) % self.capacity
         seg = self.segments[-1]  # its CRCs are current: no other write is in flight
+        assert self._files is not None  # a buffer with rows has its segment open
         job = self._pool.submit(self._write, self._files, r0, self.d * self.dtype.itemsize,
                                 self._bufs[self._cur][:n], self._lr_bufs[self._cur][:n_lr],
                                 (seg["x_crc32"], seg["lr_crc32"]))

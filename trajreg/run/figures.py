@@ -9,7 +9,9 @@ off: only the loss figure).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,12 +80,12 @@ def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
     replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
-def _floats(values: object) -> np.ndarray:
+def _floats(values: Iterable[Any]) -> np.ndarray:
     """A JSON series as floats (null, i.e. nan in the file, becomes nan)."""
     return np.asarray([math.nan if v is None else v for v in values], dtype=float)
 
 
-def mark_infinities(ax: Axes, x: np.ndarray, y: np.ndarray, color: str, what: str) -> None:
+def mark_infinities(ax: Axes, x: np.ndarray, y: np.ndarray, color: Any, what: str) -> None:
     """Mark x where y is +inf (a triangle at the top edge) or -inf (at the bottom edge),
     with a legend entry, so an infinite value cannot vanish from a plot."""
     for sign, edge, marker, word in ((1, 0.97, "^", "top"), (-1, 0.03, "v", "bottom")):
