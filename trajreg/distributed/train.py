@@ -114,13 +114,15 @@ def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, 
 
 def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer, scheduler: Scheduler, *, rank: int,
-                      world: int, on_epoch: Callable[[int], None] | None = None) -> TrainLog:
+                      world: int, on_epoch: Callable[[int], None] | None = None,
+                      eval_full: bool = True) -> TrainLog:
     """``loop.train`` on this rank's part of every global batch. Every rank logs the same
     numbers: l_t(x_t) is the mean of the ranks' part means (the global batch's mean), F_k
     the summed losses over the ranks' parts of the training set; so every rank stops at
-    the same step on a non-finite loss."""
+    the same step on a non-finite loss. ``eval_full=False`` skips F_k (benchmarks)."""
     log = TrainLog()
-    log.full_loss.append(full_loss(cfg, model, data, rank, world))
+    if eval_full:
+        log.full_loss.append(full_loss(cfg, model, data, rank, world))
     per_epoch = steps_per_epoch(cfg, data)
     for step, epoch, idx in batches(cfg, data):
         loss = minibatch_loss(cfg, model, data, part_of(idx, rank, world), step)
@@ -137,8 +139,9 @@ def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
         scheduler.step()
         if (step + 1) % per_epoch == 0:
             log.epoch_ends.append(step + 1)
-            log.full_loss.append(full_loss(cfg, model, data, rank, world))
-            if not np.isfinite(log.full_loss[-1]):
+            if eval_full:
+                log.full_loss.append(full_loss(cfg, model, data, rank, world))
+            if eval_full and not np.isfinite(log.full_loss[-1]):
                 log.diverged_step = step + 1
                 break
             if on_epoch is not None:
