@@ -274,7 +274,10 @@ def read_config(run_dir: Path) -> RunDirConfig:
         raw = parse_yaml(path.read_text(), str(path))
     except FileNotFoundError:
         raise DamagedRun(f"run directory damaged: {path}: missing") from None
-    except (ConfigError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DamagedRun(f"run directory damaged: {path}: not valid YAML (not UTF-8 text: "
+                         f"{exc.reason} at byte {exc.start})") from None
+    except ConfigError as exc:  # parse_yaml's message names the file
         raise DamagedRun(f"run directory damaged: {exc}") from None
     raw.pop("versions", None)
     external = raw.pop("external", None)
