@@ -50,9 +50,9 @@ def test_bad_distributed_sections_are_one_line_errors(section, message):
 def test_replay_refused_and_fsdp_modes():
     with pytest.raises(ConfigError, match="replay cannot measure a distributed run"):
         load_config(tiny(train={"distributed": {}}, record={"mode": "replay"}))
-    with pytest.raises(ConfigError, match="sample is not supported with .* fsdp"):
+    with pytest.raises(ConfigError, match="sketch is not supported with .* fsdp"):
         load_config(tiny(train={"distributed": {"strategy": "fsdp"}},
-                         record={"mode": "sample"}))
+                         record={"mode": "sketch"}))
     load_config(tiny(train={"distributed": {}}, record={"mode": "sample"}))  # ddp: any
 
 
@@ -162,3 +162,70 @@ def test_sharded_index_and_stores_are_checked(tmp_path):
     x.write_bytes(bytes(data))
     with pytest.raises(DamagedRun, match="checksum mismatch"):
         shards.verify_sharded(traj, 2)
+
+
+class _FakeRecorder:
+    """What a record mode asks of the recorder, over a given trajectory's columns."""
+
+    def __init__(self, xs: np.ndarray, cols: np.ndarray) -> None:
+        self.xs, self.cols = torch.from_numpy(xs[:, cols].copy()), cols
+        self.d, self.dtype = len(cols), torch.float32
+        self.params = [self.xs]
+        self.steps = 0
+
+    def flat(self, out=None):
+        row = self.xs[self.steps]
+        return row.clone() if out is None else out.copy_(row)
+
+
+class _FakeContext:
+    def __init__(self, directory, steps):
+        self.directory, self.steps, self.loaded = directory, steps, None
+
+    def load(self, x):
+        self.loaded = np.array(x)
+
+    def step_losses(self, steps):
+        return np.zeros(len(steps))
+
+    def f_star(self, k):
+        return 0.0
+
+
+def _record(mode, xs, lrs, cols, directory):
+    rec = _FakeRecorder(xs, cols)
+    mode.open(rec, directory)
+    for t, lr in enumerate(lrs):
+        rec.steps = t
+        mode.pre_step(rec, t, lr)
+    rec.steps = len(lrs)
+    mode.close(rec)
+
+
+def test_sharded_sample_measures_what_the_whole_sample_measures(tmp_path):
+    from trajreg.record.modes.sample import SampleMode
+
+    rng = np.random.default_rng(1)
+    T, d = 200, 23
+    xs = np.cumsum(rng.normal(size=(T + 1, d)), axis=0).astype(np.float32)
+    lrs = rng.uniform(0.01, 0.1, T)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _record(SampleMode(rate=0.1, seed=3), xs, lrs, np.arange(d), whole / "trajectory")
+    ranges = [[[0, 4], [9, 6]], [[4, 5], [15, 8]]]
+    entries = []
+    for rank, rr in enumerate(ranges):
+        cols = np.concatenate([np.arange(s, s + n) for s, n in rr])
+        _record(SampleMode(rate=0.1, seed=3), xs, lrs, cols,
+                split / "trajectory" / shards.shard_dir(rank))
+        entries.append({"rank": rank, "dir": shards.shard_dir(rank), "d": len(cols),
+                        "ranges": rr})
+    shards.write_index(split / "trajectory", d, entries)
+    one = SampleMode(rate=0.1, seed=3).measure(ctx_one := _FakeContext(whole, T), T)
+    two = shards.ShardedSampleMode.from_config(None, 0).measure(
+        ctx_two := _FakeContext(split, T), T)
+    assert len(one.steps) > 5
+    np.testing.assert_array_equal(two.steps, one.steps)
+    for name in ("D", "a", "s"):
+        np.testing.assert_allclose(getattr(two, name), getattr(one, name), rtol=1e-12,
+                                   atol=1e-12, err_msg=name)
+    np.testing.assert_array_equal(ctx_two.loaded, ctx_one.loaded)

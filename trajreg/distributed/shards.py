@@ -15,6 +15,9 @@ Layout under the run's ``trajectory/``::
     rank-00000/     a trajectory store (trajreg.record.store) of rank 0's d_0 entries
     rank-00001/     ... one per rank; sum of d_r = d, the ranges tile [0, d) exactly once
 
+Record mode ``sample`` is sharded the same way: every rank keeps the same steps and
+``rank-NNNNN/`` holds an ordinary sample (x.bin, sample.json) of its entries.
+
 Why the sums are exact: D_t = ||x_t - x*||^2, a_t = <x_t - x*, x_t - x_{t+1}> / eta_t and
 s_t = ||x_t - x_{t+1}||^2 / eta_t^2 are sums over coordinates, the ranks' coordinate sets
 partition [0, d), and every rank's eta_t is the same; so D_t = sum_r D_t^r and so on,
@@ -37,8 +40,10 @@ from typing import Any
 import numpy as np
 
 from trajreg.errors import DamagedRun
+from trajreg.principle import trajectory_quantities
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext
+from trajreg.record.modes.sample import SampleMode, SampleStore
 from trajreg.record.modes.store import TRAJECTORY, StoreMode, stream_quantities
 from trajreg.record.store import TrajectoryStore
 
@@ -144,14 +149,7 @@ class ShardedTrajectory:
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
-        path = self.dir / SHARDS
-        try:
-            meta = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DamagedRun(f"{path}: missing") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
-        check_index(meta, path)
+        meta = read_index(self.dir)
         self.meta = meta
         self.d: int = meta["d"]
         self.world: int = meta["world"]
@@ -190,15 +188,7 @@ class ShardedTrajectory:
     def row(self, t: int) -> np.ndarray:
         """The whole iterate x_t (d entries), assembled from the ranks' rows (after
         training: what the evaluation model is loaded with)."""
-        first = self.stores[0].row(t)
-        x = np.empty(self.d, dtype=first.dtype)
-        for s, store in zip(self.shards, self.stores, strict=True):
-            local = first if store is self.stores[0] else store.row(t)
-            pos = 0
-            for start, length in s["ranges"]:
-                x[start : start + length] = local[pos : pos + length]
-                pos += length
-        return x
+        return assemble(self.meta, [store.row(t) for store in self.stores])
 
     def quantities(self, T: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                   np.ndarray]:
@@ -238,6 +228,66 @@ class ShardedStoreMode(StoreMode):
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
         return measure_shards(ctx, k)
+
+
+class ShardedSampleMode(SampleMode):
+    """Sample mode whose rows are sharded by rank: every rank keeps the same steps (the
+    sampler is a function of the run seed) and writes its own entries of x_t and x_{t+1}
+    into ``trajectory/rank-NNNNN/`` (an ordinary sample); after training ``measure`` sums
+    the per-rank partial sums of D_t, a_t, s_t at the kept steps, as for store."""
+
+    def measure(self, ctx: MeasureContext, k: int) -> Measured:
+        traj = Path(ctx.directory) / TRAJECTORY
+        index = read_index(traj)
+        stores = [SampleStore(traj / s["dir"]) for s in index["shards"]]
+        first = stores[0]
+        for store in stores[1:]:
+            if not (np.array_equal(store.kept, first.kept) and np.array_equal(
+                    store.lrs, first.lrs) and np.array_equal(store.iterates, first.iterates)):
+                raise DamagedRun(f"{store.dir}: its sample differs from rank 0's")
+        k = self.reference(first, k, ctx)
+        use = first.kept < ctx.steps  # every recorded kept step, also those after x_k
+        steps, lrs = first.kept[use], first.lrs[use]
+        D, a, s = (np.zeros(len(steps)) for _ in range(3))
+        for store in stores:
+            x_star = store.row(k).astype(np.float64)
+            for i, (t, lr) in enumerate(zip(steps, lrs, strict=True)):
+                q = trajectory_quantities(np.stack([store.row(t), store.row(t + 1)]), [lr],
+                                          x_star)
+                D[i] += q.D[0]
+                a[i] += q.a[0]
+                s[i] += q.s[0]
+        ctx.load(assemble(index, [store.row(k) for store in stores]))
+        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=ctx.step_losses(steps),
+                        f_star=ctx.f_star(k), reference_step=k)
+
+
+SHARDED_MODES: dict[str, type[StoreMode | SampleMode]] = {
+    "store": ShardedStoreMode, "sample": ShardedSampleMode}
+
+
+def read_index(trajectory: Path) -> dict:
+    """``trajectory/shards.json``, checked (``DamagedRun`` naming the file)."""
+    path = Path(trajectory) / SHARDS
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedRun(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
+    check_index(meta, path)
+    return meta
+
+
+def assemble(index: dict, rows: list[np.ndarray]) -> np.ndarray:
+    """The whole vector (d entries) from every rank's row, by the index's ranges."""
+    x = np.empty(index["d"], dtype=rows[0].dtype)
+    for shard, local in zip(index["shards"], rows, strict=True):
+        pos = 0
+        for start, length in shard["ranges"]:
+            x[start : start + length] = local[pos : pos + length]
+            pos += length
+    return x
 
 
 def verify_sharded(trajectory: Path, n_steps: int, checksums: bool = True) -> None:

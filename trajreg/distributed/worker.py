@@ -7,7 +7,7 @@ process). Every rank trains on its part of every global batch; then:
 
 - DDP: every rank holds every parameter, so rank 0 alone records (any record mode but
   replay), exactly as a single process records.
-- FSDP2: every rank records its own shard with store mode into
+- FSDP2: every rank records its own shard with store (or sample) mode into
   ``trajectory/rank-NNNNN/``; rank 0 writes ``trajectory/shards.json``
   (``trajreg.distributed.shards``).
 
@@ -48,7 +48,6 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     from trajreg.distributed.process import clean_shutdown
     from trajreg.distributed.train import build_distributed, full_state, train_distributed
     from trajreg.record.modes import get_mode
-    from trajreg.record.modes.store import StoreMode
     from trajreg.record.recorder import Recorder, optimizer_params
     from trajreg.run import rundir
     from trajreg.run.progress import phase
@@ -77,8 +76,8 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     if dcfg.strategy == "ddp":
         if rank == 0:
             recorder = Recorder(opt, trajectory, mode=mode, capacity=capacity)
-    elif mode.hooks:  # fsdp, store: every rank its shard
-        recorder = Recorder(opt, trajectory / shards.shard_dir(rank), mode=StoreMode(),
+    elif mode.hooks:  # fsdp (store, sample): every rank its shard, the same mode
+        recorder = Recorder(opt, trajectory / shards.shard_dir(rank), mode=mode,
                             capacity=capacity)
         ranges, d = shards.local_ranges(optimizer_params(opt), rank, world)
         mine = {"rank": rank, "dir": shards.shard_dir(rank), "d": recorder.d,
@@ -105,7 +104,7 @@ def write_run(cfg, data, log, state, mode, run_dir: Path, *, progress, figures: 
               tensorboard: bool) -> None:
     """Rank 0 after training: what ``runner.run`` does after its loop, on a plain model
     holding the final state."""
-    from trajreg.distributed.shards import ShardedStoreMode
+    from trajreg.distributed.shards import SHARDED_MODES
     from trajreg.run import analysis, rundir
     from trajreg.run.progress import phase
     from trajreg.run.runner import RunContext, measure, write_analysis
@@ -116,7 +115,7 @@ def write_run(cfg, data, log, state, mode, run_dir: Path, *, progress, figures: 
     model.load_state_dict(state)
     final_state = rundir.write_final_state(run_dir, model)
     if cfg.train.distributed.strategy == "fsdp" and mode.hooks:
-        mode = ShardedStoreMode()
+        mode = SHARDED_MODES[mode.name].from_config(cfg.record, cfg.seed)
     phase(f"measuring ({mode.name}) against x* ({cfg.analysis.reference})", progress)
     ctx = RunContext(cfg, data, log, model, final_state, run_dir, progress)
     measured, best = measure(mode, ctx, cfg.analysis.reference)
