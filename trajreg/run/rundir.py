@@ -377,8 +377,9 @@ def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
     again): config.yaml, summary.json and metrics.parquet readable, final_state.pt an
     intact archive (its CRCs), and in record mode store the trajectory's sidecar,
     segment headers and sizes, and (``checksums``) its data against the sidecar's
-    CRC32s. ``DamagedRun`` ("run directory damaged: FILE: why") otherwise; reading
-    the trajectory costs one pass over it."""
+    CRC32s (an FSDP2 run's per-rank stores: ``trajreg.distributed.shards``).
+    ``DamagedRun`` ("run directory damaged: FILE: why") otherwise; reading the
+    trajectory costs one pass over it."""
     path = require_run_dir(path)
     conf = read_config(path)
     summary = read_summary(path)
@@ -402,7 +403,12 @@ def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
     if bad is not None:
         raise DamagedRun(f"run directory damaged: {state}: checksum mismatch in {bad}")
     if conf.record_mode == "store":
-        _verify_trajectory(path / TRAJECTORY, summary.n_steps, checksums)
+        from trajreg.distributed.shards import is_sharded, verify_sharded
+
+        if is_sharded(path / TRAJECTORY):  # an FSDP2 run: one store per rank
+            verify_sharded(path / TRAJECTORY, summary.n_steps, checksums)
+        else:
+            _verify_trajectory(path / TRAJECTORY, summary.n_steps, checksums)
     return path
 
 
