@@ -140,6 +140,7 @@ def test_a_model_no_larger_than_k_is_kept_exactly(tmp_path, one_thread):
     want = pd.read_parquet(tmp_path / "store" / "metrics.parquet")
     got = pd.read_parquet(out / "metrics.parquet")
     assert SampleStore(out / "trajectory").meta["identity"]
+    assert TrajectoryStore(out / "trajectory" / SKETCHES).meta["dtype"] == "<f4"  # as store
     for col in ("a", "D", "b"):  # S = I: the same arithmetic on the same rows
         assert np.array_equal(got[col], want[col]), col
     assert summary.sketch_error["a_median_rel"] == 0.0

@@ -16,7 +16,8 @@ stored as mode ``sample`` stores its sample): metrics.parquet gets ``a_exact`` a
 of a_t and D_t) and the exact sample's intervals (``gamma_hat_ci``, ...).
 
 A model with d <= k parameters is not sketched: the mode keeps x_t itself (S = I, exact,
-d floats a step). An explicit ``sketch_dim`` above d is an error.
+d floats of the params' precision a step, as store mode). An explicit ``sketch_dim``
+above d is an error.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
 
 DEFAULT_DIM = 8192  # gamma_hat(0.05) within 10% of the exact value (docs/record-modes.md)
-SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, one float64 row each, and eta_t
+SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
 S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
 _M32 = 0xFFFFFFFF
 
@@ -175,10 +176,13 @@ class SketchMode(SampleMode):
         self._s = torch.empty(4096, dtype=torch.float64, device=device)  # s_t, flushed
         self._s_n = 0
         self._staged = device.type != "cpu" if self.stage is None else self.stage
-        self._rows = torch.empty((64 if self._staged else 1, self.k), dtype=torch.float64,
+        # S = I keeps x_t in the params' precision, as store mode does
+        row_dtype = self._x.dtype if self.identity else torch.float64
+        self._rows = torch.empty((64 if self._staged else 1, self.k), dtype=row_dtype,
                                  device=device)
         self._row_lrs: list[float | None] = []
-        self.sketches = TrajectoryWriter(Path(directory) / SKETCHES, self.k, np.float64,
+        self.sketches = TrajectoryWriter(Path(directory) / SKETCHES, self.k,
+                                         self.writer.dtype if self.identity else np.float64,
                                          capacity, sync_seconds)
 
     def _push_s(self, x: torch.Tensor, x_next: torch.Tensor, lr: float) -> None:
