@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/trajreg study paper --preset quick --out demo-out/paper-quick
 
-# One MLP on digits with and without batch norm (under 2 minutes).
+# One MLP on digits with and without batch norm (about 20 s of CPU).
 demo-mlp: $(STAMP)
 	$(PY) -m trajreg.demo --out demo-out/mlp
 

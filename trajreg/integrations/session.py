@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -325,7 +324,11 @@ class RegularitySession:
             self.tmp, log, measured, mode=self.mode.name, reference="final",
             options=analysis.AnalysisOptions.from_config(self.analysis), facts=facts,
             figures=self.figures, tensorboard=self.tensorboard)
-        os.rename(self.tmp, self.out)
+        try:
+            rundir.finish_dir(self.tmp, self.out)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return summary
 
 

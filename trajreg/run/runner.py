@@ -22,6 +22,7 @@ from trajreg.record.measured import Measured
 from trajreg.record.modes import RecordMode, get_mode
 from trajreg.record.recorder import Recorder, flat_params, optimizer_params, set_flat_params
 from trajreg.run import analysis, rundir
+from trajreg.run.progress import phase
 from trajreg.run.rundir import atomic_dir
 from trajreg.run.summary import Summary
 from trajreg.train.config import RunConfig
@@ -225,6 +226,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         from trajreg.run.tensorboard import require_tensorboard
 
         require_tensorboard()
+    phase(f"loading {cfg.data.name}", progress)
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
     mode.plan(total_steps(cfg, data), cfg.analysis)
@@ -234,14 +236,18 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         capacity = cfg.train.epochs * (len(data.x_train) // cfg.data.batch_size) + 1
         recorder = Recorder(opt, tmp / rundir.TRAJECTORY, mode=mode, capacity=capacity)
         try:
+            phase(f"training {cfg.train.epochs} epochs ({total_steps(cfg, data)} steps)",
+                  progress)
             log = train(cfg, data, model, opt, sched, progress=progress, on_epoch=on_epoch)
         finally:
             recorder.close()
         final_state = rundir.write_final_state(tmp, model)
         ctx = RunContext(cfg, data, log, model, final_state, tmp, progress)
+        phase(f"measuring ({mode.name})", progress)
         measured, best = measure(mode, ctx, cfg.analysis.reference)
         facts = analysis.RunFacts(n_params=n_params(model), task=data.task,
                                   evaluation=evaluate(cfg, model, data))
+        phase(f"writing {out}", progress)
         summary = write_analysis(tmp, log, measured, mode=mode.name,
                                  reference=cfg.analysis.reference,
                                  options=analysis.AnalysisOptions.from_config(cfg.analysis),
@@ -261,7 +267,6 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
     outputs replace the old all-or-nothing (``rundir.replace_outputs``). ``progress``
     as in ``run`` (phase lines on stderr, bars on a terminal; False: silent).
     """
-    from trajreg.run.progress import phase
 
     phase(f"verifying {run_dir}", progress)
     run_dir = rundir.verify_run_dir(Path(run_dir))
