@@ -86,6 +86,21 @@ def test_failure_message_names_the_rank(tmp_path):
     assert "rank 1 (pid 42) exited with status 2: ConfigError: bad" in describe_failure(
         failed, tmp_path, 1)
     assert "status 7" in describe_failure({}, tmp_path, 7)
+    # a rank that raised, then the agent stopped the other with SIGTERM: the one that raised
+    (tmp_path / "rank-1.error").unlink()
+    (tmp_path / "rank-0.error").write_text("ConfigError: analysis.reference: bad\n")
+    stopped = {"1": {"exitcode": -15, "signal": "SIGTERM", "pid": 42, "timestamp": 5},
+               "0": {"exitcode": 2, "signal": "", "pid": 41, "timestamp": 5}}
+    assert describe_failure(stopped, tmp_path, 1).startswith(
+        "distributed run failed: rank 0 (pid 41) exited with status 2: ConfigError")
+    # two ranks raised: the first error line written names the rank
+    import os
+    (tmp_path / "rank-1.error").write_text("ValueError: first\n")
+    os.utime(tmp_path / "rank-1.error", ns=(1, 1))
+    both = {"0": {"exitcode": 1, "pid": 41, "timestamp": 5},
+            "1": {"exitcode": 1, "pid": 42, "timestamp": 5}}
+    assert "rank 1 (pid 42) exited with status 1: ValueError: first" in describe_failure(
+        both, tmp_path, 1)
 
 
 def test_local_part_of_plain_and_sharded_parameters():

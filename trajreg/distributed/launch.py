@@ -20,9 +20,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from trajreg.errors import UserError
+from trajreg.record.modes import get_mode
 from trajreg.run import rundir
 from trajreg.run.progress import phase
 from trajreg.run.summary import Summary, read_summary
@@ -58,14 +60,24 @@ def _env(nproc: int) -> dict[str, str]:
 
 
 def describe_failure(failures: dict, launch_dir: Path, status: int) -> str:
-    """One line naming the rank that failed first (by the agent's failure times; a rank
-    killed by a signal before one that merely lost its peer)."""
+    """One line naming the rank whose failure came first: a rank killed by a signal
+    other than SIGTERM (SIGKILL, SIGSEGV ...: from outside; the agent stops ranks with
+    SIGTERM), else the rank whose own error line was written first (a rank that loses
+    its peer raises too, later), else a non-zero exit, else SIGTERM."""
     if not failures:
         return f"distributed run failed: the launcher exited with status {status}"
 
     def order(item: tuple[str, dict]) -> tuple:
         rank, f = item
-        return (f.get("exitcode", 0) >= 0, f.get("timestamp") or 0, int(rank))
+        code = f.get("exitcode") or 0
+        error = launch_dir / f"rank-{rank}.error"
+        if code < 0 and f.get("signal") != "SIGTERM":
+            key: tuple = (0, f.get("timestamp") or 0)
+        elif error.is_file():
+            key = (1, error.stat().st_mtime_ns)
+        else:
+            key = (2 if code > 0 else 3, f.get("timestamp") or 0)
+        return (*key, int(rank))
 
     rank, f = min(failures.items(), key=order)
     code = f.get("exitcode")
@@ -124,6 +136,10 @@ def run_distributed(cfg: RunConfig, out: str | Path, *, figures: bool = True,
         raise ValueError("run_distributed: the config has no train.distributed section")
     cfg.validate()
     out = Path(out)
+    mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
+    with warnings.catch_warnings():  # rank 0 plans with the real step count and warns
+        warnings.simplefilter("ignore")
+        mode.plan(0, cfg.analysis)  # a reference the mode refuses: ConfigError, nothing run
     require_device(cfg.train.device)
     check_run_size(cfg)
     if tensorboard:
