@@ -140,8 +140,6 @@ def test_fsdp_shards_hold_one_nth_of_the_trajectory_each(runs):
     np.testing.assert_array_equal(whole, final.numpy())
 
 
-@pytest.mark.xfail(reason="needs the shards hook in rundir.verify_run_dir "
-                          "(docs/distributed.md)", strict=False)
 def test_fsdp_run_reanalysed_by_trajreg_analyze(runs):
     summary = runner.analyze(runs["fsdp"][0], eps=[0.0, 0.1], progress=False)
     assert summary.gamma_hat["0.0"] == runs["fsdp"][1].gamma_hat["0.0"]
