@@ -145,8 +145,6 @@ def test_fsdp_run_reanalysed_by_trajreg_analyze(runs):
     assert summary.gamma_hat["0.0"] == runs["fsdp"][1].gamma_hat["0.0"]
 
 
-@pytest.mark.xfail(reason="needs the shards hook in StoreMode.measure (docs/distributed.md)",
-                   strict=False)
 def test_store_mode_measures_a_sharded_trajectory(runs):
     """What ``trajreg analyze --reference best`` runs when best is not final."""
     from trajreg.record.modes.store import StoreMode

@@ -73,6 +73,10 @@ class StoreMode(RecordMode):
             self.writer.close()
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
+        from trajreg.distributed.shards import is_sharded, measure_shards
+
+        if is_sharded(Path(ctx.directory) / TRAJECTORY):  # FSDP2: one store per rank
+            return measure_shards(ctx, k)
         store = TrajectoryStore(Path(ctx.directory) / TRAJECTORY)
         if store.rows < ctx.steps + 1:
             raise RuntimeError(f"trajectory holds {store.rows} iterates, "
