@@ -1,0 +1,395 @@
+"""What the one-pass record modes cost and how accurate the sketch is.
+
+Run by hand from the repository root::
+
+    python benchmarks/bench_onepass.py [--repeats N] [--quick] [--threads N] [--only PART]
+
+Four parts (timings are interleaved across modes in one process and reported as
+ratios of medians, the house style of bench_recording.py; the machine may be shared):
+
+1. ``run``: whole run, ``run(cfg, out, figures=False)`` into a fresh directory (train +
+   measure + analysis + files) of the small CNN on digits (30 epochs), record modes
+   ``sample`` (R = 0.05), ``sketch`` (default k; the CNN has d = 6090 <= k, so it keeps
+   x_t itself), ``sketch/k2048`` (hashed) and ``store``, each against ``off``.
+2. ``train``: training alone, ``train(eval_full=False)`` with a Recorder of each mode
+   attached against none (the recorder's overhead during training).
+3. ``rss``: peak RSS (``ru_maxrss`` of a fresh child process) of a sample and a sketch
+   run at 10 and 40 epochs: memory must not grow with the run length.
+4. ``accuracy``: gamma_hat(eps) from CountSketches of k numbers against the exact value,
+   on store-mode trajectories of the demo MLP (d = 22090) and a wider CNN (width 48,
+   d = 46186), 3 run seeds x 3 hash seeds, for k = 1024 ... 16384. The sketches are
+   the record mode's own (``TorchCountSketch``), D_t and a_t from
+   ``sketch_quantities`` with the exact s_t, b_t exact: what mode sketch reports.
+
+Exit status 0 unless something crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CNN = {
+    "seed": 0,
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"name": "cnn", "width": 16, "activation": "relu", "norm": "batch"},
+    "optim": {"name": "momentum", "lr": 0.05},
+    "train": {"device": "cpu"},
+}
+MLP = {
+    "seed": 0,
+    "data": {"name": "digits", "batch_size": 64},
+    "model": {"name": "mlp", "depth": 6, "width": 64, "activation": "relu", "norm": "batch"},
+    "optim": {"name": "sgd", "lr": 0.05},
+    "train": {"device": "cpu"},
+}
+# variant -> record section
+VARIANTS = {
+    "off": {"mode": "off"},
+    "sample": {"mode": "sample", "sample_rate": 0.05},
+    "sketch": {"mode": "sketch"},
+    "sketch/k2048": {"mode": "sketch", "sketch_dim": 2048},
+    "store": {"mode": "store"},
+}
+CRASHES: dict[str, str] = {}
+SUMMARY: list[str] = []
+
+
+def config(raw: dict, record: dict, epochs: int, seed: int | None = None, **model):
+    from trajreg.train.config import load_config
+
+    raw = copy.deepcopy(raw)
+    raw["train"]["epochs"] = int(epochs)
+    raw["record"] = dict(record)
+    raw["model"].update(model)
+    if seed is not None:
+        raw["seed"] = seed
+    return load_config(raw)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else math.nan
+
+
+def section(title: str) -> None:
+    print("\n" + "=" * 100 + "\n" + title + "\n" + "=" * 100, flush=True)
+
+
+def table(header: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, ["-" * w for w in widths], *rows]:
+        print("  " + "  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)))
+
+
+def crash(what: str) -> str:
+    exc = sys.exc_info()[1]
+    CRASHES.setdefault(what, traceback.format_exc())
+    return f"{type(exc).__name__}: {exc}"
+
+
+def stopwatch():
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    return lambda: (time.perf_counter() - t0, time.process_time() - c0)
+
+
+# ----------------------------------------------------------------------------- part 1
+
+def bench_run(args: argparse.Namespace) -> None:
+    import warnings
+
+    from trajreg.run.runner import run
+
+    section(f"1. Whole run of the small CNN on digits ({args.epochs} epochs, figures off), "
+            f"{args.repeats} interleaved repeats after a warm-up")
+    cfgs = {v: config(CNN, rec, args.epochs) for v, rec in VARIANTS.items()}
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(-1, args.repeats):
+        for v, cfg in cfgs.items():
+            with tempfile.TemporaryDirectory(prefix="bench-onepass-") as parent, \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # sample: few window samples at 5%
+                elapsed = stopwatch()
+                try:
+                    run(cfg, Path(parent) / "run", figures=False, progress=False)
+                except Exception:
+                    print(f"  [{v}] CRASHED: {crash('run ' + v)}")
+                w, c = elapsed()
+            if r >= 0:
+                wall[v].append(w)
+                cpu[v].append(c)
+        if r >= 0:
+            print(f"  repeat {r + 1}/{args.repeats}: "
+                  + "  ".join(f"{v}={wall[v][-1]:.2f}s" for v in VARIANTS), flush=True)
+    rows = []
+    for v in VARIANTS:
+        ratio = med(wall[v]) / med(wall["off"])
+        rows.append([v, f"{med(wall[v]):.3f}", f"{min(wall[v]):.3f}", f"{ratio:.3f}x",
+                     f"{min(wall[v]) / min(wall['off']):.3f}x",
+                     f"{med(cpu[v]) / med(cpu['off']):.3f}x"])
+        if v != "off":
+            SUMMARY.append(f"whole run  cnn {v:<13} {ratio:.3f}x off")
+    print()
+    table(["mode", "median_s", "min_s", "ratio_of_medians", "ratio_of_mins", "cpu_ratio"], rows)
+
+
+# ----------------------------------------------------------------------------- part 2
+
+def _timed_hooks(mode, spent: list[int]) -> None:
+    """Wrap the mode's hooks to add their thread CPU nanoseconds to ``spent[0]``."""
+    for name in ("pre_step", "post_step", "close"):
+        hook = getattr(mode, name)
+
+        def timed(*a, _hook=hook, **kw):
+            t0 = time.thread_time_ns()
+            try:
+                return _hook(*a, **kw)
+            finally:
+                spent[0] += time.thread_time_ns() - t0
+
+        setattr(mode, name, timed)
+
+
+def bench_train(args: argparse.Namespace) -> None:
+    from trajreg.record.modes import get_mode
+    from trajreg.record.recorder import Recorder
+    from trajreg.train.data import load_data
+    from trajreg.train.loop import build, total_steps, train
+
+    section(f"2. Training alone (train(eval_full=False), {args.epochs} epochs of the CNN) with "
+            f"a Recorder of each mode vs none, {args.repeats} interleaved repeats")
+    modes = [v for v in VARIANTS if v != "off"]
+    base = config(CNN, {"mode": "off"}, args.epochs)
+    data = load_data(base.data)
+    names = ["none", *modes]
+    wall: dict[str, list[float]] = {v: [] for v in names}
+    cpu: dict[str, list[float]] = {v: [] for v in names}  # the training thread's CPU
+    hooks: dict[str, list[float]] = {v: [] for v in names}  # of which in the mode's hooks
+    for r in range(-1, args.repeats):
+        for v in names:
+            cfg = base if v == "none" else config(CNN, VARIANTS[v], args.epochs)
+            model, opt, sched = build(cfg, data)
+            spent = [0]
+            with tempfile.TemporaryDirectory(prefix="bench-onepass-") as tmp:
+                rec = None
+                if v != "none":
+                    mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
+                    _timed_hooks(mode, spent)
+                    rec = Recorder(opt, Path(tmp) / "trajectory", mode=mode,
+                                   capacity=total_steps(cfg, data) + 1)
+                elapsed = stopwatch()
+                c0 = time.thread_time()
+                train(cfg, data, model, opt, sched, eval_full=False, progress=False)
+                if rec is not None:
+                    rec.close()
+                c = time.thread_time() - c0
+                w, _ = elapsed()
+            if r >= 0:
+                wall[v].append(w)
+                cpu[v].append(c)
+                hooks[v].append(spent[0] * 1e-9)
+        if r >= 0:
+            print(f"  repeat {r + 1}/{args.repeats}: "
+                  + "  ".join(f"{v}={wall[v][-1]:.3f}s" for v in wall), flush=True)
+    steps = total_steps(base, data)
+    rows = []
+    for v in names:
+        ratio = med(wall[v]) / med(wall["none"])
+        cratio = med(cpu[v]) / med(cpu["none"])
+        per_step = med(hooks[v]) / steps * 1e6
+        share = med(hooks[v]) / med(cpu["none"])
+        rows.append([v, steps, f"{med(wall[v]):.3f}", f"{ratio:.3f}x", f"{cratio:.3f}x",
+                     f"{per_step:.0f}", f"{100 * share:.1f}%"])
+        if v != "none":
+            SUMMARY.append(f"training   cnn {v:<13} hooks {per_step:.0f} us/step CPU = "
+                           f"{100 * share:.1f}% of training's CPU (wall {ratio:.3f}x, "
+                           f"thread CPU {cratio:.3f}x)")
+    print()
+    table(["recorder", "steps", "median_s", "wall_ratio", "thread_cpu_ratio",
+           "hook_cpu_us/step", "hooks/training_cpu"], rows)
+    print("  hook_cpu: thread CPU time inside the mode's pre_step/post_step/close (the "
+          "recorder's whole cost in the\n  training thread; store's disk writes run in its "
+          "writer thread), median over repeats; hooks/training_cpu:\n  that over the median "
+          "thread CPU of training without a recorder. Thread CPU time does not count\n  "
+          "waiting for a busy CPU.")
+
+
+# ----------------------------------------------------------------------------- part 3
+
+def child_main(spec: dict) -> None:
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    import warnings
+
+    from trajreg.run.runner import run
+
+    cfg = config(CNN, VARIANTS[spec["variant"]], spec["epochs"])
+    parent = Path(tempfile.mkdtemp(prefix="bench-onepass-rss-"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run(cfg, parent / "run", figures=False, progress=False)
+        disk = sum(f.stat().st_size for f in (parent / "run").rglob("*") if f.is_file())
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+    print("RESULT " + json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                                  "disk": disk}), flush=True)
+
+
+def bench_rss(args: argparse.Namespace) -> None:
+    section("3. Peak RSS of a fresh child process running the CNN, 10 vs 40 epochs")
+    rows = []
+    for v in ("sample", "sketch", "sketch/k2048"):
+        res = {}
+        for epochs in (10, 40):
+            spec = {"variant": v, "epochs": epochs, "threads": args.threads}
+            # forked by a shell that does not exec it: ru_maxrss starts fresh
+            cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable,
+                   str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                CRASHES[f"rss {v} {epochs}"] = proc.stderr[-3000:]
+                print(f"  [{v}/{epochs}] CHILD FAILED: {proc.stderr.strip()[-300:]}")
+                continue
+            res[epochs] = json.loads(lines[-1][len("RESULT "):])
+        if len(res) == 2:
+            ratio = res[40]["peak_kib"] / res[10]["peak_kib"]
+            rows.append([v, f"{res[10]['peak_kib'] / 1024:.1f}",
+                         f"{res[40]['peak_kib'] / 1024:.1f}", f"{ratio:.3f}x",
+                         f"{res[10]['disk'] / 2**20:.1f}",
+                         f"{res[40]['disk'] / 2**20:.1f}"])
+            SUMMARY.append(f"peak rss   cnn {v:<13} 40/10 epochs {ratio:.3f}x")
+    table(["mode", "peak_10_MiB", "peak_40_MiB", "ratio", "run_dir_10_MiB", "run_dir_40_MiB"],
+          rows)
+
+
+# ----------------------------------------------------------------------------- part 4
+
+def sketched_gamma(store, T: int, s, b, lrs, window, k: int, hash_seed: int,
+                   eps: tuple[float, ...]) -> dict[float, float]:
+    import numpy as np
+    import torch
+
+    from trajreg.principle import default_delta, gamma_hat, sketch_quantities
+    from trajreg.record.modes.sketch import TorchCountSketch
+
+    cs = TorchCountSketch(store.d, k, hash_seed)
+    sk = np.empty((T + 1, k))
+    for t0, xs in store.blocks(T, block_rows=64):
+        for i, row in enumerate(xs):
+            sk[t0 + i] = cs(torch.from_numpy(np.ascontiguousarray(row))).numpy()
+    q = sketch_quantities(sk, lrs[:T], sk[T], s=s)
+    lo, hi = window
+    delta = default_delta(lrs[:T])
+    return {e: gamma_hat(q.a[lo:hi], b[lo:hi], s[lo:hi], delta[lo:hi], e) for e in eps}
+
+
+def bench_accuracy(args: argparse.Namespace) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from trajreg.record.store import TrajectoryStore
+    from trajreg.run.runner import run
+
+    dims = (1024, 2048, 4096, 8192, 16384)
+    eps = (0.0, 0.05)
+    seeds = (0, 1, 2) if not args.quick else (0,)
+    hash_seeds = (11, 12, 13) if not args.quick else (11,)
+    section(f"4. Sketch accuracy: |gamma_hat_sketch / gamma_hat_exact - 1| over run seeds "
+            f"{seeds} x hash seeds {hash_seeds}, {args.acc_epochs} epochs, store-mode runs")
+    models = {"mlp d=22090": (MLP, {}), "cnn w48 d=46186": (CNN, {"width": 48})}
+    errs: dict[tuple[str, int, float], list[float]] = {}
+    for name, (raw, over) in models.items():
+        for seed in seeds:
+            with tempfile.TemporaryDirectory(prefix="bench-onepass-acc-") as parent:
+                try:
+                    out, summ = run(config(raw, {"mode": "store"}, args.acc_epochs, seed, **over),
+                                    Path(parent) / "run", figures=False, progress=False)
+                    table_ = pd.read_parquet(out / "metrics.parquet")
+                    store = TrajectoryStore(out / "trajectory")
+                    T = summ.n_steps
+                    s, b = table_["s"].to_numpy(), table_["b"].to_numpy()
+                    lrs = table_["lr"].to_numpy()
+                    for k in dims:
+                        for h in hash_seeds:
+                            got = sketched_gamma(store, T, s, b, lrs, summ.window, k, h, eps)
+                            for e in eps:
+                                exact = summ.gamma_hat[str(e)]
+                                errs.setdefault((name, k, e), []).append(
+                                    abs(got[e] / exact - 1.0))
+                    print(f"  [{name} seed {seed}] T={T} window={summ.window} exact "
+                          + ", ".join(f"gamma_hat({e})={summ.gamma_hat[str(e)]:.4g}"
+                                      for e in eps), flush=True)
+                except Exception:
+                    print(f"  [{name} seed {seed}] CRASHED: {crash('accuracy ' + name)}")
+    rows = []
+    for (name, k, e), v in sorted(errs.items()):
+        rows.append([name, k, e, f"{100 * np.median(v):.1f}%", f"{100 * np.max(v):.1f}%",
+                     f"{np.mean(np.asarray(v) <= 0.10):.2f}"])
+    print()
+    table(["model", "k", "eps", "median_rel_err", "max_rel_err", "share_within_10%"], rows)
+    for (name, k, e), v in sorted(errs.items()):
+        if e == 0.05:
+            SUMMARY.append(f"accuracy   {name:<16} k={k:<6} gamma_hat(0.05) max rel err "
+                           f"{100 * max(v):.1f}%")
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--only", choices=("run", "train", "rss", "accuracy"), action="append")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.epochs = 5 if args.quick else 30
+    args.acc_epochs = 10 if args.quick else 30
+    t0 = time.perf_counter()
+    print(f"trajreg one-pass benchmark: python {platform.python_version()}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, cpus {os.cpu_count()}, "
+          f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    parts = args.only or ["run", "train", "rss", "accuracy"]
+    for part, fn in (("run", bench_run), ("train", bench_train), ("rss", bench_rss),
+                     ("accuracy", bench_accuracy)):
+        if part in parts:
+            fn(args)
+    section("Summary")
+    for line in SUMMARY:
+        print("  " + line)
+    print(f"  total wall time {time.perf_counter() - t0:.0f}s")
+    for what, tb in CRASHES.items():
+        print(f"--- CRASH {what}\n{tb}")
+    return 1 if CRASHES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
