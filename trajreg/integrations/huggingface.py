@@ -10,6 +10,15 @@ losses are already normalised by the whole step's token count and the step's los
 is their sum; otherwise their mean. See ``trajreg.integrations.session`` for what
 is exact and what is not; x* is the end of training. Models must return a loss
 (pass labels), as the Trainer requires anyway.
+
+Data-parallel training (``torchrun --nproc_per_node N script.py``; the Trainer wraps
+the model in DDP): every rank keeps its own micro-batches, rank 0 alone records the
+trajectory and writes ``out``, and each step's loss is added over the ranks
+(``trajreg.integrations.ranks``): their sum when the losses were normalised by the
+global token count (``num_items_in_batch`` with ``average_tokens_across_devices``, the
+default, under which the Trainer scales the loss by the number of processes), else
+their mean. Sharded models (FSDP, DeepSpeed ZeRO-3, DTensor parameters) are refused
+when training begins.
 """
 
 from __future__ import annotations
@@ -24,8 +33,21 @@ except ImportError:
     raise ImportError("trajreg.integrations.huggingface needs transformers: "
                       "pip install 'trajreg[huggingface]'") from None
 
+from trajreg.errors import UserError
 from trajreg.integrations.session import RegularitySession
 from trajreg.run.summary import Summary
+
+
+def check_args(args) -> None:
+    """Refuse training arguments that shard the model (a UserError naming them and what
+    to use instead): the callback measures single-process and data-parallel runs."""
+    for name, what in (("fsdp", "FSDP"), ("deepspeed", "DeepSpeed")):
+        value = getattr(args, name, None)
+        if value:
+            raise UserError(f"RegularityCallback cannot measure a Trainer run with {what} "
+                            f"({name}={value!r}): it needs every rank to hold every "
+                            "parameter; train with DDP (torchrun without fsdp/deepspeed), or "
+                            "use trajreg run with train.distributed.strategy: fsdp for FSDP2")
 
 
 class RegularityCallback(TrainerCallback):
@@ -33,21 +55,26 @@ class RegularityCallback(TrainerCallback):
     end of ``Trainer.train()``.
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
-    loss_threshold).
+    loss_threshold, timeout).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
                  tensorboard: bool = False, figures: bool = True,
-                 loss_threshold: float = 0.1) -> None:
+                 loss_threshold: float = 0.1, timeout: float = 1800.0) -> None:
         self.session = RegularitySession(out, source="huggingface", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
-                                         loss_threshold=loss_threshold)
+                                         loss_threshold=loss_threshold, timeout=timeout)
         self.summary: Summary | None = None
         self._hooks: list = []
         self._inputs = None
 
+    def on_init_end(self, args, state, control, **kwargs):
+        check_args(args)
+
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        check_args(args)
         self.model = model
+        self._global_tokens = bool(getattr(args, "average_tokens_across_devices", False))
         self.session.start(model, optimizer, {
             "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -71,6 +98,8 @@ class RegularityCallback(TrainerCallback):
                                  "pass labels so that it computes one")
             if "num_items_in_batch" in self._inputs[1]:
                 self.session.combine = "sum"
+                if self._global_tokens:  # normalised by the tokens of every rank
+                    self.session.rank_combine = "sum"
             self.session.after_batch(self._inputs, loss)
             self._inputs = None
 

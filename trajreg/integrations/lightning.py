@@ -7,6 +7,13 @@ minibatch and l_t is their mean, matching the gradient Lightning applies. Gradie
 clipping, schedulers and precision plugins act inside the step the recorder sees,
 so x_t, D_t, a_t, s_t stay exact. See ``trajreg.integrations.session`` for what is
 exact and what is not; x* is the end of the fit.
+
+Data-parallel fits (``strategy="ddp"``, ``"ddp_spawn"``, ... on CPU or GPU): every rank
+keeps its own micro-batches, rank 0 alone records the trajectory and writes ``out``,
+and each step's loss is the mean of the ranks' losses (``trajreg.integrations.ranks``).
+Strategies that shard the parameters are refused at setup with a UserError: FSDP
+(``strategy="fsdp"``, flat parameters), DeepSpeed, and ``ModelParallelStrategy``
+(FSDP2 / tensor parallelism; ``trajreg run`` measures FSDP2 runs).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ except ImportError:  # the standalone package name
         raise ImportError("trajreg.integrations.lightning needs PyTorch Lightning: "
                           "pip install 'trajreg[lightning]'") from None
 
+from trajreg.errors import UserError
 from trajreg.integrations.session import RegularitySession
 from trajreg.run.summary import Summary
 
@@ -37,21 +45,47 @@ def _loss_of(output: Any) -> torch.Tensor | None:
     return None
 
 
+# strategies whose ranks do not each hold every parameter: (what it is, what to use)
+_SHARDED = {
+    "FSDPStrategy": ("FSDP with flat parameters", "strategy='ddp', or trajreg run with "
+                     "train.distributed.strategy: fsdp (FSDP2)"),
+    "DeepSpeedStrategy": ("DeepSpeed (sharded optimizer and parameters)", "strategy='ddp'"),
+    "ModelParallelStrategy": ("FSDP2 / tensor parallelism (DTensor parameters)",
+                              "strategy='ddp', or trajreg run with "
+                              "train.distributed.strategy: fsdp for FSDP2"),
+}
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse a strategy that shards the parameters (a UserError naming it and what to
+    use instead): the callback measures single-process and data-parallel (DDP) fits."""
+    for cls in type(strategy).__mro__:
+        if cls.__name__ in _SHARDED:
+            what, instead = _SHARDED[cls.__name__]
+            raise UserError(f"RegularityCallback cannot measure a fit with "
+                            f"{type(strategy).__name__} ({what}): it needs every rank to hold "
+                            f"every parameter; use {instead}")
+
+
 class RegularityCallback(Callback):
     """Record the fit's trajectory and write a trajreg run directory to ``out`` at its end.
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
-    loss_threshold).
+    loss_threshold, timeout).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
                  tensorboard: bool = False, figures: bool = True,
-                 loss_threshold: float = 0.1) -> None:
+                 loss_threshold: float = 0.1, timeout: float = 1800.0) -> None:
         super().__init__()
         self.session = RegularitySession(out, source="lightning", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
-                                         loss_threshold=loss_threshold)
+                                         loss_threshold=loss_threshold, timeout=timeout)
         self.summary: Summary | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            check_strategy(trainer.strategy)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:
@@ -61,6 +95,7 @@ class RegularityCallback(Callback):
             "max_epochs": trainer.max_epochs,
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "gradient_clip_val": trainer.gradient_clip_val,
+            "strategy": type(trainer.strategy).__name__,
         })
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

@@ -30,6 +30,7 @@ What is exact and what is not:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import math
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 
 from trajreg.errors import UserError
+from trajreg.integrations.ranks import ABORT, DONE, LOAD, LOSSES, RankFailed, Ranks
 from trajreg.record.measured import Measured
 from trajreg.record.modes import RecordMode, get_mode
 from trajreg.record.modes.sample import SampleMode, SampleStore
@@ -68,6 +70,33 @@ def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         items = [map_tensors(v, fn) for v in batch]
         return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
     return batch
+
+
+def _replica(optimizer: torch.optim.Optimizer) -> tuple:
+    """What every rank of a data-parallel run must share: the number of parameters, a
+    fingerprint of x_0 (DDP broadcasts rank 0's parameters when it wraps the model), and
+    whether the parameters are sharded (DTensors: FSDP2, tensor parallelism)."""
+    params = optimizer_params(optimizer)
+    n = int(sum(p.numel() for p in params))
+    if any(hasattr(p, "to_local") for p in params):
+        return n, "", True
+    total = sum(float(p.detach().double().sum()) for p in params)
+    return n, float(total).hex(), False
+
+
+def _check_replicas(every: list[tuple]) -> None:
+    """Refuse (on every rank alike) a distributed run in which the ranks do not each
+    hold every parameter."""
+    if any(sharded for _, _, sharded in every):
+        raise UserError("the parameters are sharded across ranks (DTensor: FSDP2 or tensor "
+                        "parallelism); RegularitySession measures data-parallel runs in which "
+                        "every rank holds every parameter (DDP); for FSDP2 use trajreg run "
+                        "with train.distributed.strategy: fsdp")
+    if len({(n, fp) for n, fp, _ in every}) > 1:
+        sizes = ", ".join(str(n) for n, _, _ in every)
+        raise UserError(f"the ranks hold different parameters (sizes {sizes}, or different "
+                        "values at the start): RegularitySession measures data-parallel runs "
+                        "in which every rank holds the same parameters (DDP)")
 
 
 def _rng_state() -> dict:
@@ -123,12 +152,22 @@ class RegularitySession:
             saved) or ``sketch``, by name with its defaults or as a mode instance
             (e.g. ``SampleMode(rate=0.1, seed=1)``). Steps not measured exactly take
             l_t(x_t) from the loss the framework computed.
+        timeout: under data-parallel training (``trajreg.integrations.ranks``), the
+            seconds a rank waits for the others in one of the session's collectives
+            before it fails.
+
+    Under DDP (torch.distributed initialised with more than one process when ``start``
+    is called) every rank runs the same session: rank 0 alone records the trajectory
+    and writes ``out``; every rank keeps its own micro-batches and random states
+    (rank r > 0 in its own ``.NAME.partial-*`` directory beside ``out``, removed at the
+    end), rebuilds l_t on them, and the ranks' losses are added (``rank_combine``:
+    their mean, or their sum for losses normalised by the global batch's size).
     """
 
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
                  loss_threshold: float = 0.1, tensorboard: bool = False, figures: bool = True,
                  combine: str = "mean", lr_group: int = 0,
-                 mode: str | RecordMode = "store") -> None:
+                 mode: str | RecordMode = "store", timeout: float = 1800.0) -> None:
         self.out = Path(out)
         if self.out.exists():
             raise UserError(f"output directory already exists: {self.out}")
@@ -156,6 +195,9 @@ class RegularitySession:
         self.mode = mode
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
+        self.timeout = float(timeout)
+        self.ranks: Ranks | None = None  # set by start() under data-parallel training
+        self.rank_combine = "mean"  # a step's loss from the ranks' losses: mean or sum
         self.tmp: Path | None = None
         self.recorder: Recorder | None = None
         self._started = 0  # micro-batches whose forward began
@@ -170,6 +212,30 @@ class RegularitySession:
 
     def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               info: dict[str, Any] | None = None) -> None:
+        self.ranks = Ranks.detect(self.timeout)  # every rank: a collective
+        # a script that dies of an exception (frameworks without an exception hook, a
+        # failed rank) leaves no partial directory behind
+        atexit.register(self.abort)
+        try:
+            self._start(model, optimizer, info)
+        except BaseException as exc:
+            if self.ranks is None:
+                raise
+            self.abort()
+            self.ranks.agree("starting", exc)  # the others raise too; this one re-raises
+            raise
+        if self.ranks is not None:
+            try:
+                every = self.ranks.agree("starting", facts=_replica(self.optimizer))
+                _check_replicas(every)
+            except BaseException:
+                self.abort()
+                raise
+            self.info["ranks"] = self.ranks.world
+
+    def _start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               info: dict[str, Any] | None) -> None:
+        # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
         self.tmp = rundir.partial_dir(self.out)
         (self.tmp / "batches").mkdir()
         # frameworks wrap the optimizer (accelerate's AcceleratedOptimizer, ...): the
@@ -177,8 +243,9 @@ class RegularitySession:
         while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
             optimizer = optimizer.optimizer
         self.model, self.optimizer = model, optimizer
-        self.recorder = Recorder(optimizer, self.tmp / rundir.TRAJECTORY, mode=self.mode,
-                                 lr_group=self.lr_group)
+        if self.ranks is None or self.ranks.leader:  # DDP: every rank holds every x_t
+            self.recorder = Recorder(optimizer, self.tmp / rundir.TRAJECTORY,
+                                     mode=self.mode, lr_group=self.lr_group)
         # after the recorder's own hook: the step just taken closes its micro-batches
         self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
         self.info = {"source": self.source, "model": type(model).__name__,
@@ -254,55 +321,125 @@ class RegularitySession:
 
     def abort(self) -> None:
         """Drop the partial run directory (training failed or was interrupted)."""
+        atexit.unregister(self.abort)
         if self.recorder is not None:
-            self.recorder.close()
-            self._hook.remove()
+            # at interpreter exit the store's writer thread can no longer seal its files
+            with contextlib.suppress(Exception):
+                self.recorder.close()
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.remove()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def finish(self, model: torch.nn.Module, loss_fn: LossFn) -> Summary:
         """Measure every step against x* = x_T, write the run directory, return its
-        summary."""
-        self.recorder.close()
+        summary. Under DDP every rank calls it (see ``trajreg.integrations.ranks``)."""
+        if self.recorder is not None:
+            self.recorder.close()
         self._hook.remove()
-        T = self.steps
+        T, ranks = self.steps, self.ranks
+        empty = UserError("no optimizer step was taken: nothing to measure")
+        if ranks is not None:
+            try:
+                steps = ranks.agree("finishing training", None if T else empty, T)
+                if len(set(steps)) > 1:
+                    raise UserError(f"the ranks took different numbers of optimizer steps "
+                                    f"({', '.join(map(str, steps))}): not data-parallel "
+                                    "training")
+            except BaseException:
+                self.abort()
+                raise
         if T == 0:
             self.abort()
-            raise UserError("no optimizer step was taken: nothing to measure")
+            raise empty
         self.end_epoch()
-        recorded_losses = [self._combine([self.batch_losses[i] for i in self._members(t)
-                                          if i < len(self.batch_losses)]) for t in range(T)]
-        finite = [t for t, v in enumerate(recorded_losses) if not math.isfinite(v)]
-        diverged = finite[0] if finite else None
-        k = T if diverged is None else diverged  # x* = x_k
-        if k == 0:
-            self.abort()
-            raise UserError("the loss of the first step was not finite: nothing to measure")
+        # this rank's loss of each step, as the framework computed it
+        self._recorded = np.asarray([self._combine([self.batch_losses[i]
+                                                    for i in self._members(t)
+                                                    if i < len(self.batch_losses)])
+                                     for t in range(T)], dtype=np.float64)
+        recorded_losses = list(self._recorded)
+        if ranks is not None:  # the global batch's loss, as training's loss was
+            try:
+                recorded_losses = list(self._across(ranks.allsum("finishing training",
+                                                                 self._recorded)))
+            except BaseException:
+                self.abort()
+                raise
         params = optimizer_params(self.optimizer)
         device = params[0].device
-        row = self._iterates()
-
-        with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
-            model.train()
-            loss_x = list(recorded_losses[:k])  # rebuilt below where x_t was kept
-            rebuilt = []
-            for t in range(k):
-                x = row(t) if self.mode.keep(t) else None
-                if x is not None:
-                    set_flat_params(params, x)
-                    loss_x[t] = self._step_loss(model, loss_fn, t, device)
-                    rebuilt.append(t)
+        if ranks is not None and not ranks.leader:
+            return self._follow(model, loss_fn, params, device)
+        try:
+            finite = [t for t, v in enumerate(recorded_losses) if not math.isfinite(v)]
+            diverged = finite[0] if finite else None
+            k = T if diverged is None else diverged  # x* = x_k
+            if k == 0:
+                raise UserError("the loss of the first step was not finite: nothing to "
+                                "measure")
+            row = self._iterates()
             ends = [e for e in self.epoch_ends if e <= k] or [k]
-            ctx = _SessionContext(self, model, loss_fn, params, device, k, ends)
-            measured = self.mode.measure(ctx, k)
+            with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
+                model.train()
+                ctx = _SessionContext(self, model, loss_fn, params, device, k, ends)
+                loss_x = list(recorded_losses[:k])  # rebuilt below where x_t was kept
+                rebuilt = []
+                for t in range(k):
+                    x = row(t) if self.mode.keep(t) else None
+                    if x is not None:
+                        ctx.load(x)
+                        loss_x[t] = float(ctx.step_losses([t], check=True)[0])
+                        rebuilt.append(t)
+                measured = self.mode.measure(ctx, k)
+            if ranks is not None:
+                ranks.send(DONE)
+        except BaseException as exc:
+            if ranks is not None and not isinstance(exc, RankFailed):
+                with contextlib.suppress(Exception):  # the followers wait for a command
+                    ranks.send(ABORT)
+            self.abort()
+            raise
         measured.loss = np.asarray(loss_x, dtype=np.float64)[measured.steps]
-        recorded = np.asarray(recorded_losses[:k])[rebuilt]
-        again = np.asarray(loss_x, dtype=np.float64)[rebuilt]
-        known = np.isfinite(recorded) & np.isfinite(again)
-        check = {"steps": len(rebuilt), "equal": int(np.sum(recorded == again)),
-                 "max_abs_diff": float(np.max(np.abs(recorded - again)[known], initial=0.0))}
+        # every rank's rebuilt l_t(x_t) against its own loss from training, bit for bit
+        check = {"steps": len(rebuilt), "equal": ctx.equal, "max_abs_diff": ctx.max_diff}
+        if ranks is not None:
+            check["ranks"] = ranks.world
+        try:
+            summary = self._write(model, params, measured, loss_x, ends, diverged, check)
+        except BaseException as exc:
+            if ranks is None:
+                self.abort()
+                raise
+            error: BaseException | None = exc
+        else:
+            error = None
+        if ranks is not None:  # rename only when every rank succeeded
+            try:
+                ranks.agree("writing the run directory", error)
+            except BaseException:
+                self.abort()
+                raise
+        try:
+            rundir.finish_dir(self.tmp, self.out)
+        except BaseException as exc:
+            self.abort()
+            if ranks is not None:
+                with contextlib.suppress(Exception):
+                    ranks.broadcast_object("renaming the run directory",
+                                           " ".join(str(exc).split()) or type(exc).__name__)
+            raise
+        atexit.unregister(self.abort)
+        if ranks is not None:
+            ranks.broadcast_object("renaming the run directory", summary)
+        return summary
 
+    def _write(self, model: torch.nn.Module, params: list[torch.Tensor], measured: Measured,
+               loss_x: list[float], ends: list[int], diverged: int | None,
+               check: dict) -> Summary:
+        """Write the run directory's files into the partial directory."""
+        k = len(loss_x)
         full, start = [loss_x[0]], 0
         for e in ends:
             full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
@@ -324,18 +461,56 @@ class RegularitySession:
             self.tmp, log, measured, mode=self.mode.name, reference="final",
             options=analysis.AnalysisOptions.from_config(self.analysis), facts=facts,
             figures=self.figures, tensorboard=self.tensorboard)
-        try:
-            rundir.finish_dir(self.tmp, self.out)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
         return summary
+
+    def _across(self, total: np.ndarray) -> np.ndarray:
+        """A step's loss from the sum of the ranks' losses."""
+        assert self.ranks is not None
+        return total / self.ranks.world if self.rank_combine == "mean" else total
+
+    def _follow(self, model: torch.nn.Module, loss_fn: LossFn, params: list[torch.Tensor],
+                device: torch.device) -> Summary:
+        """Rank r > 0 after training: serve rank 0's measurement (load x, rebuild this
+        rank's step losses), then wait for rank 0 to write the run directory."""
+        ranks = self.ranks
+        assert ranks is not None
+        try:
+            with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.train()
+                ctx = _SessionContext(self, model, loss_fn, params, device, self.steps, [])
+                while True:
+                    op, payload, flag = ranks.receive()
+                    if op in (LOAD, LOSSES):
+                        assert payload is not None
+                    if op == LOAD:
+                        set_flat_params(params, payload)
+                    elif op == LOSSES:
+                        ctx.rank_losses([int(t) for t in payload], check=bool(flag))
+                    elif op == DONE:
+                        break
+                    else:
+                        raise RankFailed("rank 0 failed while measuring the run (its own "
+                                         "error says why)")
+        finally:
+            self.abort()  # this rank's micro-batches are no longer needed
+        ranks.agree("writing the run directory")
+        outcome = ranks.broadcast_object("renaming the run directory")
+        if not isinstance(outcome, Summary):
+            raise RankFailed(f"rank 0 failed while renaming the run directory: {outcome}")
+        return outcome
 
 
 class _SessionContext:
     """``MeasureContext`` of an integration: step t's loss is rebuilt from its recorded
     micro-batches and random states; F(x*) is the mean of l_t(x*) over the last epoch
-    (F_k is the running epoch loss here); a session cannot replay."""
+    (F_k is the running epoch loss here); a session cannot replay.
+
+    Under DDP rank 0's context sends each ``load`` and each uncached ``step_losses`` to
+    the other ranks (``trajreg.integrations.ranks``), whose contexts run ``rank_losses``
+    with it. ``equal`` and ``max_diff`` accumulate the checks of ``step_losses(...,
+    check=True)``: the steps at which every rank's rebuilt loss equals its own loss from
+    training bit for bit, and the largest difference."""
 
     def __init__(self, session: RegularitySession, model: torch.nn.Module, loss_fn: LossFn,
                  params: list[torch.Tensor], device: torch.device, k: int,
@@ -344,16 +519,58 @@ class _SessionContext:
         self.params, self.device, self.ends = params, device, ends
         self.directory, self.steps = session.tmp, k
         self._at: dict[int, float] = {}
+        self.equal, self.max_diff = 0, 0.0
 
     def load(self, x: np.ndarray) -> None:
+        if self.session.ranks is not None:
+            self.session.ranks.send(LOAD, x)
         set_flat_params(self.params, x)
         self._at = {}
 
-    def step_losses(self, steps: Sequence[int]) -> np.ndarray:
-        for t in steps:
-            if t not in self._at:
-                self._at[t] = self.session._step_loss(self.model, self.loss_fn, t, self.device)
-        return np.asarray([self._at[t] for t in steps], dtype=np.float64)
+    def step_losses(self, steps: Sequence[int], check: bool = False) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(int(t) for t in steps) if t not in self._at]
+        if todo:
+            if self.session.ranks is not None:
+                self.session.ranks.send(LOSSES, np.asarray(todo), flag=int(check))
+            self._at.update(zip(todo, self.rank_losses(todo, check), strict=True))
+        return np.asarray([self._at[int(t)] for t in steps], dtype=np.float64)
+
+    def rank_losses(self, steps: list[int], check: bool) -> np.ndarray:
+        """l_t at the loaded parameters: this rank's, from its own micro-batches, and
+        under DDP added over the ranks (every rank calls it with the same steps)."""
+        session, ranks = self.session, self.session.ranks
+        n = len(steps)
+        local = np.full(n, np.nan)
+        error: BaseException | None = None
+        try:
+            for i, t in enumerate(steps):
+                local[i] = session._step_loss(self.model, self.loss_fn, t, self.device)
+        except Exception as exc:
+            if ranks is None:
+                raise
+            error = exc  # handed on in the collective below: every rank leaves together
+        recorded = session._recorded[steps]
+        unequal = (recorded != local).astype(np.float64)
+        known = np.isfinite(recorded) & np.isfinite(local)
+        diff = float(np.max(np.abs(recorded - local)[known], initial=0.0))
+        values = local
+        if ranks is not None:
+            failed = np.zeros(ranks.world)
+            failed[ranks.rank] = error is not None
+            total = ranks.allsum("measuring", np.concatenate([local, unequal, failed]))
+            which = np.flatnonzero(total[2 * n:])
+            if which.size:
+                if error is not None:
+                    raise error
+                raise RankFailed(f"rank {', '.join(map(str, which))} failed while rebuilding "
+                                 "its step losses (its own error says why)")
+            values, unequal = session._across(total[:n]), total[n : 2 * n]
+            if check:
+                diff = ranks.allmax("measuring", diff)
+        if check:
+            self.equal += int(np.sum(unequal == 0))
+            self.max_diff = max(self.max_diff, diff)
+        return values
 
     def f_star(self, k: int) -> float:
         last = self.ends[-2] if len(self.ends) > 1 else 0

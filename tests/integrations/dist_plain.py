@@ -1,0 +1,103 @@
+"""RegularitySession in a hand-written DDP loop on 2 CPU processes, for
+test_distributed_callbacks.py: ``python -m torch.distributed.run --standalone
+--nproc_per_node 2 dist_plain.py TMP``. It runs several sessions one after the other in
+the same process group, each ending one way, and every rank writes how each ended to
+``TMP/rank-N.json`` ({scenario: [outcome, seconds]}):
+
+- ``store``, ``sample``: a complete run each (TMP/store, TMP/sample);
+- ``follower``: one of rank 1's micro-batch files is damaged before ``finish``;
+- ``leader``: rank 0's measurement raises;
+- ``hang``: rank 1 stops answering (sleeps) before ``finish``; the session's timeout
+  is 2 s there (elsewhere 60 s: a rank waits while rank 0 alone measures and writes).
+  Last: it leaves the process group unusable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+TIMEOUT = 60.0  # the session's timeout; the hang's is HANG
+HANG = 2.0
+
+
+def main() -> int:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trajreg.integrations import RegularitySession
+    from trajreg.record.modes.sample import SampleMode
+
+    torch.set_num_threads(1)
+    tmp = Path(sys.argv[1])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    results: dict[str, list] = {}
+
+    def loss_fn(model, batch):
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    def run(name: str, mode="store", before_finish=None, timeout=TIMEOUT) -> None:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                  torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
+        model = DistributedDataParallel(net)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(100 + rank)  # each rank its own part
+        x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
+        session = RegularitySession(tmp / name, source="plain", figures=False, mode=mode,
+                                    timeout=timeout)
+        start = time.monotonic()
+        try:
+            session.start(net, opt)
+            for _ in range(2):
+                for i in range(0, 96, 16):
+                    batch = (x[i : i + 16], y[i : i + 16])
+                    session.before_batch()
+                    loss = loss_fn(model, batch)
+                    session.after_batch(batch, loss)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                session.end_epoch()
+            if before_finish is not None:
+                before_finish(session)
+            summary = session.finish(net, loss_fn)
+            outcome = ["ok", summary.n_steps, summary.loss_check]
+        except Exception as exc:  # noqa: BLE001 - the test reads how each rank ended
+            outcome = [f"error: {type(exc).__name__}: {exc}"]
+        results[name] = [*outcome, time.monotonic() - start]
+        (tmp / f"rank-{rank}.json").write_text(json.dumps(results))
+
+    def damage_a_batch(session):
+        if rank == 1:
+            sorted((session.tmp / "batches").iterdir())[3].write_bytes(b"damaged")
+
+    def measuring_fails(session):
+        if rank == 0:
+            def measure(ctx, k):
+                x = torch.cat([p.detach().reshape(-1) for p in ctx.params]).numpy()
+                ctx.load(x)  # the other rank is serving the measurement now
+                raise RuntimeError("injected failure while measuring")
+            session.mode.measure = measure
+
+    def hang(session):
+        if rank == 1:
+            time.sleep(2 * HANG)
+
+    run("store")
+    run("sample", mode=SampleMode(rate=0.5, seed=1))
+    run("follower", before_finish=damage_a_batch)
+    run("leader", before_finish=measuring_fails)
+    run("hang", before_finish=hang, timeout=HANG)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the hang left the process group unusable: no orderly teardown
+
+
+if __name__ == "__main__":
+    sys.exit(main())

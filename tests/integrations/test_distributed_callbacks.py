@@ -1,0 +1,271 @@
+"""The Lightning and Hugging Face callbacks under data-parallel training on 2 CPU
+processes (gloo): Lightning's own ``strategy="ddp"`` launcher and the Trainer under
+``python -m torch.distributed.run``. One run directory, written by rank 0; the exact
+identity; every rank's rebuilt losses equal its training losses bit for bit; each
+step's loss is the global batch's, from the ranks' own losses; a rank that raises
+mid-training ends every rank with an error and leaves nothing that looks finished.
+
+The multi-process runs are scripts (dist_lightning.py, dist_hf.py, dist_plain.py):
+Lightning's ddp launcher starts rank 1 by running the script again. The selected ones
+are all started together by the ``runs`` fixture and each test waits for its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trajreg.errors import UserError
+from trajreg.run import analyze, rundir
+from trajreg.run.summary import read_summary
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+LIMIT = 150  # seconds a 2-process run may take on a busy 2-core machine
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+            "2"]
+
+
+class Launch:
+    """One multi-process run, started at once in its own session (output to a file)."""
+
+    def __init__(self, base: Path, name: str, needs: str, script: str, *args: str) -> None:
+        self.dir = base / name
+        self.dir.mkdir()
+        self.out, self.status = self.dir / "run", self.dir / "status"
+        self.status.mkdir()
+        if importlib.util.find_spec(needs) is None:
+            self.proc = None
+            self.skip = f"{needs} is not installed"
+            return
+        cmd = [*(TORCHRUN if script != "dist_lightning.py" else [sys.executable]),
+               str(HERE / script), *(a.format(out=self.out, status=self.status, dir=self.dir)
+                                     for a in args)]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        env["OMP_NUM_THREADS"] = "1"
+        self.log = base / f"{name}.log"
+        self.start = time.monotonic()
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self) -> tuple[int, str, float]:
+        """(exit status, output, seconds); on a timeout the session is killed and the
+        test fails."""
+        if self.proc is None:
+            pytest.skip(self.skip)
+        try:
+            rc = self.proc.wait(timeout=max(1.0, LIMIT - (time.monotonic() - self.start)))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{self.dir.name} did not end within {LIMIT} s (a deadlock?):\n"
+                        f"{self.log.read_text()[-3000:]}")
+        return rc, self.log.read_text(), time.monotonic() - self.start
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# test -> the run it reads: name, what it needs, script, arguments
+RUNS = {
+    "test_lightning_ddp_two_processes": ("lightning", "lightning", "dist_lightning.py",
+                                         "{out}", "{status}"),
+    "test_lightning_ddp_rank_failure": ("lightning-fail", "lightning", "dist_lightning.py",
+                                        "{out}", "{status}", "--fail-rank", "1"),
+    "test_huggingface_torchrun_two_processes": ("hf", "transformers", "dist_hf.py", "{out}",
+                                                "{status}"),
+    "test_huggingface_torchrun_rank_failure": ("hf-fail", "transformers", "dist_hf.py",
+                                               "{out}", "{status}", "--fail-rank", "1"),
+    "test_session_ranks_protocol": ("plain", "torch", "dist_plain.py", "{dir}"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    """Every selected test's run, all started together: on two cores their imports and
+    collectives' waits overlap (about half the time of one after the other)."""
+    base = tmp_path_factory.mktemp("ranks")
+    wanted = {item.originalname for item in request.session.items} & set(RUNS)
+    launched = {test: Launch(base, *RUNS[test]) for test in sorted(wanted)}
+    yield launched
+    for launch in launched.values():
+        launch.kill()
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie counts: it ran to its end)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def check_run(out: Path, status: Path, source: str, step_loss) -> pd.DataFrame:
+    """What both frameworks' 2-rank runs must give: one ordinary, exact run directory."""
+    for rank in (0, 1):
+        assert (status / f"rank-{rank}").read_text() == "ok\n"
+    assert {p.name for p in out.parent.iterdir()} == {out.name, status.name}  # no leftovers
+    table = pd.read_parquet(out / "metrics.parquet")
+    summary = read_summary(out)
+    assert summary.source == source and summary.n_steps == len(table)
+    # the exact identity D_t - D_{t+1} = 2 eta_t a_t - eta_t^2 s_t on rank 0's trajectory
+    D = np.append(table["D"].to_numpy(), 0.0)
+    eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
+    assert np.allclose(D[:-1] - D[1:], 2 * eta * a - eta**2 * s, rtol=1e-6,
+                       atol=1e-9 * D.max())
+    # every step rebuilt on every rank, bit for bit against that rank's training loss
+    assert summary.loss_check == {"steps": len(table), "equal": len(table),
+                                  "max_abs_diff": 0.0, "ranks": 2}
+    # each step's loss is the global batch's, from the losses both ranks trained on
+    losses = [np.asarray(json.loads((status / f"rank-{r}.losses.json").read_text()))
+              for r in (0, 1)]
+    assert np.allclose(table["loss"], step_loss(*losses), rtol=1e-12)
+    assert np.isfinite(table["b"]).all() and table["b"].iloc[0] != 0
+    again = analyze(out, eps=[0.0, 0.1])  # trajreg analyze reads it unchanged
+    assert set(again.gamma_hat) == {"0.0", "0.1"}
+    return table
+
+
+def check_failed(out: Path, status: Path, rc: int, seconds: float) -> None:
+    """Rank 1 raised mid-training: every rank ended with an error (or was stopped by
+    its launcher) within the limit, and no run directory looks finished."""
+    assert rc != 0 and seconds < LIMIT
+    assert "injected failure on rank 1" in (status / "rank-1").read_text()
+    zero = status / "rank-0"  # its own error, unless its launcher stopped it first
+    assert not zero.exists() or zero.read_text().startswith("error: ")
+    for pid in (int((status / f"rank-{r}.pid").read_text()) for r in (0, 1)):
+        deadline = time.monotonic() + 30
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert gone(pid), f"rank process {pid} still runs"
+    assert not out.exists()
+    # at most partial directories of ended processes, which the next run removes
+    rundir.remove_stale(out)
+    assert [p.name for p in out.parent.iterdir()] == [status.name]
+
+
+# ---------------------------------------------------------------------- Lightning
+
+
+@pytest.mark.slow
+def test_lightning_ddp_two_processes(runs):
+    run = runs["test_lightning_ddp_two_processes"]
+    rc, log, _ = run.wait()
+    assert rc == 0, log[-3000:]
+    # Lightning's DistributedSampler: 320 samples, 160 a rank, 16 a micro-batch
+    table = check_run(run.out, run.status, "lightning", lambda l0, l1: (l0 + l1) / 2)
+    assert len(table) == 20 and read_summary(run.out).epoch_ends == [10, 20]
+
+
+@pytest.mark.slow
+def test_lightning_ddp_rank_failure(runs):
+    run = runs["test_lightning_ddp_rank_failure"]
+    rc, log, seconds = run.wait()
+    check_failed(run.out, run.status, rc, seconds)
+
+
+def test_lightning_sharded_strategies_are_refused(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from trajreg.integrations.lightning import RegularityCallback
+
+    cb = RegularityCallback(tmp_path / "run")
+    fsdp = pl.strategies.FSDPStrategy()
+    with pytest.raises(UserError, match="FSDPStrategy .*flat parameters.*strategy='ddp'"):
+        cb.setup(SimpleNamespace(strategy=fsdp), None, "fit")
+    cb.setup(SimpleNamespace(strategy=pl.strategies.DDPStrategy()), None, "fit")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- Hugging Face
+
+
+@pytest.mark.slow
+def test_huggingface_torchrun_two_processes(runs):
+    run = runs["test_huggingface_torchrun_two_processes"]
+    rc, log, _ = run.wait()
+    assert rc == 0, log[-3000:]
+
+    def step_loss(l0, l1):
+        # 2 micro-batches a step, each normalised by the step's token count over both
+        # ranks (num_items_in_batch, average_tokens_across_devices): sums
+        return l0.reshape(-1, 2).sum(1) + l1.reshape(-1, 2).sum(1)
+
+    table = check_run(run.out, run.status, "huggingface", step_loss)
+    assert len(table) == 8  # 128 sequences, 8 a micro-batch a rank, 2 micro-batches a step
+
+
+@pytest.mark.slow
+def test_huggingface_torchrun_rank_failure(runs):
+    run = runs["test_huggingface_torchrun_rank_failure"]
+    rc, log, seconds = run.wait()
+    check_failed(run.out, run.status, rc, seconds)
+    # torchrun's report: every rank ended with a non-zero status or a signal
+    codes = [int(c) for c in re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", log, re.M)]
+    assert len(codes) == 2 and all(codes), log[-3000:]
+
+
+def test_huggingface_sharded_arguments_are_refused():
+    pytest.importorskip("transformers")
+    from trajreg.integrations.huggingface import check_args
+
+    with pytest.raises(UserError, match="FSDP .*DDP"):
+        check_args(SimpleNamespace(fsdp=["full_shard"], deepspeed=None))
+    check_args(SimpleNamespace(fsdp=[], deepspeed=None))
+
+
+# ---------------------------------------------------------------------- the protocol
+
+
+@pytest.mark.slow
+def test_session_ranks_protocol(runs):
+    """A hand-written DDP loop, five sessions in one process group (dist_plain.py)."""
+    run = runs["test_session_ranks_protocol"]
+    rc, log, _ = run.wait()
+    assert rc == 0, log[-3000:]
+    ranks = [json.loads((run.dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    # complete runs: every rank returns rank 0's summary; store and sample modes
+    for name, steps in (("store", 12), ("sample", 5)):
+        for r in (0, 1):
+            outcome, n, check, _ = ranks[r][name]
+            assert (outcome, n) == ("ok", 12), ranks[r][name]
+            assert check == {"steps": steps, "equal": steps, "max_abs_diff": 0.0, "ranks": 2}
+        assert read_summary(run.dir / name).loss_check == ranks[0][name][2]
+    table = pd.read_parquet(run.dir / "store" / "metrics.parquet")
+    D = np.append(table["D"].to_numpy(), 0.0)
+    eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
+    assert np.allclose(D[:-1] - D[1:], 2 * eta * a - eta**2 * s, rtol=1e-6,
+                       atol=1e-9 * D.max())
+    # a rank's own failure while measuring: its error on it, a RankFailed naming it on
+    # the other, at once
+    zero, one = ranks[0]["follower"], ranks[1]["follower"]
+    assert one[0].startswith("error: ") and "RankFailed" not in one[0]
+    assert "RankFailed: rank 1 failed while rebuilding" in zero[0]
+    zero, one = ranks[0]["leader"], ranks[1]["leader"]
+    assert "injected failure while measuring" in zero[0]
+    assert "RankFailed: rank 0 failed while measuring" in one[0]
+    # a rank that stops answering: the session's timeout (2 s), the rank named
+    zero, one = ranks[0]["hang"], ranks[1]["hang"]
+    assert "RankFailed" in zero[0] and "Ranks 1 failed to pass monitoredBarrier" in zero[0]
+    assert zero[-1] < 2 + 10 and one[0].startswith("error: RankFailed")
+    for r in (0, 1):
+        assert ranks[r]["follower"][-1] < 10 and ranks[r]["leader"][-1] < 10
+    # only the complete runs' directories: no partial directory of any rank is left
+    assert {p.name for p in run.dir.iterdir()} == {"store", "sample", "rank-0.json",
+                                                   "rank-1.json", "status"}

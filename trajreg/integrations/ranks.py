@@ -1,0 +1,162 @@
+"""A ``RegularitySession`` under data-parallel training (DDP): what the ranks share.
+
+Under DDP every rank holds every parameter and takes the same optimizer steps on its
+own part of each global batch. So rank 0 alone records the trajectory (the leader),
+while every rank keeps its own micro-batches and random states. After training the
+leader drives the measurement and the other ranks (followers) serve it, in lockstep:
+
+- ``load(x)``: the leader broadcasts x (a row of its trajectory) and every rank puts it
+  into its parameters;
+- ``losses(steps)``: every rank rebuilds l_t on its own micro-batches of each step, and
+  one all_reduce adds them (the leader divides by the number of ranks, or not, as the
+  framework's loss was normalised: ``rank_combine``).
+
+Everything goes through a gloo group of the session's own (CPU tensors whatever the
+training backend, and its own timeout), so a rank that dies makes every other rank's
+next collective fail, and a rank that hangs makes it time out: no rank waits forever.
+A rank's local failure is turned into a flag in the next collective, so every rank
+leaves together with one clear error (``RankFailed``). ``agree`` (a monitored barrier,
+then an all_gather of each rank's error) marks the points where every rank must
+have succeeded: before measuring, and before the leader renames the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from trajreg.errors import UserError
+
+LOAD, LOSSES, DONE, ABORT = 1, 2, 3, 4
+_DTYPES = {0: torch.float32, 1: torch.float64}
+
+
+class RankFailed(UserError):
+    """Another rank of a data-parallel run failed or stopped answering."""
+
+
+def _line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}"
+
+
+class Ranks:
+    """This process's place in a data-parallel run: ``rank`` of ``world``, and a gloo
+    group (``timeout`` seconds per collective) for the session's collectives."""
+
+    def __init__(self, rank: int, world: int, group: Any, timeout: float) -> None:
+        self.rank, self.world, self.group, self.timeout = rank, world, group, timeout
+
+    @classmethod
+    def detect(cls, timeout: float) -> Ranks | None:
+        """The ranks when torch.distributed is initialised with more than one process
+        (every rank must call this at the same point: it creates a group), else None."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        group = dist.new_group(backend="gloo",
+                               timeout=datetime.timedelta(seconds=float(timeout)))
+        return cls(dist.get_rank(), dist.get_world_size(), group, float(timeout))
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def _collective(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run a collective; a peer that died or timed out becomes a ``RankFailed``."""
+        try:
+            return fn()
+        except RankFailed:
+            raise
+        except (RuntimeError, ConnectionError) as exc:  # gloo: closed peer, timeout
+            raise RankFailed(f"rank {self.rank}: another rank failed or stopped answering "
+                             f"while {what} (waited at most {self.timeout:g} s): "
+                             f"{_line(exc)}") from exc
+
+    # ------------------------------------------------------------------ agreement
+
+    def agree(self, what: str, error: BaseException | None = None,
+              facts: Any = None) -> list[Any]:
+        """Every rank arrives here (a monitored barrier names a rank that does not) and
+        hands in its error (None: it succeeded) and ``facts``; when any rank failed,
+        every rank raises (its own error, or ``RankFailed`` naming the failed ranks).
+        Returns every rank's ``facts``."""
+        import torch.distributed as dist
+
+        def gather() -> list:
+            dist.monitored_barrier(group=self.group,
+                                   timeout=datetime.timedelta(seconds=self.timeout),
+                                   wait_all_ranks=True)
+            every: list = [None] * self.world
+            dist.all_gather_object(every, (None if error is None else _line(error), facts),
+                                   group=self.group)
+            return every
+
+        every = self._collective(what, gather)
+        failed = [(r, e) for r, (e, _) in enumerate(every) if e is not None]
+        if failed:
+            if error is not None:
+                raise error
+            raise RankFailed("; ".join(f"rank {r} failed while {what}: {e}" for r, e in failed))
+        return [f for _, f in every]
+
+    def broadcast_object(self, what: str, obj: Any = None) -> Any:
+        import torch.distributed as dist
+
+        box = [obj]
+        self._collective(what, lambda: dist.broadcast_object_list(box, src=0,
+                                                                  group=self.group))
+        return box[0]
+
+    def allsum(self, what: str, values: np.ndarray) -> np.ndarray:
+        """The elementwise sum over ranks of a float64 vector (identical on every rank)."""
+        import torch.distributed as dist
+
+        t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).clone()
+        self._collective(what, lambda: dist.all_reduce(t, group=self.group))
+        return t.numpy()
+
+    def allmax(self, what: str, value: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        self._collective(what, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX,
+                                                       group=self.group))
+        return float(t[0])
+
+    # ------------------------------------------------------------------ leader -> followers
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        # the group holds every rank: its rank 0 is global rank 0
+        self._collective("measuring", lambda: dist.broadcast(tensor, src=0, group=self.group))
+        return tensor
+
+    def send(self, op: int, payload: np.ndarray | None = None, flag: int = 0) -> None:
+        """The leader's command to the followers (``receive`` on each of them)."""
+        if payload is None:
+            self._broadcast(torch.tensor([op, 0, 0, flag], dtype=torch.int64))
+            return
+        if op == LOAD:
+            x = torch.from_numpy(np.ascontiguousarray(payload))
+            if x.dtype not in (torch.float32, torch.float64):
+                x = x.to(torch.float64)
+            code = 0 if x.dtype == torch.float32 else 1
+        else:
+            x, code = torch.from_numpy(np.asarray(payload, dtype=np.int64)), 2
+        self._broadcast(torch.tensor([op, x.numel(), code, flag], dtype=torch.int64))
+        self._broadcast(x.contiguous())
+
+    def receive(self) -> tuple[int, torch.Tensor | None, int]:
+        """A follower waits for the leader's next command: (op, payload, flag)."""
+        op, n, code, flag = (int(v) for v in self._broadcast(torch.zeros(4, dtype=torch.int64)))
+        if op in (DONE, ABORT):
+            return op, None, flag
+        payload = torch.empty(n, dtype=_DTYPES.get(code, torch.int64))
+        return op, self._broadcast(payload), flag
