@@ -46,7 +46,7 @@ def test_serial_study_runs_everything_once_and_reports(tmp_path, one_thread):
     assert sorted(runs["run_id"]) == sorted(r.run_id for r in study.runs)
     assert (runs["status"] == "done").all()
     tech = pd.read_csv(tmp_path / "s" / "techniques.csv")
-    assert tech["n_seeds"].tolist() == [2]
+    assert tech["n_pairs"].tolist() == [2]
     # again: nothing to do, nothing rewritten
     before = finished(tmp_path / "s")
     again = run_study(study, tmp_path / "s", executor="serial", progress=False)

@@ -192,3 +192,22 @@ def test_the_study_may_set_its_own_train_margin():
     assert runs["trained"].all()  # the runs' own margin, 0.1
     tech, runs, _ = technique_rows(norm_study([0], train_margin=0.2), make)
     assert not runs["trained"].any() and tech.iloc[0]["outcome_gamma"] == "not comparable"
+
+
+@pytest.mark.parametrize("gamma, speed, words", [
+    (["larger", "larger"], ["faster", "faster"], "supports the claim"),
+    (["larger", "inconclusive"], ["inconclusive", "inconclusive"], "supports the gamma_hat half"),
+    (["larger", "larger"], ["faster", "slower"], "convergence slower in 1 of the 2"),
+    (["smaller", "inconclusive"], ["faster", "faster"], "contradicts the claim"),
+    (["larger", "smaller"], ["faster", "faster"], "larger in some decided comparisons"),
+    (["inconclusive", "not comparable"], ["faster", "not comparable"], "is undecided"),
+])
+def test_technique_verdict_counts_only_decided_comparisons(gamma, speed, words):
+    import pandas as pd
+
+    tech = pd.DataFrame({"technique": "activation", "role": "claim", "outcome_gamma": gamma,
+                         "outcome_speed": speed, "metric": "gamma_hat_0.05"})
+    [text] = technique_verdicts(tech)
+    assert words in text
+    assert f"({gamma.count('inconclusive')} inconclusive, " \
+           f"{gamma.count('not comparable')} not comparable)" in text

@@ -79,7 +79,13 @@ TECHNIQUE_COLUMNS = [
     "outcome_speed",
     "steps_diff_median", "steps_diff_low", "steps_diff_high", "steps_p_value",
     "steps_p_holm", "outcome_speed_steps",
-    "note", "runs_with", "runs_without", "runs_not_trained"]
+    "note", "runs_with", "runs_without", "runs_not_trained",
+    # mu_hat (restricted secant constant of the gradients, at the report's eps) compared the
+    # same way: does the technique raise it as it raises gamma? (nan without gradients)
+    "mu_with", "mu_without", "mu_diff_median", "mu_diff_low", "mu_diff_high", "mu_p_holm",
+    "outcome_mu"]
+# trajectory geometry (README "Trajectory geometry"); mu_hat, L_hat per eps; nan when absent
+GEOMETRY_RUN_COLUMNS = ["cos_g_positive", "path_ratio", "mli_monotone"]
 
 
 def architecture(config: Mapping[str, Any]) -> str:
@@ -165,10 +171,18 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
         for axis in axes:
             value = _dotted(c, axis)
             row[axis] = label(value) if value is not None else ""
-        for name in ("gamma_hat", "kappa_hat"):
+        for name in ("gamma_hat", "kappa_hat", "mu_hat", "L_hat"):
             table = getattr(s, name) if s is not None else None
             for k in keys:
-                row[f"{name}_{k}"] = table.get(k, math.nan) if table else math.nan
+                value = table.get(k, math.nan) if table else math.nan
+                row[f"{name}_{k}"] = math.nan if value is None else value
+        mli = s.mli if s is not None else None
+        row.update({
+            "cos_g_positive": s.cos_g_positive if s is not None and s.cos_g_positive is not None
+            else math.nan,
+            "path_ratio": s.path_ratio if s is not None and s.path_ratio is not None
+            else math.nan,
+            "mli_monotone": mli.get("monotone") if mli else None})
         row.update({
             "gamma_hat_ci_halfwidth": _ci_halfwidth(s.gamma_hat_ci, eps) if s else math.nan,
             "kappa_hat_ci_halfwidth": _ci_halfwidth(s.kappa_hat_ci, eps) if s else math.nan,
@@ -182,7 +196,9 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
         })
         rows.append(row)
     metric_cols = [f"{n}_{k}" for n in ("gamma_hat", "kappa_hat") for k in keys]
-    return pd.DataFrame(rows, columns=RUN_COLUMNS + axes + metric_cols + RUN_METRIC_COLUMNS)
+    geometry = [f"{n}_{k}" for n in ("mu_hat", "L_hat") for k in keys] + GEOMETRY_RUN_COLUMNS
+    return pd.DataFrame(rows, columns=RUN_COLUMNS + axes + metric_cols + RUN_METRIC_COLUMNS
+                        + geometry)
 
 
 def claim_technique(axis: str, with_value: Any, without_value: Any) -> str | None:
@@ -430,14 +446,18 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
                        lambda a, b, c=c: rv.get(a, f"{c.kind}_hat_ci_halfwidth")
                        + rv.get(b, f"{c.kind}_hat_ci_halfwidth")) for c in comps]
     speed = [evaluate(c, rv.pair(SPEED), rv.trained, options) for c in comps]
+    # mu_hat at the metric's eps (gamma_hat_<eps>, kappa_hat_<eps>)
+    mu = [evaluate(c, rv.pair("mu_hat_" + c.metric.rsplit("_", 1)[-1]), rv.trained, options)
+          for c in comps]
     decide(metric, options, (LARGER, SMALLER))
     decide(speed, options, (SLOWER, FASTER))  # a larger auc is slower
+    decide(mu, options, (LARGER, SMALLER))
     steps: list[Evaluation | None] = [None] * len(comps)
     if curves is not None:
         steps = [evaluate(c, steps_values(curves), rv.trained, options) for c in comps]
         decide(steps, options, (SLOWER, FASTER))
     rows = []
-    for c, g, s, st in zip(comps, metric, speed, steps, strict=True):
+    for c, g, s, st, m in zip(comps, metric, speed, steps, mu, strict=True):
         rows.append({
             "technique": c.technique, "role": "claim" if c.claim else "stratum",
             "axis": c.axis, "block": c.block, "architecture": c.architecture,
@@ -467,6 +487,9 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
             "runs_with": " ".join(p[1] for p in c.pairs),
             "runs_without": " ".join(p[2] for p in c.pairs),
             "runs_not_trained": " ".join(r for _, rs in g.not_trained for r in rs.split()),
+            "mu_with": m.median_with, "mu_without": m.median_without,
+            "mu_diff_median": m.test.median, "mu_diff_low": m.test.low,
+            "mu_diff_high": m.test.high, "mu_p_holm": m.p_holm, "outcome_mu": m.outcome,
         })
     return pd.DataFrame(rows, columns=TECHNIQUE_COLUMNS)
 

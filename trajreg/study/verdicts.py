@@ -102,10 +102,13 @@ def technique_verdicts(tech: pd.DataFrame) -> list[str]:
         elif smaller == 0 and slower == 0:
             claim = ("supports the " + metric + " half of the claim; no speed comparison "
                      "was decided")
-        elif larger == 0 and smaller > 0:
+        elif larger == 0:
             claim = "contradicts the claim (" + metric + " smaller with the technique)"
+        elif smaller == 0:
+            claim = ("is mixed: " + metric + " larger wherever decided, but convergence "
+                     f"slower in {slower} of the {faster + slower} decided speed comparisons")
         else:
-            claim = "is mixed (decided comparisons point both ways)"
+            claim = "is mixed: " + metric + " larger in some decided comparisons, smaller in others"
         out.append(
             f"{name} ({n} comparison{'s' if n != 1 else ''}): {metric} larger with the "
             f"technique in {larger} and smaller in {smaller} decided comparisons "
