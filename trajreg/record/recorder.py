@@ -58,6 +58,31 @@ def flat_params(params: list[torch.Tensor], out: torch.Tensor | None = None) -> 
     return torch.cat([f.to(out.device) for f in flat], out=out)
 
 
+def flat_grads(params: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """The parameters' gradients ``p.grad`` as one flat vector in the order of
+    ``flat_params`` (into ``out`` when given), zeros for a parameter whose grad is None;
+    of a sharded (DTensor) gradient, the local shard."""
+    grads = [None if p.grad is None else local_part(p.grad).detach().reshape(-1)
+             for p in params]
+    if out is None:
+        if all(g is not None for g in grads):
+            return torch.cat(grads)  # type: ignore[arg-type]
+        ref = local_part(params[0])
+        out = torch.empty(sum(local_part(p).numel() for p in params), dtype=ref.dtype,
+                          device=ref.device)
+    elif all(g is not None for g in grads):
+        return torch.cat([g.to(out.device) for g in grads], out=out)  # type: ignore[union-attr]
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = local_part(p).numel()
+        if g is None:
+            out[offset : offset + n].zero_()
+        else:
+            out[offset : offset + n].copy_(g)
+        offset += n
+    return out
+
+
 def set_flat_params(params: list[torch.Tensor], x: np.ndarray | torch.Tensor) -> None:
     """The inverse of ``flat_params``: copy the flat vector ``x`` into ``params`` in place.
 
@@ -120,6 +145,13 @@ class Recorder:
     def flat(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The current parameters as one flat vector (into ``out`` when given)."""
         return flat_params(self.params, out=out)
+
+    def grad_flat(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The gradients the optimizer is about to use (p.grad of every recorded
+        parameter: after clipping, accumulation and AMP unscaling, which all happen
+        before ``optimizer.step``) as one flat vector in the order of ``flat``, into
+        ``out`` when given; zeros for a parameter whose grad is None."""
+        return flat_grads(self.params, out=out)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[self.lr_group]["lr"])

@@ -263,6 +263,14 @@ class TrajectoryStore:
             yield t0, self._slice(t0, t1 + 1)
             t0 = t1
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 as one array (read from the files, not mapped)."""
+        if not 0 <= start <= stop <= self.rows:
+            raise IndexError(f"rows {start}..{stop - 1} outside the {self.rows} recorded rows")
+        if start == stop:
+            return np.empty((0, self.d), dtype=np.dtype(self.meta["dtype"]))
+        return self._slice(start, stop)
+
     def _slice(self, start: int, stop: int) -> np.ndarray:
         parts = []
         while start < stop:

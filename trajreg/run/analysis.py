@@ -15,8 +15,10 @@ from trajreg.run.summary import Summary, trained
 from trajreg.train.config import AnalysisConfig
 from trajreg.train.loop import TrainLog
 
-METRIC_COLUMNS = ["step", "epoch", "lr", "loss", "loss_star", "D", "a", "s", "b", "c", "r",
-                  "full_loss"]
+METRIC_COLUMNS = ["step", "epoch", "lr", "loss", "loss_star", "D", "a", "s", "b", "c",
+                  "cos_v", "r", "full_loss"]
+# from D and a mode's g_dot, g_norm2 (recorded gradients); recomputed on re-analysis
+GEOMETRY_COLUMNS = ("rsi", "eb", "cos_g")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ def step_table(log: TrainLog, measured: Measured, delta: float | None = None) ->
     table = pd.DataFrame({
         "step": steps, "epoch": epoch, "lr": lr, "loss": loss,
         "loss_star": measured.loss_star, "D": D, "a": a, "s": s, "b": b,
-        "c": P.cosine(a, D, s), "r": P.ratio(a, b, s, deltas(lr, delta)),
+        "c": P.cosine(a, D, s),
+        "cos_v": P.cos_v(a, D, s),  # the update's cosine (= c), beside the gradient's
+        "r": P.ratio(a, b, s, deltas(lr, delta)),
         "full_loss": np.nan,
         **measured.columns,
     })
@@ -67,6 +71,12 @@ def step_table(log: TrainLog, measured: Measured, delta: float | None = None) ->
         if end - 1 in row_of:
             full[row_of[end - 1]] = f
     table["full_loss"] = full
+    # trajectory geometry (docs/principle.md, section 14) when the mode recorded g_t
+    if "g_dot" in table.columns and "g_norm2" in table.columns:
+        g_dot, g_norm2 = table["g_dot"].to_numpy(), table["g_norm2"].to_numpy()
+        table["rsi"] = P.rsi(g_dot, D)
+        table["eb"] = P.eb(g_norm2, D)
+        table["cos_g"] = P.cos_g(g_dot, D, g_norm2)
     return table
 
 
@@ -141,7 +151,24 @@ def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star
                     "window": "converging phase" if options.window is None else "given"},
         # a random sample of steps (one-pass modes): intervals for the full window
         **onepass_summary(table, w, delta, tuple(options.eps)),
+        **geometry_summary(table, w, options.eps),
     }
+
+
+def geometry_summary(table: pd.DataFrame, w: np.ndarray, eps: tuple[float, ...]) -> dict:
+    """The window's geometry keys (docs/principle.md, section 14): ``cos_v_positive``
+    always; with recorded gradients ``mu_hat``, ``L_hat`` and ``rsi_eb_ratio`` per eps
+    and ``cos_g_positive``."""
+    out: dict = {"cos_v_positive": P.fraction_positive(table["cos_v"].to_numpy()[w])}
+    if "rsi" not in table.columns:
+        return out
+    rsi, eb = table["rsi"].to_numpy()[w], table["eb"].to_numpy()[w]
+    mu = {_key(e): P.mu_hat(rsi, e) for e in eps}
+    L = {_key(e): P.L_hat(eb, e) for e in eps}
+    out.update(mu_hat=mu, L_hat=L,
+               rsi_eb_ratio={key: P.rsi_eb_ratio(mu[key], L[key]) for key in mu},
+               cos_g_positive=P.fraction_positive(table["cos_g"].to_numpy()[w]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -166,7 +193,7 @@ def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: s
     diverged = log.diverged_step is not None
     fields: dict = {}
     if measured is None:
-        table = step_table(log, Measured.unmeasured(log.lr, k), options.delta)
+        table = step_table(log, Measured.unmeasured(np.asarray(log.lr), k), options.delta)
     else:
         table = step_table(log, measured, options.delta)
         fields = summarize(table, log=log, reference_step=k, f_star=measured.f_star,

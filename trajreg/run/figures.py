@@ -3,7 +3,8 @@
 Every figure is drawn for any run trajreg writes: a diverged run (empty window,
 gamma nan), infinite gamma in some epochs (marked at the axis edge, named in the
 legend), an empty metrics table, or a summary without an analysis (record mode
-off: only the loss figure).
+off: only the loss figure). ``geometry.png`` (rsi_t and eb_t over steps) and ``mli.png``
+(the loss from x_0 to x*) are drawn only when the run has them (``GEOMETRY_FIGURES``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from trajreg.run.rundir import replace_atomic
 
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
+GEOMETRY_FIGURES = ("geometry.png", "mli.png")  # with recorded gradients; with an mli
 MAX_LOG_TICKS = 8  # labelled ticks on a log axis spanning many decades
 
 
@@ -171,6 +173,59 @@ def _distance(path: Path, table: pd.DataFrame, window: tuple[int, int]) -> None:
     save_png(fig, path)
 
 
+def _geometry(path: Path, table: pd.DataFrame, summary: dict,
+              window: tuple[int, int]) -> None:
+    """rsi_t = <g_t, x_t - x*> / D_t (linear) and eb_t = ||g_t|| / ||x_t - x*|| (log) over
+    steps, with mu_hat and L_hat of the first eps as dashed lines."""
+    fig = Figure(figsize=(6, 5.5))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.09, top=0.94, hspace=0.3)
+    top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    every = _thin(len(table))
+    steps = table["step"].to_numpy()[every]
+    for ax, column, name, table_key in ((top, "rsi", "mu_hat", "mu_hat"),
+                                        (bottom, "eb", "L_hat", "L_hat")):
+        y = table[column].to_numpy()[every]
+        y = np.where(np.isfinite(y), y, np.nan)
+        ax.plot(steps, y, lw=0.6, color="tab:blue" if column == "rsi" else "tab:purple")
+        for key, value in (summary.get(table_key) or {}).items():
+            value = math.nan if value is None else float(value)
+            if math.isfinite(value) and (column == "rsi" or value > 0):
+                ax.axhline(value, ls="--", lw=1, color="tab:red",
+                           label=f"{name}, eps={key}: {value:.3g}")
+            break  # the first eps only
+        if window[1] > window[0]:
+            ax.axvspan(*window, color="tab:green", alpha=0.08)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
+    top.axhline(0, color="k", lw=0.5)
+    top.set(ylabel="rsi_t", title="Restricted secant (rsi) and error bound (eb) ratios")
+    eb = table["eb"].to_numpy()
+    bottom.set(xlabel="step", ylabel="eb_t",
+               yscale="log" if np.any(np.isfinite(eb) & (eb > 0)) else "linear")
+    save_png(fig, path)
+
+
+def _mli(path: Path, summary: dict) -> None:
+    """F(x_0 + alpha (x* - x_0)) against alpha, its largest bump named."""
+    fig, ax = _axes()
+    mli = summary["mli"]
+    alpha, loss = _floats(mli.get("alpha", [])), _floats(mli.get("loss", []))
+    ax.plot(alpha, np.where(np.isfinite(loss), loss, np.nan), "o-", ms=3)
+    mark_infinities(ax, alpha, loss, "tab:red", "F")
+    bump = mli.get("max_bump")
+    verdict = "monotone" if mli.get("monotone") else "not monotone"
+    ax.text(0.02, 0.03, f"{verdict}; largest rise {math.nan if bump is None else bump:.3g}",
+            transform=ax.transAxes)
+    ax.set(xlabel="alpha", ylabel="F(x_0 + alpha (x* - x_0))",
+           title="Loss on the segment from x_0 to x*")
+    if np.all(np.isfinite(loss)) and np.all(loss > 0) and loss.max() > 10 * loss.min():
+        ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    save_png(fig, path)
+
+
 def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
     """Training loss, gamma per epoch, the distribution of r and D over steps (only the
     loss for a summary without an analysis); the paths written."""
@@ -184,4 +239,10 @@ def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[P
     _gamma_per_epoch(paths[1], summary)
     _r_distribution(paths[2], table, summary, window)
     _distance(paths[3], table, window)
+    if "rsi" in table and "eb" in table:  # recorded gradients
+        paths.append(directory / GEOMETRY_FIGURES[0])
+        _geometry(paths[-1], table, summary, window)
+    if summary.get("mli"):
+        paths.append(directory / GEOMETRY_FIGURES[1])
+        _mli(paths[-1], summary)
     return paths

@@ -409,6 +409,8 @@ def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
             verify_sharded(path / TRAJECTORY, summary.n_steps, checksums)
         else:
             _verify_trajectory(path / TRAJECTORY, summary.n_steps, checksums)
+            if (path / TRAJECTORY / "grad").is_dir():  # gradients: g_0 .. g_{T-1}, T rows
+                _verify_trajectory(path / TRAJECTORY / "grad", summary.n_steps - 1, checksums)
     return path
 
 

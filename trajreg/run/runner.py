@@ -18,8 +18,10 @@ import pandas as pd
 import torch
 
 from trajreg.errors import ReplayMismatch, UserError
+from trajreg.record.geometry import endpoint_summary, interpolate
 from trajreg.record.measured import Measured
 from trajreg.record.modes import RecordMode, get_mode
+from trajreg.record.modes.replay import ReplayMode
 from trajreg.record.recorder import Recorder, flat_params, optimizer_params, set_flat_params
 from trajreg.run import analysis, rundir
 from trajreg.run.progress import phase
@@ -89,6 +91,7 @@ class RunContext:
         self.model, self.final_state = model, final_state
         self.directory, self.steps, self.progress = Path(directory), log.steps, progress
         self._star: torch.nn.Module | None = None
+        self.mli = True  # measure evaluates the interpolation from x_0 to x*
 
     @property
     def star(self) -> torch.nn.Module:
@@ -123,6 +126,29 @@ class RunContext:
     def replay(self, k: int) -> Measured:
         return measure_replay(self.cfg, self.data, self.log, self.final_state, k, self.progress)
 
+    @torch.no_grad()
+    def interpolated_losses(self, alphas: Sequence[float], x0: np.ndarray,
+                            x_star: np.ndarray) -> np.ndarray:
+        """F at (1 - alpha) x0 + alpha x* for each alpha, evaluated as F_k is (``full_loss``:
+        eval mode, the whole training set). Batch-norm running statistics are
+        interpolated the same way between x_0's (rebuilt from the run seed by ``build``)
+        and the trained model's; integer buffers (num_batches_tracked) stay the trained
+        model's. Both ends are exact: alpha 0 is F_0's model and alpha 1 the trained one."""
+        initial, _, _ = build(self.cfg, self.data)  # x_0 and its buffers, from the seed
+        start = dict(initial.named_buffers())
+        model = copy.deepcopy(self.model)  # leaves the trained model and ``star`` alone
+        params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+        x0_t, x_star_t = torch.from_numpy(np.array(x0)), torch.from_numpy(np.array(x_star))
+        end = {name: b.detach().clone() for name, b in model.named_buffers()}
+        out = []
+        for alpha in alphas:
+            set_flat_params(params, interpolate(alpha, x0_t, x_star_t).to(params[0].dtype))
+            for name, buf in model.named_buffers():
+                if buf.is_floating_point() and name in start:
+                    buf.copy_(interpolate(alpha, start[name], end[name]).to(buf.dtype))
+            out.append(full_loss(self.cfg, data=self.data, model=model))
+        return np.asarray(out, dtype=np.float64)
+
 
 def measure(mode: RecordMode, ctx: RunContext, reference: str
             ) -> tuple[Measured | None, Measured | None]:
@@ -136,6 +162,7 @@ def measure(mode: RecordMode, ctx: RunContext, reference: str
     best = None
     if measured is not None and mode.can_reanalyse("best"):
         k_best = reference_step(ctx.log, "best")
+        ctx.mli = False  # the interpolation is the reference's only
         best = measured if k_best == k else mode.measure(ctx, k_best)
     return measured, best
 
@@ -154,8 +181,10 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
               progress=progress)
     x_star = flat_params([p for p in star.parameters() if p.requires_grad]).cpu()
     model, opt, sched = build(cfg, data)
+    x0 = flat_params(optimizer_params(opt)).cpu().numpy()  # rebuilt from the seed
     star_copy = copy.deepcopy(star)  # train-mode forwards there must not touch ``star``
-    with Recorder(opt, mode="replay", x_star=x_star) as rec:
+    mode = ReplayMode.from_config(cfg.record, cfg.seed)
+    with Recorder(opt, mode=mode, x_star=x_star) as rec:
         replay = train(cfg, data, model, opt, sched, max_steps=T, star_model=star_copy,
                        eval_full=False, desc="replay", progress=progress)
     for t, (u, v) in enumerate(zip(replay.loss, log.loss, strict=False)):
@@ -174,9 +203,12 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
         raise ReplayMismatch(f"replay did not pass through x* = x_{k}")
     ctx = RunContext(cfg, data, log, star, final_state, Path("."))
     ctx._star = star
+    columns: dict[str, np.ndarray] = {key: q[key] for key in ("g_dot", "g_norm2") if key in q}
     return Measured(steps=np.arange(T), D=q["D"], a=q["a"], s=q["s"], lr=q["lr"],
                     loss_star=np.asarray(replay.loss_star), f_star=ctx.f_star(k),
-                    reference_step=k)
+                    reference_step=k, columns=columns,
+                    summary=endpoint_summary(ctx, k, x0, x_star.numpy(),
+                                             q["lr"] * np.sqrt(q["s"])))
 
 
 def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: Summary) -> TrainLog:
@@ -302,7 +334,11 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
                             reference_step=k,
                             loss=table["loss"].to_numpy(),
                             columns={c: table[c].to_numpy() for c in table.columns
-                                     if c not in analysis.METRIC_COLUMNS})
+                                     if c not in analysis.METRIC_COLUMNS
+                                     and c not in analysis.GEOMETRY_COLUMNS},
+                            # the path and the interpolation depend on x* only
+                            summary={key: getattr(old, key) for key in ("path_ratio", "mli")
+                                     if getattr(old, key) is not None})
     k_best = reference_step(log, "best") if mode.can_reanalyse("best") else None
     if measured is None or k_best not in (None, k):
         cfg = conf.run
@@ -317,6 +353,8 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         if measured is None:
             measured = mode.measure(ctx, k)
     if k_best is not None:
+        if ctx is not None:
+            ctx.mli = False  # the interpolation is the reference's only
         best = measured if k_best == k or ctx is None else mode.measure(ctx, k_best)
     options = analysis.AnalysisOptions.from_config(acfg, window=window)
     facts = analysis.RunFacts(n_params=old.n_params, task=old.task, evaluation=old.evaluation,

@@ -74,8 +74,15 @@ class Summary:
     gamma_bar_ci: list[float | None] | None = _opt()
     n_sampled_window: int | None = _opt()
     sketch_error: dict[str, Any] | None = _opt()
-    # --- trajectory geometry (gradients recorded)
-    geometry: dict[str, Any] | None = _opt()
+    # --- trajectory geometry (docs/principle.md, section 14): cos_v_positive and the path
+    # of every analysed run; mu_hat, L_hat, rsi_eb_ratio, cos_g_positive with gradients
+    mu_hat: dict[str, float] | None = _opt()
+    L_hat: dict[str, float] | None = _opt()
+    rsi_eb_ratio: dict[str, float] | None = _opt()
+    cos_g_positive: float | None = _opt()
+    cos_v_positive: float | None = _opt()
+    path_ratio: float | None = _opt()
+    mli: dict[str, Any] | None = _opt()  # alpha, loss (F along x_0 -> x*), monotone, max_bump
     # --- runs recorded by an integration
     source: str | None = _opt()
     loss_check: dict[str, Any] | None = _opt()

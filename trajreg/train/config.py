@@ -213,12 +213,15 @@ class RecordConfig:
 
     ``sample_rate``: mode sample keeps each step with this probability. ``sketch_dim``:
     mode sketch's CountSketch size k (None: the measured default). ``sketch_sample_rate``:
-    the exact sample a sketched run checks itself against."""
+    the exact sample a sketched run checks itself against. ``gradients``: also record
+    the minibatch gradient g_t each step's optimizer sees (None: the mode's default,
+    on for sample and sketch, off for store and replay)."""
 
     mode: str = "store"
     sample_rate: float = 0.05
     sketch_dim: int | None = None
     sketch_sample_rate: float = 0.02
+    gradients: bool | None = None
 
     def validate(self) -> None:
         _choice("record.mode", self.mode, RECORD_MODES)
@@ -229,6 +232,8 @@ class RecordConfig:
         if self.sketch_dim is not None and not 1 <= self.sketch_dim < 2**31:
             raise ConfigError(f"record.sketch_dim: must be an integer in [1, 2^31), "
                               f"got {self.sketch_dim!r}")
+        if self.gradients and self.mode == "off":
+            raise ConfigError("record.gradients: record mode off records nothing")
 
 
 @dataclass

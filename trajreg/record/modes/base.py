@@ -34,7 +34,11 @@ class MeasureContext(Protocol):
     each step t in ``ts``, with step t's own minibatch, model mode and random state;
     ``f_star(k)`` is F(x_k) (the loaded parameters are x_k); ``replay(k)`` re-executes
     the run and measures it against x_k (only ``trajreg run`` can; integrations raise
-    a UserError).
+    a UserError). ``interpolated_losses(alphas, x0, x_star)`` is F, evaluated as F_k
+    is, at (1 - alpha) x0 + alpha x* for each alpha (the reference loop interpolates
+    batch-norm running statistics the same way between the initial and the final
+    ones); a context may leave it out, or set ``mli = False`` to skip it (the
+    sensitivity analysis' second reference).
     """
 
     directory: Path
@@ -48,6 +52,9 @@ class MeasureContext(Protocol):
 
     def replay(self, k: int) -> Measured: ...
 
+    def interpolated_losses(self, alphas: Sequence[float], x0: np.ndarray,
+                            x_star: np.ndarray) -> np.ndarray: ...
+
 
 class RecordMode(ABC):
     """One way of recording a trajectory (see the module docstring).
@@ -58,18 +65,23 @@ class RecordMode(ABC):
         reanalyse: reference points (``final``, ``best``) the mode can measure against
             after training without retraining.
         cost: its memory and disk, in words (README's table and docs).
+        gradients: whether the mode also records the minibatch gradient g_t of each
+            step (``RecordConfig.gradients``; the class value is the mode's default).
     """
 
     name: ClassVar[str]
     hooks: ClassVar[bool] = True
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost: ClassVar[str] = ""
+    gradients: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any = None, seed: int = 0) -> RecordMode:
         """The mode with the options of a ``RecordConfig`` (None: the defaults); ``seed``
         is the run's seed, from which a mode derives its own randomness."""
-        return cls()
+        mode = cls()
+        mode.gradients = gradients_option(cls, cfg)
+        return mode
 
     def plan(self, steps: int, analysis: Any) -> None:  # noqa: B027 - optional hook
         """Before training: the number of steps the run will take and its
@@ -100,3 +112,9 @@ class RecordMode(ABC):
 
     def can_reanalyse(self, reference: str) -> bool:
         return reference in self.reanalyse
+
+
+def gradients_option(cls: type[RecordMode], cfg: Any) -> bool:
+    """``record.gradients`` of a ``RecordConfig`` (None or no config: the mode's default)."""
+    value = getattr(cfg, "gradients", None)
+    return bool(cls.gradients) if value is None else bool(value)

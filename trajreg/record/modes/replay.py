@@ -4,7 +4,10 @@ During training the mode keeps nothing (the run's own seed, data order and per-s
 random state define it). After training, ``MeasureContext.replay(k)`` re-executes
 the run with a ``ReplayStream`` against the now-known x* and proves that it
 reproduced the recorded run bit for bit. Only the reference loop (``trajreg run``)
-can replay; integrations refuse it. Memory O(d); a second training run.
+can replay; integrations refuse it. Memory O(d); a second training run. With
+``gradients`` the replay's recorder also streams g_dot_t = <g_t, x_t - x*> and
+g_norm2_t = ||g_t||^2 of the gradient each replayed step sees (the training's own,
+since the replay reproduces it bit for bit).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from trajreg.principle import step_quantities
+from trajreg.principle import gradient_quantities, step_quantities
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext, RecordMode
 
@@ -36,6 +39,8 @@ class StepStream:
         self.a: list[float] = []
         self.s: list[float] = []
         self.lr: list[float] = []
+        self.g_dot: list[float] = []
+        self.g_norm2: list[float] = []
 
     def update(self, x: torch.Tensor, x_next: torch.Tensor, lr: float) -> None:
         D, a, s = step_quantities(x, x_next, self.x_star, lr)
@@ -44,9 +49,16 @@ class StepStream:
         self.s.append(s)
         self.lr.append(lr)
 
+    def update_gradient(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        """Add g_dot_t and g_norm2_t of the gradient g at x = x_t."""
+        q = gradient_quantities(x.numpy()[None], g.numpy()[None], self.x_star)
+        self.g_dot.append(float(q.g_dot[0]))
+        self.g_norm2.append(float(q.g_norm2[0]))
+
     def compute(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(getattr(self, k), dtype=np.float64)
-                for k in ("D", "a", "s", "lr")}
+        """D, a, s, lr, and g_dot, g_norm2 when gradients were streamed."""
+        keys = ("D", "a", "s", "lr") + (("g_dot", "g_norm2") if self.g_dot else ())
+        return {k: np.asarray(getattr(self, k), dtype=np.float64) for k in keys}
 
 
 class ReplayMode(RecordMode):
@@ -54,7 +66,9 @@ class ReplayMode(RecordMode):
     reanalyse: ClassVar[tuple[str, ...]] = ()  # another reference replays again
     cost = "memory O(d), no trajectory on disk; a second training run"
 
-    def __init__(self) -> None:
+    def __init__(self, gradients: bool | None = None) -> None:
+        if gradients is not None:
+            self.gradients = gradients
         self.stream: StepStream | None = None
         self._x_prev: torch.Tensor | None = None
         self._lr_prev = 0.0
@@ -79,6 +93,8 @@ class ReplayMode(RecordMode):
         if self.stream is not None:
             self._x_prev = rec.flat().cpu()
             self._lr_prev = lr
+            if self.gradients:
+                self.stream.update_gradient(self._x_prev, rec.grad_flat().cpu())
 
     def post_step(self, rec: Recorder, step: int) -> None:
         if self.stream is not None:

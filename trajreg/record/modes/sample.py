@@ -16,6 +16,11 @@ x_{T-1} and x_T, so a diverged run (its reference is x_{T-1}, the last iterate b
 the step whose loss was not finite) is measured exactly as in store mode. Another
 reference k whose iterate was not stored (a diverged run's last finite epoch end) is
 replaced by the latest stored iterate before it; ``reference_step`` says which.
+
+With ``gradients`` (the default) the gradient g_t of each kept step is written too
+(``g.bin``, a row per kept step), and g_dot_t, g_norm2_t are measured exactly at the
+kept steps. ||x_t - x_{t+1}||^2 of every step is recorded online (``su.bin``, float64)
+for the path ratio.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from trajreg.errors import ConfigError, UserError
 from trajreg.principle import (
     gamma_bar_interval,
     gamma_hat_interval,
+    gradient_quantities,
     kappa_hat_interval,
     trajectory_quantities,
 )
+from trajreg.record.geometry import SquaredNorms, endpoint_summary, read_step_norms
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext, RecordMode
 
@@ -47,6 +54,8 @@ if TYPE_CHECKING:
 TRAJECTORY = "trajectory"
 SIDECAR = "sample.json"
 ROWS = "x.bin"
+GRADS = "g.bin"  # g_t of each kept step, in the order of the kept steps
+STEP_NORMS = "su.bin"  # ||x_t - x_{t+1}||^2 of every step, float64
 FORMAT = "trajreg-sample/1"
 STREAM_SAMPLE = 3  # SeedSequence([seed, 3, block]) draws the sample of mode sample
 STREAM_CHECK = 4  # ... and [seed, 4, block] the exact check sample of mode sketch
@@ -110,6 +119,7 @@ class SampleWriter:
         self._written: set[int] = set()
         self.kept: list[int] = []
         self.lrs: list[float] = []
+        self._grads: Any = None  # g.bin, opened by the first gradient row
         self.closed = False
 
     def has(self, t: int) -> bool:
@@ -128,11 +138,21 @@ class SampleWriter:
         self.kept.append(int(t))
         self.lrs.append(float(lr))
 
+    def write_grad(self, g: torch.Tensor) -> None:
+        """g_t of the step just kept (``step``): one row of ``g.bin`` per kept step."""
+        if self._grads is None:
+            self._grads = open(self.dir / GRADS, "wb")  # noqa: SIM115 - closed in close()
+        row = g.detach().to("cpu").numpy()
+        self._grads.write(memoryview(np.ascontiguousarray(row, dtype=self.dtype)).cast("B"))
+
     def close(self, steps: int, meta: dict[str, Any]) -> None:
         self._file.close()
+        if self._grads is not None:
+            self._grads.close()
         self.closed = True
         payload = {"format": FORMAT, "d": self.d, "dtype": self.dtype.str, "steps": int(steps),
-                   "iterates": self.iterates, "kept": self.kept, "lr": self.lrs, **meta}
+                   "iterates": self.iterates, "kept": self.kept, "lr": self.lrs,
+                   "gradients": self._grads is not None, **meta}
         tmp = self.dir / (SIDECAR + ".tmp")
         tmp.write_text(json.dumps(payload))
         tmp.replace(self.dir / SIDECAR)
@@ -156,6 +176,8 @@ class SampleStore:
         self.kept = np.asarray(meta["kept"], dtype=np.int64)
         self.lrs = np.asarray(meta["lr"], dtype=np.float64)
         self._row_of = {int(t): i for i, t in enumerate(meta["iterates"])}
+        self.gradients: bool = bool(meta.get("gradients", False))
+        self._kept_at = {int(t): i for i, t in enumerate(self.kept)}
 
     @property
     def iterates(self) -> np.ndarray:
@@ -172,16 +194,31 @@ class SampleStore:
         size = self.d * self.dtype.itemsize
         return np.fromfile(self.dir / ROWS, dtype=self.dtype, count=self.d, offset=i * size)
 
+    def grad(self, t: int) -> np.ndarray:
+        """g_t of kept step t (recorded with gradients)."""
+        i = self._kept_at.get(int(t))
+        if i is None or not self.gradients:
+            raise IndexError(f"no gradient of step {t} was kept")
+        size = self.d * self.dtype.itemsize
+        return np.fromfile(self.dir / GRADS, dtype=self.dtype, count=self.d, offset=i * size)
+
 
 class SampleMode(RecordMode):
     name = "sample"
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost = "memory O(d); disk about 2 R d floats a step (x_t and x_{t+1} of each kept step)"
+    gradients = True  # g_t of the kept steps (R d floats a step)
 
-    def __init__(self, rate: float = 0.05, seed: int = 0, stream: int = STREAM_SAMPLE) -> None:
+    def __init__(self, rate: float = 0.05, seed: int = 0, stream: int = STREAM_SAMPLE,
+                 gradients: bool | None = None) -> None:
         self.sampler = StepSampler(rate, seed, stream)
+        if gradients is not None:
+            self.gradients = gradients
         self.writer: SampleWriter | None = None
         self._x: torch.Tensor | None = None  # x_t of the step in progress (O(d))
+        self._xs: list[torch.Tensor] = []  # x_{t-1} and x_t (the step norms)
+        self._norms: SquaredNorms | None = None
+        self._g: torch.Tensor | None = None  # g_t of a kept step (O(d))
 
     @property
     def rate(self) -> float:
@@ -189,7 +226,8 @@ class SampleMode(RecordMode):
 
     @classmethod
     def from_config(cls, cfg: Any = None, seed: int = 0) -> SampleMode:
-        return cls(rate=0.05 if cfg is None else cfg.sample_rate, seed=seed)
+        return cls(rate=0.05 if cfg is None else cfg.sample_rate, seed=seed,
+                   gradients=getattr(cfg, "gradients", None))
 
     def _check_reference(self, analysis: Any) -> None:
         if analysis is not None and analysis.reference not in self.reanalyse:
@@ -232,9 +270,24 @@ class SampleMode(RecordMode):
         if sampled:
             self.writer.step(step, lr)
 
+    def _sample_grad(self, rec: Recorder, step: int) -> None:
+        """With gradients: g_t of a kept step, as the optimizer is about to use it."""
+        if self.gradients and self.sampler.keep(step):
+            if self._g is None:
+                self._g = torch.empty(rec.d, dtype=self._x.dtype, device=self._x.device)
+            self.writer.write_grad(rec.grad_flat(out=self._g))
+
     def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
-        rec.flat(out=self._x)  # kept in memory: x_{T-1} is stored at close
-        self._sample_rows(step, lr, self._x)
+        if self._norms is None:  # x_{t-1} and x_t in turn, ||x_{t-1} - x_t||^2 online
+            self._xs = [self._x, torch.empty_like(self._x)]
+            self._norms = SquaredNorms(self.writer.dir / STEP_NORMS, rec.d, self._x.device)
+        x = self._xs[step % 2]
+        rec.flat(out=x)  # kept in memory: x_{T-1} is stored at close
+        if step > 0:
+            self._norms.push_diff(self._xs[(step - 1) % 2], x)
+        self._x = x
+        self._sample_rows(step, lr, x)
+        self._sample_grad(rec, step)
 
     def _meta(self) -> dict[str, Any]:
         return {"rate": self.rate, "seed": self.sampler.seed, "stream": self.sampler.stream}
@@ -243,11 +296,18 @@ class SampleMode(RecordMode):
         if self.writer is None or self.writer.closed:
             return
         T = rec.steps
+        x_end = self._x
         if T >= 1:
             self.writer.write(T - 1, self._x)  # the last pre_step's x_t (once)
-        self.writer.write(T, rec.flat(out=self._x))
+            x_end = self._xs[T % 2]
+        rec.flat(out=x_end)
+        if self._norms is not None:
+            self._norms.push_diff(self._x, x_end)
+            self._norms.close()
+        self.writer.write(T, x_end)
         self.writer.close(T, self._meta())
-        self._x = None
+        self._x = self._g = None
+        self._xs = []
 
     # ------------------------------------------------------------ after training
     def reference(self, store: SampleStore, k: int, ctx: MeasureContext) -> int:
@@ -274,9 +334,21 @@ class SampleMode(RecordMode):
         for i, (t, lr) in enumerate(zip(steps, lrs, strict=True)):
             q = trajectory_quantities(np.stack([store.row(t), store.row(t + 1)]), [lr], x_star)
             D[i], a[i], s[i] = q.D[0], q.a[0], q.s[0]
+        columns = {}
+        if store.gradients:  # exact g_dot, g_norm2 at the kept steps
+            columns["g_dot"], columns["g_norm2"] = np.empty(len(steps)), np.empty(len(steps))
+            for i, t in enumerate(steps):
+                g = gradient_quantities(store.row(t)[None], store.grad(t)[None], x_star)
+                columns["g_dot"][i], columns["g_norm2"][i] = g.g_dot[0], g.g_norm2[0]
+        summary = {}
+        norms = Path(ctx.directory) / TRAJECTORY / STEP_NORMS
         ctx.load(x_star)
-        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=ctx.step_losses(steps),
-                        f_star=ctx.f_star(k), reference_step=k)
+        loss_star, f_star = ctx.step_losses(steps), ctx.f_star(k)
+        if norms.is_file():  # ||u_t|| of every step: the path ratio is exact
+            summary = endpoint_summary(ctx, k, store.row(0), x_star,
+                                       np.sqrt(read_step_norms(norms, k)))
+        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
+                        f_star=f_star, reference_step=k, columns=columns, summary=summary)
 
 
 # ---------------------------------------------------------------- the summary's intervals

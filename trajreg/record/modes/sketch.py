@@ -18,6 +18,12 @@ of a_t and D_t) and the exact sample's intervals (``gamma_hat_ci``, ...).
 A model with d <= k parameters is not sketched: the mode keeps x_t itself (S = I, exact,
 d floats of the params' precision a step, as store mode). An explicit ``sketch_dim``
 above d is an error.
+
+With ``gradients`` (the default) the mode also keeps S g_t of every step's gradient, with
+the same hash (``trajectory/sketch-grad/``, k numbers a step), ||g_t||^2 exactly
+(``g2.bin``), and g_t itself on the check sample: g_dot_t = <g_t, x_t - x*> is estimated
+as <S g_t, S x_t - S x*> (unbiased), g_norm2_t is exact, and ``g_dot_exact`` is exact on
+the check sample.
 """
 
 from __future__ import annotations
@@ -30,8 +36,15 @@ import numpy as np
 import torch
 
 from trajreg.errors import ConfigError
-from trajreg.principle import sketch_quantities, trajectory_quantities
+from trajreg.principle import gradient_quantities, sketch_quantities, trajectory_quantities
 from trajreg.principle.sketch import STREAM_BUCKET, STREAM_SIGN
+from trajreg.record.geometry import (
+    SquaredNorms,
+    StagedRows,
+    endpoint_summary,
+    read_step_norms,
+    stream_gradient_quantities,
+)
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext
 from trajreg.record.modes.sample import (
@@ -40,7 +53,7 @@ from trajreg.record.modes.sample import (
     SampleMode,
     SampleStore,
 )
-from trajreg.record.store import TrajectoryStore, TrajectoryWriter
+from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter
 
 if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
@@ -48,6 +61,8 @@ if TYPE_CHECKING:
 DEFAULT_DIM = 8192  # gamma_hat(0.05) within 10% of the exact value (docs/record-modes.md)
 SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
 S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
+GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
+G_FILE = "g2.bin"  # trajectory/g2.bin: ||g_t||^2 of every step, float64 (gradients on)
 _M32 = 0xFFFFFFFF
 
 
@@ -128,11 +143,11 @@ class SketchMode(SampleMode):
             "sample (about 2 R d floats a step)")
 
     def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
-                 stage: bool | None = None) -> None:
+                 stage: bool | None = None, gradients: bool | None = None) -> None:
         """``stage``: sketch into a block of 64 rows on the device and copy the block to the
         host when full (None: on accelerators only; on the CPU each sketch goes straight
         into the writer's buffer)."""
-        super().__init__(rate=check_rate, seed=seed, stream=STREAM_CHECK)
+        super().__init__(rate=check_rate, seed=seed, stream=STREAM_CHECK, gradients=gradients)
         self.dim = dim
         self.stage = stage
         self.k = 0  # the sketch size in use (set by open)
@@ -144,7 +159,8 @@ class SketchMode(SampleMode):
     def from_config(cls, cfg: Any = None, seed: int = 0) -> SketchMode:
         if cfg is None:
             return cls(seed=seed)
-        return cls(dim=cfg.sketch_dim, check_rate=cfg.sketch_sample_rate, seed=seed)
+        return cls(dim=cfg.sketch_dim, check_rate=cfg.sketch_sample_rate, seed=seed,
+                   gradients=getattr(cfg, "gradients", None))
 
     def keep(self, step: int) -> bool:
         return True  # b_t at every step: every minibatch is measured
@@ -184,6 +200,15 @@ class SketchMode(SampleMode):
         self.sketches = TrajectoryWriter(Path(directory) / SKETCHES, self.k,
                                          self.writer.dtype if self.identity else np.float64,
                                          capacity, sync_seconds)
+        self._gstage: StagedRows | None = None
+        if self.gradients:  # S g_t with the same hash, ||g_t||^2 exactly
+            self._g = torch.empty_like(self._x)
+            self._gnorms = SquaredNorms(Path(directory) / G_FILE, d, device)
+            self._gstage = StagedRows(
+                TrajectoryWriter(Path(directory) / GRAD_SKETCHES, self.k,
+                                 self.writer.dtype if self.identity else np.float64,
+                                 capacity, sync_seconds),
+                self.k, row_dtype, device, self._staged)
 
     def _push_s(self, x: torch.Tensor, x_next: torch.Tensor, lr: float) -> None:
         """s_t from x_t and x_{t+1}: u_t in float64 (exact from float32 rows, as in
@@ -230,6 +255,17 @@ class SketchMode(SampleMode):
             self._push_s(self._bufs[(step - 1) % 2], x, self._lr_prev)
         self._push_sketch(x, lr)
         self._lr_prev = lr
+        if self._gstage is not None:
+            self._push_grad(rec, step, lr)
+
+    def _push_grad(self, rec: Recorder, step: int, lr: float) -> None:
+        """g_t: its sketch, its squared norm, and g_t itself on the check sample."""
+        g = rec.grad_flat(out=self._g)
+        if self.sampler.keep(step):
+            self.writer.write_grad(g)
+        self._gnorms.push(g)
+        self._gstage.push(lambda row: row.copy_(g) if self.identity else self.sketch(g, out=row),
+                          lr)
 
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
@@ -248,6 +284,10 @@ class SketchMode(SampleMode):
         self._flush_s()
         self._s_file.close()
         self.sketches.close()
+        if self._gstage is not None:
+            self._gstage.close()
+            self._gnorms.close()
+            self._g = None
         self.writer.close(T, {**self._meta(), "sketch_dim": self.k, "identity": self.identity,
                               "hash_seed": hash_seed(self.sampler.seed)})
         self._bufs = []
@@ -276,12 +316,23 @@ class SketchMode(SampleMode):
         # the exact check sample
         x_star = sample.row(k).astype(np.float64)
         a_exact, D_exact = np.full(T, np.nan), np.full(T, np.nan)
+        columns = {"a_exact": a_exact, "D_exact": D_exact}
+        if (directory / GRAD_SKETCHES / SIDECAR).is_file():  # recorded with gradients
+            columns["g_dot"], _ = stream_gradient_quantities(
+                sketches, TrajectoryStore(directory / GRAD_SKETCHES), T, sx_star)
+            columns["g_norm2"] = read_step_norms(directory / G_FILE, T)  # exact
+            columns["g_dot_exact"] = np.full(T, np.nan)
         for t, lr in zip(sample.kept, sample.lrs, strict=True):
             if t < T:
                 q = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
                                           x_star)
                 a_exact[t], D_exact[t] = q.a[0], q.D[0]
+                if "g_dot_exact" in columns and sample.gradients:
+                    columns["g_dot_exact"][t] = gradient_quantities(
+                        sample.row(t)[None], sample.grad(t)[None], x_star).g_dot[0]
         ctx.load(x_star)
-        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lrs,
-                        loss_star=ctx.step_losses(range(T)), f_star=ctx.f_star(k),
-                        reference_step=k, columns={"a_exact": a_exact, "D_exact": D_exact})
+        loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
+        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
+                        f_star=f_star, reference_step=k, columns=columns,
+                        summary=endpoint_summary(ctx, k, sample.row(0), x_star,
+                                                 lrs * np.sqrt(s)))

@@ -4,7 +4,8 @@ During training each x_t is copied into a RAM buffer that a background thread
 writes to preallocated ``.npy`` segments (``trajectory/``, see
 ``trajreg.record.store``). After training the trajectory is streamed in blocks
 against any stored x_k, so both references (final, best) are re-analysed without
-retraining. Memory O(d); disk O(T d).
+retraining. Memory O(d); disk O(T d). With ``gradients`` the minibatch gradient g_t
+of every step goes to a second store, ``trajectory/grad/`` (one more d-row a step).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 
 from trajreg.principle import trajectory_quantities
+from trajreg.record.geometry import GRADIENTS, endpoint_summary, stream_gradient_quantities
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext, RecordMode
-from trajreg.record.store import TrajectoryStore, TrajectoryWriter
+from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter
 
 if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
@@ -51,8 +53,11 @@ class StoreMode(RecordMode):
     reanalyse: ClassVar[tuple[str, ...]] = ("final", "best")
     cost = "memory O(d); disk T*d floats"
 
-    def __init__(self) -> None:
+    def __init__(self, gradients: bool | None = None) -> None:
         self.writer: TrajectoryWriter | None = None
+        self.grads: TrajectoryWriter | None = None  # g_t of every step (gradients on)
+        if gradients is not None:
+            self.gradients = gradients
 
     def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
              sync_seconds: float = 5.0, **_: Any) -> None:
@@ -60,17 +65,25 @@ class StoreMode(RecordMode):
             raise ValueError("mode 'store' needs a directory to write the trajectory to")
         dtype = np.dtype(np.float64 if rec.dtype == torch.float64 else np.float32)
         self.writer = TrajectoryWriter(directory, rec.d, dtype, capacity, sync_seconds)
+        if self.gradients:
+            self.grads = TrajectoryWriter(Path(directory) / GRADIENTS, rec.d, dtype, capacity,
+                                          sync_seconds)
 
     def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
         assert self.writer is not None, "open() first"
         rec.flat(out=torch.from_numpy(self.writer.next_row()))
         self.writer.commit_row(lr)
+        if self.grads is not None:  # g_t, the gradient the step is about to use
+            rec.grad_flat(out=torch.from_numpy(self.grads.next_row()))
+            self.grads.commit_row(lr)
 
     def close(self, rec: Recorder) -> None:
         if self.writer is not None and not self.writer.closed:
             rec.flat(out=torch.from_numpy(self.writer.next_row()))  # x_T
             self.writer.commit_row(None)
             self.writer.close()
+        if self.grads is not None and not self.grads.closed:
+            self.grads.close()
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
         from trajreg.distributed.shards import is_sharded, measure_shards
@@ -84,7 +97,14 @@ class StoreMode(RecordMode):
         T = ctx.steps  # every recorded step, also those after x* = x_k
         x_star = store.row(k)
         D, a, s, lr = stream_quantities(store, T, x_star.astype(np.float64))
+        columns = {}
+        grads = Path(ctx.directory) / TRAJECTORY / GRADIENTS
+        if (grads / SIDECAR).is_file():  # recorded with gradients
+            columns["g_dot"], columns["g_norm2"] = stream_gradient_quantities(
+                store, TrajectoryStore(grads), T, x_star.astype(np.float64))
         ctx.load(x_star)
-        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr,
-                        loss_star=ctx.step_losses(range(T)), f_star=ctx.f_star(k),
-                        reference_step=k)
+        loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
+        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr, loss_star=loss_star,
+                        f_star=f_star, reference_step=k, columns=columns,
+                        summary=endpoint_summary(ctx, k, store.row(0), x_star,
+                                                 lr * np.sqrt(s)))

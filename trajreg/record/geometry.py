@@ -1,0 +1,159 @@
+"""What the record modes share to measure the trajectory's geometry (docs/principle.md,
+section 14): the gradients g_t along it, the length of the path and the loss on the
+segment from x_0 to x*.
+
+- ``stream_gradient_quantities``: g_dot_t = <g_t, x_t - x*> and g_norm2_t = ||g_t||^2
+  of stored rows, streamed in blocks (``principle.gradient_quantities``);
+- ``SquaredNorms``: ||x_t - x_{t+1}||^2 (sample) or ||g_t||^2 (sketch) of every step,
+  online in float64; ``StagedRows``: a sketch a step into a trajectory store;
+- ``endpoint_summary``: the path ratio sum_t ||u_t|| / ||x_0 - x*|| and the monotonic
+  linear interpolation of F from x_0 to x* (``MeasureContext.interpolated_losses``),
+  the keys ``path_ratio`` and ``mli`` of summary.json.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trajreg import principle as P
+from trajreg.record.store import TrajectoryStore
+
+GRADIENTS = "grad"  # store mode: trajectory/grad/, a trajectory store of g_0 .. g_{T-1}
+MLI_POINTS = 21  # alphas of the interpolation (principle.mli_alphas)
+_FLUSH = 4096  # step norms kept on the device before they are written
+
+
+def block_rows(d: int) -> int:
+    """Rows of a float64 block of about 8 MiB (at most 256), as store mode streams."""
+    return max(1, min(256, (8 << 20) // (8 * max(1, d))))
+
+
+def stream_gradient_quantities(xs: TrajectoryStore, grads: TrajectoryStore, T: int,
+                               x_star: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """g_dot and g_norm2 of steps 0..T-1: row t of ``grads`` is the gradient at row t of
+    ``xs`` (the iterates or their sketches, ``x_star`` of the same kind), read in
+    blocks so memory stays O(d)."""
+    if grads.rows < T or xs.rows < T:
+        raise RuntimeError(f"the gradients hold {grads.rows} rows and the iterates "
+                           f"{xs.rows}, the run took {T} steps")
+    g_dot, g_norm2 = np.empty(T), np.empty(T)
+    n = block_rows(xs.d)
+    for t0 in range(0, T, n):
+        t1 = min(T, t0 + n)
+        q = P.gradient_quantities(xs.read(t0, t1), grads.read(t0, t1), x_star)
+        g_dot[t0:t1], g_norm2[t0:t1] = q.g_dot, q.g_norm2
+    return g_dot, g_norm2
+
+
+class SquaredNorms:
+    """Squared norms of one vector a step (``push(v)``: ||v||^2; ``push_diff(x, y)``:
+    ||x - y||^2, the step norm s_u_t of x_t and x_{t+1}), in float64 on the vectors'
+    device (x - y is exact in float64 from float32 or float64 rows), written to
+    ``path`` as raw float64, 4096 at a time: O(d) memory, 8 bytes a step on disk."""
+
+    def __init__(self, path: Path, d: int, device: torch.device | str) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._diff = torch.empty(d, dtype=torch.float64, device=device)
+        self._buf = torch.empty(_FLUSH, dtype=torch.float64, device=device)
+        self._n = 0
+
+    def push_diff(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._diff.copy_(x)
+        self._diff.sub_(y)
+        self._append()
+
+    def push(self, v: torch.Tensor) -> None:
+        self._diff.copy_(v)
+        self._append()
+
+    def _append(self) -> None:
+        self._buf[self._n] = torch.dot(self._diff, self._diff)
+        self._n += 1
+        if self._n == _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._file.write(self._buf[: self._n].cpu().numpy().tobytes())
+        self._n = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._flush()
+            self._file.close()
+
+
+class StagedRows:
+    """Rows of k numbers computed on the device (a sketch each step) for a
+    ``TrajectoryWriter``: on the CPU each goes straight into the writer's buffer; on an
+    accelerator (``staged``) they are gathered 64 at a time on the device and copied
+    to the host together."""
+
+    def __init__(self, writer: Any, k: int, dtype: torch.dtype, device: torch.device | str,
+                 staged: bool) -> None:
+        self.writer, self.staged = writer, staged
+        self._rows = torch.empty((64 if staged else 1, k), dtype=dtype, device=device)
+        self._lrs: list[float | None] = []
+
+    def push(self, fill: Any, lr: float | None) -> None:
+        """``fill(row)`` writes the row (a k-vector on the device or the host)."""
+        if not self.staged:
+            fill(torch.from_numpy(self.writer.next_row()))
+            self.writer.commit_row(lr)
+            return
+        fill(self._rows[len(self._lrs)])
+        self._lrs.append(lr)
+        if len(self._lrs) == len(self._rows):
+            self.flush()
+
+    def flush(self) -> None:
+        host = self._rows[: len(self._lrs)].cpu().numpy()
+        for row, lr in zip(host, self._lrs, strict=True):
+            self.writer.next_row()[:] = row
+            self.writer.commit_row(lr)
+        self._lrs = []
+
+    def close(self) -> None:
+        if self.staged:
+            self.flush()
+        self.writer.close()
+
+
+def read_step_norms(path: Path, count: int) -> np.ndarray:
+    """The first ``count`` values written by ``SquaredNorms`` (float64)."""
+    values = np.fromfile(path, dtype=np.float64, count=count)
+    if len(values) < count:
+        raise RuntimeError(f"{path}: holds {len(values)} step norms, {count} needed")
+    return values
+
+
+def endpoint_summary(ctx: Any, k: int, x0: np.ndarray, x_star: np.ndarray,
+                     step_norms: np.ndarray) -> dict[str, Any]:
+    """``path_ratio`` = sum_{t < k} ||u_t|| / ||x_0 - x*|| (``step_norms`` are ||u_t|| of
+    steps 0..k-1) and ``mli``: F at x_0 + alpha (x* - x_0) for the 21 alphas of
+    ``principle.mli_alphas``, ``{"alpha", "loss", "monotone", "max_bump"}``, when the
+    context can evaluate it (``interpolated_losses``; not when ``ctx.mli`` is False)."""
+    x0 = np.asarray(x0, dtype=np.float64)
+    x_star = np.asarray(x_star, dtype=np.float64)
+    diff = x0 - x_star
+    out: dict[str, Any] = {"path_ratio": P.path_ratio(np.asarray(step_norms)[:k],
+                                                      math.sqrt(float(diff @ diff)))}
+    if getattr(ctx, "mli", True) and hasattr(ctx, "interpolated_losses"):
+        alphas = P.mli_alphas(MLI_POINTS)
+        losses = np.asarray(ctx.interpolated_losses(alphas, x0, x_star), dtype=np.float64)
+        m = P.mli_summary(alphas, losses)
+        out["mli"] = {"alpha": alphas.tolist(), "loss": losses.tolist(),
+                      "monotone": bool(m.monotone), "max_bump": m.max_bump}
+    return out
+
+
+def interpolate(alpha: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """(1 - alpha) start + alpha end in float64, so both ends are exact (alpha 0: start,
+    alpha 1: end, bit for bit once cast back to their precision)."""
+    a = float(alpha)
+    return (1.0 - a) * start.detach().to(torch.float64) + a * end.detach().to(torch.float64)
