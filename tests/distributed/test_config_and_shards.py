@@ -192,6 +192,9 @@ class _FakeRecorder:
         row = self.xs[self.steps]
         return row.clone() if out is None else out.copy_(row)
 
+    def grad_flat(self, out=None):  # g_t (record.gradients): none here, zeros
+        return torch.zeros(self.d) if out is None else out.zero_()
+
 
 class _FakeContext:
     def __init__(self, directory, steps):
