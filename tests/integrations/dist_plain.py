@@ -4,7 +4,8 @@ test_distributed_callbacks.py: ``python -m torch.distributed.run --standalone
 the same process group, each ending one way, and every rank writes how each ended to
 ``TMP/rank-N.json`` ({scenario: [outcome, seconds]}):
 
-- ``store``, ``sample``: a complete run each (TMP/store, TMP/sample);
+- ``store``, ``sample``: a complete DDP run each (TMP/store, TMP/sample);
+- ``fsdp-store``, ``fsdp-sample``: the same runs under FSDP2 (``fully_shard``);
 - ``follower``: one of rank 1's micro-batch files is damaged before ``finish``;
 - ``leader``: rank 0's measurement raises;
 - ``hang``: rank 1 stops answering (sleeps) before ``finish``; the session's timeout
@@ -27,6 +28,7 @@ HANG = 2.0
 def main() -> int:
     import torch
     import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
     from trajreg.integrations import RegularitySession
@@ -41,11 +43,17 @@ def main() -> int:
     def loss_fn(model, batch):
         return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
 
-    def run(name: str, mode="store", before_finish=None, timeout=TIMEOUT) -> None:
+    def run(name: str, mode="store", before_finish=None, timeout=TIMEOUT,
+            fsdp=False) -> None:
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
                                   torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
-        model = DistributedDataParallel(net)
+        if fsdp:
+            for layer in (net[0], net[3]):
+                fully_shard(layer)
+            model = fully_shard(net)
+        else:
+            model = DistributedDataParallel(net)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         g = torch.Generator().manual_seed(100 + rank)  # each rank its own part
         x, y = torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)
@@ -91,6 +99,8 @@ def main() -> int:
 
     run("store")
     run("sample", mode=SampleMode(rate=0.5, seed=1))
+    run("fsdp-store", fsdp=True)
+    run("fsdp-sample", mode=SampleMode(rate=0.5, seed=1), fsdp=True)
     run("follower", before_finish=damage_a_batch)
     run("leader", before_finish=measuring_fails)
     run("hang", before_finish=hang, timeout=HANG)

@@ -1,9 +1,11 @@
 """The Lightning and Hugging Face callbacks under data-parallel training on 2 CPU
-processes (gloo): Lightning's own ``strategy="ddp"`` launcher and the Trainer under
-``python -m torch.distributed.run``. One run directory, written by rank 0; the exact
-identity; every rank's rebuilt losses equal its training losses bit for bit; each
-step's loss is the global batch's, from the ranks' own losses; a rank that raises
-mid-training ends every rank with an error and leaves nothing that looks finished.
+processes (gloo): Lightning's own ``strategy="ddp"`` launcher (and FSDP2 through
+``ModelParallelStrategy``), the Trainer under ``python -m torch.distributed.run``, and
+RegularitySession in a hand-written DDP / FSDP2 loop. One run directory, written by
+rank 0; the exact identity; every rank's rebuilt losses equal its training losses bit
+for bit; each step's loss is the global batch's, from the ranks' own losses; a rank
+that raises mid-training ends every rank with an error and leaves nothing that looks
+finished.
 
 The multi-process runs are scripts (dist_lightning.py, dist_hf.py, dist_plain.py):
 Lightning's ddp launcher starts rank 1 by running the script again. The selected ones
@@ -82,27 +84,35 @@ class Launch:
             self.proc.wait()
 
 
-# test -> the run it reads: name, what it needs, script, arguments
+# each run: what it needs, its script and arguments
 RUNS = {
-    "test_lightning_ddp_two_processes": ("lightning", "lightning", "dist_lightning.py",
-                                         "{out}", "{status}"),
-    "test_lightning_ddp_rank_failure": ("lightning-fail", "lightning", "dist_lightning.py",
-                                        "{out}", "{status}", "--fail-rank", "1"),
-    "test_huggingface_torchrun_two_processes": ("hf", "transformers", "dist_hf.py", "{out}",
-                                                "{status}"),
-    "test_huggingface_torchrun_rank_failure": ("hf-fail", "transformers", "dist_hf.py",
-                                               "{out}", "{status}", "--fail-rank", "1"),
-    "test_session_ranks_protocol": ("plain", "torch", "dist_plain.py", "{dir}"),
+    "lightning": ("lightning", "dist_lightning.py", "{out}", "{status}", "--fsdp2",
+                  "{dir}/fsdp2"),
+    "lightning-fail": ("lightning", "dist_lightning.py", "{out}", "{status}", "--fail-rank",
+                       "1"),
+    "hf": ("transformers", "dist_hf.py", "{out}", "{status}"),
+    "hf-fail": ("transformers", "dist_hf.py", "{out}", "{status}", "--fail-rank", "1"),
+    "plain": ("torch", "dist_plain.py", "{dir}"),
+}
+# each test: the run it reads
+TESTS = {
+    "test_lightning_ddp_two_processes": "lightning",
+    "test_lightning_fsdp2_two_processes": "lightning",
+    "test_lightning_ddp_rank_failure": "lightning-fail",
+    "test_huggingface_torchrun_two_processes": "hf",
+    "test_huggingface_torchrun_rank_failure": "hf-fail",
+    "test_session_ranks_protocol": "plain",
 }
 
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
-    """Every selected test's run, all started together: on two cores their imports and
-    collectives' waits overlap (about half the time of one after the other)."""
+    """The runs of the selected tests, all started together: on two cores their imports
+    and their collectives' waits overlap (about half the time of one after the other)."""
     base = tmp_path_factory.mktemp("ranks")
-    wanted = {item.originalname for item in request.session.items} & set(RUNS)
-    launched = {test: Launch(base, *RUNS[test]) for test in sorted(wanted)}
+    wanted = {TESTS[item.originalname] for item in request.session.items
+              if item.originalname in TESTS}
+    launched = {name: Launch(base, name, *RUNS[name]) for name in sorted(wanted)}
     yield launched
     for launch in launched.values():
         launch.kill()
@@ -117,11 +127,12 @@ def gone(pid: int) -> bool:
     return text.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-def check_run(out: Path, status: Path, source: str, step_loss) -> pd.DataFrame:
+def check_run(out: Path, status: Path, source: str, step_loss, tag: str) -> pd.DataFrame:
     """What both frameworks' 2-rank runs must give: one ordinary, exact run directory."""
     for rank in (0, 1):
         assert (status / f"rank-{rank}").read_text() == "ok\n"
-    assert {p.name for p in out.parent.iterdir()} == {out.name, status.name}  # no leftovers
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert not leftovers  # no rank's partial directory
     table = pd.read_parquet(out / "metrics.parquet")
     summary = read_summary(out)
     assert summary.source == source and summary.n_steps == len(table)
@@ -134,7 +145,7 @@ def check_run(out: Path, status: Path, source: str, step_loss) -> pd.DataFrame:
     assert summary.loss_check == {"steps": len(table), "equal": len(table),
                                   "max_abs_diff": 0.0, "ranks": 2}
     # each step's loss is the global batch's, from the losses both ranks trained on
-    losses = [np.asarray(json.loads((status / f"rank-{r}.losses.json").read_text()))
+    losses = [np.asarray(json.loads((status / f"rank-{r}.{tag}.json").read_text()))
               for r in (0, 1)]
     assert np.allclose(table["loss"], step_loss(*losses), rtol=1e-12)
     assert np.isfinite(table["b"]).all() and table["b"].iloc[0] != 0
@@ -166,17 +177,37 @@ def check_failed(out: Path, status: Path, rc: int, seconds: float) -> None:
 
 @pytest.mark.slow
 def test_lightning_ddp_two_processes(runs):
-    run = runs["test_lightning_ddp_two_processes"]
+    run = runs["lightning"]
     rc, log, _ = run.wait()
     assert rc == 0, log[-3000:]
     # Lightning's DistributedSampler: 320 samples, 160 a rank, 16 a micro-batch
-    table = check_run(run.out, run.status, "lightning", lambda l0, l1: (l0 + l1) / 2)
+    table = check_run(run.out, run.status, "lightning", lambda l0, l1: (l0 + l1) / 2, "ddp")
     assert len(table) == 20 and read_summary(run.out).epoch_ends == [10, 20]
+    assert (run.out / "trajectory" / "trajectory.json").is_file()  # rank 0's, whole
+
+
+@pytest.mark.slow
+def test_lightning_fsdp2_two_processes(runs):
+    """The same fit under ModelParallelStrategy with fully_shard: every rank recorded its
+    own shard; the run is the DDP run's up to float rounding (the clipped gradient's
+    norm is added over shards)."""
+    run = runs["lightning"]
+    rc, log, _ = run.wait()
+    assert rc == 0, log[-3000:]
+    out = run.dir / "fsdp2"
+    table = check_run(out, run.status, "lightning", lambda l0, l1: (l0 + l1) / 2, "fsdp2")
+    shards = json.loads((out / "trajectory" / "shards.json").read_text())
+    assert shards["world"] == 2 and [s["dir"] for s in shards["shards"]] == [
+        "rank-00000", "rank-00001"]
+    assert sum(s["d"] for s in shards["shards"]) == shards["d"] == read_summary(out).n_params
+    ddp = pd.read_parquet(run.out / "metrics.parquet")
+    for column in ("loss", "loss_star", "D", "a", "s"):
+        assert np.allclose(table[column], ddp[column], rtol=1e-5), column
 
 
 @pytest.mark.slow
 def test_lightning_ddp_rank_failure(runs):
-    run = runs["test_lightning_ddp_rank_failure"]
+    run = runs["lightning-fail"]
     rc, log, seconds = run.wait()
     check_failed(run.out, run.status, rc, seconds)
 
@@ -187,9 +218,11 @@ def test_lightning_sharded_strategies_are_refused(tmp_path):
 
     cb = RegularityCallback(tmp_path / "run")
     fsdp = pl.strategies.FSDPStrategy()
-    with pytest.raises(UserError, match="FSDPStrategy .*flat parameters.*strategy='ddp'"):
+    with pytest.raises(UserError, match="FSDPStrategy .*flat parameters.*strategy='ddp'.*"
+                                        "ModelParallelStrategy"):
         cb.setup(SimpleNamespace(strategy=fsdp), None, "fit")
-    cb.setup(SimpleNamespace(strategy=pl.strategies.DDPStrategy()), None, "fit")
+    for ok in (pl.strategies.DDPStrategy(), pl.strategies.ModelParallelStrategy()):
+        cb.setup(SimpleNamespace(strategy=ok), None, "fit")
     assert not (tmp_path / "run").exists()
 
 
@@ -198,7 +231,7 @@ def test_lightning_sharded_strategies_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_huggingface_torchrun_two_processes(runs):
-    run = runs["test_huggingface_torchrun_two_processes"]
+    run = runs["hf"]
     rc, log, _ = run.wait()
     assert rc == 0, log[-3000:]
 
@@ -207,13 +240,13 @@ def test_huggingface_torchrun_two_processes(runs):
         # ranks (num_items_in_batch, average_tokens_across_devices): sums
         return l0.reshape(-1, 2).sum(1) + l1.reshape(-1, 2).sum(1)
 
-    table = check_run(run.out, run.status, "huggingface", step_loss)
+    table = check_run(run.out, run.status, "huggingface", step_loss, "losses")
     assert len(table) == 8  # 128 sequences, 8 a micro-batch a rank, 2 micro-batches a step
 
 
 @pytest.mark.slow
 def test_huggingface_torchrun_rank_failure(runs):
-    run = runs["test_huggingface_torchrun_rank_failure"]
+    run = runs["hf-fail"]
     rc, log, seconds = run.wait()
     check_failed(run.out, run.status, rc, seconds)
     # torchrun's report: every rank ended with a non-zero status or a signal
@@ -236,12 +269,13 @@ def test_huggingface_sharded_arguments_are_refused():
 @pytest.mark.slow
 def test_session_ranks_protocol(runs):
     """A hand-written DDP loop, five sessions in one process group (dist_plain.py)."""
-    run = runs["test_session_ranks_protocol"]
+    run = runs["plain"]
     rc, log, _ = run.wait()
     assert rc == 0, log[-3000:]
     ranks = [json.loads((run.dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    # complete runs: every rank returns rank 0's summary; store and sample modes
-    for name, steps in (("store", 12), ("sample", 5)):
+    # complete runs: every rank returns rank 0's summary; store and sample modes, DDP
+    # and FSDP2
+    for name, steps in (("store", 12), ("sample", 5), ("fsdp-store", 12), ("fsdp-sample", 5)):
         for r in (0, 1):
             outcome, n, check, _ = ranks[r][name]
             assert (outcome, n) == ("ok", 12), ranks[r][name]
@@ -252,6 +286,17 @@ def test_session_ranks_protocol(runs):
     eta, a, s = table["lr"].to_numpy(), table["a"].to_numpy(), table["s"].to_numpy()
     assert np.allclose(D[:-1] - D[1:], 2 * eta * a - eta**2 * s, rtol=1e-6,
                        atol=1e-9 * D.max())
+    # FSDP2: each rank's shard, summed by rank 0: the DDP run's numbers (measured: equal
+    # losses, D, a, s within 3e-16 relative)
+    for mode in ("store", "sample"):
+        fsdp = run.dir / f"fsdp-{mode}"
+        assert (fsdp / "trajectory" / "shards.json").is_file()
+        ddp, sharded = (pd.read_parquet(run.dir / m / "metrics.parquet")
+                        for m in (mode, f"fsdp-{mode}"))
+        for column in ("loss", "loss_star", "D", "a", "s", "b"):
+            assert np.allclose(sharded[column], ddp[column], rtol=1e-6,
+                               atol=1e-6 * np.abs(ddp[column]).max()), (mode, column)
+        assert set(analyze(fsdp, eps=[0.0, 0.1]).gamma_hat) == {"0.0", "0.1"}
     # a rank's own failure while measuring: its error on it, a RankFailed naming it on
     # the other, at once
     zero, one = ranks[0]["follower"], ranks[1]["follower"]
@@ -267,5 +312,6 @@ def test_session_ranks_protocol(runs):
     for r in (0, 1):
         assert ranks[r]["follower"][-1] < 10 and ranks[r]["leader"][-1] < 10
     # only the complete runs' directories: no partial directory of any rank is left
-    assert {p.name for p in run.dir.iterdir()} == {"store", "sample", "rank-0.json",
+    assert {p.name for p in run.dir.iterdir()} == {"store", "sample", "fsdp-store",
+                                                   "fsdp-sample", "rank-0.json",
                                                    "rank-1.json", "status"}

@@ -8,12 +8,12 @@ clipping, schedulers and precision plugins act inside the step the recorder sees
 so x_t, D_t, a_t, s_t stay exact. See ``trajreg.integrations.session`` for what is
 exact and what is not; x* is the end of the fit.
 
-Data-parallel fits (``strategy="ddp"``, ``"ddp_spawn"``, ... on CPU or GPU): every rank
-keeps its own micro-batches, rank 0 alone records the trajectory and writes ``out``,
-and each step's loss is the mean of the ranks' losses (``trajreg.integrations.ranks``).
-Strategies that shard the parameters are refused at setup with a UserError: FSDP
-(``strategy="fsdp"``, flat parameters), DeepSpeed, and ``ModelParallelStrategy``
-(FSDP2 / tensor parallelism; ``trajreg run`` measures FSDP2 runs).
+Distributed fits (``trajreg.integrations.ranks``): every rank keeps its own
+micro-batches and each step's loss is the mean of the ranks' losses; rank 0 writes
+``out``. Under DDP (``strategy="ddp"``, ...) rank 0 alone records the trajectory; under
+FSDP2 (``ModelParallelStrategy`` whose ``configure_model`` applies ``fully_shard``, data
+parallel only) every rank records its own shard. Refused at setup with a UserError:
+FSDP with flat parameters (``strategy="fsdp"``) and DeepSpeed.
 """
 
 from __future__ import annotations
@@ -47,18 +47,15 @@ def _loss_of(output: Any) -> torch.Tensor | None:
 
 # strategies whose ranks do not each hold every parameter: (what it is, what to use)
 _SHARDED = {
-    "FSDPStrategy": ("FSDP with flat parameters", "strategy='ddp', or trajreg run with "
-                     "train.distributed.strategy: fsdp (FSDP2)"),
+    "FSDPStrategy": ("FSDP with flat parameters", "strategy='ddp', or FSDP2: "
+                     "ModelParallelStrategy with fully_shard in configure_model"),
     "DeepSpeedStrategy": ("DeepSpeed (sharded optimizer and parameters)", "strategy='ddp'"),
-    "ModelParallelStrategy": ("FSDP2 / tensor parallelism (DTensor parameters)",
-                              "strategy='ddp', or trajreg run with "
-                              "train.distributed.strategy: fsdp for FSDP2"),
 }
 
 
 def check_strategy(strategy: Any) -> None:
-    """Refuse a strategy that shards the parameters (a UserError naming it and what to
-    use instead): the callback measures single-process and data-parallel (DDP) fits."""
+    """Refuse a strategy whose parameters the callback cannot record (a UserError naming
+    it and what to use instead): it measures single-process, DDP and FSDP2 fits."""
     for cls in type(strategy).__mro__:
         if cls.__name__ in _SHARDED:
             what, instead = _SHARDED[cls.__name__]

@@ -18,12 +18,22 @@ A rank's local failure is turned into a flag in the next collective, so every ra
 leaves together with one clear error (``RankFailed``). ``agree`` (a monitored barrier,
 then an all_gather of each rank's error) marks the points where every rank must
 have succeeded: before measuring, and before the leader renames the run directory.
+
+Under FSDP2 (DTensor parameters sharded on dim 0, e.g. Lightning's
+``ModelParallelStrategy`` with ``fully_shard``) no rank holds every parameter, so every
+rank records its own shard into the leader's partial directory (``trajectory/rank-N/``
+and ``shards.json``, the layout of ``trajreg.distributed.shards``); the leader sums the
+per-rank partial sums of D_t, a_t, s_t, and ``load(x)`` puts each rank's entries of x
+into its shards (``Sharding``). A forward pass is then itself a collective, so every
+rank reads all of a command's micro-batches before the first forward and the ranks
+agree on which steps are complete.
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,6 +131,24 @@ class Ranks:
         self._collective(what, lambda: dist.all_reduce(t, group=self.group))
         return t.numpy()
 
+    def allsum_checked(self, what: str, values: np.ndarray,
+                       error: BaseException | None) -> np.ndarray:
+        """``allsum`` of ``values``, with this rank's failure (``error``) handed on: when
+        any rank failed, every rank raises, its own error or a ``RankFailed`` naming the
+        failed ranks."""
+        failed = np.zeros(self.world)
+        failed[self.rank] = error is not None
+        n = len(values)
+        total = self.allsum(what, np.concatenate([np.asarray(values, dtype=np.float64),
+                                                  failed]))
+        which = np.flatnonzero(total[n:])
+        if which.size:
+            if error is not None:
+                raise error
+            raise RankFailed(f"rank {', '.join(map(str, which))} failed while {what} (its "
+                             "own error says why)")
+        return total[:n]
+
     def allmax(self, what: str, value: float) -> float:
         import torch.distributed as dist
 
@@ -160,3 +188,63 @@ class Ranks:
             return op, None, flag
         payload = torch.empty(n, dtype=_DTYPES.get(code, torch.int64))
         return op, self._broadcast(payload), flag
+
+
+class Sharding:
+    """This rank's entries of the global flat vector x under FSDP2: ``ranges`` (runs of
+    the global index, in the order of the local shards) and the global ``d``."""
+
+    def __init__(self, params: list[torch.Tensor], rank: int, world: int) -> None:
+        from trajreg.distributed.shards import local_ranges
+
+        self.ranges, self.d = local_ranges(params, rank, world)
+
+    def put(self, model: torch.nn.Module, params: list[torch.Tensor], x: np.ndarray) -> None:
+        """Copy this rank's entries of the whole vector ``x`` into its local shards."""
+        from trajreg.record.recorder import local_part
+
+        reshard(model)  # else the next forward would use the parameters gathered before
+        parts = [x[start : start + length] for start, length in self.ranges]
+        local = torch.from_numpy(np.concatenate(parts) if parts else np.asarray(x)[:0])
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                shard = local_part(p)
+                n = shard.numel()
+                shard.copy_(local[offset : offset + n].view_as(shard))
+                offset += n
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """FSDP2: drop the whole parameters a forward pass left gathered (the root module
+    keeps them after its forward), so that the next forward gathers the shards again."""
+    import sys
+
+    if "torch.distributed.fsdp" not in sys.modules:  # then no module is an FSDPModule
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def sharded_rows(trajectory: Path, sample: bool) -> Callable[[int], np.ndarray | None]:
+    """x_t by step, assembled from every rank's shard (None where a sample lacks it)."""
+    from trajreg.distributed.shards import ShardedTrajectory, assemble, read_index
+    from trajreg.record.modes.sample import SampleStore
+
+    if not sample:
+        return ShardedTrajectory(trajectory).row
+    index = read_index(trajectory)
+    stores = [SampleStore(Path(trajectory) / s["dir"]) for s in index["shards"]]
+    return lambda t: (assemble(index, [store.row(t) for store in stores])
+                      if stores[0].has(t) else None)
+
+
+def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state of an FSDP2 model as CPU tensors (a collective: every rank)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))

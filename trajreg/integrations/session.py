@@ -44,7 +44,18 @@ import numpy as np
 import torch
 
 from trajreg.errors import UserError
-from trajreg.integrations.ranks import ABORT, DONE, LOAD, LOSSES, RankFailed, Ranks
+from trajreg.integrations.ranks import (
+    ABORT,
+    DONE,
+    LOAD,
+    LOSSES,
+    RankFailed,
+    Ranks,
+    Sharding,
+    full_state,
+    reshard,
+    sharded_rows,
+)
 from trajreg.record.measured import Measured
 from trajreg.record.modes import RecordMode, get_mode
 from trajreg.record.modes.sample import SampleMode, SampleStore
@@ -85,13 +96,11 @@ def _replica(optimizer: torch.optim.Optimizer) -> tuple:
 
 
 def _check_replicas(every: list[tuple]) -> None:
-    """Refuse (on every rank alike) a distributed run in which the ranks do not each
-    hold every parameter."""
-    if any(sharded for _, _, sharded in every):
-        raise UserError("the parameters are sharded across ranks (DTensor: FSDP2 or tensor "
-                        "parallelism); RegularitySession measures data-parallel runs in which "
-                        "every rank holds every parameter (DDP); for FSDP2 use trajreg run "
-                        "with train.distributed.strategy: fsdp")
+    """Refuse (on every rank alike) a distributed run that is neither data-parallel
+    (every rank holds every parameter) nor FSDP2 on every rank."""
+    if len({sharded for _, _, sharded in every}) > 1:
+        raise UserError("some ranks' parameters are sharded (DTensor) and others' are not: "
+                        "RegularitySession measures DDP and FSDP2 runs")
     if len({(n, fp) for n, fp, _ in every}) > 1:
         sizes = ", ".join(str(n) for n, _, _ in every)
         raise UserError(f"the ranks hold different parameters (sizes {sizes}, or different "
@@ -123,6 +132,7 @@ def _kept_state(model: torch.nn.Module):
     try:
         yield
     finally:
+        reshard(model)  # FSDP2: the state is the shards'
         model.load_state_dict(state)  # copies in place
         model.train(training)
         _set_rng_state(rng)
@@ -198,6 +208,7 @@ class RegularitySession:
         self.timeout = float(timeout)
         self.ranks: Ranks | None = None  # set by start() under data-parallel training
         self.rank_combine = "mean"  # a step's loss from the ranks' losses: mean or sum
+        self.sharding: Sharding | None = None  # FSDP2: this rank's entries of x
         self.tmp: Path | None = None
         self.recorder: Recorder | None = None
         self._started = 0  # micro-batches whose forward began
@@ -228,10 +239,36 @@ class RegularitySession:
             try:
                 every = self.ranks.agree("starting", facts=_replica(self.optimizer))
                 _check_replicas(every)
+                if every[0][2]:
+                    self._start_shards()
             except BaseException:
                 self.abort()
                 raise
             self.info["ranks"] = self.ranks.world
+
+    def _start_shards(self) -> None:
+        """FSDP2: every rank records its own shard into rank 0's partial directory."""
+        from trajreg.distributed.shards import SHARDED_MODES, shard_dir
+
+        ranks = self.ranks
+        assert ranks is not None
+        if self.mode.name not in SHARDED_MODES:
+            raise UserError(f"mode {self.mode.name!r} cannot record sharded (FSDP2) "
+                            "parameters yet: use store or sample")
+        leader = Path(ranks.broadcast_object("starting", str(self.tmp)))
+        error: BaseException | None = None
+        entry = None
+        try:
+            self.sharding = Sharding(optimizer_params(self.optimizer), ranks.rank, ranks.world)
+            self.recorder = Recorder(self.optimizer,
+                                     leader / rundir.TRAJECTORY / shard_dir(ranks.rank),
+                                     mode=self.mode, lr_group=self.lr_group)
+            entry = {"rank": ranks.rank, "dir": shard_dir(ranks.rank), "d": self.recorder.d,
+                     "ranges": self.sharding.ranges}
+        except Exception as exc:
+            error = exc
+        self._shards = ranks.agree("starting", error, entry)
+        self.info["sharded"] = "fsdp2"
 
     def _start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                info: dict[str, Any] | None) -> None:
@@ -243,7 +280,9 @@ class RegularitySession:
         while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
             optimizer = optimizer.optimizer
         self.model, self.optimizer = model, optimizer
-        if self.ranks is None or self.ranks.leader:  # DDP: every rank holds every x_t
+        sharded = any(hasattr(p, "to_local") for p in optimizer_params(optimizer))
+        # DDP: every rank holds every x_t, rank 0 records; FSDP2: _start_shards
+        if self.ranks is None or (self.ranks.leader and not sharded):
             self.recorder = Recorder(optimizer, self.tmp / rundir.TRAJECTORY,
                                      mode=self.mode, lr_group=self.lr_group)
         # after the recorder's own hook: the step just taken closes its micro-batches
@@ -278,6 +317,8 @@ class RegularitySession:
     def _iterates(self) -> Callable[[int], np.ndarray | None]:
         """x_t by step (None where the mode did not keep it)."""
         directory = self.tmp / rundir.TRAJECTORY
+        if self.sharding is not None:
+            return sharded_rows(directory, isinstance(self.mode, SampleMode))
         if isinstance(self.mode, SampleMode):
             sample = SampleStore(directory)
             return lambda t: sample.row(t) if sample.has(t) else None
@@ -306,14 +347,24 @@ class RegularitySession:
 
     # ------------------------------------------------------------------ after training
 
-    def _step_loss(self, model: torch.nn.Module, loss_fn: LossFn, t: int,
-                   device: torch.device) -> float:
-        values = []
+    def _step_batches(self, t: int) -> list | None:
+        """Step t's recorded micro-batches and random states (None: one was started but
+        never finished, so b_t is unknown)."""
+        loaded = []
         for i in self._members(t):
             path = self.tmp / "batches" / f"{i:08d}.pt"
-            if not path.is_file():  # started but never finished: b_t is unknown
-                return math.nan
-            batch, rng = torch.load(path, weights_only=False)
+            if not path.is_file():
+                return None
+            loaded.append(torch.load(path, weights_only=False))
+        return loaded
+
+    def _step_loss(self, model: torch.nn.Module, loss_fn: LossFn, t: int,
+                   device: torch.device, loaded: list | None = None) -> float:
+        loaded = self._step_batches(t) if loaded is None else loaded
+        if loaded is None:
+            return math.nan
+        values = []
+        for batch, rng in loaded:
             _set_rng_state(rng)
             batch = map_tensors(batch, lambda t: t.to(device))
             values.append(float(loss_fn(model, batch).detach()))
@@ -342,11 +393,19 @@ class RegularitySession:
         empty = UserError("no optimizer step was taken: nothing to measure")
         if ranks is not None:
             try:
-                steps = ranks.agree("finishing training", None if T else empty, T)
-                if len(set(steps)) > 1:
+                # FSDP2: every forward pass is a collective, the micro-batches must pair up
+                counts = np.diff(self.step_bounds, prepend=0).tobytes() if self.sharding else b""
+                every = ranks.agree("finishing training", None if T else empty, (T, counts))
+                if len({t for t, _ in every}) > 1:
                     raise UserError(f"the ranks took different numbers of optimizer steps "
-                                    f"({', '.join(map(str, steps))}): not data-parallel "
-                                    "training")
+                                    f"({', '.join(str(t) for t, _ in every)}): not "
+                                    "data-parallel training")
+                if len({c for _, c in every}) > 1:
+                    raise UserError("the ranks' optimizer steps took different numbers of "
+                                    "micro-batches: under FSDP2 the steps' losses cannot be "
+                                    "rebuilt (every forward pass is a collective)")
+                if self.sharding is not None:  # gathered by every rank, kept by rank 0
+                    self._final = full_state(model)
             except BaseException:
                 self.abort()
                 raise
@@ -378,6 +437,10 @@ class RegularitySession:
             if k == 0:
                 raise UserError("the loss of the first step was not finite: nothing to "
                                 "measure")
+            if self.sharding is not None:
+                from trajreg.distributed.shards import write_index
+
+                write_index(self.tmp / rundir.TRAJECTORY, self.sharding.d, self._shards)
             row = self._iterates()
             ends = [e for e in self.epoch_ends if e <= k] or [k]
             with torch.no_grad(), _kept_state(model), warnings.catch_warnings():
@@ -392,7 +455,12 @@ class RegularitySession:
                         ctx.load(x)
                         loss_x[t] = float(ctx.step_losses([t], check=True)[0])
                         rebuilt.append(t)
-                measured = self.mode.measure(ctx, k)
+                if self.sharding is not None:  # the per-rank partial sums, added
+                    from trajreg.distributed.shards import SHARDED_MODES
+
+                    measured = SHARDED_MODES[self.mode.name].measure(self.mode, ctx, k)
+                else:
+                    measured = self.mode.measure(ctx, k)
             if ranks is not None:
                 ranks.send(DONE)
         except BaseException as exc:
@@ -453,7 +521,8 @@ class RegularitySession:
         rundir.write_config(self.tmp, {"external": self.info,
                                        "record": {"mode": self.mode.name},
                                        "analysis": dataclasses.asdict(self.analysis)})
-        rundir.write_final_state(self.tmp, model)
+        rundir.write_final_state(self.tmp, model if self.sharding is None
+                                 else _State(self._final))
         facts = analysis.RunFacts(n_params=int(sum(p.numel() for p in params)),
                                   task="external", evaluation={}, source=self.source,
                                   loss_check=check)
@@ -462,6 +531,13 @@ class RegularitySession:
             options=analysis.AnalysisOptions.from_config(self.analysis), facts=facts,
             figures=self.figures, tensorboard=self.tensorboard)
         return summary
+
+    def _put(self, params: list[torch.Tensor], x: np.ndarray) -> None:
+        """Load the whole vector x into the parameters (FSDP2: this rank's entries)."""
+        if self.sharding is not None:
+            self.sharding.put(self.model, params, x)
+        else:
+            set_flat_params(params, x)
 
     def _across(self, total: np.ndarray) -> np.ndarray:
         """A step's loss from the sum of the ranks' losses."""
@@ -484,7 +560,7 @@ class RegularitySession:
                     if op in (LOAD, LOSSES):
                         assert payload is not None
                     if op == LOAD:
-                        set_flat_params(params, payload)
+                        self._put(params, payload.numpy())
                     elif op == LOSSES:
                         ctx.rank_losses([int(t) for t in payload], check=bool(flag))
                     elif op == DONE:
@@ -499,6 +575,16 @@ class RegularitySession:
         if not isinstance(outcome, Summary):
             raise RankFailed(f"rank 0 failed while renaming the run directory: {outcome}")
         return outcome
+
+
+class _State:
+    """What ``rundir.write_final_state`` needs of a model: its state dict."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
 
 
 class _SessionContext:
@@ -524,7 +610,7 @@ class _SessionContext:
     def load(self, x: np.ndarray) -> None:
         if self.session.ranks is not None:
             self.session.ranks.send(LOAD, x)
-        set_flat_params(self.params, x)
+        self.session._put(self.params, x)
         self._at = {}
 
     def step_losses(self, steps: Sequence[int], check: bool = False) -> np.ndarray:
@@ -537,37 +623,53 @@ class _SessionContext:
 
     def rank_losses(self, steps: list[int], check: bool) -> np.ndarray:
         """l_t at the loaded parameters: this rank's, from its own micro-batches, and
-        under DDP added over the ranks (every rank calls it with the same steps)."""
+        under DDP or FSDP2 added over the ranks (every rank calls it with the same
+        steps; a rank's own failure is handed on in the collective, so that every rank
+        leaves together)."""
         session, ranks = self.session, self.session.ranks
         n = len(steps)
         local = np.full(n, np.nan)
-        error: BaseException | None = None
-        try:
+        if ranks is None:
             for i, t in enumerate(steps):
                 local[i] = session._step_loss(self.model, self.loss_fn, t, self.device)
+            return self._checked(steps, local, local, check)
+        loaded: list = [None] * n
+        complete = np.ones(n, dtype=bool)
+        error: BaseException | None = None
+        if session.sharding is not None:
+            # FSDP2: a forward pass is a collective, so every rank first reads all its
+            # micro-batches, then the ranks agree on the steps complete on every rank
+            try:
+                loaded = [session._step_batches(t) for t in steps]
+            except Exception as exc:
+                error = exc
+            missing = np.asarray([b is None for b in loaded], dtype=np.float64)
+            complete = ranks.allsum_checked("reading its micro-batches", missing, error) == 0
+        try:
+            for i, t in enumerate(steps):
+                if complete[i]:
+                    local[i] = session._step_loss(self.model, self.loss_fn, t, self.device,
+                                                  loaded[i])
         except Exception as exc:
-            if ranks is None:
-                raise
-            error = exc  # handed on in the collective below: every rank leaves together
-        recorded = session._recorded[steps]
-        unequal = (recorded != local).astype(np.float64)
-        known = np.isfinite(recorded) & np.isfinite(local)
-        diff = float(np.max(np.abs(recorded - local)[known], initial=0.0))
-        values = local
-        if ranks is not None:
-            failed = np.zeros(ranks.world)
-            failed[ranks.rank] = error is not None
-            total = ranks.allsum("measuring", np.concatenate([local, unequal, failed]))
-            which = np.flatnonzero(total[2 * n:])
-            if which.size:
-                if error is not None:
-                    raise error
-                raise RankFailed(f"rank {', '.join(map(str, which))} failed while rebuilding "
-                                 "its step losses (its own error says why)")
-            values, unequal = session._across(total[:n]), total[n : 2 * n]
-            if check:
-                diff = ranks.allmax("measuring", diff)
+            error = exc
+        unequal = (session._recorded[steps] != local).astype(np.float64)
+        total = ranks.allsum_checked("rebuilding its step losses",
+                                     np.concatenate([local, unequal]), error)
+        return self._checked(steps, local, session._across(total[:n]), check, total[n:])
+
+    def _checked(self, steps: list[int], local: np.ndarray, values: np.ndarray, check: bool,
+                 unequal: np.ndarray | None = None) -> np.ndarray:
+        """``values``; with ``check`` (the parameters are x_t) also counts the steps at
+        which every rank's rebuilt loss (``local`` here) equals its loss from training
+        (``unequal``: the number of ranks where it does not)."""
         if check:
+            recorded = self.session._recorded[steps]
+            if unequal is None:
+                unequal = (recorded != local).astype(np.float64)
+            known = np.isfinite(recorded) & np.isfinite(local)
+            diff = float(np.max(np.abs(recorded - local)[known], initial=0.0))
+            if self.session.ranks is not None:
+                diff = self.session.ranks.allmax("measuring", diff)
             self.equal += int(np.sum(unequal == 0))
             self.max_diff = max(self.max_diff, diff)
         return values
