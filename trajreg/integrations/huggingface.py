@@ -17,8 +17,8 @@ trajectory and writes ``out``, and each step's loss is added over the ranks
 (``trajreg.integrations.ranks``): their sum when the losses were normalised by the
 global token count (``num_items_in_batch`` with ``average_tokens_across_devices``, the
 default, under which the Trainer scales the loss by the number of processes), else
-their mean. Sharded models (FSDP, DeepSpeed ZeRO-3, DTensor parameters) are refused
-when training begins.
+their mean. ``fsdp`` and ``deepspeed`` arguments are refused when the Trainer is
+built (a UserError).
 """
 
 from __future__ import annotations
@@ -40,14 +40,15 @@ from trajreg.run.summary import Summary
 
 def check_args(args) -> None:
     """Refuse training arguments that shard the model (a UserError naming them and what
-    to use instead): the callback measures single-process and data-parallel runs."""
+    to use instead): the callback measures single-process and DDP runs."""
     for name, what in (("fsdp", "FSDP"), ("deepspeed", "DeepSpeed")):
         value = getattr(args, name, None)
         if value:
-            raise UserError(f"RegularityCallback cannot measure a Trainer run with {what} "
-                            f"({name}={value!r}): it needs every rank to hold every "
-                            "parameter; train with DDP (torchrun without fsdp/deepspeed), or "
-                            "use trajreg run with train.distributed.strategy: fsdp for FSDP2")
+            raise UserError(f"RegularityCallback does not measure Trainer runs with {what} "
+                            f"({name}={value!r}): train with DDP (torchrun without "
+                            "fsdp/deepspeed); FSDP2 runs are measured by the Lightning "
+                            "callback (ModelParallelStrategy), by RegularitySession in your "
+                            "own loop, and by trajreg run")
 
 
 class RegularityCallback(TrainerCallback):

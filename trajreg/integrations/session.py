@@ -166,12 +166,14 @@ class RegularitySession:
             seconds a rank waits for the others in one of the session's collectives
             before it fails.
 
-    Under DDP (torch.distributed initialised with more than one process when ``start``
-    is called) every rank runs the same session: rank 0 alone records the trajectory
-    and writes ``out``; every rank keeps its own micro-batches and random states
-    (rank r > 0 in its own ``.NAME.partial-*`` directory beside ``out``, removed at the
-    end), rebuilds l_t on them, and the ranks' losses are added (``rank_combine``:
-    their mean, or their sum for losses normalised by the global batch's size).
+    Under DDP or FSDP2 (torch.distributed initialised with more than one process when
+    ``start`` is called) every rank runs the same session: rank 0 alone records the
+    trajectory (FSDP2: every rank its shard, into rank 0's directory) and writes
+    ``out``; every rank keeps its own micro-batches and random states (rank r > 0 in its
+    own ``.NAME.partial-*`` directory beside ``out``, removed at the end), rebuilds l_t
+    on them, and the ranks' losses are added (``rank_combine``: their mean, or their
+    sum for losses normalised by the global batch's size). See
+    ``trajreg.integrations.ranks``.
     """
 
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
