@@ -212,6 +212,7 @@ def test_lightning_ddp_rank_failure(runs):
     check_failed(run.out, run.status, rc, seconds)
 
 
+@pytest.mark.slow  # importing Lightning takes seconds
 def test_lightning_sharded_strategies_are_refused(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     from trajreg.integrations.lightning import RegularityCallback
