@@ -22,5 +22,5 @@ def test_run_prints_its_phases_without_a_terminal(tmp_path):
                            "--no-figures"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("trajreg: ")]
-    assert [line.split()[1] for line in lines] == ["loading", "training", "measuring",
-                                                   "writing"], done.stderr
+    assert [line.split()[1] for line in lines] == ["training", "measuring", "writing"], \
+        done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,10 +35,10 @@ class AnalysisOptions:
     train_margin: float = 0.1  # trained: F_final <= (1 - margin) F_0
 
     @classmethod
-    def from_config(cls, acfg: AnalysisConfig, **overrides: object) -> AnalysisOptions:
-        base = dict(eps=tuple(acfg.eps), tau=acfg.tau, max_fraction=acfg.max_fraction,
-                    delta=acfg.delta, loss_threshold=acfg.loss_threshold,
-                    train_margin=acfg.train_margin)
+    def from_config(cls, acfg: AnalysisConfig, **overrides: Any) -> AnalysisOptions:
+        base: dict[str, Any] = dict(
+            eps=tuple(acfg.eps), tau=acfg.tau, max_fraction=acfg.max_fraction,
+            delta=acfg.delta, loss_threshold=acfg.loss_threshold, train_margin=acfg.train_margin)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 

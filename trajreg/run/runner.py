@@ -258,7 +258,6 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         from trajreg.run.tensorboard import require_tensorboard
 
         require_tensorboard()
-    phase(f"loading {cfg.data.name}", progress)
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
     mode.plan(total_steps(cfg, data), cfg.analysis)

@@ -70,7 +70,7 @@ class RecordMode(ABC):
     """
 
     name: ClassVar[str]
-    hooks: ClassVar[bool] = True
+    hooks: bool = True  # a class default; a mode instance may switch it off
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost: ClassVar[str] = ""
     gradients: bool = False
