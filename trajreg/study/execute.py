@@ -140,6 +140,7 @@ class Progress:
                 with contextlib.suppress(OSError, ValueError):
                     epoch, epochs = path.read_text().split()
                     parts.append(f"{path.name[:6]} epoch {epoch}/{epochs}")
+            assert self.bar is not None
             self.bar.set_postfix_str("; ".join(parts[:3]), refresh=True)
 
     def advance(self, run_id: str, status: str) -> None:

@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -163,7 +164,7 @@ def comparison_figure(comp: Comparison, summaries: dict[str, Summary], eps: str,
     sides = []
     all_gamma = []
     for side, color, value in ((1, WITH, comp.with_value), (2, WITHOUT, comp.without_value)):
-        ids = [p[side] for p in comp.pairs]
+        ids = [cast(str, p[side]) for p in comp.pairs]
         seeds = [p[0] for p in comp.pairs]
         name = f"{comp.axis.split('.')[-1]}={label(value)}"
         losses = _matrix([np.asarray(summaries[i].full_loss, float) for i in ids])
@@ -226,13 +227,14 @@ def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> Figure:
     grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.05, left=0.11,
                             right=0.97, bottom=0.13, top=0.88)
     axes = [fig.add_subplot(grid[0, i]) for i in range(len(widths))]
+    ax: Axes | None
     for ax in axes[1:]:
         ax.sharey(axes[0])
     main = axes[1] if has["-inf"] else axes[0]
     columns = {"-inf": axes[0] if has["-inf"] else None,
                "+inf": axes[-1] if has["+inf"] else None}
     limits = bulk_limits(g_all)
-    colors = {}
+    colors: dict[Any, str] = {}
     for i, (arch, part) in enumerate(ok.groupby("architecture", sort=True)):
         color = colors.setdefault(arch, f"C{i % 10}")
         g = part[metric].to_numpy(float)
@@ -246,7 +248,7 @@ def correlation_figure(runs: pd.DataFrame, eps: str, path: Path) -> Figure:
             sel = g == value
             if sel.any():
                 jitter = np.linspace(-0.25, 0.25, int(sel.sum())) if sel.sum() > 1 else [0.0]
-                columns[key].scatter(np.asarray(jitter), speed[sel], s=14,
+                cast(Axes, columns[key]).scatter(np.asarray(jitter), speed[sel], s=14,
                                      facecolors=np.where(good[sel], color, "none").tolist(),
                                      edgecolors=color)
     if len(ok) and not ok["trained"].map(lambda v: v is True or str(v) == "True").all():

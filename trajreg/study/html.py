@@ -27,7 +27,7 @@ def table(df: pd.DataFrame, links: tuple[str, ...] = ()) -> dict[str, Any]:
     ``links`` column is a list of run ids, each linked to its summary.json."""
     rows = []
     for values in df.itertuples(index=False, name=None):
-        cells = []
+        cells: list[dict[str, Any]] = []
         for column, v in zip(df.columns, values, strict=True):
             if column in links and isinstance(v, str) and v:
                 cells.append({"links": [(f"runs/{r}/summary.json", r) for r in v.split()]})

@@ -185,6 +185,7 @@ def spearman_ci(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
         return Correlation(nan, nan, nan, n)
     rho = float(sps.spearmanr(x, y).statistic)
     idx = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    assert isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
     draws = _rho_rows(x[idx], y[idx])
     draws = draws[~np.isnan(draws)]
     if not len(draws):

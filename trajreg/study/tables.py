@@ -30,10 +30,11 @@ stratum whose effect is described, never counted as support.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -442,9 +443,13 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
     differences with their intervals, p-values and outcomes. ``curves`` (run id ->
     full_loss, epoch_ends) adds speed as steps to a common loss threshold."""
     rv = RunValues(runs)
-    metric = [evaluate(c, rv.pair(c.metric), rv.trained, options,
-                       lambda a, b, c=c: rv.get(a, f"{c.kind}_hat_ci_halfwidth")
-                       + rv.get(b, f"{c.kind}_hat_ci_halfwidth")) for c in comps]
+
+    def halfwidths(c: Comparison) -> Callable[[str, str], float]:
+        return lambda a, b: (rv.get(a, f"{c.kind}_hat_ci_halfwidth")
+                             + rv.get(b, f"{c.kind}_hat_ci_halfwidth"))
+
+    metric = [evaluate(c, rv.pair(c.metric), rv.trained, options, halfwidths(c))
+              for c in comps]
     speed = [evaluate(c, rv.pair(SPEED), rv.trained, options) for c in comps]
     # mu_hat at the metric's eps (gamma_hat_<eps>, kappa_hat_<eps>)
     mu = [evaluate(c, rv.pair("mu_hat_" + c.metric.rsplit("_", 1)[-1]), rv.trained, options)
@@ -455,7 +460,7 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
     steps: list[Evaluation | None] = [None] * len(comps)
     if curves is not None:
         steps = [evaluate(c, steps_values(curves), rv.trained, options) for c in comps]
-        decide(steps, options, (SLOWER, FASTER))
+        decide(cast("list[Evaluation]", steps), options, (SLOWER, FASTER))
     rows = []
     for c, g, s, st, m in zip(comps, metric, speed, steps, mu, strict=True):
         rows.append({
@@ -594,7 +599,7 @@ def sensitivity_table(tech: pd.DataFrame, comps: list[Comparison], runs: pd.Data
 
     variants: dict[str, Callable[[str], Values]] = {
         "window": windowed,
-        **{f"eps_{e}": (lambda kind, e=e: at_eps(kind, e)) for e in SENSITIVITY_EPS},
+        **{f"eps_{e}": functools.partial(at_eps, e=e) for e in SENSITIVITY_EPS},
         "reference_best": best,
     }
     results: dict[str, list[Evaluation]] = {}

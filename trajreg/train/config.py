@@ -277,7 +277,7 @@ class RunConfig:
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
-                section.validate()
+                typing.cast(Any, section).validate()
         if self.train.distributed is not None:  # trajreg.distributed: cross-section checks
             self.train.distributed.check_run(self)
 
@@ -319,8 +319,9 @@ class ConfigLoader(yaml.SafeLoader):
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
-        node = super().compose_mapping_node(anchor)
+    # types-PyYAML types ``anchor`` as a dict; PyYAML passes the anchor name (str or None)
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:  # type: ignore[override]
+        node = super().compose_mapping_node(anchor)  # type: ignore[arg-type]  # stub: see above
         seen: dict[tuple[str, str], int] = {}
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE:
@@ -359,6 +360,7 @@ def parse_yaml(text: str, where: str = "<string>", what: str = "config") -> dict
     try:
         raw = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 -- a SafeLoader subclass
     except DuplicateKeyError as exc:
+        assert exc.problem_mark is not None
         raise ConfigError(f"{where}: line {exc.problem_mark.line + 1}: duplicate key "
                           f"{exc.key!r} (first given on line {exc.first_line})") from None
     except yaml.reader.ReaderError as exc:
@@ -444,7 +446,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             # an optional section (train.distributed, trajreg.distributed): a mapping builds it
             kind = next((a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)), kind)
         if dataclasses.is_dataclass(kind):
-            kwargs[key] = _build(kind, value, f"{prefix}{key}.")
+            kwargs[key] = _build(typing.cast(type, kind), value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(f"{prefix}{key}", value, kind)
     return cls(**kwargs)

@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -202,7 +202,7 @@ def _draw_scenes(rng: np.random.Generator, n: int) -> list[list[tuple[float, ...
     return scenes
 
 
-def _inside(kind: int, u: np.ndarray, v: np.ndarray, size: float, angle: float) -> np.ndarray:
+def _inside(kind: float, u: np.ndarray, v: np.ndarray, size: float, angle: float) -> np.ndarray:
     """Pixels inside a shape centred at the origin; all three kinds have equal area."""
     if kind == 1:  # disc
         return u * u + v * v <= size * size
@@ -240,7 +240,7 @@ def _render(scenes: list[list[tuple[float, ...]]], side: int,
 def _shapes_arrays(side: int) -> tuple[np.ndarray, ...]:
     """The same scenes at every side: shapes are drawn in unit coordinates, the pixel
     noise from a separate stream."""
-    out = []
+    out: list[np.ndarray] = []
     for part, n in ((0, SHAPES_TRAIN), (1, SHAPES_TEST)):
         scene_seed, noise_seed = np.random.SeedSequence([SHAPES_SEED, part]).spawn(2)
         scenes = _draw_scenes(np.random.default_rng(scene_seed), n)
@@ -384,9 +384,10 @@ class _ArrayUnpickler(pickle.Unpickler):
         if module == "_codecs":
             return codecs.encode
         if name == "_reconstruct":
-            return np.ndarray.__reduce__(np.empty(0))[0]  # numpy's own reconstructor
+            return cast("Callable[..., object]",  # numpy's own reconstructor
+                        np.ndarray.__reduce__(np.empty(0))[0])
         if name == "scalar":
-            return np.float64(0).__reduce__()[0]
+            return cast("Callable[..., object]", np.float64(0).__reduce__()[0])
         return getattr(np, name)
 
 
@@ -564,6 +565,7 @@ def load_data(cfg: DataConfig, *, max_memory_gb: float | None = None) -> Dataset
     else:
         keep = slice(None) if cfg.subset is None else slice(cfg.subset)
         x_train, y_train = arrays.x[keep], arrays.y[keep]
+        assert arrays.y_test is not None
         x_test, y_test = arrays.x_test, arrays.y_test
     if len(x_train) < cfg.batch_size:
         raise ConfigError(f"data.batch_size: {cfg.batch_size} exceeds the {len(x_train)} "
@@ -578,6 +580,7 @@ def load_data(cfg: DataConfig, *, max_memory_gb: float | None = None) -> Dataset
     y_train = y_train.astype(np.int64, order="C", copy=True)
     y_test = y_test.astype(np.int64, order="C", copy=True)
     if resizing:
+        assert cfg.resize is not None
         x_train, x_test = _resize_images(x_train, cfg.resize), _resize_images(x_test, cfg.resize)
         if spec.task == SEGMENTATION:
             y_train, y_test = _resize_masks(y_train, cfg.resize), _resize_masks(y_test, cfg.resize)

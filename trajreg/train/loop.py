@@ -105,6 +105,7 @@ def evaluate(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> dict[str,
         if len(x) == 0:
             continue
         loss, confusion = _eval(cfg, model, x, y, data.n_classes)
+        assert confusion is not None
         out[f"{split}_loss"] = loss
         out[f"{split}_accuracy"] = accuracy(confusion)
         if getattr(data, "task", "classification") == "segmentation":

@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -139,8 +139,10 @@ NORM_LAYERS: dict[str, tuple[Callable[[int], nn.Module], Callable[[int], nn.Modu
               lambda c: nn.GroupNorm(group_count(c), c)),
 }
 
-_KAIMING_GAIN = {"relu": "relu", "elu": "relu", "gelu": "relu", "leaky_relu": "leaky_relu",
-                 "tanh": "tanh", "sigmoid": "sigmoid", "identity": "linear"}
+_Gain = Literal["relu", "leaky_relu", "tanh", "sigmoid", "linear"]
+_KAIMING_GAIN: dict[str, _Gain] = {"relu": "relu", "elu": "relu", "gelu": "relu",
+                                   "leaky_relu": "leaky_relu", "tanh": "tanh",
+                                   "sigmoid": "sigmoid", "identity": "linear"}
 
 
 def _kaiming(weight: torch.Tensor, activation: str) -> None:
@@ -151,7 +153,7 @@ def _kaiming(weight: torch.Tensor, activation: str) -> None:
 
 # init scheme -> how it sets a weight, given the activation; ``default`` (None) keeps
 # PyTorch's own initialisation.
-INIT_SCHEMES: dict[str, Callable[[torch.Tensor, str], None] | None] = {
+INIT_SCHEMES: dict[str, Callable[[torch.Tensor, str], object] | None] = {
     "default": None,
     "kaiming": _kaiming,
     "xavier": lambda weight, activation: nn.init.xavier_normal_(weight),
@@ -526,8 +528,8 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, norms) and getattr(m, "weight", None) is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                nn.init.ones_(cast(torch.Tensor, m.weight))
+                nn.init.zeros_(cast(torch.Tensor, m.bias))
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:

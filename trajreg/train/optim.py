@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -39,12 +39,14 @@ def _sgd(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optim
 
 
 def _adam(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas),
+    return torch.optim.Adam(params, lr=cfg.lr,
+                            betas=cast("tuple[float, float]", tuple(cfg.betas)),
                             weight_decay=cfg.weight_decay)
 
 
 def _adamw(cfg: OptimConfig, params: Params, momentum: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+    return torch.optim.AdamW(params, lr=cfg.lr,
+                             betas=cast("tuple[float, float]", tuple(cfg.betas)),
                              weight_decay=cfg.weight_decay)
 
 

@@ -33,7 +33,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import fx, nn
@@ -184,13 +184,13 @@ def _broadcast(a: tuple, b: tuple) -> tuple | None:
 
 def _function_rule(node: fx.Node, env: dict[fx.Node, tuple]) -> tuple | None:
     target = node.target
-    args = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
+    args: list[Any] = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
     if target in (operator.add, torch.add) and all(isinstance(a, tuple) for a in args):
         return _broadcast(*args)
     if target is torch.zeros_like and isinstance(args[0], tuple):
         return args[0]
     if target is torch.cat and isinstance(node.args[0], list | tuple):
-        parts = [env.get(a) for a in node.args[0]]
+        parts: list[Any] = [env.get(a) for a in cast("list[fx.Node]", node.args[0])]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         if any(p is None for p in parts) or not isinstance(dim, int):
             return None
@@ -198,8 +198,8 @@ def _function_rule(node: fx.Node, env: dict[fx.Node, tuple]) -> tuple | None:
         shape[dim] = sum(p[dim] for p in parts)
         return tuple(shape)
     if target in ("flatten", torch.flatten) and isinstance(args[0], tuple):
-        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-        end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+        start: Any = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+        end: Any = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
         s = args[0]
         end = end % len(s)
         return (*s[:start], math.prod(s[start : end + 1]), *s[end + 1 :])
