@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -246,5 +246,6 @@ def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole state of an FSDP2 model as CPU tensors (a collective: every rank)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=True))
+    # full and offloaded: plain CPU tensors
+    return cast("dict[str, torch.Tensor]", get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))

@@ -38,7 +38,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ from trajreg.run.runner import write_analysis
 from trajreg.run.summary import Summary
 from trajreg.train.config import AnalysisConfig
 from trajreg.train.loop import TrainLog
+
+if TYPE_CHECKING:
+    from trajreg.record.modes.base import MeasureContext
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
@@ -109,7 +112,7 @@ def _check_replicas(every: list[tuple]) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -214,7 +217,7 @@ class RegularitySession:
         self.tmp: Path | None = None
         self.recorder: Recorder | None = None
         self._started = 0  # micro-batches whose forward began
-        self._rngs: dict[int, dict] = {}  # random state of started, unfinished micro-batches
+        self._rngs: dict[int, dict | None] = {}  # random state of started, unfinished micro-batches
         self.batch_losses: list[float] = []  # the framework's loss of each micro-batch
         self.step_bounds: list[int] = []  # micro-batches started when step t was taken
         self.step_lrs: list[float] = []  # eta_t of each step taken
@@ -280,7 +283,7 @@ class RegularitySession:
         # frameworks wrap the optimizer (accelerate's AcceleratedOptimizer, ...): the
         # step hooks belong on the torch optimizer that really updates the parameters
         while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
-            optimizer = optimizer.optimizer
+            optimizer = cast(Any, optimizer).optimizer  # the wrapper's torch optimizer
         self.model, self.optimizer = model, optimizer
         sharded = any(hasattr(p, "to_local") for p in optimizer_params(optimizer))
         # DDP: every rank holds every x_t, rank 0 records; FSDP2: _start_shards
@@ -313,11 +316,13 @@ class RegularitySession:
         if rng is not None:  # its step is measured
             # a copy of its own: torch.save of a view would write its whole base storage
             batch = map_tensors(batch, lambda t: t.detach().to("cpu", copy=True))
+            assert self.tmp is not None
             torch.save((batch, rng), self.tmp / "batches" / f"{i:08d}.pt")
         self.batch_losses.append(value)
 
     def _iterates(self) -> Callable[[int], np.ndarray | None]:
         """x_t by step (None where the mode did not keep it)."""
+        assert self.tmp is not None
         directory = self.tmp / rundir.TRAJECTORY
         if self.sharding is not None:
             return sharded_rows(directory, isinstance(self.mode, SampleMode))
@@ -353,6 +358,7 @@ class RegularitySession:
         """Step t's recorded micro-batches and random states (None: one was started but
         never finished, so b_t is unknown)."""
         loaded = []
+        assert self.tmp is not None
         for i in self._members(t):
             path = self.tmp / "batches" / f"{i:08d}.pt"
             if not path.is_file():
@@ -391,6 +397,7 @@ class RegularitySession:
         if self.recorder is not None:
             self.recorder.close()
         self._hook.remove()
+        assert self.tmp is not None  # set by start
         T, ranks = self.steps, self.ranks
         empty = UserError("no optimizer step was taken: nothing to measure")
         if ranks is not None:
@@ -460,9 +467,12 @@ class RegularitySession:
                 if self.sharding is not None:  # the per-rank partial sums, added
                     from trajreg.distributed.shards import SHARDED_MODES
 
-                    measured = SHARDED_MODES[self.mode.name].measure(self.mode, ctx, k)
+                    # a StoreMode or SampleMode (_start_shards refused any other); ctx
+                    # leaves interpolated_losses out, as MeasureContext allows
+                    measured: Measured | None = SHARDED_MODES[self.mode.name].measure(
+                        cast(Any, self.mode), cast("MeasureContext", ctx), k)
                 else:
-                    measured = self.mode.measure(ctx, k)
+                    measured = self.mode.measure(cast("MeasureContext", ctx), k)
             if ranks is not None:
                 ranks.send(DONE)
         except BaseException as exc:
@@ -471,6 +481,7 @@ class RegularitySession:
                     ranks.send(ABORT)
             self.abort()
             raise
+        assert measured is not None  # store, sample and sketch measure
         measured.loss = np.asarray(loss_x, dtype=np.float64)[measured.steps]
         # every rank's rebuilt l_t(x_t) against its own loss from training, bit for bit
         check = {"steps": len(rebuilt), "equal": ctx.equal, "max_abs_diff": ctx.max_diff}
@@ -510,6 +521,7 @@ class RegularitySession:
                check: dict) -> Summary:
         """Write the run directory's files into the partial directory."""
         k = len(loss_x)
+        assert self.tmp is not None
         full, start = [loss_x[0]], 0
         for e in ends:
             full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
@@ -523,8 +535,9 @@ class RegularitySession:
         rundir.write_config(self.tmp, {"external": self.info,
                                        "record": {"mode": self.mode.name},
                                        "analysis": dataclasses.asdict(self.analysis)})
+        # _State has the one thing write_final_state uses of a module: state_dict()
         rundir.write_final_state(self.tmp, model if self.sharding is None
-                                 else _State(self._final))
+                                 else cast(torch.nn.Module, _State(self._final)))
         facts = analysis.RunFacts(n_params=int(sum(p.numel() for p in params)),
                                   task="external", evaluation={}, source=self.source,
                                   loss_check=check)
@@ -559,11 +572,11 @@ class RegularitySession:
                 ctx = _SessionContext(self, model, loss_fn, params, device, self.steps, [])
                 while True:
                     op, payload, flag = ranks.receive()
-                    if op in (LOAD, LOSSES):
-                        assert payload is not None
                     if op == LOAD:
+                        assert payload is not None
                         self._put(params, payload.numpy())
                     elif op == LOSSES:
+                        assert payload is not None
                         ctx.rank_losses([int(t) for t in payload], check=bool(flag))
                     elif op == DONE:
                         break

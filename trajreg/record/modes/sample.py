@@ -30,9 +30,10 @@ import math
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 
@@ -49,6 +50,8 @@ from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext, RecordMode
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from trajreg.record.recorder import Recorder
 
 TRAJECTORY = "trajectory"
@@ -108,7 +111,7 @@ class SampleWriter:
     written at ``close``. A run directory is renamed into place only when complete,
     so a crash leaves no half-written sample behind. Memory O(d)."""
 
-    def __init__(self, directory: Path, d: int, dtype: np.dtype) -> None:
+    def __init__(self, directory: Path, d: int, dtype: npt.DTypeLike) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         if (self.dir / SIDECAR).exists() or (self.dir / ROWS).exists():
@@ -130,7 +133,8 @@ class SampleWriter:
         if t in self._written:
             return
         row = x.detach().to("cpu").numpy()
-        self._file.write(memoryview(np.ascontiguousarray(row, dtype=self.dtype)).cast("B"))
+        buf = np.ascontiguousarray(row, dtype=self.dtype)
+        self._file.write(memoryview(buf).cast("B"))  # type: ignore[arg-type]  # numpy stubs give ndarray __buffer__ only for py>=3.12
         self.iterates.append(int(t))
         self._written.add(int(t))
 
@@ -143,7 +147,8 @@ class SampleWriter:
         if self._grads is None:
             self._grads = open(self.dir / GRADS, "wb")  # noqa: SIM115 - closed in close()
         row = g.detach().to("cpu").numpy()
-        self._grads.write(memoryview(np.ascontiguousarray(row, dtype=self.dtype)).cast("B"))
+        buf = np.ascontiguousarray(row, dtype=self.dtype)
+        self._grads.write(memoryview(buf).cast("B"))  # type: ignore[arg-type]  # numpy stubs give ndarray __buffer__ only for py>=3.12
 
     def close(self, steps: int, meta: dict[str, Any]) -> None:
         self._file.close()
@@ -265,6 +270,7 @@ class SampleMode(RecordMode):
         sampled, if step t-1 was (x_t is its x_{t+1}, taken here as store mode takes it:
         just before the next step), or t = 0."""
         sampled = self.sampler.keep(step)
+        assert self.writer is not None
         if step == 0 or sampled or self.sampler.keep(step - 1):
             self.writer.write(step, x)
         if sampled:
@@ -273,12 +279,14 @@ class SampleMode(RecordMode):
     def _sample_grad(self, rec: Recorder, step: int) -> None:
         """With gradients: g_t of a kept step, as the optimizer is about to use it."""
         if self.gradients and self.sampler.keep(step):
+            assert self.writer is not None and self._x is not None
             if self._g is None:
                 self._g = torch.empty(rec.d, dtype=self._x.dtype, device=self._x.device)
             self.writer.write_grad(rec.grad_flat(out=self._g))
 
     def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
         if self._norms is None:  # x_{t-1} and x_t in turn, ||x_{t-1} - x_t||^2 online
+            assert self.writer is not None and self._x is not None
             self._xs = [self._x, torch.empty_like(self._x)]
             self._norms = SquaredNorms(self.writer.dir / STEP_NORMS, rec.d, self._x.device)
         x = self._xs[step % 2]
@@ -296,6 +304,7 @@ class SampleMode(RecordMode):
         if self.writer is None or self.writer.closed:
             return
         T = rec.steps
+        assert self._x is not None
         x_end = self._x
         if T >= 1:
             self.writer.write(T - 1, self._x)  # the last pre_step's x_t (once)
@@ -343,7 +352,8 @@ class SampleMode(RecordMode):
         summary = {}
         norms = Path(ctx.directory) / TRAJECTORY / STEP_NORMS
         ctx.load(x_star)
-        loss_star, f_star = ctx.step_losses(steps), ctx.f_star(k)
+        # an int64 array of steps, used as a Sequence[int]
+        loss_star, f_star = ctx.step_losses(cast("Sequence[int]", steps)), ctx.f_star(k)
         if norms.is_file():  # ||u_t|| of every step: the path ratio is exact
             summary = endpoint_summary(ctx, k, store.row(0), x_star,
                                        np.sqrt(read_step_norms(norms, k)))

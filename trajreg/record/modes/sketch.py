@@ -141,6 +141,10 @@ class SketchMode(SampleMode):
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost = ("memory O(d); disk k float64 a step (the sketches), plus the exact check "
             "sample (about 2 R d floats a step)")
+    # set by open, released (None) by close
+    _diff: torch.Tensor | None
+    _s: torch.Tensor | None
+    _rows: torch.Tensor | None
 
     def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
                  stage: bool | None = None, gradients: bool | None = None) -> None:
@@ -178,6 +182,7 @@ class SketchMode(SampleMode):
             raise ConfigError(f"record.sketch_dim: {self.dim} is more than the model's {d} "
                               "parameters (use record.mode store for an exact trajectory)")
         super().open(rec, directory, **options)
+        assert directory is not None and self.writer is not None and self._x is not None
         k = DEFAULT_DIM if self.dim is None else self.dim
         self.identity = d <= k  # a sketch no smaller than x: keep x itself
         self.k = d if self.identity else k
@@ -213,6 +218,7 @@ class SketchMode(SampleMode):
     def _push_s(self, x: torch.Tensor, x_next: torch.Tensor, lr: float) -> None:
         """s_t from x_t and x_{t+1}: u_t in float64 (exact from float32 rows, as in
         ``trajectory_quantities``), its squared norm over eta_t^2."""
+        assert self._diff is not None and self._s is not None
         self._diff.copy_(x)
         self._diff.sub_(x_next)
         self._s[self._s_n] = torch.dot(self._diff, self._diff) / (lr * lr)
@@ -221,10 +227,13 @@ class SketchMode(SampleMode):
             self._flush_s()
 
     def _flush_s(self) -> None:
-        self._s_file.write(memoryview(self._s[: self._s_n].cpu().numpy()).cast("B"))
+        assert self._s is not None
+        block = self._s[: self._s_n].cpu().numpy()
+        self._s_file.write(memoryview(block).cast("B"))  # type: ignore[arg-type]  # numpy stubs give ndarray __buffer__ only for py>=3.12
         self._s_n = 0
 
     def _push_sketch(self, x: torch.Tensor, lr: float | None) -> None:
+        assert self._rows is not None and self.sketches is not None
         if self._staged:  # sketched on the device, copied to the host 64 rows at a time
             row = self._rows[len(self._row_lrs)]
         else:  # straight into the writer's buffer
@@ -232,6 +241,7 @@ class SketchMode(SampleMode):
         if self.identity:
             row.copy_(x)
         else:
+            assert self.sketch is not None
             self.sketch(x, out=row)
         if not self._staged:
             self.sketches.commit_row(lr)
@@ -241,6 +251,7 @@ class SketchMode(SampleMode):
             self._flush_sketches()
 
     def _flush_sketches(self) -> None:
+        assert self._rows is not None and self.sketches is not None
         host = self._rows[: len(self._row_lrs)].cpu().numpy()
         for row, lr in zip(host, self._row_lrs, strict=True):
             self.sketches.next_row()[:] = row
@@ -260,16 +271,24 @@ class SketchMode(SampleMode):
 
     def _push_grad(self, rec: Recorder, step: int, lr: float) -> None:
         """g_t: its sketch, its squared norm, and g_t itself on the check sample."""
+        assert self.writer is not None and self._gstage is not None
         g = rec.grad_flat(out=self._g)
         if self.sampler.keep(step):
             self.writer.write_grad(g)
         self._gnorms.push(g)
-        self._gstage.push(lambda row: row.copy_(g) if self.identity else self.sketch(g, out=row),
-                          lr)
+
+        def fill(row: torch.Tensor) -> torch.Tensor:
+            if self.identity:
+                return row.copy_(g)
+            assert self.sketch is not None
+            return self.sketch(g, out=row)
+
+        self._gstage.push(fill, lr)
 
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
             return
+        assert self.sketches is not None
         T = rec.steps
         x_end = self._bufs[T % 2]
         rec.flat(out=x_end)
@@ -324,9 +343,9 @@ class SketchMode(SampleMode):
             columns["g_dot_exact"] = np.full(T, np.nan)
         for t, lr in zip(sample.kept, sample.lrs, strict=True):
             if t < T:
-                q = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
-                                          x_star)
-                a_exact[t], D_exact[t] = q.a[0], q.D[0]
+                qe = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
+                                           x_star)
+                a_exact[t], D_exact[t] = qe.a[0], qe.D[0]
                 if "g_dot_exact" in columns and sample.gradients:
                     columns["g_dot_exact"][t] = gradient_quantities(
                         sample.row(t)[None], sample.grad(t)[None], x_star).g_dot[0]
