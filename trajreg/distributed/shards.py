@@ -258,8 +258,9 @@ class ShardedSampleMode(SampleMode):
                 a[i] += q.a[0]
                 s[i] += q.s[0]
         ctx.load(assemble(index, [store.row(k) for store in stores]))
-        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=ctx.step_losses(steps),
-                        f_star=ctx.f_star(k), reference_step=k)
+        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs,
+                        loss_star=ctx.step_losses(steps.tolist()), f_star=ctx.f_star(k),
+                        reference_step=k)
 
 
 SHARDED_MODES: dict[str, type[StoreMode | SampleMode]] = {

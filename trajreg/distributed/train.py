@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -161,4 +161,4 @@ def full_state(model: torch.nn.Module, strategy: str, rank: int) -> dict[str, to
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                  cpu_offload=True))
-    return state if rank == 0 else {}
+    return cast("dict[str, torch.Tensor]", state) if rank == 0 else {}

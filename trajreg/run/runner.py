@@ -248,7 +248,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     """
     out = Path(out)
     if cfg.train.distributed is not None:  # N processes, one run dir (trajreg.distributed)
-        from trajreg.distributed import run_distributed
+        from trajreg.distributed.launch import run_distributed
 
         return run_distributed(cfg, out, figures=figures, progress=progress,
                                tensorboard=tensorboard)
