@@ -54,9 +54,17 @@ def config(model: str, gradients: bool, epochs: int):
 
 
 def clock():
+    """Wall seconds since the call (after a garbage collection)."""
     gc.collect()
     t0 = time.perf_counter()
     return lambda: time.perf_counter() - t0
+
+
+def cpu_clock():
+    """Process CPU seconds since the call: less disturbed by other processes than wall
+    time on a busy machine."""
+    c0 = time.process_time()
+    return lambda: time.process_time() - c0
 
 
 def du(path: Path) -> int:
@@ -79,24 +87,26 @@ def whole_runs(model: str, repeats: int, epochs: int) -> dict:
     runner.RunContext.interpolated_losses = timed
     cfgs = {g: config(model, g, epochs) for g in (False, True)}
     times: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     sizes: dict[bool, int] = {}
     try:
         for r in range(repeats + 1):  # the first round warms up, untimed
             for g in (False, True):
                 with tempfile.TemporaryDirectory(prefix="bench-grad-") as tmp:
-                    done = clock()
+                    done, used = clock(), cpu_clock()
                     out, _ = runner.run(cfgs[g], Path(tmp) / "run", figures=False,
                                         progress=False)
-                    wall = done()
+                    wall, seconds = done(), used()
                     sizes[g] = du(out / "trajectory")
                 if r:
                     times[g].append(wall)
+                    cpu[g].append(seconds)
             if r:
                 print(f"  [{model}] repeat {r}/{repeats}: without {times[False][-1]:.3f} s, "
                       f"with {times[True][-1]:.3f} s", flush=True)
     finally:
         runner.RunContext.interpolated_losses = inner
-    return {"times": times, "sizes": sizes, "mli": spent[2:]}
+    return {"times": times, "cpu": cpu, "sizes": sizes, "mli": spent[2:]}
 
 
 def training_alone(model: str, repeats: int, epochs: int) -> dict[bool, list[float]]:
@@ -146,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         off, on = w["times"][False], w["times"][True]
         print(f"\n  {model}: whole run, store with gradients / without: "
               f"{med(on) / med(off):.3f}x (medians {med(on):.3f} s / {med(off):.3f} s; "
-              f"paired median {med([a / b for a, b in zip(on, off, strict=True)]):.3f}x)")
+              f"paired median {med([a / b for a, b in zip(on, off, strict=True)]):.3f}x; "
+              f"CPU seconds {med(w['cpu'][True]) / med(w['cpu'][False]):.3f}x)")
         print(f"  {model}: training alone, recorder with gradients / without: "
               f"{med(t[True]) / med(t[False]):.3f}x (medians {med(t[True]):.3f} s / "
               f"{med(t[False]):.3f} s)")
