@@ -193,3 +193,37 @@ def test_stored_gradients_give_the_principle_quantities(tmp_path):
     assert np.array_equal(g_dot, want.g_dot) and np.array_equal(g_norm2, want.g_norm2)
     q = trajectory_quantities(xs.read(0, 6), xs.lrs, x_star)
     assert np.array_equal(q.D[:-1], want.D)
+
+
+def test_sketched_gradients_staged_as_on_an_accelerator(tmp_path):
+    """The staged path (sketches gathered 64 rows at a time on the device, as on a GPU)
+    writes the same S g_t rows and ||g_t||^2 as the direct one; S g_t is the principle's
+    countsketch of g_t with the run's hash seed."""
+    from trajreg.principle import countsketch
+    from trajreg.record.modes.sketch import G_FILE, GRAD_SKETCHES, SketchMode, hash_seed
+
+    def record(stage, where):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.Tanh(),
+                                    torch.nn.Linear(16, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mode = SketchMode(dim=64, check_rate=0.3, seed=2, stage=stage, gradients=True)
+        rec = Recorder(opt, where, mode=mode)
+        grads = []
+        for _ in range(70):  # more than one staged block of 64
+            opt.zero_grad()
+            model(torch.randn(8, 20)).square().mean().backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+            opt.step()
+        rec.close()
+        return TrajectoryStore(where / GRAD_SKETCHES), np.fromfile(where / G_FILE), grads
+
+    direct, g2_direct, grads = record(False, tmp_path / "a")
+    staged, g2_staged, _ = record(True, tmp_path / "b")
+    assert direct.rows == staged.rows == 70 and direct.d == 64
+    assert np.array_equal(direct.read(0, 70), staged.read(0, 70))
+    assert np.array_equal(g2_direct, g2_staged)
+    g = torch.stack(grads).double().numpy()
+    np.testing.assert_allclose(g2_direct, (g * g).sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(direct.row(5), countsketch(grads[5].numpy(), 64, hash_seed(2)),
+                               rtol=1e-12, atol=1e-15)
