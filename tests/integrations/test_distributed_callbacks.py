@@ -110,8 +110,8 @@ def runs(request, tmp_path_factory):
     """The runs of the selected tests, all started together: on two cores their imports
     and their collectives' waits overlap (about half the time of one after the other)."""
     base = tmp_path_factory.mktemp("ranks")
-    wanted = {TESTS[item.originalname] for item in request.session.items
-              if item.originalname in TESTS}
+    names = (getattr(item, "originalname", None) for item in request.session.items)
+    wanted = {TESTS[name] for name in names if name in TESTS}  # doctests have no originalname
     launched = {name: Launch(base, name, *RUNS[name]) for name in sorted(wanted)}
     yield launched
     for launch in launched.values():
