@@ -197,8 +197,11 @@ def test_dask_executor_on_loopback(tmp_path, dask_cluster, monkeypatch):
     assert (tmp_path / "s" / "report.html").is_file()
 
 
-def test_unreachable_dask_scheduler_is_a_user_error(tmp_path):
+def test_unreachable_dask_scheduler_is_a_user_error(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
+    from trajreg.study.executors import DaskExecutor
+
+    monkeypatch.setattr(DaskExecutor, "connect_timeout", "3s")  # the real wait, shorter
     study = load_study(small_study(seeds=[0]))
     with pytest.raises(UserError, match="cannot reach the Dask scheduler"):
         run_study(study, tmp_path / "s", executor=f"dask://127.0.0.1:{_free_port()}",

@@ -100,6 +100,7 @@ class ProcessExecutor:
 
 class DaskExecutor:
     name = "dask"
+    connect_timeout = "20s"  # how long to wait for the scheduler before giving up
 
     def __init__(self, address: str) -> None:
         try:
@@ -108,7 +109,7 @@ class DaskExecutor:
             raise UserError("--executor dask://...: Dask is not installed; "
                             "pip install 'trajreg[dask]'") from None
         try:
-            self._client = Client(address, timeout="20s")
+            self._client = Client(address, timeout=self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise UserError(f"--executor dask://{address}: cannot reach the Dask scheduler "
                             f"({exc})") from None
