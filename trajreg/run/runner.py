@@ -201,8 +201,8 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
     q = rec.stream.compute()
     if k < T and q["D"][k] != 0.0:
         raise ReplayMismatch(f"replay did not pass through x* = x_{k}")
+    # F(x*) and the interpolation need only the model and the data, no run directory
     ctx = RunContext(cfg, data, log, star, final_state, Path("."))
-    ctx._star = star
     columns: dict[str, np.ndarray] = {key: q[key] for key in ("g_dot", "g_norm2") if key in q}
     return Measured(steps=np.arange(T), D=q["D"], a=q["a"], s=q["s"], lr=q["lr"],
                     loss_star=np.asarray(replay.loss_star), f_star=ctx.f_star(k),
