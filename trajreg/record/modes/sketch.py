@@ -169,6 +169,18 @@ class SketchMode(SampleMode):
     def keep(self, step: int) -> bool:
         return True  # b_t at every step: every minibatch is measured
 
+    def sketched_d(self, rec: Recorder) -> int:
+        """The length of the vector whose sketch is kept: the recorder's d. A sharded mode
+        (``trajreg.distributed.shards``), whose recorder holds a shard, returns the whole
+        vector's: S = I and the sketch_dim check are decided on it."""
+        return rec.d
+
+    def count_sketch(self, d: int, device: torch.device) -> TorchCountSketch:
+        """S for the recorder's flat vector of d entries, global indices 0..d-1 (a sharded
+        mode's: its entries' global indices)."""
+        return TorchCountSketch(d, self.k, hash_seed(self.sampler.seed), device,
+                                tmp=self._diff)
+
     def plan(self, steps: int, analysis: Any) -> None:
         """The reference check only: the check sample is small by design (its intervals
         say so), no warning."""
@@ -178,20 +190,20 @@ class SketchMode(SampleMode):
     def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
              sync_seconds: float = 5.0, **options: Any) -> None:
         d = rec.d
-        if self.dim is not None and self.dim > d:
-            raise ConfigError(f"record.sketch_dim: {self.dim} is more than the model's {d} "
+        total = self.sketched_d(rec)  # d, or a sharded mode's whole vector (distributed)
+        if self.dim is not None and self.dim > total:
+            raise ConfigError(f"record.sketch_dim: {self.dim} is more than the model's {total} "
                               "parameters (use record.mode store for an exact trajectory)")
         super().open(rec, directory, **options)
         assert directory is not None and self.writer is not None and self._x is not None
         k = DEFAULT_DIM if self.dim is None else self.dim
-        self.identity = d <= k  # a sketch no smaller than x: keep x itself
+        self.identity = total <= k  # a sketch no smaller than x: keep x itself
         self.k = d if self.identity else k
         device = rec.params[0].device
         self._bufs = [self._x, torch.empty_like(self._x)]
         self._diff = torch.empty(d, dtype=torch.float64, device=device)  # shared scratch
         if not self.identity:
-            self.sketch = TorchCountSketch(d, self.k, hash_seed(self.sampler.seed), device,
-                                           tmp=self._diff)
+            self.sketch = self.count_sketch(d, device)
         self._lr_prev = math.nan
         self._s_file = open(Path(directory) / S_FILE, "wb")  # noqa: SIM115 - closed in close()
         self._s = torch.empty(4096, dtype=torch.float64, device=device)  # s_t, flushed
