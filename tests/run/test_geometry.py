@@ -209,8 +209,10 @@ def test_reanalysis_keeps_the_path_and_recomputes_the_window_keys(stored, tmp_pa
     assert best.mli["loss"][0] == summary.full_loss[0]
 
 
-def test_session_measures_the_path_but_not_the_interpolation(tmp_path):
-    """An integration's F is not the reference loop's: no mli, the path ratio exact."""
+def test_session_measures_the_path_and_its_own_interpolation(tmp_path):
+    """An integration's F is the mean of the last epoch's step losses: the interpolation
+    evaluates that mean along x_0 -> x* (alpha 1 is F(x*) bit for bit, alpha 0 the
+    same mean at x_0), and the path ratio is exact."""
     from trajreg.integrations import RegularitySession
 
     torch.manual_seed(0)
@@ -235,11 +237,21 @@ def test_session_measures_the_path_but_not_the_interpolation(tmp_path):
         if step % 4 == 3:
             session.end_epoch()
     summary = session.finish(model, loss_fn)
-    assert summary.mli is None and summary.mu_hat is not None  # sketch: gradients by default
+    assert summary.mu_hat is not None  # sketch: gradients by default
     rows = torch.stack(xs).double().numpy()
     want = P.path_ratio(np.linalg.norm(rows[:-1] - rows[1:], axis=1),
                         np.linalg.norm(rows[0] - rows[-1]))
     assert summary.path_ratio == pytest.approx(want, rel=1e-12)
+    mli = summary.mli
+    assert mli is not None and len(mli["alpha"]) == len(mli["loss"]) == 21
+    assert mli["loss"][-1] == summary.f_star
+    with torch.no_grad():  # every step used the same batch: F at x_0 is its loss there
+        first = torch.nn.Linear(4, 1)
+        torch.nn.utils.vector_to_parameters(torch.from_numpy(rows[0]).float(),
+                                            first.parameters())
+        assert mli["loss"][0] == pytest.approx(loss_fn(first, (x, y)).item(), rel=1e-6)
+    assert mli["monotone"] == P.mli_summary(np.asarray(mli["alpha"]),
+                                            np.asarray(mli["loss"])).monotone
 
 
 # ------------------------------------------------------------------ study reports

@@ -467,8 +467,8 @@ class RegularitySession:
                 if self.sharding is not None:  # the per-rank partial sums, added
                     from trajreg.distributed.shards import SHARDED_MODES
 
-                    # a StoreMode or SampleMode (_start_shards refused any other); ctx
-                    # leaves interpolated_losses out, as MeasureContext allows
+                    # a StoreMode or SampleMode (_start_shards refused any other); ctx.mli
+                    # is False: no rank holds the whole interpolated vector
                     measured: Measured | None = SHARDED_MODES[self.mode.name].measure(
                         cast(Any, self.mode), cast("MeasureContext", ctx), k)
                 else:
@@ -605,7 +605,8 @@ class _State:
 class _SessionContext:
     """``MeasureContext`` of an integration: step t's loss is rebuilt from its recorded
     micro-batches and random states; F(x*) is the mean of l_t(x*) over the last epoch
-    (F_k is the running epoch loss here); a session cannot replay.
+    (F_k is the running epoch loss here), and the interpolation's F is that same mean;
+    a session cannot replay.
 
     Under DDP rank 0's context sends each ``load`` and each uncached ``step_losses`` to
     the other ranks (``trajreg.integrations.ranks``), whose contexts run ``rank_losses``
@@ -621,6 +622,8 @@ class _SessionContext:
         self.directory, self.steps = session.tmp, k
         self._at: dict[int, float] = {}
         self.equal, self.max_diff = 0, 0.0
+        # FSDP2: each rank holds a shard, the interpolation is not a whole vector to load
+        self.mli = session.sharding is None
 
     def load(self, x: np.ndarray) -> None:
         if self.session.ranks is not None:
@@ -697,3 +700,19 @@ class _SessionContext:
 
     def replay(self, k: int) -> Measured:
         raise UserError("a run recorded by an integration cannot be replayed")
+
+    def interpolated_losses(self, alphas: Sequence[float], x0: np.ndarray,
+                            x_star: np.ndarray) -> np.ndarray:
+        """F as ``f_star`` evaluates it here (the mean of the last epoch's kept steps'
+        losses, each on its own micro-batches and random state, in training mode) at
+        (1 - alpha) x0 + alpha x* for each alpha; alpha 1 is ``f_star`` bit for bit.
+        Normalization buffers stay the trained model's: a training-mode forward pass
+        normalizes with the micro-batch's own statistics. Leaves x* loaded."""
+        start, end = np.asarray(x0, np.float64), np.asarray(x_star, np.float64)
+        out = []
+        for alpha in alphas:
+            a = float(alpha)
+            self.load((1.0 - a) * start + a * end)
+            out.append(self.f_star(self.steps))
+        self.load(end)
+        return np.asarray(out, dtype=np.float64)
