@@ -4,6 +4,7 @@ sharded trajectory's measurement (sums of per-rank partial sums) against store m
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -50,9 +51,8 @@ def test_bad_distributed_sections_are_one_line_errors(section, message):
 def test_replay_refused_and_fsdp_modes():
     with pytest.raises(ConfigError, match="replay cannot measure a distributed run"):
         load_config(tiny(train={"distributed": {}}, record={"mode": "replay"}))
-    with pytest.raises(ConfigError, match="sketch is not supported with .* fsdp"):
-        load_config(tiny(train={"distributed": {"strategy": "fsdp"}},
-                         record={"mode": "sketch"}))
+    for mode in ("store", "sample", "sketch", "off"):  # every mode but replay
+        load_config(tiny(train={"distributed": {"strategy": "fsdp"}}, record={"mode": mode}))
     load_config(tiny(train={"distributed": {}}, record={"mode": "sample"}))  # ddp: any
 
 
@@ -180,10 +180,12 @@ def test_sharded_index_and_stores_are_checked(tmp_path):
 
 
 class _FakeRecorder:
-    """What a record mode asks of the recorder, over a given trajectory's columns."""
+    """What a record mode asks of the recorder, over a given trajectory's columns (and
+    its gradients' columns; none: zeros)."""
 
-    def __init__(self, xs: np.ndarray, cols: np.ndarray) -> None:
+    def __init__(self, xs: np.ndarray, cols: np.ndarray, gs: np.ndarray | None = None) -> None:
         self.xs, self.cols = torch.from_numpy(xs[:, cols].copy()), cols
+        self.gs = None if gs is None else torch.from_numpy(gs[:, cols].copy())
         self.d, self.dtype = len(cols), torch.float32
         self.params = [self.xs]
         self.steps = 0
@@ -192,8 +194,9 @@ class _FakeRecorder:
         row = self.xs[self.steps]
         return row.clone() if out is None else out.copy_(row)
 
-    def grad_flat(self, out=None):  # g_t (record.gradients): none here, zeros
-        return torch.zeros(self.d) if out is None else out.zero_()
+    def grad_flat(self, out=None):  # g_t (record.gradients)
+        g = torch.zeros(self.d) if self.gs is None else self.gs[self.steps]
+        return g.clone() if out is None else out.copy_(g)
 
 
 class _FakeContext:
@@ -210,8 +213,8 @@ class _FakeContext:
         return 0.0
 
 
-def _record(mode, xs, lrs, cols, directory):
-    rec = _FakeRecorder(xs, cols)
+def _record(mode, xs, lrs, cols, directory, gs=None):
+    rec = _FakeRecorder(xs, cols, gs)
     mode.open(rec, directory)
     for t, lr in enumerate(lrs):
         rec.steps = t
@@ -225,19 +228,11 @@ def test_sharded_sample_measures_what_the_whole_sample_measures(tmp_path):
 
     rng = np.random.default_rng(1)
     T, d = 200, 23
-    xs = np.cumsum(rng.normal(size=(T + 1, d)), axis=0).astype(np.float32)
-    lrs = rng.uniform(0.01, 0.1, T)
+    xs, gs, lrs = _trajectory(rng, T, d)
     whole, split = tmp_path / "whole", tmp_path / "split"
-    _record(SampleMode(rate=0.1, seed=3), xs, lrs, np.arange(d), whole / "trajectory")
-    ranges = [[[0, 4], [9, 6]], [[4, 5], [15, 8]]]
-    entries = []
-    for rank, rr in enumerate(ranges):
-        cols = np.concatenate([np.arange(s, s + n) for s, n in rr])
-        _record(SampleMode(rate=0.1, seed=3), xs, lrs, cols,
-                split / "trajectory" / shards.shard_dir(rank))
-        entries.append({"rank": rank, "dir": shards.shard_dir(rank), "d": len(cols),
-                        "ranges": rr})
-    shards.write_index(split / "trajectory", d, entries)
+    _record(SampleMode(rate=0.1, seed=3), xs, lrs, np.arange(d), whole / "trajectory", gs)
+    _record_shards(lambda rr: SampleMode(rate=0.1, seed=3), xs, gs, lrs, d,
+                   [[[0, 4], [9, 6]], [[4, 5], [15, 8]]], split / "trajectory")
     one = SampleMode(rate=0.1, seed=3).measure(ctx_one := _FakeContext(whole, T), T)
     two = shards.ShardedSampleMode.from_config(None, 0).measure(
         ctx_two := _FakeContext(split, T), T)
@@ -246,4 +241,91 @@ def test_sharded_sample_measures_what_the_whole_sample_measures(tmp_path):
     for name in ("D", "a", "s"):
         np.testing.assert_allclose(getattr(two, name), getattr(one, name), rtol=1e-12,
                                    atol=1e-12, err_msg=name)
+    # with gradients: g_dot and g_norm2 are sums of per-rank partial sums as D is
+    assert set(two.columns) == set(one.columns) == {"g_dot", "g_norm2"}
+    for name, value in one.columns.items():
+        np.testing.assert_allclose(two.columns[name], value, rtol=1e-12, atol=1e-12,
+                                   err_msg=name)
+    # the path length: ||u_t||^2 summed over ranks before the square root
+    assert set(two.summary) == {"path_ratio"}  # no interpolation without a real context
+    assert math.isclose(two.summary["path_ratio"], one.summary["path_ratio"], rel_tol=1e-12)
+    assert two.summary["path_ratio"] > 1.5  # a random walk: far from straight
     np.testing.assert_array_equal(ctx_two.loaded, ctx_one.loaded)
+
+
+def _trajectory(rng, T, d):
+    """A random walk x_0..x_T (float32), gradients g_0..g_{T-1}, learning rates."""
+    xs = np.cumsum(rng.normal(size=(T + 1, d)), axis=0).astype(np.float32)
+    gs = rng.normal(size=(T, d)).astype(np.float32)
+    return xs, gs, rng.uniform(0.01, 0.1, T)
+
+
+def _record_shards(make_mode, xs, gs, lrs, d, ranges, traj):
+    """Each rank's entries (``ranges``) recorded into ``traj/rank-N`` by its own mode
+    (``make_mode(ranges)``), and the index, as the FSDP2 worker does."""
+    entries = []
+    for rank, rr in enumerate(ranges):
+        cols = np.concatenate([np.arange(s, s + n) for s, n in rr])
+        _record(make_mode(rr), xs, lrs, cols, traj / shards.shard_dir(rank), gs)
+        entries.append({"rank": rank, "dir": shards.shard_dir(rank), "d": len(cols),
+                        "ranges": rr})
+    shards.write_index(traj, d, entries)
+
+
+@pytest.mark.parametrize("k", [16, None])  # d_r < k < d: still sketched; d <= 8192: S = I
+def test_sharded_sketch_sums_to_the_whole_sketch(tmp_path, k):
+    """Every rank sketches its entries by their global flat index: the ranks' sketch
+    rows add up to the whole vector's (float64 addition order apart), and the sharded
+    measurement equals the whole sketch run's, the check sample's and the gradients'
+    columns, the path ratio included."""
+    from trajreg.record.modes.sketch import GRAD_SKETCHES, SKETCHES, SketchMode
+
+    rng = np.random.default_rng(2)
+    T, d = 120, 41
+    xs, gs, lrs = _trajectory(rng, T, d)
+    ranges = [[[0, 7], [14, 5], [24, 9]], [[7, 7], [19, 5], [33, 8]]]  # d_r = 21, 20
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _record(SketchMode(dim=k, check_rate=0.1, seed=3), xs, lrs, np.arange(d),
+            whole / "trajectory", gs)
+    _record_shards(lambda rr: shards.ShardedSketchMode(dim=k, check_rate=0.1, seed=3).shard(
+        rr, d), xs, gs, lrs, d, ranges, split / "trajectory")
+    index = shards.read_index(split / "trajectory")
+    for name in (SKETCHES, GRAD_SKETCHES):
+        one = TrajectoryStore(whole / "trajectory" / name)
+        two = shards.CombinedRows(index, [TrajectoryStore(split / "trajectory" / s["dir"] / name)
+                                          for s in index["shards"]], assemble=k is None)
+        assert one.d == two.d == (k or d)
+        assert all(TrajectoryStore(split / "trajectory" / s["dir"] / name).d == (k or s["d"])
+                   for s in index["shards"])
+        np.testing.assert_allclose(two.read(0, one.rows), one.read(0, one.rows), rtol=1e-12,
+                                   atol=1e-12 * np.abs(one.read(0, one.rows)).max())
+    one = SketchMode(dim=k, check_rate=0.1, seed=3).measure(ctx_one := _FakeContext(whole, T), T)
+    two = shards.ShardedSketchMode(dim=k, check_rate=0.1, seed=3).measure(
+        ctx_two := _FakeContext(split, T), T)
+    np.testing.assert_array_equal(two.steps, one.steps)
+    for name in ("D", "a", "s", "lr"):
+        np.testing.assert_allclose(getattr(two, name), getattr(one, name), rtol=1e-11,
+                                   atol=1e-11, err_msg=name)
+    assert set(two.columns) == set(one.columns) == {"a_exact", "D_exact", "g_dot", "g_norm2",
+                                                    "g_dot_exact"}
+    for name, value in one.columns.items():
+        assert np.isfinite(value).sum() > 5, name  # the check sample holds steps
+        np.testing.assert_array_equal(np.isfinite(two.columns[name]), np.isfinite(value))
+        np.testing.assert_allclose(two.columns[name], value, rtol=1e-11, atol=1e-11,
+                                   err_msg=name)
+    if k is None:  # S = I: the "sketched" D_t is exact
+        np.testing.assert_allclose(one.D[np.isfinite(one.columns["D_exact"])],
+                                   one.columns["D_exact"][np.isfinite(one.columns["D_exact"])],
+                                   rtol=1e-12)
+    assert math.isclose(two.summary["path_ratio"], one.summary["path_ratio"], rel_tol=1e-12)
+    np.testing.assert_array_equal(ctx_two.loaded, ctx_one.loaded)
+
+
+def test_sharded_sketch_dim_is_checked_on_the_whole_vector(tmp_path):
+    xs, gs, lrs = _trajectory(np.random.default_rng(3), 4, 10)
+    mode = shards.ShardedSketchMode(dim=8, seed=1).shard([[0, 5]], 10)  # d_r 5 < 8 < d
+    _record(mode, xs, lrs, np.arange(5), tmp_path / "ok", gs)
+    assert mode.k == 8 and not mode.identity
+    with pytest.raises(ConfigError, match="sketch_dim: 11 is more than the model's 10"):
+        _record(shards.ShardedSketchMode(dim=11).shard([[0, 5]], 10), xs, lrs, np.arange(5),
+                tmp_path / "bad", gs)

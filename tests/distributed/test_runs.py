@@ -9,7 +9,15 @@ the first step on, and the differences grow slowly along the trajectory. Over th
 192 steps l_t, l_t(x*), D_t, a_t, s_t differ by at most about 1e-6 relative (measured);
 the tests allow RTOL = 1e-4. b_t = l_t(x_t) - l_t(x*) is a difference of two nearby
 losses, so its error is the losses' rounding, not a fraction of b_t: it is compared
-with an absolute tolerance of 1e-4 times the largest |b_t|.
+with an absolute tolerance of 1e-4 times the largest |b_t|. The same holds for the
+gradients' g_dot_t = <g_t, x_t - x*> (compared with 1e-4 times the largest |g_dot_t|) and
+for the sketch runs' estimates, which are computed from sketch rows that differ from the
+single process's by the same float32 drift (and by the order of float64 additions: the
+ranks' sketches are summed).
+
+The interpolation from x_0 to x* (``mli``) is evaluated by rank 0 as the ranks evaluated
+F_k (``trajreg.distributed.measure``), so its ends equal the run's own F_0 and F(x*) bit
+for bit.
 """
 
 from __future__ import annotations
@@ -47,13 +55,17 @@ BASE = {
     "model": {"name": "mlp", "depth": 3, "width": 16, "norm": "none"},
     "optim": {"name": "sgd", "lr": 0.05},
     "train": {"epochs": 12, "threads": 1},
-    "record": {"mode": "store"},
+    "record": {"mode": "store", "gradients": True},
 }
+# d = 1482, d_r = 741 or so: 741 < k = 1024 < d, so every rank sketches (S != I) its shard
+SKETCH = {"mode": "sketch", "sketch_dim": 1024, "sketch_sample_rate": 0.1}
 
 
-def _config(strategy: str | None = None, **train):
+def _config(strategy: str | None = None, record: dict | None = None, **train):
     raw = json.loads(json.dumps(BASE))
     raw["train"].update(train)
+    if record is not None:
+        raw["record"] = record
     if strategy is not None:
         raw["train"]["distributed"] = {"strategy": strategy, "nproc": 2, "backend": "gloo"}
     return load_config(raw)
@@ -61,16 +73,21 @@ def _config(strategy: str | None = None, **train):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run in one process, under DDP and under FSDP2."""
+    """The same run in one process, under DDP and under FSDP2 (store mode, with
+    gradients), and in sketch mode in one process and under FSDP2."""
     root = tmp_path_factory.mktemp("dist")
 
     def one(name: str):  # the launches overlap: one rank 0's analysis, the other's training
-        path, summary = runner.run(_config(None if name == "single" else name),
-                                   root / name, figures=False, progress=False)
+        strategy = name.removesuffix("-sketch")
+        path, summary = runner.run(
+            _config(None if strategy == "single" else strategy,
+                    SKETCH if name.endswith("-sketch") else None),
+            root / name, figures=False, progress=False)
         return name, (path, summary)
 
-    with ThreadPoolExecutor(3) as pool:
-        return dict(pool.map(one, ("ddp", "fsdp", "single")))
+    names = ("ddp", "fsdp", "fsdp-sketch", "single", "single-sketch")
+    with ThreadPoolExecutor(len(names)) as pool:
+        return dict(pool.map(one, names))
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -94,6 +111,65 @@ def test_distributed_run_measures_what_one_process_measures(runs, strategy):
     for key, value in one.gamma_hat.items():
         assert math.isclose(other.gamma_hat[key], value, rel_tol=1e-3), key
     assert math.isclose(other.gamma_bar, one.gamma_bar, rel_tol=1e-3)
+    # the gradients (record.gradients): g_dot and g_norm2 are sums of per-rank partial
+    # sums under FSDP2, rank 0's whole vectors under DDP
+    for column in ("g_norm2", "rsi", "eb", "cos_g", "cos_v"):
+        np.testing.assert_allclose(dist[column], single[column], rtol=RTOL, err_msg=column)
+    g = single["g_dot"].to_numpy()
+    np.testing.assert_allclose(dist["g_dot"], g, rtol=0, atol=RTOL * np.abs(g).max())
+    for key in ("mu_hat", "L_hat"):
+        for eps, value in getattr(one, key).items():
+            assert math.isclose(getattr(other, key)[eps], value, rel_tol=1e-3), (key, eps)
+    assert math.isclose(other.cos_g_positive, one.cos_g_positive, abs_tol=0.02)
+    _same_path_and_interpolation(one, other)
+
+
+def _same_path_and_interpolation(one, other):
+    """path_ratio (||u_t||^2 summed over ranks before the square root) and the
+    interpolation agree with the single-process run's; the interpolation's ends are the
+    distributed run's own F_0 and F(x*), bit for bit."""
+    assert other.path_ratio > 1.0
+    assert math.isclose(other.path_ratio, one.path_ratio, rel_tol=RTOL)
+    assert other.mli["alpha"] == one.mli["alpha"] and len(other.mli["loss"]) == 21
+    np.testing.assert_allclose(other.mli["loss"], one.mli["loss"], rtol=RTOL)
+    assert other.mli["loss"][0] == other.full_loss[0]
+    assert other.mli["loss"][-1] == other.full_loss[-1] == other.f_star
+    assert other.mli["monotone"] == one.mli["monotone"]
+
+
+def test_fsdp_sketch_run_measures_what_the_single_process_sketch_measures(runs):
+    """Every rank sketches its shard by global flat index; rank 0 sums the ranks' sketch
+    rows, their s_t, ||g_t||^2 and check-sample partial sums after training."""
+    single = pd.read_parquet(runs["single-sketch"][0] / rundir.METRICS)
+    dist = pd.read_parquet(runs["fsdp-sketch"][0] / rundir.METRICS)
+    assert len(single) == len(dist) == STEPS
+    np.testing.assert_array_equal(dist["lr"], single["lr"])
+    for column in ("D", "s", "g_norm2", "loss", "loss_star"):
+        np.testing.assert_allclose(dist[column], single[column], rtol=RTOL, err_msg=column)
+    for column in ("a", "g_dot", "b"):  # estimates (a, g_dot) and a difference (b) near 0
+        ref = single[column].to_numpy()
+        np.testing.assert_allclose(dist[column], ref, rtol=0, atol=RTOL * np.abs(ref).max(),
+                                   err_msg=column)
+    for column in ("a_exact", "D_exact", "g_dot_exact"):  # the exact check sample
+        ref = single[column].to_numpy()
+        np.testing.assert_array_equal(np.isfinite(dist[column]), np.isfinite(ref))
+        assert np.isfinite(ref).sum() >= 5, column
+        np.testing.assert_allclose(dist[column], ref, rtol=0,
+                                   atol=RTOL * np.nanmax(np.abs(ref)), err_msg=column)
+    one, other = runs["single-sketch"][1], runs["fsdp-sketch"][1]
+    assert other.sketch_error["n"] == one.sketch_error["n"] >= 5
+    for key in ("a_median_rel", "D_median_rel"):  # the sketch's own error, not the drift
+        assert 0 < other.sketch_error[key] < 0.5
+        assert math.isclose(other.sketch_error[key], one.sketch_error[key], rel_tol=1e-2)
+    for key, value in one.gamma_hat.items():
+        assert math.isclose(other.gamma_hat[key], value, rel_tol=1e-3), key
+    _same_path_and_interpolation(one, other)
+    index = json.loads((runs["fsdp-sketch"][0] / "trajectory" / shards.SHARDS).read_text())
+    for shard in index["shards"]:  # every rank's sketch rows are k wide, its check rows d_r
+        rank_dir = runs["fsdp-sketch"][0] / "trajectory" / shard["dir"]
+        assert np.load(rank_dir / "sketch" / "x-0000.npy", mmap_mode="r").shape == (
+            STEPS + 1, SKETCH["sketch_dim"])
+        assert json.loads((rank_dir / "sample.json").read_text())["d"] == shard["d"] < 1024
 
 
 def test_ddp_and_fsdp_agree_with_each_other(runs):
@@ -133,6 +209,8 @@ def test_fsdp_shards_hold_one_nth_of_the_trajectory_each(runs):
         assert abs(shard["d"] - d / 2) <= 0.05 * d
         assert x.stat().st_size == rows.offset + (STEPS + 1) * shard["d"] * 4
         assert x.stat().st_size < 0.55 * single_x.stat().st_size
+        grads = np.load(x.parent / "grad" / "x-0000.npy", mmap_mode="r")  # g_t: d_r wide too
+        assert grads.shape[1] == shard["d"]
     assert not (path / "trajectory" / "x-0000.npy").exists()
     shards.verify_sharded(path / "trajectory", STEPS)
     whole = shards.ShardedTrajectory(path / "trajectory").row(STEPS)

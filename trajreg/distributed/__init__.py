@@ -9,7 +9,9 @@ per-step quantities are sums of per-rank partial sums. See docs/distributed.md.
 
 Modules: ``launch`` (the launching process), ``agent`` (torch.distributed's elastic
 agent), ``worker`` (one rank), ``train`` (the loop on a rank), ``shards`` (the sharded
-trajectory and its exact measurement), ``process`` (start and orderly end of a rank).
+trajectory and its exact measurement: store, sample, sketch), ``measure`` (rank 0's
+measuring context: F evaluated as the ranks evaluate it), ``process`` (start and orderly
+end of a rank).
 Importing this package imports neither torch.distributed nor the launcher.
 """
 

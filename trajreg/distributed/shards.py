@@ -16,7 +16,17 @@ Layout under the run's ``trajectory/``::
     rank-00001/     ... one per rank; sum of d_r = d, the ranges tile [0, d) exactly once
 
 Record mode ``sample`` is sharded the same way: every rank keeps the same steps and
-``rank-NNNNN/`` holds an ordinary sample (x.bin, sample.json) of its entries.
+``rank-NNNNN/`` holds an ordinary sample (x.bin, sample.json) of its entries. Record
+mode ``sketch`` too: every rank sketches its entries with the hash of their GLOBAL flat
+indices (``RangesCountSketch``), so the sum over ranks of the per-rank sketch rows is the
+sketch of the whole vector (S is linear; ``CombinedRows``), and keeps its check sample.
+
+With ``record.gradients`` every rank also records its entries of g_t (store: a
+``grad/`` store; sample: ``g.bin``; sketch: S g_t of its entries and ||g_t^r||^2), and
+g_dot_t = <g_t, x_t - x*>, g_norm2_t = ||g_t||^2 are sums of per-rank partial sums, as
+D_t is. The path length sum_t ||u_t|| needs ||u_t||^2 summed over ranks before the
+square root: it is computed from the summed s_t (store, sketch) or the summed per-rank
+``su.bin`` (sample).
 
 Why the sums are exact: D_t = ||x_t - x*||^2, a_t = <x_t - x*, x_t - x_{t+1}> / eta_t and
 s_t = ||x_t - x_{t+1}||^2 / eta_t^2 are sums over coordinates, the ranks' coordinate sets
@@ -33,19 +43,36 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import torch
 
 from trajreg.errors import DamagedRun
-from trajreg.principle import trajectory_quantities
+from trajreg.principle import gradient_quantities, sketch_quantities, trajectory_quantities
+from trajreg.record.geometry import (
+    GRADIENTS,
+    block_rows,
+    endpoint_summary,
+    read_step_norms,
+    stream_gradient_quantities,
+)
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext
-from trajreg.record.modes.sample import SampleMode, SampleStore
+from trajreg.record.modes.sample import STEP_NORMS, SampleMode, SampleStore
+from trajreg.record.modes.sketch import (
+    G_FILE,
+    GRAD_SKETCHES,
+    S_FILE,
+    SKETCHES,
+    SketchMode,
+    TorchCountSketch,
+    hash_seed,
+)
 from trajreg.record.modes.store import TRAJECTORY, StoreMode, stream_quantities
-from trajreg.record.store import TrajectoryStore
+from trajreg.record.store import SIDECAR, TrajectoryStore
 
 SHARDS = "shards.json"
 FORMAT = "trajreg-shards/1"
@@ -173,17 +200,23 @@ class ShardedTrajectory:
         self.lrs = lrs
 
     def verify(self, n_steps: int | None = None, checksums: bool = True) -> None:
-        """Every rank's store closed, holding ``n_steps + 1`` iterates, its data matching
-        its checksums (``DamagedRun`` naming the file)."""
+        """Every rank's store (and gradient store, recorded with gradients) closed,
+        holding ``n_steps + 1`` iterates (``n_steps`` gradients), its data matching its
+        checksums (``DamagedRun`` naming the file)."""
         for store in self.stores:
-            sidecar = store.dir / "trajectory.json"
-            if not store.closed:
-                raise DamagedRun(f"{sidecar}: not closed (recording did not finish)")
-            if n_steps is not None and store.rows < n_steps + 1:
-                raise DamagedRun(f"{sidecar}: holds {store.rows} iterates, the run took "
-                                 f"{n_steps} steps")
-            if checksums:
-                store.verify()
+            checked = [(store, 1)]
+            if (store.dir / GRADIENTS).is_dir():
+                checked.append((TrajectoryStore(store.dir / GRADIENTS), 0))
+            for one, extra in checked:
+                sidecar = one.dir / SIDECAR
+                if not one.closed:
+                    raise DamagedRun(f"{sidecar}: not closed (recording did not finish)")
+                if n_steps is not None and one.rows < n_steps + extra:
+                    what = "iterates" if extra else "gradients"
+                    raise DamagedRun(f"{sidecar}: holds {one.rows} {what}, the run took "
+                                     f"{n_steps} steps")
+                if checksums:
+                    one.verify()
 
     def row(self, t: int) -> np.ndarray:
         """The whole iterate x_t (d entries), assembled from the ranks' rows (after
@@ -211,14 +244,29 @@ class ShardedTrajectory:
 
 def measure_shards(ctx: MeasureContext, k: int) -> Measured:
     """Store mode's measurement of a sharded trajectory against x* = x_k (the same
-    Measured as ``StoreMode.measure`` of the unsharded run, to float64 rounding)."""
+    Measured as ``StoreMode.measure`` of the unsharded run, to float64 rounding):
+    D, a, s and, recorded with gradients, g_dot and g_norm2 summed over ranks; the path
+    ratio from the summed s_t; the interpolation from x_0 to x* (assembled)."""
     sharded = ShardedTrajectory(Path(ctx.directory) / TRAJECTORY)
     T = ctx.steps
     D, a, s, lr = sharded.quantities(T, k)
-    ctx.load(sharded.row(k))
-    return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr,
-                    loss_star=ctx.step_losses(range(T)), f_star=ctx.f_star(k),
-                    reference_step=k)
+    columns: dict[str, np.ndarray] = {}
+    grads = [store.dir / GRADIENTS for store in sharded.stores]
+    if all((g / SIDECAR).is_file() for g in grads):  # recorded with gradients
+        g_dot, g_norm2 = np.zeros(T), np.zeros(T)
+        for store, g in zip(sharded.stores, grads, strict=True):
+            part = stream_gradient_quantities(store, TrajectoryStore(g), T,
+                                              store.row(k).astype(np.float64))
+            g_dot += part[0]
+            g_norm2 += part[1]
+        columns = {"g_dot": g_dot, "g_norm2": g_norm2}
+    x_star = sharded.row(k)
+    ctx.load(x_star)
+    loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
+    return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr, loss_star=loss_star,
+                    f_star=f_star, reference_step=k, columns=columns,
+                    summary=endpoint_summary(ctx, k, sharded.row(0), x_star,
+                                             lr * np.sqrt(s)))
 
 
 class ShardedStoreMode(StoreMode):
@@ -238,17 +286,14 @@ class ShardedSampleMode(SampleMode):
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
         traj = Path(ctx.directory) / TRAJECTORY
-        index = read_index(traj)
-        stores = [SampleStore(traj / s["dir"]) for s in index["shards"]]
+        index, stores = read_samples(traj)
         first = stores[0]
-        for store in stores[1:]:
-            if not (np.array_equal(store.kept, first.kept) and np.array_equal(
-                    store.lrs, first.lrs) and np.array_equal(store.iterates, first.iterates)):
-                raise DamagedRun(f"{store.dir}: its sample differs from rank 0's")
         k = self.reference(first, k, ctx)
         use = first.kept < ctx.steps  # every recorded kept step, also those after x_k
         steps, lrs = first.kept[use], first.lrs[use]
         D, a, s = (np.zeros(len(steps)) for _ in range(3))
+        gradients = all(store.gradients for store in stores)
+        g_dot, g_norm2 = np.zeros(len(steps)), np.zeros(len(steps))
         for store in stores:
             x_star = store.row(k).astype(np.float64)
             for i, (t, lr) in enumerate(zip(steps, lrs, strict=True)):
@@ -257,14 +302,220 @@ class ShardedSampleMode(SampleMode):
                 D[i] += q.D[0]
                 a[i] += q.a[0]
                 s[i] += q.s[0]
-        ctx.load(assemble(index, [store.row(k) for store in stores]))
-        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs,
-                        loss_star=ctx.step_losses(steps.tolist()), f_star=ctx.f_star(k),
-                        reference_step=k)
+                if gradients:
+                    g = gradient_quantities(store.row(t)[None], store.grad(t)[None], x_star)
+                    g_dot[i] += g.g_dot[0]
+                    g_norm2[i] += g.g_norm2[0]
+        columns = {"g_dot": g_dot, "g_norm2": g_norm2} if gradients else {}
+        x_star = assemble(index, [store.row(k) for store in stores])
+        ctx.load(x_star)
+        loss_star, f_star = ctx.step_losses(steps.tolist()), ctx.f_star(k)
+        summary = {}
+        norms = [store.dir / STEP_NORMS for store in stores]
+        if all(path.is_file() for path in norms):  # ||u_t||^2 summed over ranks, then sqrt
+            s_u = summed(norms, k)
+            summary = endpoint_summary(ctx, k, assemble(index, [st.row(0) for st in stores]),
+                                       x_star, np.sqrt(s_u))
+        return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
+                        f_star=f_star, reference_step=k, columns=columns, summary=summary)
+
+
+def read_samples(traj: Path) -> tuple[dict, list[SampleStore]]:
+    """The index and every rank's sample (sample mode, or sketch mode's check sample),
+    checked to keep the same steps, learning rates and iterates."""
+    index = read_index(traj)
+    stores = [SampleStore(traj / s["dir"]) for s in index["shards"]]
+    first = stores[0]
+    for store in stores[1:]:
+        if not (np.array_equal(store.kept, first.kept) and np.array_equal(
+                store.lrs, first.lrs) and np.array_equal(store.iterates, first.iterates)
+                and store.gradients == first.gradients):
+            raise DamagedRun(f"{store.dir}: its sample differs from rank 0's")
+    return index, stores
+
+
+class RangesCountSketch(TorchCountSketch):
+    """S x of a rank's flat vector whose entries are the runs ``ranges`` of the global flat
+    index (``[start, length]`` pairs, in the vector's order, as ``local_ranges`` gives
+    them): one ``TorchCountSketch`` per run, at its global offset, their sketches added
+    in float64. Every coordinate is hashed by its global index, so the sum over ranks of
+    their sketches is the sketch of the whole vector (``trajreg.principle.countsketch``
+    of x), up to the order of the float64 additions in each bucket."""
+
+    def __init__(self, ranges: Sequence[Sequence[int]], k: int, seed: int,
+                 device: torch.device | str = "cpu", tmp: torch.Tensor | None = None) -> None:
+        # no TorchCountSketch.__init__: the runs' sketches hold the buckets and signs
+        self.k, self.seed = int(k), int(seed)
+        self.d = sum(int(n) for _, n in ranges)
+        self.offset = int(ranges[0][0]) if ranges else 0
+        self.parts: list[tuple[int, int, TorchCountSketch]] = []
+        pos = 0
+        for start, n in ranges:
+            scratch = None if tmp is None else tmp[pos : pos + int(n)]
+            self.parts.append((pos, int(n), TorchCountSketch(int(n), self.k, self.seed, device,
+                                                             offset=int(start), tmp=scratch)))
+            pos += int(n)
+        self._part = torch.empty(self.k, dtype=torch.float64, device=device)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(self.k, dtype=torch.float64, device=x.device)
+        flat = x.reshape(-1)
+        if not self.parts:
+            return out.zero_()
+        for i, (pos, n, sketch) in enumerate(self.parts):
+            if i == 0:
+                sketch(flat[pos : pos + n], out=out)
+            else:
+                sketch(flat[pos : pos + n], out=self._part)
+                out.add_(self._part)
+        return out
+
+
+class CombinedRows:
+    """The rows of the ranks' stores (``TrajectoryStore``s of equal rows and learning
+    rates) as the whole run's rows: summed over ranks in rank order, in float64 (the
+    sketches: S x = sum_r S x^r), or, with ``assemble``, put together by the index's
+    ranges (S = I: every rank kept its entries of x). What the measurement reads of a
+    ``TrajectoryStore``: ``rows``, ``d``, ``lrs``, ``row``, ``read``, ``blocks``."""
+
+    def __init__(self, index: dict, stores: list[TrajectoryStore], assemble: bool) -> None:
+        self.index, self.stores, self.assemble = index, stores, assemble
+        rows = {store.rows for store in stores}
+        if len(rows) != 1:
+            raise DamagedRun(f"{stores[0].dir.parent.parent}: the ranks' stores hold different "
+                             f"numbers of rows ({sorted(rows)})")
+        self.rows: int = rows.pop()
+        self.lrs = stores[0].lrs
+        for store in stores[1:]:
+            if not np.array_equal(store.lrs, self.lrs):
+                raise DamagedRun(f"{store.dir}: its learning rates differ from rank 0's")
+            if not assemble and store.d != stores[0].d:
+                raise DamagedRun(f"{store.dir}: {store.d} entries a row, rank 0's {stores[0].d}")
+        self.d: int = index["d"] if assemble else stores[0].d
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of the whole run."""
+        parts = [store.read(start, stop) for store in self.stores]
+        if self.assemble:
+            out = np.empty((stop - start, self.d), dtype=parts[0].dtype)
+            for shard, local in zip(self.index["shards"], parts, strict=True):
+                pos = 0
+                for begin, length in shard["ranges"]:
+                    out[:, begin : begin + length] = local[:, pos : pos + length]
+                    pos += length
+            return out
+        total = parts[0].astype(np.float64, copy=True)
+        for part in parts[1:]:
+            total += part
+        return total
+
+    def row(self, t: int) -> np.ndarray:
+        return self.read(t, t + 1)[0]
+
+    def blocks(self, stop: int, block_rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+        """``TrajectoryStore.blocks``: ``(t0, rows t0..t0+n)``, overlapping by one row."""
+        if not 0 < stop < self.rows:
+            raise IndexError(f"stop {stop} outside 1..{self.rows - 1}")
+        t0 = 0
+        while t0 < stop:
+            t1 = min(stop, t0 + block_rows)
+            yield t0, self.read(t0, t1 + 1)
+            t0 = t1
+
+
+class ShardedSketchMode(SketchMode):
+    """Sketch mode on a shard: during training (``shard(ranges, d)`` first) the rank's
+    recorder holds its entries of x, whose global flat indices are ``ranges``; S = I
+    and ``record.sketch_dim`` are decided on the whole d, and S is ``RangesCountSketch``,
+    so every rank's rows are its part of the whole sketch. Every rank keeps the same
+    check steps (a function of the run seed). After training ``measure`` sums the
+    ranks' sketch rows (S = I: assembles them) and their s_t, ||g_t||^2 and the check
+    sample's partial sums, then measures as ``SketchMode.measure`` does."""
+
+    ranges: list[list[int]] | None = None
+    total: int | None = None
+
+    def shard(self, ranges: Sequence[Sequence[int]], d: int) -> ShardedSketchMode:
+        """This rank's runs of the global flat index (``local_ranges``) and the global d."""
+        self.ranges, self.total = [[int(a), int(b)] for a, b in ranges], int(d)
+        return self
+
+    def sketched_d(self, rec: Any) -> int:
+        return rec.d if self.total is None else self.total
+
+    def count_sketch(self, d: int, device: torch.device) -> TorchCountSketch:
+        if self.ranges is None:
+            return super().count_sketch(d, device)
+        return RangesCountSketch(self.ranges, self.k, hash_seed(self.sampler.seed), device,
+                                 tmp=self._diff)
+
+    def measure(self, ctx: MeasureContext, k: int) -> Measured:
+        traj = Path(ctx.directory) / TRAJECTORY
+        index, samples = read_samples(traj)
+        dirs = [traj / shard["dir"] for shard in index["shards"]]
+        k = self.reference(samples[0], k, ctx)  # the exact x* is needed for l_t(x*)
+        identity = bool(samples[0].meta.get("identity"))
+        sketches = CombinedRows(index, [TrajectoryStore(d / SKETCHES) for d in dirs], identity)
+        T = ctx.steps
+        if sketches.rows < T + 1:
+            raise RuntimeError(f"the sketch holds {sketches.rows} iterates, "
+                               f"the run took {T} steps")
+        lrs = sketches.lrs[:T]
+        s = summed([d / S_FILE for d in dirs], T)  # s_t: the ranks' partial sums added
+        sx_star = sketches.row(k)
+        D, a = np.empty(T), np.empty(T)
+        for t0, sxs in sketches.blocks(T, block_rows=block_rows(sketches.d)):
+            n = len(sxs) - 1
+            q = sketch_quantities(sxs, lrs[t0 : t0 + n], sx_star, s=s[t0 : t0 + n])
+            D[t0 : t0 + n], a[t0 : t0 + n] = q.D[:-1], q.a
+        a_exact, D_exact = np.full(T, np.nan), np.full(T, np.nan)
+        columns = {"a_exact": a_exact, "D_exact": D_exact}
+        gradients = all((d / GRAD_SKETCHES / SIDECAR).is_file() for d in dirs)
+        if gradients:
+            grads = CombinedRows(index, [TrajectoryStore(d / GRAD_SKETCHES) for d in dirs],
+                                 identity)
+            # CombinedRows reads as a TrajectoryStore does (rows, d, read)
+            columns["g_dot"], _ = stream_gradient_quantities(
+                cast(TrajectoryStore, sketches), cast(TrajectoryStore, grads), T, sx_star)
+            columns["g_norm2"] = summed([d / G_FILE for d in dirs], T)  # exact
+            columns["g_dot_exact"] = np.full(T, np.nan)
+        for t, lr in zip(samples[0].kept, samples[0].lrs, strict=True):
+            if t >= T:
+                continue
+            a_exact[t] = D_exact[t] = 0.0
+            if gradients and samples[0].gradients:
+                columns["g_dot_exact"][t] = 0.0
+            for sample in samples:  # the partial sums over each rank's entries
+                x_star_r = sample.row(k).astype(np.float64)
+                qe = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
+                                           x_star_r)
+                a_exact[t] += qe.a[0]
+                D_exact[t] += qe.D[0]
+                if gradients and sample.gradients:
+                    columns["g_dot_exact"][t] += gradient_quantities(
+                        sample.row(t)[None], sample.grad(t)[None], x_star_r).g_dot[0]
+        x_star = assemble(index, [sample.row(k) for sample in samples]).astype(np.float64)
+        ctx.load(x_star)
+        loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
+        x0 = assemble(index, [sample.row(0) for sample in samples])
+        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
+                        f_star=f_star, reference_step=k, columns=columns,
+                        summary=endpoint_summary(ctx, k, x0, x_star, lrs * np.sqrt(s)))
+
+
+def summed(paths: Sequence[Path], count: int) -> np.ndarray:
+    """The sum over ranks, in rank order, of the first ``count`` float64 values of each
+    rank's file (``read_step_norms``: per-rank partial sums of s_t, ||g_t||^2 or
+    ||u_t||^2, each a sum over the rank's entries)."""
+    total = np.zeros(count)
+    for path in paths:
+        total += read_step_norms(path, count)
+    return total
 
 
 SHARDED_MODES: dict[str, type[StoreMode | SampleMode]] = {
-    "store": ShardedStoreMode, "sample": ShardedSampleMode}
+    "store": ShardedStoreMode, "sample": ShardedSampleMode, "sketch": ShardedSketchMode}
 
 
 def read_index(trajectory: Path) -> dict:

@@ -86,20 +86,15 @@ def mean_over_ranks(value: torch.Tensor, world: int) -> float:
     return t.item() / world
 
 
-@torch.no_grad()
-def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, world: int,
-              chunk: int = 1024) -> float:
-    """F(x), the mean training-set loss in eval mode: each rank sums the losses of its
-    contiguous part of the training set, the sums are added over ranks. Every rank runs
-    the same number of forward passes (FSDP2 gathers parameters collectively), the last
-    ones possibly empty."""
+def _part_loss_sum(cfg: RunConfig, module: torch.nn.Module, data: Dataset, rank: int,
+                   world: int, chunk: int) -> torch.Tensor:
+    """The summed losses of rank ``rank``'s contiguous part of the training set (float64,
+    shape (1,)): ceil(ceil(n / world) / chunk) forward passes, the last ones possibly
+    empty, each pass's float32 sum added in float64."""
     x, y = data.x_train, data.y_train
     n = len(x)
     per = math.ceil(n / world)
     lo, hi = min(rank * per, n), min((rank + 1) * per, n)
-    module = unwrapped(model)
-    was_training = module.training
-    module.eval()
     device = cfg.train.device
     total = torch.zeros(1, dtype=torch.float64, device=device)
     for i in range(math.ceil(per / chunk)):
@@ -107,9 +102,42 @@ def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, 
         b = min(a + chunk, hi)
         xb, yb = x[a:b].to(device), y[a:b].to(device)
         total += F.cross_entropy(module(xb), yb, reduction="sum").to(torch.float64)
+    return total
+
+
+@torch.no_grad()
+def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, world: int,
+              chunk: int = 1024) -> float:
+    """F(x), the mean training-set loss in eval mode: each rank sums the losses of its
+    contiguous part of the training set, the sums are added over ranks. Every rank runs
+    the same number of forward passes (FSDP2 gathers parameters collectively), the last
+    ones possibly empty."""
+    module = unwrapped(model)
+    was_training = module.training
+    module.eval()
+    total = _part_loss_sum(cfg, module, data, rank, world, chunk)
     module.train(was_training)
     dist.all_reduce(total)
-    return total.item() / y.numel()
+    return total.item() / data.y_train.numel()
+
+
+@torch.no_grad()
+def full_loss_of_parts(cfg: RunConfig, model: torch.nn.Module, data: Dataset, world: int,
+                       chunk: int = 1024) -> float:
+    """F(x) in one process (a plain model, after training), computed as ``full_loss``
+    computes it on ``world`` ranks: every rank's part summed the same way, the parts
+    added in rank order. With 2 ranks this is ``full_loss``'s value bit for bit (the
+    all_reduce of two float64 numbers is their sum, in either order), given the same
+    parameters and buffers on every rank; with more, up to the order of the float64
+    additions of the all_reduce."""
+    module = unwrapped(model)
+    was_training = module.training
+    module.eval()
+    total = torch.zeros(1, dtype=torch.float64, device=cfg.train.device)
+    for rank in range(world):
+        total += _part_loss_sum(cfg, module, data, rank, world, chunk)
+    module.train(was_training)
+    return total.item() / data.y_train.numel()
 
 
 def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,

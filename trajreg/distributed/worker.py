@@ -7,9 +7,9 @@ process). Every rank trains on its part of every global batch; then:
 
 - DDP: every rank holds every parameter, so rank 0 alone records (any record mode but
   replay), exactly as a single process records.
-- FSDP2: every rank records its own shard with store (or sample) mode into
-  ``trajectory/rank-NNNNN/``; rank 0 writes ``trajectory/shards.json``
-  (``trajreg.distributed.shards``).
+- FSDP2: every rank records its own shard with store, sample or sketch mode into
+  ``trajectory/rank-NNNNN/`` (sketch: hashed by the entries' global flat indices);
+  rank 0 writes ``trajectory/shards.json`` (``trajreg.distributed.shards``).
 
 After training the ranks gather the final state onto rank 0 (a collective) and leave
 the process group in order (``process.clean_shutdown``); rank 0 then measures and
@@ -66,7 +66,9 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(dcfg.backend)
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
-    mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
+    sharded = dcfg.strategy == "fsdp" and cfg.record.mode in shards.SHARDED_MODES
+    mode = (shards.SHARDED_MODES[cfg.record.mode] if sharded else get_mode(cfg.record.mode)
+            ).from_config(cfg.record, cfg.seed)
     if rank == 0:
         mode.plan(total_steps(cfg, data), cfg.analysis)
     model, opt, sched = build_distributed(cfg, data, dcfg.strategy, world)
@@ -76,10 +78,12 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     if dcfg.strategy == "ddp":
         if rank == 0:
             recorder = Recorder(opt, trajectory, mode=mode, capacity=capacity)
-    elif mode.hooks:  # fsdp (store, sample): every rank its shard, the same mode
+    elif mode.hooks:  # fsdp (store, sample, sketch): every rank its shard
+        ranges, d = shards.local_ranges(optimizer_params(opt), rank, world)
+        if isinstance(mode, shards.ShardedSketchMode):
+            mode.shard(ranges, d)  # hashed by global flat index
         recorder = Recorder(opt, trajectory / shards.shard_dir(rank), mode=mode,
                             capacity=capacity)
-        ranges, d = shards.local_ranges(optimizer_params(opt), rank, world)
         mine = {"rank": rank, "dir": shards.shard_dir(rank), "d": recorder.d,
                 "ranges": ranges}
         every: list = [None] * world
@@ -96,28 +100,30 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     state = full_state(model, dcfg.strategy, rank)
     clean_shutdown()  # every collective is done: the rest is rank 0's, in one process
     if rank == 0:
-        write_run(cfg, data, log, state, mode, run_dir, progress=progress,
+        write_run(cfg, data, log, state, mode, run_dir, world=world, progress=progress,
                   figures=not args.no_figures, tensorboard=args.tensorboard)
 
 
-def write_run(cfg, data, log, state, mode, run_dir: Path, *, progress, figures: bool,
-              tensorboard: bool) -> None:
+def write_run(cfg, data, log, state, mode, run_dir: Path, *, world: int, progress,
+              figures: bool, tensorboard: bool) -> None:
     """Rank 0 after training: what ``runner.run`` does after its loop, on a plain model
     holding the final state."""
+    from trajreg.distributed.measure import DistributedRunContext
     from trajreg.distributed.shards import SHARDED_MODES
     from trajreg.run import analysis, rundir
     from trajreg.run.progress import phase
-    from trajreg.run.runner import RunContext, measure, write_analysis
+    from trajreg.run.runner import measure, write_analysis
     from trajreg.train.loop import build, evaluate
     from trajreg.train.models import n_params
 
     model, _, _ = build(cfg, data)
     model.load_state_dict(state)
     final_state = rundir.write_final_state(run_dir, model)
-    if cfg.train.distributed.strategy == "fsdp" and mode.hooks:
+    if cfg.train.distributed.strategy == "fsdp" and mode.hooks:  # a fresh one to measure
         mode = SHARDED_MODES[mode.name].from_config(cfg.record, cfg.seed)
     phase(f"measuring ({mode.name}) against x* ({cfg.analysis.reference})", progress)
-    ctx = RunContext(cfg, data, log, model, final_state, run_dir, progress)
+    ctx = DistributedRunContext(cfg, data, log, model, final_state, run_dir, progress,
+                                world=world)
     measured, best = measure(mode, ctx, cfg.analysis.reference)
     facts = analysis.RunFacts(n_params=n_params(model), task=data.task,
                               evaluation=evaluate(cfg, model, data))

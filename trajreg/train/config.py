@@ -199,9 +199,11 @@ class DistributedConfig:
         if cfg.record.mode == "replay":
             raise ConfigError("record.mode: replay cannot measure a distributed run (a "
                               "replay re-executes the run in one process); use store")
-        if self.strategy == "fsdp" and cfg.record.mode not in ("store", "sample", "off"):
+        if self.strategy == "fsdp" and cfg.record.mode not in ("store", "sample", "sketch",
+                                                               "off"):
             raise ConfigError(f"record.mode: {cfg.record.mode} is not supported with "
-                              "train.distributed.strategy fsdp (store, sample and off are)")
+                              "train.distributed.strategy fsdp (store, sample, sketch and "
+                              "off are)")
         if self.backend == "nccl" and not cfg.train.device.startswith("cuda"):
             raise ConfigError("train.distributed.backend: nccl needs train.device cuda; "
                               "use gloo on the CPU")
