@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny
-from trajreg.run.rundir import read_json
+from trajreg.atomic import read_json
 
 pytestmark = pytest.mark.slow
 

@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from tests.conftest import tiny
+from trajreg.atomic import read_json
 from trajreg.errors import ConfigError
 from trajreg.principle import trajectory_quantities
 from trajreg.record.modes import MODE_NAMES, get_mode
 from trajreg.record.modes.sample import ROWS, SampleMode, SampleStore, StepSampler
 from trajreg.record.recorder import set_flat_params
-from trajreg.run.rundir import read_json
 from trajreg.run.runner import analyze, run
 from trajreg.train.config import RECORD_MODES, DataConfig, load_config
 from trajreg.train.data import load_data

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny
+from trajreg import atomic
 from trajreg.errors import DamagedRun, UserError
 from trajreg.run import rundir
 
@@ -106,9 +107,9 @@ def _inodes(path: Path) -> dict[str, int]:
 
 
 def _write_new(stage: Path) -> None:
-    rundir.write_json(stage / "summary.json", {"new": True})
-    rundir.replace_atomic(stage / "metrics.parquet", lambda tmp: tmp.write_text("new"))
-    rundir.replace_atomic(stage / "extra.png", lambda tmp: tmp.write_text("png"))
+    atomic.write_json(stage / "summary.json", {"new": True})
+    atomic.replace_atomic(stage / "metrics.parquet", lambda tmp: tmp.write_text("new"))
+    atomic.replace_atomic(stage / "extra.png", lambda tmp: tmp.write_text("png"))
 
 
 @pytest.mark.parametrize("how", ["exchange", "rename", "copy"])
@@ -123,7 +124,7 @@ def test_replace_outputs_swaps_in_the_new_files(fresh, monkeypatch, how):
     mode = fresh.stat().st_mode
     rundir.replace_outputs(fresh, _write_new)
     after = _inodes(fresh)
-    assert rundir.read_json(fresh / "summary.json") == {"new": True}
+    assert atomic.read_json(fresh / "summary.json") == {"new": True}
     assert (fresh / "metrics.parquet").read_text() == "new"
     assert (fresh / "extra.png").read_text() == "png"
     unchanged = set(before) - {"summary.json", "metrics.parquet"}
@@ -136,7 +137,7 @@ def test_replace_outputs_failing_leaves_the_run_as_it_was(fresh):
     before = {name: (fresh / name).read_bytes() for name in ("summary.json", "metrics.parquet")}
 
     def half(stage: Path) -> None:
-        rundir.write_json(stage / "summary.json", {"new": True})
+        atomic.write_json(stage / "summary.json", {"new": True})
         raise RuntimeError("figures failed")
 
     with pytest.raises(RuntimeError, match="figures failed"):
@@ -149,7 +150,7 @@ def test_replace_outputs_through_a_symlink_swaps_the_target(fresh):
     link = fresh.parent / "link"
     link.symlink_to(fresh)
     rundir.replace_outputs(link, _write_new)
-    assert link.is_symlink() and rundir.read_json(fresh / "summary.json") == {"new": True}
+    assert link.is_symlink() and atomic.read_json(fresh / "summary.json") == {"new": True}
 
 
 def test_a_finished_run_verifies(fresh):

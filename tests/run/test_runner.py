@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from tests.conftest import tiny
+from trajreg.atomic import read_json
 from trajreg.errors import ReplayMismatch
 from trajreg.principle import identity_residual
 from trajreg.record import TrajectoryStore
 from trajreg.run import analyze, run
 from trajreg.run.analysis import METRIC_COLUMNS
-from trajreg.run.rundir import read_config, read_json
+from trajreg.run.rundir import read_config
 from trajreg.run.runner import load_flat, measure_replay
 from trajreg.train.config import load_config
 from trajreg.train.data import load_data

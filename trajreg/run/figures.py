@@ -21,7 +21,7 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from trajreg.run.rundir import replace_atomic
+from trajreg.atomic import replace_atomic
 
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
 GEOMETRY_FIGURES = ("geometry.png", "mli.png")  # with recorded gradients; with an mli

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 import yaml
 
-from trajreg.atomic import read_json, replace_atomic, write_json
+from trajreg.atomic import replace_atomic
 from trajreg.errors import ConfigError, DamagedRun, UserError
 from trajreg.run.summary import FILE as SUMMARY
 from trajreg.run.summary import Summary, read_summary, write_summary
@@ -66,10 +66,10 @@ TRAINLOG = "trainlog.parquet"  # every step's loss, epoch, lr where metrics hold
 COMPLETE_MARK = SUMMARY  # the last file a run writes
 
 __all__ = ["COMPLETE_MARK", "RunDirConfig", "atomic_dir", "check_new_out", "finish_dir",
-           "partial_dir", "read_config", "read_final_state", "read_json", "read_metrics",
-           "read_summary", "remove_stale", "replace_atomic", "replace_outputs",
+           "partial_dir", "read_config", "read_final_state", "read_metrics",
+           "read_summary", "remove_stale", "replace_outputs",
            "require_run_dir", "verify_run_dir", "versions", "write_config",
-           "write_final_state", "write_json", "write_outputs", "write_parquet",
+           "write_final_state", "write_outputs", "write_parquet",
            "write_summary"]
 
 PARTIAL = ".partial-"  # .NAME.partial-OWNER-*: a run being written
