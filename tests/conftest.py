@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
+
+# ``make test`` runs two pytest-xdist workers on the two cores: each computes on one
+# thread (set before anything imports torch), or torch's default of a thread per core
+# in each worker would oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = {
     "seed": 0,
