@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,22 @@ class Measured:
             setattr(self, name, value)
         if self.loss is not None:
             self.loss = np.asarray(self.loss, dtype=np.float64)
+
+    @classmethod
+    def from_table(cls, table: Any, *, f_star: float, reference_step: int,
+                   derived: Iterable[str] = (), summary: dict | None = None) -> Measured:
+        """The measurement a metrics table (a run's metrics.parquet as a DataFrame) was
+        written from: its step, D, a, s, lr, loss_star and loss columns, and as
+        ``columns`` every other column but those named in ``derived`` (computed from the
+        others by the analysis, which computes them again)."""
+        own = {"step", "D", "a", "s", "lr", "loss_star", "loss", *derived}
+        return cls(steps=table["step"].to_numpy(), D=table["D"].to_numpy(),
+                   a=table["a"].to_numpy(), s=table["s"].to_numpy(),
+                   lr=table["lr"].to_numpy(), loss_star=table["loss_star"].to_numpy(),
+                   f_star=f_star, reference_step=reference_step,
+                   loss=table["loss"].to_numpy(),
+                   columns={c: table[c].to_numpy() for c in table.columns if c not in own},
+                   summary=dict(summary or {}))
 
     @classmethod
     def unmeasured(cls, lr: np.ndarray, reference_step: int) -> Measured:

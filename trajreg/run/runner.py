@@ -326,18 +326,12 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
                         "--reference final (the end of its trajectory) can be analysed")
     measured = best = ctx = None
     if k == old.reference_step:
-        measured = Measured(steps=table["step"].to_numpy(), D=table["D"].to_numpy(),
-                            a=table["a"].to_numpy(), s=table["s"].to_numpy(),
-                            lr=table["lr"].to_numpy(), loss_star=table["loss_star"].to_numpy(),
-                            f_star=math.nan if old.f_star is None else old.f_star,
-                            reference_step=k,
-                            loss=table["loss"].to_numpy(),
-                            columns={c: table[c].to_numpy() for c in table.columns
-                                     if c not in analysis.METRIC_COLUMNS
-                                     and c not in analysis.GEOMETRY_COLUMNS},
-                            # the path and the interpolation depend on x* only
-                            summary={key: getattr(old, key) for key in ("path_ratio", "mli")
-                                     if getattr(old, key) is not None})
+        measured = Measured.from_table(
+            table, f_star=math.nan if old.f_star is None else old.f_star, reference_step=k,
+            derived=[*analysis.METRIC_COLUMNS, *analysis.GEOMETRY_COLUMNS],
+            # the path and the interpolation depend on x* only
+            summary={key: getattr(old, key) for key in ("path_ratio", "mli")
+                     if getattr(old, key) is not None})
     k_best = reference_step(log, "best") if mode.can_reanalyse("best") else None
     if measured is None or k_best not in (None, k):
         cfg = conf.run
