@@ -294,6 +294,14 @@ def test_study_tables_carry_the_geometry_and_compare_mu_hat():
     row = tech.iloc[0]
     assert row["outcome_mu"] == "larger" and row["mu_diff_median"] == pytest.approx(1.0)
     assert row["outcome_gamma"] == "larger"
+    # L_hat, cos_g_positive and path_ratio are equal within each pair: no difference
+    for short in ("L", "cos_g", "path"):
+        assert row[f"outcome_{short}"] == "inconclusive" and row[f"{short}_diff_median"] == 0
+    assert (row["mli_monotone_with"], row["mli_monotone_without"]) == (1.0, 0.0)
+    corr = tables.correlation_table(study, runs, tables.comparisons(study, runs),
+                                    study.report)
+    mu = corr[(corr["scope"] == "stratum") & (corr["metric"] == "mu_hat_0.05")].iloc[0]
+    assert mu["n"] == 16 and mu["spearman_rho"] > 0.5  # larger mu_hat, lower final loss
     runs = tables.runs_table(study, records(False))  # recorded without gradients
     assert runs["mu_hat_0.05"].isna().all() and runs["path_ratio"].isna().all()
     tech = tables.techniques_table(runs, tables.comparisons(study, runs), study.report)

@@ -176,8 +176,13 @@ def test_strata_rho_and_the_lr_warning():
                 "final": (0.01 if batch else 0.1) * (1 + 0.01 * seed)}
     tech, runs, comps = technique_rows(study, make)
     corr = tables.correlation_table(study, runs, comps, study.report)
-    strata = corr[corr["scope"] == "stratum"]
+    strata = corr[(corr["scope"] == "stratum") & (corr["metric"] == "gamma_hat_0.05")]
     assert len(strata) == 2 and (strata["n"] == 8).all()
+    # every stratum also gets the geometry's rhos; these runs have no gradients: none
+    geometry = corr[(corr["scope"] == "stratum") & (corr["metric"] != "gamma_hat_0.05")]
+    assert len(geometry) == 8 and geometry["spearman_rho"].isna().all()
+    assert set(geometry["metric"]) == {"mu_hat_0.05", "L_hat_0.05", "cos_g_positive",
+                                       "path_ratio"}
     assert (strata["spearman_rho"] > 0.5).all()
     pooled = corr[corr["scope"] == "pooled"].iloc[0]
     assert pooled["n"] == 16

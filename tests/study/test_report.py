@@ -101,7 +101,9 @@ def test_report_numbers(tmp_path):
     assert sens[sens["technique"] == "optimizer"].iloc[0]["survives"] == "yes"
 
     corr = pd.read_csv(paths["correlations"], keep_default_na=False)
-    assert corr["scope"].tolist() == ["stratum", "stratum", "pooled", "all runs"]
+    # two strata, each with gamma's (or kappa's) rho and the four geometry metrics' rhos
+    assert corr["scope"].tolist() == ["stratum"] * 10 + ["pooled", "all runs"]
+    assert corr["metric"].str.startswith(("gamma_hat", "kappa_hat")).sum() == 3
     assert "WARNING" in corr.iloc[-1]["note"]  # lrs 0.05, 0.1 and 0.01
 
     html = paths["report"].read_text()

@@ -81,12 +81,19 @@ TECHNIQUE_COLUMNS = [
     "steps_diff_median", "steps_diff_low", "steps_diff_high", "steps_p_value",
     "steps_p_holm", "outcome_speed_steps",
     "note", "runs_with", "runs_without", "runs_not_trained",
-    # mu_hat (restricted secant constant of the gradients, at the report's eps) compared the
-    # same way: does the technique raise it as it raises gamma? (nan without gradients)
-    "mu_with", "mu_without", "mu_diff_median", "mu_diff_low", "mu_diff_high", "mu_p_holm",
-    "outcome_mu"]
+    # the trajectory geometry compared the same way (GEOMETRY_COMPARED), e.g. mu_with ...
+    # outcome_mu: does the technique raise mu_hat as it raises gamma? (nan without gradients)
+    *[f"{short}_{part}" for short, _ in (("mu", ""), ("L", ""), ("cos_g", ""), ("path", ""))
+      for part in ("with", "without", "diff_median", "diff_low", "diff_high", "p_holm")],
+    "outcome_mu", "outcome_L", "outcome_cos_g", "outcome_path",
+    # fraction of the trained runs whose loss falls monotonically from x_0 to x*
+    "mli_monotone_with", "mli_monotone_without"]
 # trajectory geometry (README "Trajectory geometry"); mu_hat, L_hat per eps; nan when absent
 GEOMETRY_RUN_COLUMNS = ["cos_g_positive", "path_ratio", "mli_monotone"]
+# (short name in techniques.csv, runs.csv column; "{eps}" is the comparison's eps): each
+# is compared by paired differences like gamma, each its own Holm family
+GEOMETRY_COMPARED = (("mu", "mu_hat_{eps}"), ("L", "L_hat_{eps}"),
+                     ("cos_g", "cos_g_positive"), ("path", "path_ratio"))
 
 
 def architecture(config: Mapping[str, Any]) -> str:
@@ -451,18 +458,20 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
     metric = [evaluate(c, rv.pair(c.metric), rv.trained, options, halfwidths(c))
               for c in comps]
     speed = [evaluate(c, rv.pair(SPEED), rv.trained, options) for c in comps]
-    # mu_hat at the metric's eps (gamma_hat_<eps>, kappa_hat_<eps>)
-    mu = [evaluate(c, rv.pair("mu_hat_" + c.metric.rsplit("_", 1)[-1]), rv.trained, options)
-          for c in comps]
+    # the geometry at the metric's eps (gamma_hat_<eps>, kappa_hat_<eps>)
+    geometry = {short: [evaluate(c, rv.pair(column.format(eps=c.metric.rsplit("_", 1)[-1])),
+                                 rv.trained, options) for c in comps]
+                for short, column in GEOMETRY_COMPARED}
     decide(metric, options, (LARGER, SMALLER))
     decide(speed, options, (SLOWER, FASTER))  # a larger auc is slower
-    decide(mu, options, (LARGER, SMALLER))
+    for evaluations in geometry.values():
+        decide(evaluations, options, (LARGER, SMALLER))
     steps: list[Evaluation | None] = [None] * len(comps)
     if curves is not None:
         steps = [evaluate(c, steps_values(curves), rv.trained, options) for c in comps]
         decide(cast("list[Evaluation]", steps), options, (SLOWER, FASTER))
     rows = []
-    for c, g, s, st, m in zip(comps, metric, speed, steps, mu, strict=True):
+    for i, (c, g, s, st) in enumerate(zip(comps, metric, speed, steps, strict=True)):
         rows.append({
             "technique": c.technique, "role": "claim" if c.claim else "stratum",
             "axis": c.axis, "block": c.block, "architecture": c.architecture,
@@ -492,11 +501,27 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
             "runs_with": " ".join(p[1] for p in c.pairs),
             "runs_without": " ".join(p[2] for p in c.pairs),
             "runs_not_trained": " ".join(r for _, rs in g.not_trained for r in rs.split()),
-            "mu_with": m.median_with, "mu_without": m.median_without,
-            "mu_diff_median": m.test.median, "mu_diff_low": m.test.low,
-            "mu_diff_high": m.test.high, "mu_p_holm": m.p_holm, "outcome_mu": m.outcome,
+            **{key: value for short, evaluations in geometry.items()
+               for key, value in _geometry_row(short, evaluations[i]).items()},
+            "mli_monotone_with": _fraction(rv, c, 1, "mli_monotone"),
+            "mli_monotone_without": _fraction(rv, c, 2, "mli_monotone"),
         })
     return pd.DataFrame(rows, columns=TECHNIQUE_COLUMNS)
+
+
+def _geometry_row(short: str, m: Evaluation) -> dict[str, Any]:
+    return {f"{short}_with": m.median_with, f"{short}_without": m.median_without,
+            f"{short}_diff_median": m.test.median, f"{short}_diff_low": m.test.low,
+            f"{short}_diff_high": m.test.high, f"{short}_p_holm": m.p_holm,
+            f"outcome_{short}": m.outcome}
+
+
+def _fraction(rv: RunValues, c: Comparison, side: int, column: str) -> float:
+    """The fraction of the trained runs on one side of the pairs (1: with, 2: without)
+    where ``column`` is true; nan where no trained run has a value."""
+    values = [rv.get(p[side], column) for p in c.pairs if rv.trained(p[side])]
+    known = [v for v in values if math.isfinite(v)]
+    return float(np.mean(known)) if known else math.nan
 
 
 def _note(c: Comparison, g: Evaluation, s: Evaluation) -> str:
@@ -663,7 +688,9 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
     """Spearman's rho between the metric and convergence speed (-auc_log_loss, so that
     rho > 0 means larger gamma goes with faster convergence) over the trained runs of
     each stratum: the runs of one comparison's context, which differ only in the
-    compared setting and the seed (no rho below 4 runs); then the n-weighted mean of
+    compared setting and the seed (no rho below 4 runs), and the same rho for each
+    trajectory-geometry metric (mu_hat, L_hat, cos_g_positive, path_ratio; nan without
+    recorded gradients); then the n-weighted mean of
     the paper's techniques' within-stratum rhos, bootstrapped over strata; then the
     rho over all trained runs, with a warning when they differ in learning rate."""
     ok = runs[runs["status"].isin(FINISHED) & runs["trained"].map(_true)]
@@ -677,20 +704,27 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
         ids = [rid for rid, axes, _ in members[c.block]
                if all(axes.get(k) == v for k, v in c.context.items())]
         part = ok[ok["run_id"].isin(ids)]
-        corr = stats.spearman_ci(part[c.metric].to_numpy(float),
-                                 -part[SPEED].to_numpy(float), min_n=MIN_STRATUM)
-        notes = [] if corr.n >= MIN_STRATUM else [f"n < {MIN_STRATUM}: no rho"]
-        if c.claim and math.isfinite(corr.rho):
-            pooled.append((corr.rho, corr.n))
-        if not c.claim:
-            notes.append("not one of the paper's techniques: not pooled")
-        rows.append({"scope": "stratum", "technique": c.technique, "block": c.block,
-                     "architecture": c.architecture, "dataset": c.dataset,
-                     "optimizer": _one(part["optimizer"]) if len(part) else "",
-                     "lr": _one(part["lr"]) if len(part) else "",
-                     "context": context_text(c.context), "varies": f"{c.axis}, seed",
-                     "metric": c.metric, "n": corr.n, "spearman_rho": corr.rho,
-                     "ci_low": corr.low, "ci_high": corr.high, "note": "; ".join(notes)})
+        eps = c.metric.rsplit("_", 1)[-1]
+        # gamma's rho first (the one pooled), then the geometry's, like gamma's
+        for metric in [c.metric, *(column.format(eps=eps) for _, column in GEOMETRY_COMPARED)]:
+            values = (part[metric].to_numpy(float) if metric in part.columns
+                      else np.full(len(part), np.nan))
+            corr = stats.spearman_ci(values, -part[SPEED].to_numpy(float), min_n=MIN_STRATUM)
+            notes = [] if corr.n >= MIN_STRATUM else [f"n < {MIN_STRATUM}: no rho"]
+            if metric != c.metric:
+                notes.append("trajectory geometry: not pooled")
+            elif c.claim and math.isfinite(corr.rho):
+                pooled.append((corr.rho, corr.n))
+            if not c.claim:
+                notes.append("not one of the paper's techniques: not pooled")
+            rows.append({"scope": "stratum", "technique": c.technique, "block": c.block,
+                         "architecture": c.architecture, "dataset": c.dataset,
+                         "optimizer": _one(part["optimizer"]) if len(part) else "",
+                         "lr": _one(part["lr"]) if len(part) else "",
+                         "context": context_text(c.context), "varies": f"{c.axis}, seed",
+                         "metric": metric, "n": corr.n, "spearman_rho": corr.rho,
+                         "ci_low": corr.low, "ci_high": corr.high,
+                         "note": "; ".join(notes)})
     p = stats.pooled_rho([r for r, _ in pooled], [n for _, n in pooled])
     rows.append({"scope": "pooled", "technique": "paper's techniques", "block": "",
                  "architecture": "", "dataset": "", "optimizer": "", "lr": "",
