@@ -2,18 +2,28 @@
 
 Run by hand from the repository root::
 
-    python benchmarks/bench_distributed.py [--repeats N] [--epochs E] [--nproc N]
+    python benchmarks/bench_distributed.py [--epochs E] [--block B] [--nproc N]
                                            [--strategy ddp|fsdp] [--threads N]
+                                           [--modes store,sample,sketch]
 
 Launches N ranks (default 2, gloo, CPU) with ``torch.distributed.run --standalone``;
 each rank builds the demo MLP (configs/digits_mlp.yaml: digits, depth 6, width 64,
-batch norm, global batch 64) with ``trajreg.distributed.train.build_distributed`` and
-trains it E epochs with ``train_distributed(eval_full=False)`` (training alone: no F_k),
-alternately without a recorder (``off``) and with the run's recorder attached
-(``store``: under DDP rank 0 records the whole x_t, under FSDP2 every rank its shard),
-a freshly built model each time, repeats interleaved. A timing starts after a barrier
-and ends after one, so it is the slowest rank's. Reported: medians, the ratio
-store/off and the overhead per step. The machine may be shared: expect +-10%.
+batch norm, global batch 64) with ``trajreg.distributed.train.build_distributed``, once
+without a recorder (``off``) and once with the run's recorder attached in each record
+mode (default: store, sample and sketch, with their default options, so sample and
+sketch record gradients; under DDP rank 0 records the whole x_t, under FSDP2 every rank
+its shard, sketch hashed by global index), and trains each E epochs with
+``train_distributed(eval_full=False)`` (training alone: no F_k), B epochs at a time,
+the variants taking turns (their order rotating each round; a first round warms up and
+is not counted), so a busy machine's slow spells fall on every variant alike. A turn's
+timing starts after a barrier and ends after one, so it is the slowest rank's; the
+recorders' ``close`` (x_T, flushing) is timed at the end and counted.
+
+Reported per mode: the total time against off (ratio and overhead per step), the median
+of the per-round ratios (steadier when the load drifts), and rank 0's time inside the
+recorder's hooks and ``close`` per step: the recorder's own work, which the other
+ranks wait for at the next collective. The machine may be shared: expect +-10% on the
+ratios, more under load.
 
 Exit status 0 unless a rank failed.
 """
@@ -30,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = {
@@ -45,10 +56,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
+    from trajreg.distributed import shards
     from trajreg.distributed.process import clean_shutdown
     from trajreg.distributed.train import build_distributed, train_distributed
-    from trajreg.record.modes.store import StoreMode
-    from trajreg.record.recorder import Recorder
+    from trajreg.record.modes import get_mode
+    from trajreg.record.recorder import Recorder, optimizer_params
     from trajreg.train.config import load_config
     from trajreg.train.data import load_data
     from trajreg.train.loop import total_steps
@@ -61,39 +73,89 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo")
     data = load_data(cfg.data)
-    steps = total_steps(cfg, data)
-    times: dict[str, list[float]] = {"off": [], "store": []}
+    variants = ["off", *args.modes.split(",")]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    closing: dict[str, float] = {}
+    hooks: dict[str, float] = {}  # rank 0's time in the recorder (hooks and close)
+
+    class TimedRecorder(Recorder):
+        """The recorder, with the time spent in its hooks and close added up."""
+
+        spent = 0.0
+
+        def _pre_step(self, *a: Any) -> None:
+            t = time.perf_counter()
+            super()._pre_step(*a)
+            self.spent += time.perf_counter() - t
+
+        def _post_step(self, *a: Any) -> None:
+            t = time.perf_counter()
+            super()._post_step(*a)
+            self.spent += time.perf_counter() - t
+
+        def close(self) -> None:
+            t = time.perf_counter()
+            super().close()
+            self.spent += time.perf_counter() - t
+
+    block = load_config({**raw, "train": {**raw["train"], "epochs": args.block}})
+    per_block = total_steps(block, data)
+    rounds = max(1, args.epochs // args.block)
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats + 1):  # repeat 0 warms up, not counted
-            for variant in ("off", "store"):
-                model, opt, sched = build_distributed(cfg, data, args.strategy, world)
-                rec = None
-                if variant == "store" and (args.strategy == "fsdp" or rank == 0):
-                    rec = Recorder(opt, Path(tmp) / f"{variant}-{repeat}-{rank}",
-                                   mode=StoreMode(), capacity=steps + 1)
+        runs = {}
+        for variant in variants:  # one model a variant, trained a block at a time
+            model, opt, sched = build_distributed(block, data, args.strategy, world)
+            rec = None
+            if variant != "off" and (args.strategy == "fsdp" or rank == 0):
+                if args.strategy == "fsdp":  # every rank its shard, as the worker records
+                    mode = shards.SHARDED_MODES[variant].from_config(cfg.record, cfg.seed)
+                    if isinstance(mode, shards.ShardedSketchMode):
+                        mode.shard(*shards.local_ranges(optimizer_params(opt), rank, world))
+                else:
+                    mode = get_mode(variant).from_config(cfg.record, cfg.seed)
+                rec = TimedRecorder(opt, Path(tmp) / f"{variant}-{rank}", mode=mode,
+                                    capacity=(rounds + 1) * per_block + 1)
+            runs[variant] = (model, opt, sched, rec)
+        for r in range(rounds + 1):  # round 0 warms up, not counted
+            shift = r % len(variants)  # rotate the order: no variant always first
+            for variant in variants[shift:] + variants[:shift]:
+                model, opt, sched, rec = runs[variant]
                 dist.barrier()
                 t0 = time.perf_counter()
-                train_distributed(cfg, data, model, opt, sched, rank=rank, world=world,
+                train_distributed(block, data, model, opt, sched, rank=rank, world=world,
                                   eval_full=False)
-                if rec is not None:
-                    rec.close()
                 dist.barrier()
-                if repeat:
+                if r:
                     times[variant].append(time.perf_counter() - t0)
+                elif rec is not None:
+                    rec.spent = 0.0
+        for variant in variants:  # the recorder's close (x_T, flushing) counts too
+            rec = runs[variant][3]
+            dist.barrier()
+            t0 = time.perf_counter()
+            if rec is not None:
+                rec.close()
+            dist.barrier()
+            closing[variant] = time.perf_counter() - t0
+            hooks[variant] = rec.spent if rec is not None else 0.0
     clean_shutdown()
     if rank == 0:
-        Path(args.result).write_text(json.dumps({"steps": steps, "times": times,
-                                                 "d": sum(p.numel() for p in
-                                                          model.parameters())}))
+        Path(args.result).write_text(json.dumps({
+            "steps": rounds * per_block, "per_block": per_block, "times": times,
+            "closing": closing, "hooks": hooks,
+            "d": sum(p.numel() for p in runs["off"][0].parameters())}))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="epochs each variant trains")
+    p.add_argument("--block", type=int, default=1,
+                   help="epochs a variant trains before the next variant's turn")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--modes", default="store,sample,sketch",
+                   help="record modes timed against off (comma-separated)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -106,8 +168,9 @@ def main() -> int:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", str(args.nproc), __file__, "--worker", "--result",
-               str(result), "--repeats", str(args.repeats), "--epochs", str(args.epochs),
-               "--strategy", args.strategy, "--threads", str(args.threads)]
+               str(result), "--block", str(args.block), "--epochs", str(args.epochs),
+               "--strategy", args.strategy, "--threads", str(args.threads),
+               "--modes", args.modes]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))), OMP_NUM_THREADS=str(
             args.threads))
@@ -117,18 +180,25 @@ def main() -> int:
                   file=sys.stderr)
             return 1
         out = json.loads(result.read_text())
-    steps, times = out["steps"], out["times"]
-    off, store = statistics.median(times["off"]), statistics.median(times["store"])
+    steps, times, hooks = out["steps"], out["times"], out["hooks"]
+    total = {v: sum(t) + out["closing"][v] for v, t in times.items()}
+    off = total["off"]
     print(f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.nproc} ranks ({args.strategy}, gloo), {args.threads} thread(s) a rank")
-    print(f"demo MLP, d = {out['d']}, {args.epochs} epochs = {steps} steps, "
-          f"{args.repeats} interleaved repeats (medians)")
-    print(f"  off   : {off:8.3f} s   {off / steps * 1e6:8.1f} us/step")
-    print(f"  store : {store:8.3f} s   {store / steps * 1e6:8.1f} us/step")
-    print(f"  recorder overhead: {store / off:.3f}x, "
-          f"{(store - off) / steps * 1e6:+.1f} us/step")
-    print("  all off  :", " ".join(f"{t:.3f}" for t in times["off"]))
-    print("  all store:", " ".join(f"{t:.3f}" for t in times["store"]))
+          f"{args.nproc} ranks ({args.strategy}, gloo), {args.threads} thread(s) a rank, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+    print(f"demo MLP, d = {out['d']}, {args.epochs} epochs = {steps} steps a variant, in "
+          f"blocks of {out['per_block']} steps interleaved")
+    print(f"  {'off':7s}: {off:8.3f} s   {off / steps * 1e6:8.1f} us/step")
+    for variant in times:
+        if variant == "off":
+            continue
+        t = total[variant]
+        paired = statistics.median(a / b for a, b in zip(times[variant], times["off"],
+                                                         strict=True))
+        print(f"  {variant:7s}: {t:8.3f} s   {t / steps * 1e6:8.1f} us/step   "
+              f"{t / off:.3f}x ({(t - off) / steps * 1e6:+7.1f} us/step), median of the "
+              f"blocks' ratios {paired:.3f}x; rank 0 in the recorder "
+              f"{hooks[variant] / steps * 1e6:6.1f} us/step")
     return 0
 
 
