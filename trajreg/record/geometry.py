@@ -52,34 +52,69 @@ def stream_gradient_quantities(xs: TrajectoryStore, grads: TrajectoryStore, T: i
 
 class SquaredNorms:
     """Squared norms of one vector a step (``push(v)``: ||v||^2; ``push_diff(x, y)``:
-    ||x - y||^2, the step norm s_u_t of x_t and x_{t+1}), in float64 on the vectors'
-    device (x - y is exact in float64 from float32 or float64 rows), written to
-    ``path`` as raw float64, 4096 at a time: O(d) memory, 8 bytes a step on disk."""
+    ||x - y||^2, the step norm s_u_t of x_t and x_{t+1}; ``push_diff(x, y, lr)``:
+    ||x - y||^2 / lr^2, s_t), in float64 on the vectors' device (x - y is exact in
+    float64 from float32 or float64 rows), written to ``path`` as raw float64, 4096 at a
+    time: O(d) memory, 8 bytes a step on disk. ``scratch``: a float64 vector of d entries
+    to use as the difference's buffer (a caller's shared scratch), else one is made."""
 
-    def __init__(self, path: Path, d: int, device: torch.device | str) -> None:
+    def __init__(self, path: Path, d: int, device: torch.device | str,
+                 scratch: torch.Tensor | None = None) -> None:
         self.path = Path(path)
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._diff = torch.empty(d, dtype=torch.float64, device=device)
+        self._diff = (torch.empty(d, dtype=torch.float64, device=device) if scratch is None
+                      else scratch)
         self._buf = torch.empty(_FLUSH, dtype=torch.float64, device=device)
+        # 0-d views of the buffer, made once: torch.dot writes each norm into its slot
+        # (out=), where an indexed assignment made a temporary and a copy every step
+        self._slots = self._buf.unbind()
+        self._lrs: list[float] = []  # eta_t of each norm, divided out at the flush
         self._n = 0
+        self._x64: list[torch.Tensor] = []  # push_next: x_t and x_{t+1} in float64, in turn
+        self._next = 0  # push_next calls so far
 
-    def push_diff(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def push_diff(self, x: torch.Tensor, y: torch.Tensor, lr: float | None = None) -> None:
         self._diff.copy_(x)
         self._diff.sub_(y)
-        self._append()
+        self._append(lr)
+
+    def push_next(self, x: torch.Tensor, lr: float | None = None) -> None:
+        """The next iterate of a sequence: from the second call on, pushes
+        ||x_prev - x||^2 (over ``lr``^2 when given: eta of the step from x_prev to x), the
+        value ``push_diff(x_prev, x, lr)`` pushes. x is kept as a float64 copy (exact), so
+        the difference is a float64 - float64 subtraction: a float64 - float32 one takes
+        torch's slow mixed-dtype path, the largest part of this on a small model."""
+        if not self._x64:
+            self._x64 = [torch.empty_like(self._diff), torch.empty_like(self._diff)]
+        cur = self._x64[self._next % 2]
+        cur.copy_(x)
+        if self._next > 0:
+            torch.sub(self._x64[(self._next - 1) % 2], cur, out=self._diff)
+            self._append(lr)
+        self._next += 1
 
     def push(self, v: torch.Tensor) -> None:
         self._diff.copy_(v)
-        self._append()
+        self._append(None)
 
-    def _append(self) -> None:
-        self._buf[self._n] = torch.dot(self._diff, self._diff)
+    def _append(self, lr: float | None) -> None:
+        torch.dot(self._diff, self._diff, out=self._slots[self._n])
+        if lr is not None:
+            self._lrs.append(lr)
         self._n += 1
         if self._n == _FLUSH:
             self._flush()
 
     def _flush(self) -> None:
-        self._file.write(self._buf[: self._n].cpu().numpy().tobytes())
+        block = self._buf[: self._n].cpu().numpy()
+        if self._lrs:  # ||u_t||^2 / (eta_t * eta_t): IEEE division, as torch divided before
+            if len(self._lrs) != self._n:
+                raise RuntimeError("SquaredNorms: some norms were pushed without a learning rate")
+            lr = np.asarray(self._lrs, dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                block = block / (lr * lr)
+            self._lrs = []
+        self._file.write(block.tobytes())
         self._n = 0
 
     def close(self) -> None:

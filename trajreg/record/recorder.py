@@ -128,6 +128,12 @@ class Recorder:
         self.params = optimizer_params(optimizer)
         self.d = sum(local_part(p).numel() for p in self.params)  # DTensor: the local shard
         self.dtype = self.params[0].dtype
+        # flat views of the parameters for ``flat`` (see ``_flat_views``), rebuilt when a
+        # parameter's storage changes; None where they cannot be used (DTensor shards,
+        # non-contiguous parameters, mixed devices)
+        self._plain = not any(hasattr(p, "to_local") for p in self.params)
+        self._views: list[torch.Tensor] | None = None
+        self._view_ptrs: list[int] = []
         self.steps = 0
         self._handles: list[Any] = []
         self._closed = False
@@ -142,8 +148,29 @@ class Recorder:
         """The replay mode's stream of D, a, s (None in other modes)."""
         return getattr(self.mode, "stream", None)
 
+    def _flat_views(self) -> list[torch.Tensor] | None:
+        """1-D views of the parameters' storage, made once and reused while every
+        parameter keeps its storage (an optimizer updates in place). ``detach`` and
+        ``reshape`` of an ``nn.Parameter`` go through ``__torch_function__`` and cost
+        about 3 us each, most of a small model's per-step recording; the storage check
+        (``data_ptr``) is cheap, and a view pins its storage, so an equal pointer is the
+        same memory. A ``p.data = ...`` or a move to another device rebuilds them."""
+        if not self._plain:
+            return None
+        ptrs = [p.data_ptr() for p in self.params]
+        if ptrs != self._view_ptrs:
+            views = [p.detach().reshape(-1) for p in self.params]
+            same = all(v.data_ptr() == q for v, q in zip(views, ptrs, strict=True))
+            devices = {v.device for v in views}
+            self._views = views if same and len(devices) == 1 else None  # views, not copies
+            self._view_ptrs = ptrs
+        return self._views
+
     def flat(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The current parameters as one flat vector (into ``out`` when given)."""
+        views = self._flat_views() if out is not None else None
+        if views is not None and out is not None and out.device == views[0].device:
+            return torch.cat(views, out=out)
         return flat_params(self.params, out=out)
 
     def grad_flat(self, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,6 +178,14 @@ class Recorder:
         parameter: after clipping, accumulation and AMP unscaling, which all happen
         before ``optimizer.step``) as one flat vector in the order of ``flat``, into
         ``out`` when given; zeros for a parameter whose grad is None."""
+        views = (self._flat_views() if out is not None and not torch.is_grad_enabled()
+                 else None)
+        if views is not None and out is not None and out.device == views[0].device:
+            grads = [p.grad for p in self.params]  # on their parameters' device
+            if all(g is not None for g in grads):
+                # flat_grads' values without its per-tensor detach (no graph is recorded
+                # here), local_part and device moves
+                return torch.cat([torch.flatten(g) for g in grads], out=out)  # type: ignore[arg-type]
         return flat_grads(self.params, out=out)
 
     def _lr(self) -> float:

@@ -291,8 +291,7 @@ class SampleMode(RecordMode):
             self._norms = SquaredNorms(self.writer.dir / STEP_NORMS, rec.d, self._x.device)
         x = self._xs[step % 2]
         rec.flat(out=x)  # kept in memory: x_{T-1} is stored at close
-        if step > 0:
-            self._norms.push_diff(self._xs[(step - 1) % 2], x)
+        self._norms.push_next(x)  # ||x_{t-1} - x_t||^2 (t > 0)
         self._x = x
         self._sample_rows(step, lr, x)
         self._sample_grad(rec, step)
@@ -311,7 +310,7 @@ class SampleMode(RecordMode):
             x_end = self._xs[T % 2]
         rec.flat(out=x_end)
         if self._norms is not None:
-            self._norms.push_diff(self._x, x_end)
+            self._norms.push_next(x_end)
             self._norms.close()
         self.writer.write(T, x_end)
         self.writer.close(T, self._meta())

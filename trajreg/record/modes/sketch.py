@@ -143,7 +143,7 @@ class SketchMode(SampleMode):
             "sample (about 2 R d floats a step)")
     # set by open, released (None) by close
     _diff: torch.Tensor | None
-    _s: torch.Tensor | None
+    _snorms: SquaredNorms | None
     _rows: torch.Tensor | None
 
     def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
@@ -205,9 +205,8 @@ class SketchMode(SampleMode):
         if not self.identity:
             self.sketch = self.count_sketch(d, device)
         self._lr_prev = math.nan
-        self._s_file = open(Path(directory) / S_FILE, "wb")  # noqa: SIM115 - closed in close()
-        self._s = torch.empty(4096, dtype=torch.float64, device=device)  # s_t, flushed
-        self._s_n = 0
+        # s_t = ||x_t - x_{t+1}||^2 / eta_t^2, in float64 (exact from float32 rows)
+        self._snorms = SquaredNorms(Path(directory) / S_FILE, d, device, scratch=self._diff)
         self._staged = device.type != "cpu" if self.stage is None else self.stage
         # S = I keeps x_t in the params' precision, as store mode does
         row_dtype = self._x.dtype if self.identity else torch.float64
@@ -219,30 +218,13 @@ class SketchMode(SampleMode):
                                          capacity, sync_seconds)
         self._gstage: StagedRows | None = None
         if self.gradients:  # S g_t with the same hash, ||g_t||^2 exactly
-            self._g = torch.empty_like(self._x)
-            self._gnorms = SquaredNorms(Path(directory) / G_FILE, d, device)
+            self._g = None if self.identity else torch.empty_like(self._x)  # S = I: the row
+            self._gnorms = SquaredNorms(Path(directory) / G_FILE, d, device, scratch=self._diff)
             self._gstage = StagedRows(
                 TrajectoryWriter(Path(directory) / GRAD_SKETCHES, self.k,
                                  self.writer.dtype if self.identity else np.float64,
                                  capacity, sync_seconds),
                 self.k, row_dtype, device, self._staged)
-
-    def _push_s(self, x: torch.Tensor, x_next: torch.Tensor, lr: float) -> None:
-        """s_t from x_t and x_{t+1}: u_t in float64 (exact from float32 rows, as in
-        ``trajectory_quantities``), its squared norm over eta_t^2."""
-        assert self._diff is not None and self._s is not None
-        self._diff.copy_(x)
-        self._diff.sub_(x_next)
-        self._s[self._s_n] = torch.dot(self._diff, self._diff) / (lr * lr)
-        self._s_n += 1
-        if self._s_n == len(self._s):
-            self._flush_s()
-
-    def _flush_s(self) -> None:
-        assert self._s is not None
-        block = self._s[: self._s_n].cpu().numpy()
-        self._s_file.write(memoryview(block).cast("B"))  # type: ignore[arg-type]  # numpy stubs give ndarray __buffer__ only for py>=3.12
-        self._s_n = 0
 
     def _push_sketch(self, x: torch.Tensor, lr: float | None) -> None:
         assert self._rows is not None and self.sketches is not None
@@ -271,11 +253,11 @@ class SketchMode(SampleMode):
         self._row_lrs = []
 
     def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+        assert self._snorms is not None
         x = self._bufs[step % 2]
         rec.flat(out=x)
         self._sample_rows(step, lr, x)
-        if step > 0:
-            self._push_s(self._bufs[(step - 1) % 2], x, self._lr_prev)
+        self._snorms.push_next(x, self._lr_prev)  # s_{t-1} from x_{t-1} and x_t (t > 0)
         self._push_sketch(x, lr)
         self._lr_prev = lr
         if self._gstage is not None:
@@ -284,36 +266,38 @@ class SketchMode(SampleMode):
     def _push_grad(self, rec: Recorder, step: int, lr: float) -> None:
         """g_t: its sketch, its squared norm, and g_t itself on the check sample."""
         assert self.writer is not None and self._gstage is not None
-        g = rec.grad_flat(out=self._g)
-        if self.sampler.keep(step):
-            self.writer.write_grad(g)
-        self._gnorms.push(g)
+        writer, kept = self.writer, self.sampler.keep(step)
 
         def fill(row: torch.Tensor) -> torch.Tensor:
-            if self.identity:
-                return row.copy_(g)
-            assert self.sketch is not None
-            return self.sketch(g, out=row)
+            if self.identity:  # S = I: g_t straight into its row, no copy of it
+                g = rec.grad_flat(out=row)
+            else:
+                assert self.sketch is not None
+                g = rec.grad_flat(out=self._g)
+                self.sketch(g, out=row)
+            self._gnorms.push(g)
+            if kept:
+                writer.write_grad(g)
+            return row
 
         self._gstage.push(fill, lr)
 
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
             return
-        assert self.sketches is not None
+        assert self.sketches is not None and self._snorms is not None
         T = rec.steps
         x_end = self._bufs[T % 2]
         rec.flat(out=x_end)
         if T >= 1:
             x_last = self._bufs[(T - 1) % 2]
-            self._push_s(x_last, x_end, self._lr_prev)
+            self._snorms.push_next(x_end, self._lr_prev)
             self.writer.write(T - 1, x_last)
         self.writer.write(T, x_end)
         self._push_sketch(x_end, None)
         if self._staged:
             self._flush_sketches()
-        self._flush_s()
-        self._s_file.close()
+        self._snorms.close()
         self.sketches.close()
         if self._gstage is not None:
             self._gstage.close()
@@ -322,7 +306,7 @@ class SketchMode(SampleMode):
         self.writer.close(T, {**self._meta(), "sketch_dim": self.k, "identity": self.identity,
                               "hash_seed": hash_seed(self.sampler.seed)})
         self._bufs = []
-        self._x = self._diff = self._s = self._rows = None
+        self._x = self._diff = self._snorms = self._rows = None
         self.sketch = None
 
     # ------------------------------------------------------------ after training
