@@ -160,6 +160,8 @@ def run_distributed(cfg: RunConfig, out: str | Path, *, figures: bool = True,
             if not (tmp / rundir.COMPLETE_MARK).is_file():
                 raise DistributedRunError("distributed run failed: every rank exited 0 but "
                                           f"rank 0 wrote no {rundir.COMPLETE_MARK}")
+            if not cfg.record.keep_trajectory:  # every rank's shards, once measured
+                rundir.discard_trajectory(tmp)
     finally:
         shutil.rmtree(launch_dir, ignore_errors=True)
     return out, read_summary(out)

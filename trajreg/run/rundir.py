@@ -65,8 +65,9 @@ TRAJECTORY = "trajectory"
 TRAINLOG = "trainlog.parquet"  # every step's loss, epoch, lr where metrics hold a sample
 COMPLETE_MARK = SUMMARY  # the last file a run writes
 
-__all__ = ["COMPLETE_MARK", "RunDirConfig", "atomic_dir", "check_new_out", "finish_dir",
-           "partial_dir", "read_config", "read_final_state", "read_metrics",
+__all__ = ["COMPLETE_MARK", "RunDirConfig", "atomic_dir", "check_new_out",
+           "discard_trajectory", "finish_dir", "kept_trajectory", "partial_dir",
+           "read_config", "read_final_state", "read_metrics",
            "read_summary", "remove_stale", "replace_outputs",
            "require_run_dir", "verify_run_dir", "versions", "write_config",
            "write_final_state", "write_outputs", "write_parquet",
@@ -402,7 +403,7 @@ def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
                          f"({exc})") from None
     if bad is not None:
         raise DamagedRun(f"run directory damaged: {state}: checksum mismatch in {bad}")
-    if conf.record_mode == "store":
+    if conf.record_mode == "store" and kept_trajectory(conf):
         from trajreg.distributed.shards import is_sharded, verify_sharded
 
         if is_sharded(path / TRAJECTORY):  # an FSDP2 run: one store per rank
@@ -412,6 +413,20 @@ def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
             if (path / TRAJECTORY / "grad").is_dir():  # gradients: g_0 .. g_{T-1}, T rows
                 _verify_trajectory(path / TRAJECTORY / "grad", summary.n_steps - 1, checksums)
     return path
+
+
+def kept_trajectory(conf: RunDirConfig) -> bool:
+    """Whether the run kept its trajectory/ (``record.keep_trajectory``, true unless a
+    ``trajreg run`` config set it false)."""
+    return conf.run is None or conf.run.record.keep_trajectory
+
+
+def discard_trajectory(run_dir: Path) -> None:
+    """Delete a measured run's trajectory/ (``record.keep_trajectory: false``); called
+    on the partial directory, so a finished run never shows half of it."""
+    path = Path(run_dir) / TRAJECTORY
+    if path.is_dir():
+        shutil.rmtree(path)
 
 
 def _verify_trajectory(directory: Path, n_steps: int, checksums: bool) -> None:

@@ -103,7 +103,7 @@ class RunContext:
     def load(self, x: np.ndarray) -> None:
         load_flat(self.star, x)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # forward passes only: no autograd bookkeeping (about 15% less)
     def step_losses(self, steps: Sequence[int]) -> np.ndarray:
         wanted = set(int(t) for t in steps)
         out = {}
@@ -126,28 +126,56 @@ class RunContext:
     def replay(self, k: int) -> Measured:
         return measure_replay(self.cfg, self.data, self.log, self.final_state, k, self.progress)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def interpolated_losses(self, alphas: Sequence[float], x0: np.ndarray,
                             x_star: np.ndarray) -> np.ndarray:
         """F at (1 - alpha) x0 + alpha x* for each alpha, evaluated as F_k is (``full_loss``:
         eval mode, the whole training set). Batch-norm running statistics are
         interpolated the same way between x_0's (rebuilt from the run seed by ``build``)
         and the trained model's; integer buffers (num_batches_tracked) stay the trained
-        model's. Both ends are exact: alpha 0 is F_0's model and alpha 1 the trained one."""
+        model's. Both ends are exact: alpha 0 is F_0's model and alpha 1 the trained one.
+        Where the log already holds F of that very model (F_0 when x0 is the initial
+        iterate; F of the last epoch end when x* is the trained model's parameters), that
+        value is taken instead of evaluating it again: the same computation on the same
+        state, so the same bits, two fewer passes over the training set."""
         initial, _, _ = build(self.cfg, self.data)  # x_0 and its buffers, from the seed
         start = dict(initial.named_buffers())
         model = copy.deepcopy(self.model)  # leaves the trained model and ``star`` alone
         params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
         x0_t, x_star_t = torch.from_numpy(np.array(x0)), torch.from_numpy(np.array(x_star))
         end = {name: b.detach().clone() for name, b in model.named_buffers()}
+        known = self._logged_ends(initial, params, x0_t, x_star_t)
         out = []
         for alpha in alphas:
+            if float(alpha) in known:
+                out.append(known[float(alpha)])
+                continue
             set_flat_params(params, interpolate(alpha, x0_t, x_star_t).to(params[0].dtype))
             for name, buf in model.named_buffers():
                 if buf.is_floating_point() and name in start:
                     buf.copy_(interpolate(alpha, start[name], end[name]).to(buf.dtype))
             out.append(full_loss(self.cfg, data=self.data, model=model))
         return np.asarray(out, dtype=np.float64)
+
+    def _logged_ends(self, initial: torch.nn.Module, params: list[torch.Tensor],
+                     x0: torch.Tensor, x_star: torch.Tensor) -> dict[float, float]:
+        """{0.0: F_0, 1.0: F_T} where the log's value is F of the model alpha 0 (1) gives:
+        alpha 0 is ``initial``'s parameters and buffers when x0 is its parameters; alpha 1
+        the trained model's when x* is its parameters and F_T was logged at the end of the
+        run (the last epoch end is the last step, not diverged)."""
+        log, known = self.log, {}
+
+        def same(x: torch.Tensor, ps: list[torch.Tensor]) -> bool:  # bit for bit
+            flat = flat_params(ps).detach().cpu()
+            return x.shape == flat.shape and torch.equal(x, flat.to(x.dtype))
+
+        if log.full_loss and same(x0, [p for p in initial.parameters() if p.requires_grad]):
+            known[0.0] = log.full_loss[0]
+        if (log.diverged_step is None and log.epoch_ends and log.epoch_ends[-1] == log.steps
+                and len(log.full_loss) == len(log.epoch_ends) + 1
+                and same(x_star, params)):
+            known[1.0] = log.full_loss[-1]
+        return known
 
 
 def measure(mode: RecordMode, ctx: RunContext, reference: str
@@ -284,6 +312,8 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
                                  options=analysis.AnalysisOptions.from_config(cfg.analysis),
                                  facts=facts, best=best, figures=figures,
                                  tensorboard=tensorboard)
+        if not cfg.record.keep_trajectory:
+            rundir.discard_trajectory(tmp)
     return out, summary
 
 
@@ -324,6 +354,11 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
     if k != old.reference_step and old.source is not None:
         raise UserError(f"{run_dir} was recorded by the {old.source} integration: only "
                         "--reference final (the end of its trajectory) can be analysed")
+    kept = rundir.kept_trajectory(conf)
+    if k != old.reference_step and not kept:
+        raise UserError(f"{run_dir} did not keep its trajectory (record.keep_trajectory: "
+                        f"false): only its own reference (step {old.reference_step}) can be "
+                        "analysed again")
     measured = best = ctx = None
     if k == old.reference_step:
         measured = Measured.from_table(
@@ -332,7 +367,7 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
             # the path and the interpolation depend on x* only
             summary={key: getattr(old, key) for key in ("path_ratio", "mli")
                      if getattr(old, key) is not None})
-    k_best = reference_step(log, "best") if mode.can_reanalyse("best") else None
+    k_best = reference_step(log, "best") if mode.can_reanalyse("best") and kept else None
     if measured is None or k_best not in (None, k):
         cfg = conf.run
         if cfg is None:  # pragma: no cover - integrations refused above

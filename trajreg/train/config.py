@@ -217,13 +217,17 @@ class RecordConfig:
     mode sketch's CountSketch size k (None: the measured default). ``sketch_sample_rate``:
     the exact sample a sketched run checks itself against. ``gradients``: also record
     the minibatch gradient g_t each step's optimizer sees (None: the mode's default,
-    on for sample and sketch, off for store and replay)."""
+    on for sample and sketch, off for store and replay). ``keep_trajectory``: False
+    deletes the mode's files under trajectory/ once the run is measured (before the run
+    directory is finished), for studies of many runs: re-analysis with other eps, delta
+    or window still works from metrics.parquet, another reference point does not."""
 
     mode: str = "store"
     sample_rate: float = 0.05
     sketch_dim: int | None = None
     sketch_sample_rate: float = 0.02
     gradients: bool | None = None
+    keep_trajectory: bool = True
 
     def validate(self) -> None:
         _choice("record.mode", self.mode, RECORD_MODES)
