@@ -16,10 +16,14 @@ ratios of medians, the house style of bench_recording.py; the machine may be sha
 3. ``rss``: peak RSS (``ru_maxrss`` of a fresh child process) of a sample and a sketch
    run at 10 and 40 epochs: memory must not grow with the run length.
 4. ``accuracy``: gamma_hat(eps) from CountSketches of k numbers against the exact value,
-   on store-mode trajectories of the demo MLP (d = 22090) and a wider CNN (width 48,
-   d = 46186), 3 run seeds x 3 hash seeds, for k = 1024 ... 16384. The sketches are
-   the record mode's own (``TorchCountSketch``), D_t and a_t from
-   ``sketch_quantities`` with the exact s_t, b_t exact: what mode sketch reports.
+   on store-mode trajectories of the demo MLP (d = 22090), the mnist1d MLP (d = 39562), a
+   wider CNN (width 48, d = 46186) and ResNet-20 at width 0.25 (d = 17426; mnist5k, 2048
+   images at 16x16), 3 run seeds x 4 hash seeds (the run's own and 11, 12, 13), for
+   k = 1024 ... 16384 below d. The sketches are the record mode's own
+   (``TorchCountSketch``), D_t and a_t from ``sketch_quantities`` with the exact s_t, b_t
+   exact: what mode sketch reports. Then one real sketch-mode run per net and seed at the
+   default k, its gamma_hat(0.05) against the exact value. ``--nets`` picks nets (also
+   ``resnet20-w0.5``, d = 68250, not in the default set).
 
 Exit status 0 unless something crashed.
 """
@@ -41,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +116,6 @@ def stopwatch():
 # ----------------------------------------------------------------------------- part 1
 
 def bench_run(args: argparse.Namespace) -> None:
-    import warnings
-
     from trajreg.run.runner import run
 
     section(f"1. Whole run of the small CNN on digits ({args.epochs} epochs, figures off), "
@@ -230,6 +233,76 @@ def bench_train(args: argparse.Namespace) -> None:
           "waiting for a busy CPU.")
 
 
+# ----------------------------------------------------------------------------- floor
+
+def bench_floor(args: argparse.Namespace) -> None:
+    """What a run measuring b_t at every step cannot avoid: per step the forward pass at
+    x* (``RunContext.step_losses``, inference mode, one minibatch a pass), and once the
+    interpolation's full-loss evaluations (``interpolated_losses``), against what ``off``
+    does (training with F after every epoch). Thread CPU seconds, median over repeats."""
+    import numpy as np
+
+    from trajreg import principle as P
+    from trajreg.record.geometry import MLI_POINTS
+    from trajreg.record.recorder import flat_params
+    from trajreg.run.runner import RunContext
+    from trajreg.train.data import load_data
+    from trajreg.train.loop import batches, build, minibatch_loss, train
+
+    section(f"5. The floor of a run that measures b_t at every step (the CNN, {args.epochs} "
+            f"epochs, thread CPU seconds, median of {args.repeats})")
+    cfg = config(CNN, {"mode": "off"}, args.epochs)
+    data = load_data(cfg.data)
+    parts: dict[str, list[float]] = {k: [] for k in (
+        "forward", "backward", "step", "train_off", "x*_forwards", "mli")}
+    for _ in range(args.repeats):
+        model, opt, sched = build(cfg, data)  # one training pass, phase by phase
+        fw = bw = st = 0.0
+        for step, _, idx in batches(cfg, data):
+            t0 = time.thread_time()
+            loss = minibatch_loss(cfg, model, data, idx, step)
+            loss.item()
+            t1 = time.thread_time()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = time.thread_time()
+            opt.step()
+            sched.step()
+            t3 = time.thread_time()
+            fw, bw, st = fw + t1 - t0, bw + t2 - t1, st + t3 - t2
+        parts["forward"].append(fw)
+        parts["backward"].append(bw)
+        parts["step"].append(st)
+        model, opt, sched = build(cfg, data)  # what mode off does: train() with F_k
+        x0 = flat_params(list(model.parameters())).detach().numpy().astype(np.float64)
+        t0 = time.thread_time()
+        log = train(cfg, data, model, opt, sched, progress=False)
+        parts["train_off"].append(time.thread_time() - t0)
+        x_star = flat_params(list(model.parameters())).detach().numpy().astype(np.float64)
+        with tempfile.TemporaryDirectory(prefix="bench-onepass-floor-") as tmp:
+            ctx = RunContext(cfg, data, log, model, {}, Path(tmp), progress=False)
+            ctx.load(x_star)
+            t0 = time.thread_time()
+            ctx.step_losses(range(log.steps))
+            parts["x*_forwards"].append(time.thread_time() - t0)
+            t0 = time.thread_time()
+            ctx.interpolated_losses(P.mli_alphas(MLI_POINTS), x0, x_star)
+            parts["mli"].append(time.thread_time() - t0)
+    m = {k: med(v) for k, v in parts.items()}
+    train_step = m["forward"] + m["backward"] + m["step"]
+    rows = [[k, f"{v:.3f}"] for k, v in m.items()]
+    table(["part", "thread_cpu_s"], rows)
+    floor_bt = (m["train_off"] + m["x*_forwards"]) / m["train_off"]
+    floor = (m["train_off"] + m["x*_forwards"] + m["mli"]) / m["train_off"]
+    print(f"\n  x* forwards / (forward + backward + step) = {m['x*_forwards'] / train_step:.3f}"
+          f"; training forward / (forward + backward + step) = {m['forward'] / train_step:.3f}")
+    print(f"  floor of a whole run vs off (training with F_k): with b_t at every step "
+          f"{floor_bt:.3f}x, and the interpolation {floor:.3f}x")
+    SUMMARY.append(f"floor      cnn b_t at every step {floor_bt:.3f}x off, with the "
+                   f"interpolation {floor:.3f}x (x* forwards = "
+                   f"{m['x*_forwards'] / train_step:.2f} of a training step's CPU)")
+
+
 # ----------------------------------------------------------------------------- part 3
 
 def child_main(spec: dict) -> None:
@@ -237,8 +310,6 @@ def child_main(spec: dict) -> None:
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    import warnings
-
     from trajreg.run.runner import run
 
     cfg = config(CNN, VARIANTS[spec["variant"]], spec["epochs"])
@@ -284,15 +355,52 @@ def bench_rss(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- part 4
 
-def sketched_gamma(store, T: int, s, b, lrs, window, k: int, hash_seed: int,
+# The nets of the accuracy part: name -> (base config, model overrides, epochs, quick
+# epochs). The demo MLP and the CNN at width 48 are the digits nets of the first table;
+# the mnist1d MLP and ResNet-20 are the activation-mlp and skip-resnet blocks of the quick
+# paper preset (trajreg/study/presets/paper-quick.yaml), with their data and optimizer.
+MNIST1D_MLP = {
+    "seed": 0,
+    "data": {"name": "mnist1d", "batch_size": 32},
+    "model": {"name": "mlp", "depth": 4, "width": 128, "activation": "relu", "norm": "none",
+              "init": "kaiming"},
+    "optim": {"name": "momentum", "lr": 0.01},
+    "train": {"device": "cpu"},
+}
+RESNET20 = {
+    "seed": 0,
+    "data": {"name": "mnist5k", "subset": 2048, "resize": 16, "batch_size": 32},
+    "model": {"name": "resnet", "variant": "resnet20", "width": 0.25, "norm": "batch",
+              "activation": "relu", "init": "kaiming", "skip": True},
+    "optim": {"name": "momentum", "lr": 0.01},
+    "train": {"device": "cpu"},
+}
+ACC_NETS: dict[str, tuple[dict, dict, int, int]] = {
+    "mlp": (MLP, {}, 30, 10),
+    "mnist1d-mlp": (MNIST1D_MLP, {}, 10, 4),
+    "cnn-w48": (CNN, {"width": 48}, 30, 10),
+    "resnet20": (RESNET20, {}, 6, 3),
+    # not in the default set: 4x the parameters (a sketch 8x smaller than x), ~3x the time
+    "resnet20-w0.5": (RESNET20, {"width": 0.5}, 6, 3),
+}
+DEFAULT_NETS = ("mlp", "mnist1d-mlp", "cnn-w48", "resnet20")
+ACC_DIMS = (1024, 2048, 4096, 8192, 16384)
+ACC_EPS = (0.0, 0.05)
+ACC_HASH_SEEDS = (11, 12, 13)  # besides the run's own (the mode's hash_seed(run seed))
+
+
+def sketched_gamma(store, T: int, s, b, lrs, window, k: int, seed: int,
                    eps: tuple[float, ...]) -> dict[float, float]:
+    """gamma_hat(eps) on ``window`` from CountSketches S x_t (k numbers, hash ``seed``) of
+    the stored iterates: the mode's own ``TorchCountSketch`` and ``sketch_quantities``
+    with the exact s_t, b_t exact, as mode sketch computes them."""
     import numpy as np
     import torch
 
     from trajreg.principle import default_delta, gamma_hat, sketch_quantities
     from trajreg.record.modes.sketch import TorchCountSketch
 
-    cs = TorchCountSketch(store.d, k, hash_seed)
+    cs = TorchCountSketch(store.d, k, seed)
     sk = np.empty((T + 1, k))
     for t0, xs in store.blocks(T, block_rows=64):
         for i, row in enumerate(xs):
@@ -303,54 +411,103 @@ def sketched_gamma(store, T: int, s, b, lrs, window, k: int, hash_seed: int,
     return {e: gamma_hat(q.a[lo:hi], b[lo:hi], s[lo:hi], delta[lo:hi], e) for e in eps}
 
 
+def _rel(got: float, exact: float) -> float:
+    """|got / exact - 1|; nan where the exact value is 0 or not finite."""
+    return abs(got / exact - 1.0) if exact != 0.0 and math.isfinite(exact) else math.nan
+
+
 def bench_accuracy(args: argparse.Namespace) -> None:
+    """For each net and run seed: one store-mode run (the exact gamma_hat), the sketch's
+    gamma_hat for every k and hash seed computed from the stored iterates (no retraining),
+    and one real sketch-mode run at the default k whose gamma_hat is compared with the
+    exact value (it trains the same trajectory: the recorder does not touch training)."""
     import numpy as np
     import pandas as pd
 
+    from trajreg.record.modes.sketch import DEFAULT_DIM, hash_seed
     from trajreg.record.store import TrajectoryStore
     from trajreg.run.runner import run
 
-    dims = (1024, 2048, 4096, 8192, 16384)
-    eps = (0.0, 0.05)
     seeds = (0, 1, 2) if not args.quick else (0,)
-    hash_seeds = (11, 12, 13) if not args.quick else (11,)
+    nets = args.nets or list(DEFAULT_NETS)
     section(f"4. Sketch accuracy: |gamma_hat_sketch / gamma_hat_exact - 1| over run seeds "
-            f"{seeds} x hash seeds {hash_seeds}, {args.acc_epochs} epochs, store-mode runs")
-    models = {"mlp d=22090": (MLP, {}), "cnn w48 d=46186": (CNN, {"width": 48})}
+            f"{seeds} x hash seeds (the run's own, {', '.join(map(str, ACC_HASH_SEEDS))}); "
+            f"store-mode runs, nets {', '.join(nets)}")
     errs: dict[tuple[str, int, float], list[float]] = {}
-    for name, (raw, over) in models.items():
+    real: dict[str, list[tuple[int, float, float, float]]] = {}  # net -> (seed, exact, got, own)
+    dims: dict[str, int] = {}
+    for name in nets:
+        raw, over, epochs, quick_epochs = ACC_NETS[name]
+        epochs = quick_epochs if args.quick else epochs
         for seed in seeds:
             with tempfile.TemporaryDirectory(prefix="bench-onepass-acc-") as parent:
                 try:
-                    out, summ = run(config(raw, {"mode": "store"}, args.acc_epochs, seed, **over),
-                                    Path(parent) / "run", figures=False, progress=False)
+                    t0 = time.perf_counter()
+                    out, summ = run(config(raw, {"mode": "store"}, epochs, seed, **over),
+                                    Path(parent) / "store", figures=False, progress=False)
+                    t_store = time.perf_counter() - t0
                     table_ = pd.read_parquet(out / "metrics.parquet")
                     store = TrajectoryStore(out / "trajectory")
+                    dims[name] = store.d
                     T = summ.n_steps
                     s, b = table_["s"].to_numpy(), table_["b"].to_numpy()
                     lrs = table_["lr"].to_numpy()
-                    for k in dims:
-                        for h in hash_seeds:
-                            got = sketched_gamma(store, T, s, b, lrs, summ.window, k, h, eps)
-                            for e in eps:
-                                exact = summ.gamma_hat[str(e)]
+                    own = hash_seed(seed)  # what a sketch-mode run of this seed hashes with
+                    own_default = math.nan
+                    for k in ACC_DIMS:
+                        if k >= store.d:
+                            continue  # the mode keeps x itself (S = I): exact
+                        for h in (own, *ACC_HASH_SEEDS):
+                            got = sketched_gamma(store, T, s, b, lrs, summ.window, k, h,
+                                                 ACC_EPS)
+                            for e in ACC_EPS:
                                 errs.setdefault((name, k, e), []).append(
-                                    abs(got[e] / exact - 1.0))
-                    print(f"  [{name} seed {seed}] T={T} window={summ.window} exact "
-                          + ", ".join(f"gamma_hat({e})={summ.gamma_hat[str(e)]:.4g}"
-                                      for e in eps), flush=True)
+                                    _rel(got[e], summ.gamma_hat[str(e)]))
+                            if k == DEFAULT_DIM and h == own:
+                                own_default = got[0.05]
+                    shutil.rmtree(out / "trajectory")  # the disk for the sketch run
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        _, sk = run(config(raw, {"mode": "sketch"}, epochs, seed, **over),
+                                    Path(parent) / "sketch", figures=False, progress=False)
+                    t_sketch = time.perf_counter() - t0
+                    exact = summ.gamma_hat["0.05"]
+                    real.setdefault(name, []).append((seed, exact, sk.gamma_hat["0.05"],
+                                                      own_default))
+                    print(f"  [{name} d={store.d} seed {seed}] T={T} window={summ.window} "
+                          f"n_params={summ.n_params} exact gamma_hat(0.05)={exact:.4g} "
+                          f"gamma_hat(0)={summ.gamma_hat['0.0']:.4g}; sketch run "
+                          f"gamma_hat(0.05)={sk.gamma_hat['0.05']:.4g} (sketch_error "
+                          f"a_median_rel={sk.sketch_error['a_median_rel']:.3g}, n="
+                          f"{sk.sketch_error['n']}); store run {t_store:.1f}s, sketch run "
+                          f"{t_sketch:.1f}s", flush=True)
                 except Exception:
                     print(f"  [{name} seed {seed}] CRASHED: {crash('accuracy ' + name)}")
     rows = []
-    for (name, k, e), v in sorted(errs.items()):
-        rows.append([name, k, e, f"{100 * np.median(v):.1f}%", f"{100 * np.max(v):.1f}%",
-                     f"{np.mean(np.asarray(v) <= 0.10):.2f}"])
+    for (name, k, e), v in sorted(errs.items(), key=lambda kv: (nets.index(kv[0][0]),
+                                                                  kv[0][1], kv[0][2])):
+        arr = np.asarray(v)
+        rows.append([name, dims.get(name, "?"), k, e, f"{100 * np.nanmedian(arr):.1f}%",
+                     f"{100 * np.nanmax(arr):.1f}%", f"{int(np.sum(arr <= 0.10))} of {len(arr)}"])
     print()
-    table(["model", "k", "eps", "median_rel_err", "max_rel_err", "share_within_10%"], rows)
+    table(["net", "d", "k", "eps", "median_rel_err", "max_rel_err", "within_10%"], rows)
+    print()
+    rows = []
+    for name, cases in real.items():
+        for seed, exact, got, own in cases:
+            rows.append([name, seed, f"{exact:.4g}", f"{got:.4g}",
+                         f"{100 * _rel(got, exact):.1f}%", f"{own:.4g}"])
+            SUMMARY.append(f"accuracy   {name:<12} seed {seed} sketch run (k={DEFAULT_DIM}) "
+                           f"gamma_hat(0.05) rel err {100 * _rel(got, exact):.1f}%")
+    table(["net", "seed", "exact_gamma_hat(0.05)", "sketch_run_gamma_hat(0.05)", "rel_err",
+           "offline_same_hash"], rows)
+    print("  offline_same_hash: the offline estimate with the sketch run's own hash seed (equal "
+          "to the run's up to the\n  float64 rounding of s_t, which the run sums in torch)")
     for (name, k, e), v in sorted(errs.items()):
-        if e == 0.05:
-            SUMMARY.append(f"accuracy   {name:<16} k={k:<6} gamma_hat(0.05) max rel err "
-                           f"{100 * max(v):.1f}%")
+        if e == 0.05 and k == DEFAULT_DIM:
+            SUMMARY.append(f"accuracy   {name:<12} k={k:<6} gamma_hat(0.05) max rel err "
+                           f"{100 * np.nanmax(v):.1f}% over {len(v)}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -360,7 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only", choices=("run", "train", "rss", "accuracy"), action="append")
+    p.add_argument("--only", choices=("run", "train", "floor", "rss", "accuracy"),
+                   action="append")
+    p.add_argument("--nets", choices=tuple(ACC_NETS), action="append",
+                   help="accuracy: these nets (default: " + ", ".join(DEFAULT_NETS) + ")")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -372,13 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.epochs = 5 if args.quick else 30
-    args.acc_epochs = 10 if args.quick else 30
     t0 = time.perf_counter()
     print(f"trajreg one-pass benchmark: python {platform.python_version()}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, cpus {os.cpu_count()}, "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    parts = args.only or ["run", "train", "rss", "accuracy"]
-    for part, fn in (("run", bench_run), ("train", bench_train), ("rss", bench_rss),
+    parts = args.only or ["run", "train", "floor", "rss", "accuracy"]
+    for part, fn in (("run", bench_run), ("train", bench_train), ("floor", bench_floor),
+                     ("rss", bench_rss),
                      ("accuracy", bench_accuracy)):
         if part in parts:
             fn(args)
