@@ -121,7 +121,12 @@ class RunContext:
             return log.full_loss[log.epoch_ends.index(k) + 1]
         if k == 0:
             return log.full_loss[0]
-        return full_loss(self.cfg, data=self.data, model=self.star)
+        return self.full_loss_of(self.star)
+
+    def full_loss_of(self, model: torch.nn.Module) -> float:
+        """F of ``model`` evaluated as training evaluated F_k (``full_loss``); a
+        distributed run's context evaluates it as its ranks did."""
+        return full_loss(self.cfg, data=self.data, model=model)
 
     def replay(self, k: int) -> Measured:
         return measure_replay(self.cfg, self.data, self.log, self.final_state, k, self.progress)
@@ -154,7 +159,7 @@ class RunContext:
             for name, buf in model.named_buffers():
                 if buf.is_floating_point() and name in start:
                     buf.copy_(interpolate(alpha, start[name], end[name]).to(buf.dtype))
-            out.append(full_loss(self.cfg, data=self.data, model=model))
+            out.append(self.full_loss_of(model))
         return np.asarray(out, dtype=np.float64)
 
     def _logged_ends(self, initial: torch.nn.Module, params: list[torch.Tensor],
