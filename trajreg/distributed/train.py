@@ -16,7 +16,6 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,11 +24,11 @@ from trajreg.train.data import Dataset
 from trajreg.train.loop import (
     Scheduler,
     TrainLog,
-    batches,
     build,
     minibatch_loss,
     steps_per_epoch,
     total_steps,
+    train,
 )
 from trajreg.train.optim import build_optimizer, build_scheduler
 
@@ -148,33 +147,13 @@ def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
     numbers: l_t(x_t) is the mean of the ranks' part means (the global batch's mean), F_k
     the summed losses over the ranks' parts of the training set; so every rank stops at
     the same step on a non-finite loss. ``eval_full=False`` skips F_k (benchmarks)."""
-    log = TrainLog()
-    if eval_full:
-        log.full_loss.append(full_loss(cfg, model, data, rank, world))
-    per_epoch = steps_per_epoch(cfg, data)
-    for step, epoch, idx in batches(cfg, data):
+    def step_loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
         loss = minibatch_loss(cfg, model, data, part_of(idx, rank, world), step)
-        value = mean_over_ranks(loss, world)
-        if not np.isfinite(value):
-            log.diverged_step = step
-            break
-        log.loss.append(value)
-        log.epoch.append(epoch)
-        log.lr.append(float(optimizer.param_groups[0]["lr"]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if (step + 1) % per_epoch == 0:
-            log.epoch_ends.append(step + 1)
-            if eval_full:
-                log.full_loss.append(full_loss(cfg, model, data, rank, world))
-            if eval_full and not np.isfinite(log.full_loss[-1]):
-                log.diverged_step = step + 1
-                break
-            if on_epoch is not None:
-                on_epoch(epoch)
-    return log
+        return loss, mean_over_ranks(loss, world)
+
+    return train(cfg, data, model, optimizer, scheduler, eval_full=eval_full, progress=False,
+                 on_epoch=on_epoch, step_loss=step_loss,
+                 evaluate=lambda: full_loss(cfg, model, data, rank, world))
 
 
 def full_state(model: torch.nn.Module, strategy: str, rank: int) -> dict[str, torch.Tensor]:

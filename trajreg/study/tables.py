@@ -503,8 +503,8 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
             "runs_not_trained": " ".join(r for _, rs in g.not_trained for r in rs.split()),
             **{key: value for short, evaluations in geometry.items()
                for key, value in _geometry_row(short, evaluations[i]).items()},
-            "mli_monotone_with": _fraction(rv, c, 1, "mli_monotone"),
-            "mli_monotone_without": _fraction(rv, c, 2, "mli_monotone"),
+            "mli_monotone_with": _fraction(rv, [p[1] for p in c.pairs], "mli_monotone"),
+            "mli_monotone_without": _fraction(rv, [p[2] for p in c.pairs], "mli_monotone"),
         })
     return pd.DataFrame(rows, columns=TECHNIQUE_COLUMNS)
 
@@ -516,10 +516,10 @@ def _geometry_row(short: str, m: Evaluation) -> dict[str, Any]:
             f"outcome_{short}": m.outcome}
 
 
-def _fraction(rv: RunValues, c: Comparison, side: int, column: str) -> float:
-    """The fraction of the trained runs on one side of the pairs (1: with, 2: without)
-    where ``column`` is true; nan where no trained run has a value."""
-    values = [rv.get(p[side], column) for p in c.pairs if rv.trained(p[side])]
+def _fraction(rv: RunValues, run_ids: list[str], column: str) -> float:
+    """The fraction of the trained runs among ``run_ids`` where ``column`` is true; nan
+    where no trained run has a value."""
+    values = [rv.get(rid, column) for rid in run_ids if rv.trained(rid)]
     known = [v for v in values if math.isfinite(v)]
     return float(np.mean(known)) if known else math.nan
 

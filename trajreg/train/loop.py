@@ -173,26 +173,37 @@ def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
           optimizer: torch.optim.Optimizer, scheduler: Scheduler, *, max_steps: int | None = None,
           star_model: torch.nn.Module | None = None, eval_full: bool = True,
           desc: str = "train", progress: bool | None = None,
-          on_epoch: Callable[[int], None] | None = None) -> TrainLog:
+          on_epoch: Callable[[int], None] | None = None,
+          step_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, float]] | None = None,
+          evaluate: Callable[[], float] | None = None) -> TrainLog:
     """Train ``model`` for ``cfg.train.epochs`` (or ``max_steps``) and log every step.
 
     With ``star_model`` (a copy holding x*), each step's minibatch loss at x* is
     logged too, with the step's own batch, mode and random state. A non-finite loss
     stops training before the step is taken, with ``diverged_step`` set.
     ``progress``: show a tqdm bar (None: only on a terminal); ``on_epoch(epoch)`` is
-    called after each epoch (studies report progress through it).
+    called after each epoch (studies report progress through it). ``step_loss(idx,
+    step)`` (the loss to differentiate and the value logged as l_t) and ``evaluate()``
+    (F_k) replace the single-process ones: a distributed rank differentiates its part
+    of the batch and logs the global batch's loss (``trajreg.distributed.train``).
     """
+    if step_loss is None:
+        def step_loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+            loss = minibatch_loss(cfg, model, data, idx, step)
+            return loss, loss.item()
+    if evaluate is None:
+        def evaluate() -> float:
+            return full_loss(cfg, model, data)
     log = TrainLog()
     if eval_full:
-        log.full_loss.append(full_loss(cfg, model, data))
+        log.full_loss.append(evaluate())
     stop = total_steps(cfg, data) if max_steps is None else max_steps
     bar = tqdm(total=stop, desc=desc, disable=None if progress is None else not progress,
                leave=False)
     for step, epoch, idx in batches(cfg, data):
         if step >= stop:
             break
-        loss = minibatch_loss(cfg, model, data, idx, step)
-        value = loss.item()
+        loss, value = step_loss(idx, step)
         if not np.isfinite(value):
             log.diverged_step = step
             break
@@ -210,7 +221,7 @@ def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
         if (step + 1) % steps_per_epoch(cfg, data) == 0:
             log.epoch_ends.append(step + 1)
             if eval_full:
-                log.full_loss.append(full_loss(cfg, model, data))
+                log.full_loss.append(evaluate())
                 bar.set_postfix(epoch=epoch, loss=f"{log.full_loss[-1]:.4g}")
                 if not np.isfinite(log.full_loss[-1]):  # F_k diverged: stop here too
                     log.diverged_step = step + 1
