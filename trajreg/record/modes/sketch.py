@@ -41,6 +41,7 @@ from trajreg.principle.sketch import STREAM_BUCKET, STREAM_SIGN
 from trajreg.record.geometry import (
     SquaredNorms,
     StagedRows,
+    block_rows,
     endpoint_summary,
     read_step_norms,
     stream_gradient_quantities,
@@ -205,7 +206,9 @@ class SketchMode(SampleMode):
         if not self.identity:
             self.sketch = self.count_sketch(d, device)
         self._lr_prev = math.nan
-        # s_t = ||x_t - x_{t+1}||^2 / eta_t^2, in float64 (exact from float32 rows)
+        self._dir = Path(directory)
+        # s_t = ||x_t - x_{t+1}||^2 / eta_t^2, in float64 (exact from float32 rows); with
+        # S = I after training (``_norms_from_rows``), else online
         self._snorms = SquaredNorms(Path(directory) / S_FILE, d, device, scratch=self._diff)
         self._staged = device.type != "cpu" if self.stage is None else self.stage
         # S = I keeps x_t in the params' precision, as store mode does
@@ -257,7 +260,8 @@ class SketchMode(SampleMode):
         x = self._bufs[step % 2]
         rec.flat(out=x)
         self._sample_rows(step, lr, x)
-        self._snorms.push_next(x, self._lr_prev)  # s_{t-1} from x_{t-1} and x_t (t > 0)
+        if not self.identity:  # s_{t-1} from x_{t-1} and x_t (t > 0)
+            self._snorms.push_next(x, self._lr_prev)
         self._push_sketch(x, lr)
         self._lr_prev = lr
         if self._gstage is not None:
@@ -275,12 +279,35 @@ class SketchMode(SampleMode):
                 assert self.sketch is not None
                 g = rec.grad_flat(out=self._g)
                 self.sketch(g, out=row)
-            self._gnorms.push(g)
+                self._gnorms.push(g)  # S = I: from the rows at close
             if kept:
                 writer.write_grad(g)
             return row
 
         self._gstage.push(fill, lr)
+
+    def _norms_from_rows(self, T: int) -> None:
+        """S = I: s_t and ||g_t||^2 from the kept rows, which are x_t and g_t themselves,
+        once training is over, instead of in every step's hooks: the same float64
+        operations (``SquaredNorms``, on the same device and scratch vector) on the same
+        values, so the same bits. (Measured on the small CNN: the hooks' time a step fell
+        by about 100 us and closing took about 60 us a step more.)"""
+        assert self._snorms is not None and self._diff is not None
+        device = self._diff.device
+        xs = TrajectoryStore(self._dir / SKETCHES)
+        lrs = xs.lrs
+        n = block_rows(xs.d)
+        for t0 in range(0, T + 1, n):
+            for i, row in enumerate(xs.read(t0, min(T + 1, t0 + n))):
+                t = t0 + i  # x_t: s_{t-1} from x_{t-1} and x_t
+                self._snorms.push_next(torch.from_numpy(row).to(device),
+                                       float(lrs[t - 1]) if t > 0 else None)
+        if self._gstage is None:
+            return
+        gs = TrajectoryStore(self._dir / GRAD_SKETCHES)
+        for t0 in range(0, T, n):
+            for row in gs.read(t0, min(T, t0 + n)):
+                self._gnorms.push(torch.from_numpy(row).to(device))
 
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
@@ -291,16 +318,20 @@ class SketchMode(SampleMode):
         rec.flat(out=x_end)
         if T >= 1:
             x_last = self._bufs[(T - 1) % 2]
-            self._snorms.push_next(x_end, self._lr_prev)
+            if not self.identity:
+                self._snorms.push_next(x_end, self._lr_prev)
             self.writer.write(T - 1, x_last)
         self.writer.write(T, x_end)
         self._push_sketch(x_end, None)
         if self._staged:
             self._flush_sketches()
-        self._snorms.close()
         self.sketches.close()
         if self._gstage is not None:
             self._gstage.close()
+        if self.identity:
+            self._norms_from_rows(T)
+        self._snorms.close()
+        if self._gstage is not None:
             self._gnorms.close()
             self._g = None
         self.writer.close(T, {**self._meta(), "sketch_dim": self.k, "identity": self.identity,
