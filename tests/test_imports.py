@@ -19,3 +19,15 @@ def test_package_entry_is_lazy_and_exports_resolve():
          "assert trajreg.__version__; "
          "names = [getattr(trajreg, n) for n in trajreg.__all__]; "
          "assert 'torch' in sys.modules and all(names)")
+
+
+def test_the_study_command_loads_the_report_libraries_only_to_report():
+    """``trajreg study`` checks a study file and its options before it loads scipy and
+    matplotlib (the report's), and ``trajreg.run.summary`` (read by studies) needs no
+    runner; the lazy entries still resolve."""
+    _run("import trajreg.study.cli, trajreg.run.summary, sys; "
+         "heavy = [m for m in ('scipy', 'matplotlib', 'trajreg.run.runner') "
+         "if m in sys.modules]; assert not heavy, heavy; "
+         "import trajreg.study, trajreg.run; "
+         "assert all(getattr(trajreg.study, n) for n in trajreg.study.__all__); "
+         "assert trajreg.run.run and trajreg.run.analyze")

@@ -38,12 +38,20 @@ def test_no_upward_imports():
             assert not dep.startswith(("trajreg.cli", "trajreg.integrations")), (name, dep)
 
 
+# imported inside a function on purpose: the report's libraries (scipy, matplotlib) and
+# torch load only when a study runs or reports (tests/test_imports.py); still in the graph
+DEFERRED = {("trajreg.study.cli", "trajreg.study.execute"),
+            ("trajreg.study.cli", "trajreg.study.report"),
+            ("trajreg.study.execute", "trajreg.study.report")}
+
+
 def test_study_modules_import_each_other_at_the_top_and_form_no_cycle():
     graph = {}
     for name, deps in modules().items():
         inner = [(d, top) for d, top in deps if d.startswith("trajreg.study.")]
         for dep, top in inner:
-            assert top, f"{name} imports {dep} inside a function (a hidden cycle?)"
+            assert top or (name, dep) in DEFERRED, (
+                f"{name} imports {dep} inside a function (a hidden cycle?)")
         graph[name] = {d for d, _ in inner if d in modules()}
     state: dict[str, int] = {}
 

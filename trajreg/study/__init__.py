@@ -17,9 +17,24 @@ executed resumably (serially, in local processes or on Dask) and reported.
 
 from __future__ import annotations
 
-from trajreg.study.execute import StudyResult, run_study
-from trajreg.study.report import write_report
-from trajreg.study.spec import PRESETS, Study, load_study, load_study_dir, preset_path
+import importlib
+from typing import Any
 
-__all__ = ["PRESETS", "Study", "StudyResult", "load_study", "load_study_dir", "preset_path",
-           "run_study", "write_report"]
+# lazy (PEP 562): the CLI checks a study file without loading torch, scipy or matplotlib
+_EXPORTS = {"PRESETS": "trajreg.study.spec", "Study": "trajreg.study.spec",
+            "StudyResult": "trajreg.study.execute", "load_study": "trajreg.study.spec",
+            "load_study_dir": "trajreg.study.spec", "preset_path": "trajreg.study.spec",
+            "run_study": "trajreg.study.execute", "write_report": "trajreg.study.report"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trajreg.study' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from trajreg.errors import UserError
-from trajreg.study.execute import run_study
-from trajreg.study.report import write_report
 from trajreg.study.spec import load_study, load_study_dir, preset_path, with_data_root
 from trajreg.train.config import read_yaml
 
@@ -58,6 +56,8 @@ def run_study_command(args: argparse.Namespace) -> int:
         raw = with_data_root(raw, args.data_root)
     study = load_study(raw)
     out = Path(args.out) if args.out else Path("studies") / Path(source).stem
+    from trajreg.study.execute import run_study  # torch and the report's libraries
+
     result = run_study(study, out, executor=args.executor, jobs=args.jobs,
                        retry_failed=args.retry_failed, force=args.force)
     print(f"{len(result.done)} of {result.total} runs finished, {len(result.failed)} failed "
@@ -81,6 +81,8 @@ def run_study_command(args: argparse.Namespace) -> int:
 
 def run_report_command(args: argparse.Namespace) -> int:
     """``trajreg report``: write the report of a study directory again."""
+    from trajreg.study.report import write_report
+
     study_dir = Path(args.study_dir)
     paths = write_report(study_dir, load_study_dir(study_dir))
     print(f"report: {paths['report']}")

@@ -43,7 +43,6 @@ from trajreg.study.layout import (
     runs_dir,
     write_study_file,
 )
-from trajreg.study.report import write_report
 from trajreg.study.spec import Study, load_study
 
 
@@ -248,5 +247,7 @@ def _run_study(study: Study, study_dir: Path, pool: Executor, retry_failed: bool
         display.close()
     clean_partials(study_dir)  # the progress files; no partial run is left by now
     if report:
+        from trajreg.study.report import write_report  # scipy, matplotlib: at the end only
+
         result.report = write_report(study_dir, study)
     return result
