@@ -23,11 +23,15 @@ demo: $(STAMP)
 demo-mlp: $(STAMP)
 	$(PY) -m trajreg.demo --out demo-out/mlp
 
+# Two workers (pytest-xdist), one per core, each on one thread (tests/conftest.py); a
+# test file stays on one worker, so its module fixtures are built once.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q trajreg tests
+	$(PYTEST) trajreg tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" trajreg tests
+	$(PYTEST) -m "not slow" trajreg tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
