@@ -56,6 +56,7 @@ from trajreg.record.geometry import (
     GRADIENTS,
     block_rows,
     endpoint_summary,
+    measured_every_step,
     read_step_norms,
     stream_gradient_quantities,
 )
@@ -260,13 +261,8 @@ def measure_shards(ctx: MeasureContext, k: int) -> Measured:
             g_dot += part[0]
             g_norm2 += part[1]
         columns = {"g_dot": g_dot, "g_norm2": g_norm2}
-    x_star = sharded.row(k)
-    ctx.load(x_star)
-    loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
-    return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr, loss_star=loss_star,
-                    f_star=f_star, reference_step=k, columns=columns,
-                    summary=endpoint_summary(ctx, k, sharded.row(0), x_star,
-                                             lr * np.sqrt(s)))
+    return measured_every_step(ctx, k, D=D, a=a, s=s, lr=lr, columns=columns,
+                               x0=sharded.row(0), x_star=sharded.row(k))
 
 
 class ShardedStoreMode(StoreMode):

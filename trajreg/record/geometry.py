@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from trajreg import principle as P
+from trajreg.record.measured import Measured
 from trajreg.record.store import TrajectoryStore
 
 GRADIENTS = "grad"  # store mode: trajectory/grad/, a trajectory store of g_0 .. g_{T-1}
@@ -185,6 +186,20 @@ def endpoint_summary(ctx: Any, k: int, x0: np.ndarray, x_star: np.ndarray,
         out["mli"] = {"alpha": alphas.tolist(), "loss": losses.tolist(),
                       "monotone": bool(m.monotone), "max_bump": m.max_bump}
     return out
+
+
+def measured_every_step(ctx: Any, k: int, *, D: np.ndarray, a: np.ndarray, s: np.ndarray,
+                        lr: np.ndarray, columns: dict, x0: np.ndarray,
+                        x_star: np.ndarray) -> Measured:
+    """The ``Measured`` of a mode that has D, a, s of every step 0..T-1 against x* = x_k:
+    loads x* into the context, adds l_t(x*) of every step and F(x*), and the endpoint
+    summary (path ratio from ||u_t|| = eta_t sqrt(s_t), the interpolation)."""
+    T = len(D)
+    ctx.load(x_star)
+    loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
+    return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr, loss_star=loss_star,
+                    f_star=f_star, reference_step=k, columns=columns,
+                    summary=endpoint_summary(ctx, k, x0, x_star, lr * np.sqrt(s)))
 
 
 def interpolate(alpha: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from trajreg.record.geometry import (
     SquaredNorms,
     StagedRows,
     block_rows,
-    endpoint_summary,
+    measured_every_step,
     read_step_norms,
     stream_gradient_quantities,
 )
@@ -376,9 +376,5 @@ class SketchMode(SampleMode):
                 if "g_dot_exact" in columns and sample.gradients:
                     columns["g_dot_exact"][t] = gradient_quantities(
                         sample.row(t)[None], sample.grad(t)[None], x_star).g_dot[0]
-        ctx.load(x_star)
-        loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
-        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
-                        f_star=f_star, reference_step=k, columns=columns,
-                        summary=endpoint_summary(ctx, k, sample.row(0), x_star,
-                                                 lrs * np.sqrt(s)))
+        return measured_every_step(ctx, k, D=D, a=a, s=s, lr=lrs, columns=columns,
+                                   x0=sample.row(0), x_star=x_star)

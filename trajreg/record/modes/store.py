@@ -17,7 +17,11 @@ import numpy as np
 import torch
 
 from trajreg.principle import trajectory_quantities
-from trajreg.record.geometry import GRADIENTS, endpoint_summary, stream_gradient_quantities
+from trajreg.record.geometry import (
+    GRADIENTS,
+    measured_every_step,
+    stream_gradient_quantities,
+)
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext, RecordMode
 from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter
@@ -102,9 +106,5 @@ class StoreMode(RecordMode):
         if (grads / SIDECAR).is_file():  # recorded with gradients
             columns["g_dot"], columns["g_norm2"] = stream_gradient_quantities(
                 store, TrajectoryStore(grads), T, x_star.astype(np.float64))
-        ctx.load(x_star)
-        loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
-        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lr, loss_star=loss_star,
-                        f_star=f_star, reference_step=k, columns=columns,
-                        summary=endpoint_summary(ctx, k, store.row(0), x_star,
-                                                 lr * np.sqrt(s)))
+        return measured_every_step(ctx, k, D=D, a=a, s=s, lr=lr, columns=columns,
+                                   x0=store.row(0), x_star=x_star)
