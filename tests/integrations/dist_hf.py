@@ -31,24 +31,9 @@ def main() -> int:
 
     torch.set_num_threads(1)
     import transformers
+    from hf_fixtures import Tokens, tiny_gpt2  # beside this script
 
     from trajreg.integrations.huggingface import RegularityCallback
-
-    class Tokens(torch.utils.data.Dataset):
-        """Sequences of a simple rule (next token = token + 1 mod vocab) with noise."""
-
-        def __init__(self, n=128, length=12, vocab=50):
-            g = torch.Generator().manual_seed(0)
-            start = torch.randint(0, vocab, (n, 1), generator=g)
-            self.ids = (start + torch.arange(length)) % vocab
-            flip = torch.rand(n, length, generator=g) < 0.1
-            self.ids[flip] = torch.randint(0, vocab, (int(flip.sum()),), generator=g)
-
-        def __len__(self):
-            return len(self.ids)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
     class Fail(transformers.TrainerCallback):
         def on_step_begin(self, args_, state, control, **kwargs):
@@ -61,10 +46,7 @@ def main() -> int:
         if module.training and torch.is_grad_enabled():
             losses.append(float(output.loss.detach()))
 
-    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2,
-                                     n_head=2, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config)
+    model = tiny_gpt2()
     model.register_forward_hook(keep_loss)
     targs = transformers.TrainingArguments(
         output_dir=str(status / "hf"), per_device_train_batch_size=8,
@@ -73,7 +55,7 @@ def main() -> int:
         save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
         disable_tqdm=True, ddp_backend="gloo")
     cb = RegularityCallback(args.out, figures=False, timeout=60)
-    trainer = transformers.Trainer(model=model, args=targs, train_dataset=Tokens(),
+    trainer = transformers.Trainer(model=model, args=targs, train_dataset=Tokens(n=128),
                                    callbacks=[cb, Fail()])
     try:
         trainer.train()

@@ -5,39 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests.integrations.hf_fixtures import Tokens, tiny_gpt2  # noqa: E402
 from trajreg.integrations.huggingface import RegularityCallback  # noqa: E402
 from trajreg.run import analyze  # noqa: E402
 from trajreg.run.summary import read_summary  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-class Tokens(torch.utils.data.Dataset):
-    """Sequences of a simple rule (next token = token + 1 mod vocab) with noise."""
-
-    def __init__(self, n=96, length=12, vocab=50, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        start = torch.randint(0, vocab, (n, 1), generator=g)
-        self.ids = (start + torch.arange(length)) % vocab
-        flip = torch.rand(n, length, generator=g) < 0.1
-        self.ids[flip] = torch.randint(0, vocab, (int(flip.sum()),), generator=g)
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.ids[i]}
-
-
-def tiny_gpt2():
-    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2,
-                                     n_head=2, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(config)
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.linear_loop import linear_problem, mse, train_with_session
 from trajreg.run import analyze
 
 pytestmark = pytest.mark.slow
@@ -42,33 +43,13 @@ def test_core_imports_no_framework():
 
 
 def test_session_marks_a_diverged_loop_and_measures_up_to_it(tmp_path):
-    import torch
 
     from trajreg.integrations import RegularitySession
 
-    torch.manual_seed(0)
-    x, y = torch.randn(64, 4), torch.randn(64, 1)
-    model = torch.nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def loss_fn(m, batch):
-        return torch.nn.functional.mse_loss(m(batch[0]), batch[1])
-
+    model, opt, batch = linear_problem(lr=0.01)
     session = RegularitySession(tmp_path / "run", source="plain", figures=False)
-    session.start(model, opt)
-    for step in range(12):
-        if step == 5:  # blow up: the loss of step 7 is no longer finite
-            for g in opt.param_groups:
-                g["lr"] = 1e30
-        session.before_batch()
-        loss = loss_fn(model, (x, y))
-        session.after_batch((x, y), loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 4 == 3:
-            session.end_epoch()
-    summary = session.finish(model, loss_fn)
+    train_with_session(session, model, opt, batch, 12, blow_up_at=5)  # step 7's loss: inf
+    summary = session.finish(model, mse)
     assert summary.diverged and summary.n_steps == summary.diverged_step >= 6
     table = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     assert np.isfinite(table["D"]).all() and len(table) == summary.diverged_step

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from tests.conftest import tiny
+from tests.linear_loop import linear_problem, mse, train_with_session
 from trajreg.atomic import read_json
 from trajreg.errors import ConfigError
 from trajreg.principle import trajectory_quantities
@@ -274,31 +275,12 @@ def test_an_iterate_not_kept_is_refused_unless_the_run_diverged(tmp_path, one_th
 def test_session_sample_measures_a_diverged_loop_up_to_it(tmp_path):
     from trajreg.integrations import RegularitySession
 
-    torch.manual_seed(0)
-    x, y = torch.randn(64, 4), torch.randn(64, 1)
-    model = torch.nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def loss_fn(m, batch):
-        return torch.nn.functional.mse_loss(m(batch[0]), batch[1])
-
+    model, opt, batch = linear_problem(lr=0.01)
     session = RegularitySession(tmp_path / "run", source="plain", figures=False,
                                 mode=SampleMode(rate=0.5, seed=0))
-    session.start(model, opt)
-    for step in range(12):
-        if step == 5:
-            for g in opt.param_groups:
-                g["lr"] = 1e30
-        session.before_batch()
-        loss = loss_fn(model, (x, y))
-        session.after_batch((x, y), loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 4 == 3:
-            session.end_epoch()
+    train_with_session(session, model, opt, batch, 12, blow_up_at=5)
     with pytest.warns(UserWarning):
-        summary = session.finish(model, loss_fn)
+        summary = session.finish(model, mse)
     assert summary.diverged and summary.reference_step <= summary.diverged_step
     table = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     assert np.isfinite(table["D"]).all() and (table["step"] < summary.diverged_step).all()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny
+from tests.linear_loop import linear_problem, mse, train_with_session
 from trajreg import principle as P
 from trajreg.record import TrajectoryStore
 from trajreg.record.geometry import GRADIENTS
@@ -215,28 +216,15 @@ def test_session_measures_the_path_and_its_own_interpolation(tmp_path):
     same mean at x_0), and the path ratio is exact."""
     from trajreg.integrations import RegularitySession
 
-    torch.manual_seed(0)
-    x, y = torch.randn(64, 4), torch.randn(64, 1)
-    model = torch.nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-
-    def loss_fn(m, batch):
-        return torch.nn.functional.mse_loss(m(batch[0]), batch[1])
-
+    model, opt, batch = linear_problem(lr=0.05)
     session = RegularitySession(tmp_path / "run", source="plain", figures=False, mode="sketch")
-    session.start(model, opt)
-    xs = [torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])]
-    for step in range(8):
-        session.before_batch()
-        loss = loss_fn(model, (x, y))
-        session.after_batch((x, y), loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        xs.append(torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]))
-        if step % 4 == 3:
-            session.end_epoch()
-    summary = session.finish(model, loss_fn)
+
+    def flat() -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+
+    xs = [flat()]
+    train_with_session(session, model, opt, batch, 8, after_step=lambda _: xs.append(flat()))
+    summary = session.finish(model, mse)
     assert summary.mu_hat is not None  # sketch: gradients by default
     rows = torch.stack(xs).double().numpy()
     want = P.path_ratio(np.linalg.norm(rows[:-1] - rows[1:], axis=1),
@@ -249,7 +237,7 @@ def test_session_measures_the_path_and_its_own_interpolation(tmp_path):
         first = torch.nn.Linear(4, 1)
         torch.nn.utils.vector_to_parameters(torch.from_numpy(rows[0]).float(),
                                             first.parameters())
-        assert mli["loss"][0] == pytest.approx(loss_fn(first, (x, y)).item(), rel=1e-6)
+        assert mli["loss"][0] == pytest.approx(mse(first, batch).item(), rel=1e-6)
     assert mli["monotone"] == P.mli_summary(np.asarray(mli["alpha"]),
                                             np.asarray(mli["loss"])).monotone
 

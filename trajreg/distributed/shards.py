@@ -73,7 +73,7 @@ from trajreg.record.modes.sketch import (
     hash_seed,
 )
 from trajreg.record.modes.store import TRAJECTORY, StoreMode, stream_quantities
-from trajreg.record.store import SIDECAR, TrajectoryStore
+from trajreg.record.store import SIDECAR, TrajectoryStore, overlapping_blocks
 
 SHARDS = "shards.json"
 FORMAT = "trajreg-shards/1"
@@ -411,13 +411,7 @@ class CombinedRows:
 
     def blocks(self, stop: int, block_rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """``TrajectoryStore.blocks``: ``(t0, rows t0..t0+n)``, overlapping by one row."""
-        if not 0 < stop < self.rows:
-            raise IndexError(f"stop {stop} outside 1..{self.rows - 1}")
-        t0 = 0
-        while t0 < stop:
-            t1 = min(stop, t0 + block_rows)
-            yield t0, self.read(t0, t1 + 1)
-            t0 = t1
+        return overlapping_blocks(self.read, self.rows, stop, block_rows)
 
 
 class ShardedSketchMode(SketchMode):

@@ -22,7 +22,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -187,6 +187,19 @@ class TrajectoryWriter:
         self._pool.shutdown()
 
 
+def overlapping_blocks(read: Callable[[int, int], np.ndarray], rows: int, stop: int,
+                       block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(t0, read(t0, t1 + 1))`` for consecutive blocks of at most ``block_rows`` steps
+    overlapping by one row, covering rows 0..stop of a store of ``rows`` rows."""
+    if not 0 < stop < rows:
+        raise IndexError(f"stop {stop} outside 1..{rows - 1}")
+    t0 = 0
+    while t0 < stop:
+        t1 = min(stop, t0 + block_rows)
+        yield t0, read(t0, t1 + 1)
+        t0 = t1
+
+
 class TrajectoryStore:
     """Read access to a trajectory directory written by ``TrajectoryWriter``.
 
@@ -255,13 +268,7 @@ class TrajectoryStore:
         """Yield ``(t0, xs)`` with xs = rows t0..t0+n (inclusive), consecutive blocks
         overlapping by one row, covering rows 0..stop. Each block is at most
         ``block_rows + 1`` rows, so memory stays bounded."""
-        if not 0 < stop < self.rows:
-            raise IndexError(f"stop {stop} outside 1..{self.rows - 1}")
-        t0 = 0
-        while t0 < stop:
-            t1 = min(stop, t0 + block_rows)
-            yield t0, self._slice(t0, t1 + 1)
-            t0 = t1
+        return overlapping_blocks(self._slice, self.rows, stop, block_rows)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 as one array (read from the files, not mapped)."""

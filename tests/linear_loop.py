@@ -1,0 +1,42 @@
+"""A hand-written loop on a linear regression, measured by ``RegularitySession``: the
+plain-loop tests of the integrations, the sample mode and the geometry share it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def mse(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+
+
+def linear_problem(lr: float) -> tuple[torch.nn.Linear, torch.optim.SGD, tuple]:
+    """A 4 -> 1 linear model, plain SGD at ``lr``, and one fixed batch of 64 (seed 0)."""
+    torch.manual_seed(0)
+    batch = (torch.randn(64, 4), torch.randn(64, 1))
+    model = torch.nn.Linear(4, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=lr), batch
+
+
+def train_with_session(session, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                       batch: tuple, steps: int, *, blow_up_at: int | None = None,
+                       after_step: Callable[[int], None] | None = None) -> None:
+    """``steps`` SGD steps on ``batch``, an epoch every 4 steps, the session hooked in as a
+    user would; from step ``blow_up_at`` on the learning rate is 1e30 (the loss diverges)."""
+    session.start(model, opt)
+    for step in range(steps):
+        if step == blow_up_at:
+            for g in opt.param_groups:
+                g["lr"] = 1e30
+        session.before_batch()
+        loss = mse(model, batch)
+        session.after_batch(batch, loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+        if step % 4 == 3:
+            session.end_epoch()
