@@ -33,12 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from nets import SMALL_CNN  # benchmarks/nets.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CNN = {"seed": 0, "data": {"name": "digits", "batch_size": 64},
-       "model": {"name": "cnn", "width": 16, "activation": "relu", "norm": "batch"},
-       "optim": {"name": "momentum", "lr": 0.05}, "train": {"device": "cpu"}}
+CNN = SMALL_CNN
 
 
 def config(model: str, gradients: bool, epochs: int):
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {model}: training alone, recorder with gradients / without: "
               f"{med(t[True]) / med(t[False]):.3f}x (medians {med(t[True]):.3f} s / "
               f"{med(t[False]):.3f} s)")
-        print(f"  {model}: the interpolation (21 evaluations of F), in both: median "
+        print(f"  {model}: the interpolation (21 points, F_0 and F_T from the log), in both: "
+              f"median "
               f"{med(w['mli']):.3f} s, {med(w['mli']) / med(off):.1%} of the run without "
               "gradients")
         print(f"  {model}: trajectory on disk: {w['sizes'][True] / 2**20:.1f} MiB with "

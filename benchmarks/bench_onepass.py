@@ -48,14 +48,10 @@ import traceback
 import warnings
 from pathlib import Path
 
+from nets import SMALL_CNN  # benchmarks/nets.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-CNN = {
-    "seed": 0,
-    "data": {"name": "digits", "batch_size": 64},
-    "model": {"name": "cnn", "width": 16, "activation": "relu", "norm": "batch"},
-    "optim": {"name": "momentum", "lr": 0.05},
-    "train": {"device": "cpu"},
-}
+CNN = SMALL_CNN
 MLP = {
     "seed": 0,
     "data": {"name": "digits", "batch_size": 64},

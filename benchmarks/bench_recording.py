@@ -45,15 +45,11 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from nets import SMALL_CNN  # benchmarks/nets.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 MLP_CONFIG = ROOT / "configs" / "digits_mlp.yaml"
-CNN_RAW = {
-    "seed": 0,
-    "data": {"name": "digits", "batch_size": 64},
-    "model": {"name": "cnn", "width": 16, "activation": "relu", "norm": "batch"},
-    "optim": {"name": "momentum", "lr": 0.05},
-    "train": {"device": "cpu"},
-}
+CNN_RAW = SMALL_CNN
 MODES = ("off", "store", "replay")
 # whole-run variants: a record mode, optionally without the PNG figures (run(figures=False))
 VARIANTS = ("off", "store", "replay", "store/nofig", "replay/nofig")
