@@ -10,7 +10,8 @@ ratios of medians, the house style of bench_recording.py; the machine may be sha
 1. ``run``: whole run, ``run(cfg, out, figures=False)`` into a fresh directory (train +
    measure + analysis + files) of the small CNN on digits (30 epochs), record modes
    ``sample`` (R = 0.05), ``sketch`` (default k; the CNN has d = 6090 <= k, so it keeps
-   x_t itself), ``sketch/k2048`` (hashed) and ``store``, each against ``off``.
+   x_t itself), ``sketch/no-grad`` (the same without the gradients, which sample and
+   sketch record by default), ``sketch/k2048`` (hashed) and ``store``, each against ``off``.
 2. ``train``: training alone, ``train(eval_full=False)`` with a Recorder of each mode
    attached against none (the recorder's overhead during training).
 3. ``rss``: peak RSS (``ru_maxrss`` of a fresh child process) of a sample and a sketch
@@ -64,6 +65,7 @@ VARIANTS = {
     "off": {"mode": "off"},
     "sample": {"mode": "sample", "sample_rate": 0.05},
     "sketch": {"mode": "sketch"},
+    "sketch/no-grad": {"mode": "sketch", "gradients": False},  # the issue 12 modes alone
     "sketch/k2048": {"mode": "sketch", "sketch_dim": 2048},
     "store": {"mode": "store"},
 }

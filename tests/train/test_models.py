@@ -397,3 +397,26 @@ def test_builders_trust_the_config_but_check_the_input_shape():
     """What a config cannot know (the data set's shape) is still one ConfigError."""
     with pytest.raises(ConfigError, match=r"^model\.name: resnet needs image inputs"):
         build_model(ModelConfig(name="resnet"), (40,), 10)
+
+
+@pytest.mark.parametrize("shape", [(64, 16, 8, 8), (3, 5, 7, 9), (2, 1, 2, 3), (4, 8, 16, 15)])
+def test_max_pool_2x2_is_max_pool2d_bit_for_bit(shape):
+    """Evaluation's quarter-grid pooling gives max_pool2d's values (ties, NaN, odd sides),
+    and with autograd the module is max_pool2d, gradients and all."""
+    from trajreg.train.models import MaxPool2d, max_pool_2x2
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.relu(torch.randn(shape, generator=g)).round(decimals=1)  # zeros and ties
+    x.view(-1)[:: 13] = math.nan
+    expected = F.max_pool2d(x, 2)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            got = max_pool_2x2(x)
+        assert got.shape == expected.shape and got.is_contiguous()
+        assert torch.equal(got.isnan(), expected.isnan())
+        assert torch.equal(got.nan_to_num(-1.0), expected.nan_to_num(-1.0))
+    a, b = x.nan_to_num(0.5).requires_grad_(), x.nan_to_num(0.5).requires_grad_()
+    up = torch.randn(expected.shape, generator=g)
+    (MaxPool2d()(a) * up).sum().backward()
+    (nn.MaxPool2d(2)(b) * up).sum().backward()
+    assert torch.equal(a.grad, b.grad)

@@ -66,9 +66,10 @@ class SquaredNorms:
         self._diff = (torch.empty(d, dtype=torch.float64, device=device) if scratch is None
                       else scratch)
         self._buf = torch.empty(_FLUSH, dtype=torch.float64, device=device)
-        # 0-d views of the buffer, made once: torch.dot writes each norm into its slot
-        # (out=), where an indexed assignment made a temporary and a copy every step
-        self._slots = self._buf.unbind()
+        # 0-d views of the buffer, each made once, on first use (all 4096 up front took
+        # 24 ms): torch.dot writes each norm into its slot (out=), where an indexed
+        # assignment made a temporary and a copy every step
+        self._slots: list[torch.Tensor] = []
         self._lrs: list[float] = []  # eta_t of each norm, divided out at the flush
         self._n = 0
         self._x64: list[torch.Tensor] = []  # push_next: x_t and x_{t+1} in float64, in turn
@@ -99,6 +100,8 @@ class SquaredNorms:
         self._append(None)
 
     def _append(self, lr: float | None) -> None:
+        if self._n == len(self._slots):
+            self._slots.append(self._buf[self._n])
         torch.dot(self._diff, self._diff, out=self._slots[self._n])
         if lr is not None:
             self._lrs.append(lr)

@@ -86,6 +86,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -189,6 +190,34 @@ def _norm1d(kind: str, c: int) -> list[nn.Module]:
     return [] if layers is None else [layers[1](c)]
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling, stride 2: ``F.max_pool2d(x, 2)``, except without autograd on the
+    CPU, where it is the maximum of the four strided quarter-grids: the same values bit
+    for bit (max is exact and both propagate NaN), 3-9x faster than max_pool2d's NCHW CPU
+    kernel on the zoo's feature maps, where pooling was a quarter of a small CNN's forward
+    pass. Loss evaluations (F_k, l_t(x*), the interpolation) are forward passes only;
+    training keeps max_pool2d, whose indices its backward needs."""
+    if (torch.is_grad_enabled() and x.requires_grad) or x.dim() != 4 \
+            or x.device.type != "cpu":
+        return F.max_pool2d(x, 2)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+    return torch.maximum(top, torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+
+
+torch.fx.wrap("max_pool_2x2")  # one call node when traced, as nn.MaxPool2d is one leaf
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d(2) computed by ``max_pool_2x2``."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool_2x2(x)
+
+
 def _conv_block(c_in: int, c_out: int, k: int, activation: str, norm: str,
                 stride: int = 1) -> list[nn.Module]:
     """conv(k x k, "same" padding) -> norm -> activation."""
@@ -240,8 +269,8 @@ class SmallCNN(nn.Module):
                  activation: str, norm: str) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            *_conv_block(in_channels, width, 3, activation, norm), nn.MaxPool2d(2),
-            *_conv_block(width, 2 * width, 3, activation, norm), nn.MaxPool2d(2),
+            *_conv_block(in_channels, width, 3, activation, norm), MaxPool2d(),
+            *_conv_block(width, 2 * width, 3, activation, norm), MaxPool2d(),
         )
         self.classifier = nn.Linear(2 * width * (hw[0] // 4) * (hw[1] // 4), n_out)
 
@@ -267,7 +296,7 @@ class AlexNet(nn.Module):
             layers += _conv_block(c, channels(base, width), k, activation, norm)
             c = channels(base, width)
             if i in self.POOL_AFTER:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d())
                 h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
         hidden = channels(self.FC, width)
@@ -305,7 +334,7 @@ class VGG(nn.Module):
         c, (h, w) = in_channels, hw
         for item in VGG_CONFIGS[variant]:
             if item == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2d())
                 h, w = h // 2, w // 2
             else:
                 layers += _conv_block(c, channels(int(item), width), 3, activation, norm)
@@ -434,7 +463,7 @@ class UNet(nn.Module):
         for c_level in cs[:-1]:
             self.down.append(_double_conv(c, c_level, activation, norm))
             c = c_level
-        self.pool = nn.MaxPool2d(2)
+        self.pool = MaxPool2d()
         self.bottleneck = _double_conv(c, cs[-1], activation, norm)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
