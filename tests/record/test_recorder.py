@@ -187,3 +187,34 @@ def test_writer_blocks_segments_and_syncs_keep_every_row(tmp_path, capacity, buf
     assert (store.rows, store.steps, store.closed) == (51, 50, True)
     assert np.array_equal(np.stack([store.row(t) for t in range(51)]), np.array(rows))
     assert np.array_equal(store.lrs, 0.5 * np.arange(50))
+
+
+def test_new_parameter_storage_mid_run_is_recorded(tmp_path):
+    """``p.data = ...`` between steps (a reload, a manual edit: new storage) is seen: the
+    recorder's cached flat views of the parameters are rebuilt, so the rows stay the true
+    iterates and ``flat``/``grad_flat`` the current parameters and gradients."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    recorder = Recorder(optimizer, tmp_path / "traj")
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    seen = []
+    for t in range(8):
+        if t in (3, 5):
+            for p in model.parameters():
+                p.data = p.data + 0.25  # new storage, new values
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        now = flat_params(list(model.parameters())).clone()
+        seen.append(now)
+        with torch.no_grad():
+            assert torch.equal(recorder.flat(out=torch.empty_like(now)), now)
+            grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+            assert torch.equal(recorder.grad_flat(out=torch.empty_like(now)), grads)
+        optimizer.step()
+    seen.append(flat_params(list(model.parameters())).clone())
+    recorder.close()
+    store = TrajectoryStore(tmp_path / "traj")
+    assert np.array_equal(np.stack([store.row(t) for t in range(store.rows)]),
+                          torch.stack(seen).numpy())
