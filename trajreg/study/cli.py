@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from trajreg.errors import UserError
-from trajreg.study.spec import load_study, load_study_dir, preset_path, with_data_root
-from trajreg.train.config import read_yaml
 
 EXIT_FAILED_RUNS = 3
 
@@ -45,6 +43,11 @@ def add_study_parsers(subparsers: Any) -> None:
 
 def run_study_command(args: argparse.Namespace) -> int:
     """``trajreg study``: run the study, print what happened; 3 if runs failed."""
+    # here, not at the top: the config's registries import torch, and building the
+    # parser (``trajreg --help``) should not
+    from trajreg.study.spec import load_study, preset_path, with_data_root
+    from trajreg.train.config import read_yaml
+
     if args.study == "paper":
         source = preset_path(args.preset or "quick")
     elif args.preset:
@@ -82,6 +85,7 @@ def run_study_command(args: argparse.Namespace) -> int:
 def run_report_command(args: argparse.Namespace) -> int:
     """``trajreg report``: write the report of a study directory again."""
     from trajreg.study.report import write_report
+    from trajreg.study.spec import load_study_dir
 
     study_dir = Path(args.study_dir)
     paths = write_report(study_dir, load_study_dir(study_dir))
