@@ -316,3 +316,18 @@ def test_five_launches_exit_cleanly():
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(one, range(5)))
     assert results == ["ok"] * 5, results
+
+
+def test_fsdp_run_without_its_trajectory(runs, tmp_path):
+    """record.keep_trajectory: false under FSDP2: the launcher deletes every rank's shards
+    once rank 0 has measured them; the run is finished, measures what the run that kept
+    its trajectory measured, and is re-analysed from its metrics."""
+    raw = {**BASE["record"], "keep_trajectory": False}
+    path, summary = runner.run(_config("fsdp", raw), tmp_path / "run", figures=False,
+                               progress=False)
+    assert not (path / rundir.TRAJECTORY).exists()
+    rundir.verify_run_dir(path)
+    kept = runs["fsdp"][1]
+    assert summary.gamma_hat == kept.gamma_hat and summary.mu_hat == kept.mu_hat
+    again = runner.analyze(path, eps=[0.0, 0.1], progress=False)
+    assert again.gamma_hat["0.0"] == kept.gamma_hat["0.0"]
