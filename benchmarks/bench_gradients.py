@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nets import SMALL_CNN  # benchmarks/nets.py, beside this script
+from nets import SMALL_CNN, demo_mlp  # benchmarks/nets.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,12 +42,9 @@ CNN = SMALL_CNN
 
 
 def config(model: str, gradients: bool, epochs: int):
-    import yaml
-
     from trajreg.train.config import load_config
 
-    raw = (yaml.safe_load((ROOT / "configs" / "digits_mlp.yaml").read_text()) if model == "mlp"
-           else copy.deepcopy(CNN))
+    raw = demo_mlp() if model == "mlp" else copy.deepcopy(CNN)
     raw.setdefault("train", {})["epochs"] = epochs
     raw["record"] = {"mode": "store", "gradients": gradients}
     return load_config(raw)

@@ -49,17 +49,11 @@ import traceback
 import warnings
 from pathlib import Path
 
-from nets import SMALL_CNN  # benchmarks/nets.py, beside this script
+from nets import SMALL_CNN, demo_mlp  # benchmarks/nets.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = SMALL_CNN
-MLP = {
-    "seed": 0,
-    "data": {"name": "digits", "batch_size": 64},
-    "model": {"name": "mlp", "depth": 6, "width": 64, "activation": "relu", "norm": "batch"},
-    "optim": {"name": "sgd", "lr": 0.05},
-    "train": {"device": "cpu"},
-}
+MLP = demo_mlp()
 # variant -> record section
 VARIANTS = {
     "off": {"mode": "off"},

@@ -45,10 +45,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from nets import SMALL_CNN  # benchmarks/nets.py, beside this script
+from nets import SMALL_CNN, demo_mlp  # benchmarks/nets.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
-MLP_CONFIG = ROOT / "configs" / "digits_mlp.yaml"
 CNN_RAW = SMALL_CNN
 MODES = ("off", "store", "replay")
 # whole-run variants: a record mode, optionally without the PNG figures (run(figures=False))
@@ -65,10 +64,8 @@ VERDICTS: list[str] = []
 # ----------------------------------------------------------------------------- helpers
 
 def raw_config(model: str) -> dict:
-    import yaml
-
     if model == "mlp":
-        return yaml.safe_load(MLP_CONFIG.read_text())
+        return demo_mlp()
     if model == "cnn":
         return copy.deepcopy(CNN_RAW)
     raise ValueError(f"unknown model {model!r}")
