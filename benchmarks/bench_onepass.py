@@ -11,7 +11,9 @@ ratios of medians, the house style of bench_recording.py; the machine may be sha
    measure + analysis + files) of the small CNN on digits (30 epochs), record modes
    ``sample`` (R = 0.05), ``sketch`` (default k; the CNN has d = 6090 <= k, so it keeps
    x_t itself), ``sketch/no-grad`` (the same without the gradients, which sample and
-   sketch record by default), ``sketch/k2048`` (hashed) and ``store``, each against ``off``.
+   sketch record by default), ``sketch/bare`` (without the gradients and the
+   interpolation, ``record.interpolation: false``), ``sketch/k2048`` (hashed) and
+   ``store``, each against ``off``.
 2. ``train``: training alone, ``train(eval_full=False)`` with a Recorder of each mode
    attached against none (the recorder's overhead during training).
 3. ``rss``: peak RSS (``ru_maxrss`` of a fresh child process) of a sample and a sketch
@@ -59,7 +61,9 @@ VARIANTS = {
     "off": {"mode": "off"},
     "sample": {"mode": "sample", "sample_rate": 0.05},
     "sketch": {"mode": "sketch"},
-    "sketch/no-grad": {"mode": "sketch", "gradients": False},  # the issue 12 modes alone
+    "sketch/no-grad": {"mode": "sketch", "gradients": False},
+    # the sketch as issue 12 specified it: without issue 14's gradients and interpolation
+    "sketch/bare": {"mode": "sketch", "gradients": False, "interpolation": False},
     "sketch/k2048": {"mode": "sketch", "sketch_dim": 2048},
     "store": {"mode": "store"},
 }

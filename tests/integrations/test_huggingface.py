@@ -46,3 +46,30 @@ def test_trainer_callback_exact_quantities(tmp_path, accumulate):
     assert np.isfinite(table["b"]).all() and summary.source == "huggingface"
     again = analyze(out, eps=[0.0, 0.2])
     assert set(again.gamma_hat) == {"0.0", "0.2"}
+
+
+def test_trainer_callback_in_sketch_mode(tmp_path):
+    """``mode`` reaches the session: every step sketched (d > k, hashed), checked against
+    its exact sample, each step's loss at x* on its rebuilt micro-batches."""
+    from trajreg.record.modes.sketch import SketchMode
+
+    out = tmp_path / "run"
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=16, num_train_epochs=2,
+        learning_rate=5e-3, logging_strategy="no", save_strategy="no", report_to=[],
+        use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    mode = SketchMode(dim=1024, check_rate=0.3, seed=2)
+    cb = RegularityCallback(out, mode=mode, figures=False)
+    model = tiny_gpt2()
+    assert sum(p.numel() for p in model.parameters()) > 1024
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(),
+                                   callbacks=[cb])
+    trainer.train()
+    table = pd.read_parquet(out / "metrics.parquet")
+    summary = read_summary(out)
+    T = trainer.state.global_step
+    assert table["step"].tolist() == list(range(T)) and np.isfinite(table["b"]).all()
+    assert summary.sketch_error["n"] == len(mode.sampler.kept(T))
+    check = summary.loss_check
+    assert check["steps"] == check["equal"] > 0
+    assert summary.mli is not None and summary.source == "huggingface"

@@ -117,3 +117,34 @@ def test_existing_output_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     with pytest.raises(UserError, match="already exists"):
         RegularityCallback(tmp_path / "run")
+
+
+@pytest.mark.parametrize("mode", ["sample", "sketch"])
+def test_callback_records_in_the_one_pass_modes(tmp_path, mode):
+    """``mode`` reaches the session: sample measures its kept steps exactly (their
+    micro-batches rebuilt bit for bit), sketch every step with its exact check sample;
+    ``interpolation=False`` leaves mli out."""
+    import warnings
+
+    from trajreg.record.modes.sample import SampleMode
+    from trajreg.record.modes.sketch import SketchMode
+
+    chosen = (SampleMode(rate=0.5, seed=1) if mode == "sample"
+              else SketchMode(dim=512, check_rate=0.3, seed=2))  # d = 2474 > k: hashed
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 20 steps: too few samples for intervals
+        _, cb = fit(out, mode=chosen, interpolation=mode == "sketch", figures=False)
+    table = pd.read_parquet(out / "metrics.parquet")
+    summary = read_summary(out)
+    assert summary.n_steps == 20 and summary.source == "lightning"
+    check = summary.loss_check
+    assert check["steps"] == check["equal"] > 0
+    assert np.isfinite(table["b"]).all()
+    if mode == "sample":
+        assert 0 < len(table) < 20 and set(table["step"]) == set(chosen.sampler.kept(20))
+        assert summary.mli is None and "gamma_hat_ci" in summary.to_dict()
+    else:
+        assert table["step"].tolist() == list(range(20))
+        assert summary.sketch_error["n"] == len(chosen.sampler.kept(20))
+        assert summary.mli is not None and summary.mli["loss"][-1] == summary.f_star

@@ -294,3 +294,24 @@ def test_study_tables_carry_the_geometry_and_compare_mu_hat():
     assert runs["mu_hat_0.05"].isna().all() and runs["path_ratio"].isna().all()
     tech = tables.techniques_table(runs, tables.comparisons(study, runs), study.report)
     assert tech.iloc[0]["outcome_mu"] == "not comparable"
+
+
+def test_interpolation_off_leaves_mli_null_and_the_rest_unchanged(tmp_path, one_thread):
+    """record.interpolation: false skips the 19 evaluations of F: summary.json's mli is
+    null, no mli.png, every other measured key as with it; a session's likewise."""
+    from trajreg.integrations import RegularitySession
+
+    raw = tiny(train={"epochs": 2, "threads": 1}, record={"mode": "sketch"})
+    _, with_mli = run(load_config(raw), tmp_path / "with", figures=True, progress=False)
+    off = {**raw, "record": {**raw["record"], "interpolation": False}}
+    out, summary = run(load_config(off), tmp_path / "without", figures=True, progress=False)
+    assert with_mli.mli is not None and summary.mli is None
+    assert not (out / "mli.png").exists() and (tmp_path / "with" / "mli.png").is_file()
+    for key in ("gamma_hat", "kappa_hat", "mu_hat", "L_hat", "path_ratio", "sketch_error"):
+        assert getattr(summary, key) == getattr(with_mli, key), key
+    assert analyze(out, eps=[0.0, 0.1], progress=False).mli is None
+    model, opt, batch = linear_problem(lr=0.05)
+    session = RegularitySession(tmp_path / "session", source="plain", figures=False,
+                                mode="sample", interpolation=False)
+    train_with_session(session, model, opt, batch, 8)
+    assert session.finish(model, mse).mli is None

@@ -35,6 +35,7 @@ except ImportError:
 
 from trajreg.errors import UserError
 from trajreg.integrations.session import RegularitySession
+from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
 
 
@@ -56,15 +57,19 @@ class RegularityCallback(TrainerCallback):
     end of ``Trainer.train()``.
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
-    loss_threshold, timeout).
+    loss_threshold, timeout, mode, interpolation): ``mode`` is the record mode, ``store``
+    (every x_t), ``sample`` or ``sketch`` (one pass at any model size,
+    docs/record-modes.md), by name or as a mode instance.
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
                  tensorboard: bool = False, figures: bool = True,
-                 loss_threshold: float = 0.1, timeout: float = 1800.0) -> None:
+                 loss_threshold: float = 0.1, timeout: float = 1800.0,
+                 mode: str | RecordMode = "store", interpolation: bool = True) -> None:
         self.session = RegularitySession(out, source="huggingface", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
-                                         loss_threshold=loss_threshold, timeout=timeout)
+                                         loss_threshold=loss_threshold, timeout=timeout,
+                                         mode=mode, interpolation=interpolation)
         self.summary: Summary | None = None
         self._hooks: list = []
         self._inputs = None

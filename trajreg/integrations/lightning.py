@@ -34,6 +34,7 @@ except ImportError:  # the standalone package name
 
 from trajreg.errors import UserError
 from trajreg.integrations.session import RegularitySession
+from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
 
 
@@ -68,16 +69,20 @@ class RegularityCallback(Callback):
     """Record the fit's trajectory and write a trajreg run directory to ``out`` at its end.
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
-    loss_threshold, timeout).
+    loss_threshold, timeout, mode, interpolation): ``mode`` is the record mode, ``store``
+    (every x_t), ``sample`` or ``sketch`` (one pass at any model size,
+    docs/record-modes.md), by name or as a mode instance.
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
                  tensorboard: bool = False, figures: bool = True,
-                 loss_threshold: float = 0.1, timeout: float = 1800.0) -> None:
+                 loss_threshold: float = 0.1, timeout: float = 1800.0,
+                 mode: str | RecordMode = "store", interpolation: bool = True) -> None:
         super().__init__()
         self.session = RegularitySession(out, source="lightning", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
-                                         loss_threshold=loss_threshold, timeout=timeout)
+                                         loss_threshold=loss_threshold, timeout=timeout,
+                                         mode=mode, interpolation=interpolation)
         self.summary: Summary | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:

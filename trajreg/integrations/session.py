@@ -168,6 +168,9 @@ class RegularitySession:
         timeout: under data-parallel training (``trajreg.integrations.ranks``), the
             seconds a rank waits for the others in one of the session's collectives
             before it fails.
+        interpolation: evaluate the session's F on the segment from x_0 to x* (the
+            summary's ``mli``: 19 passes over the last epoch's micro-batches); False
+            leaves ``mli`` null.
 
     Under DDP or FSDP2 (torch.distributed initialised with more than one process when
     ``start`` is called) every rank runs the same session: rank 0 alone records the
@@ -182,7 +185,8 @@ class RegularitySession:
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
                  loss_threshold: float = 0.1, tensorboard: bool = False, figures: bool = True,
                  combine: str = "mean", lr_group: int = 0,
-                 mode: str | RecordMode = "store", timeout: float = 1800.0) -> None:
+                 mode: str | RecordMode = "store", timeout: float = 1800.0,
+                 interpolation: bool = True) -> None:
         self.out = Path(out)
         if self.out.exists():
             raise UserError(f"output directory already exists: {self.out}")
@@ -211,6 +215,7 @@ class RegularitySession:
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
         self.timeout = float(timeout)
+        self.interpolation = bool(interpolation)
         self.ranks: Ranks | None = None  # set by start() under data-parallel training
         self.rank_combine = "mean"  # a step's loss from the ranks' losses: mean or sum
         self.sharding: Sharding | None = None  # FSDP2: this rank's entries of x
@@ -623,7 +628,7 @@ class _SessionContext:
         self._at: dict[int, float] = {}
         self.equal, self.max_diff = 0, 0.0
         # FSDP2: each rank holds a shard, the interpolation is not a whole vector to load
-        self.mli = session.sharding is None
+        self.mli = session.interpolation and session.sharding is None
 
     def load(self, x: np.ndarray) -> None:
         if self.session.ranks is not None:

@@ -91,7 +91,8 @@ class RunContext:
         self.model, self.final_state = model, final_state
         self.directory, self.steps, self.progress = Path(directory), log.steps, progress
         self._star: torch.nn.Module | None = None
-        self.mli = True  # measure evaluates the interpolation from x_0 to x*
+        # measure evaluates the interpolation from x_0 to x* (record.interpolation)
+        self.mli = cfg.record.interpolation
 
     @property
     def star(self) -> torch.nn.Module:

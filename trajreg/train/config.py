@@ -220,7 +220,9 @@ class RecordConfig:
     on for sample and sketch, off for store and replay). ``keep_trajectory``: False
     deletes the mode's files under trajectory/ once the run is measured (before the run
     directory is finished), for studies of many runs: re-analysis with other eps, delta
-    or window still works from metrics.parquet, another reference point does not."""
+    or window still works from metrics.parquet, another reference point does not.
+    ``interpolation``: evaluate F on the segment from x_0 to x* after training (the
+    summary's ``mli``, 19 full-loss evaluations); False leaves ``mli`` null."""
 
     mode: str = "store"
     sample_rate: float = 0.05
@@ -228,6 +230,7 @@ class RecordConfig:
     sketch_sample_rate: float = 0.02
     gradients: bool | None = None
     keep_trajectory: bool = True
+    interpolation: bool = True
 
     def validate(self) -> None:
         _choice("record.mode", self.mode, RECORD_MODES)
