@@ -18,7 +18,7 @@ from trajreg.run.rundir import read_config
 from trajreg.run.runner import load_flat, measure_replay
 from trajreg.train.config import load_config
 from trajreg.train.data import load_data
-from trajreg.train.loop import TrainLog, batches, build, minibatch_loss
+from trajreg.train.loop import TrainLog, batches, build, minibatch_loss, train
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +165,33 @@ def test_scheduled_lr_is_each_steps_eta(tmp_path):
     D = np.append(table["D"].to_numpy(), 0.0)
     assert np.max(np.abs(identity_residual(D, table["a"], table["s"], table["lr"]))) \
         <= 1e-10 * D.max()
+
+
+def test_step_losses_leave_the_evaluation_copy_s_batch_norm_buffers_alone(tmp_path):
+    """l_t(x*) normalises with each minibatch's statistics without updating the copy's
+    running ones: the values are those of a tracking train-mode forward bit for bit, and
+    F(x*) evaluated afterwards sees the trained model's buffers however many steps were
+    evaluated before it."""
+    import copy
+
+    from trajreg.run.runner import RunContext
+
+    cfg = load_config(tiny(model={"norm": "batch"}, train={"epochs": 2, "threads": 1}))
+    data = load_data(cfg.data)
+    model, opt, sched = build(cfg, data)
+    log = train(cfg, data, model, opt, sched, progress=False)
+    ctx = RunContext(cfg, data, log, model, model.state_dict(), tmp_path)
+    before = {k: v.clone() for k, v in ctx.star.state_dict().items()}
+    steps = list(range(0, log.steps, 3))
+    got = ctx.step_losses(steps)
+    assert all(torch.equal(v, before[k]) for k, v in ctx.star.state_dict().items())
+    assert all(m.track_running_stats for m in ctx.star.modules()
+               if isinstance(m, torch.nn.BatchNorm1d))
+    tracking = copy.deepcopy(model)
+    want = {}
+    with torch.no_grad():
+        for step, _, idx in batches(cfg, data):
+            if step in steps:
+                want[step] = minibatch_loss(cfg, tracking, data, idx, step).item()
+    assert got.tolist() == [want[t] for t in steps]
+    assert ctx.full_loss_of(ctx.star) == ctx.full_loss_of(model)
