@@ -4,7 +4,7 @@ Run by hand from the repository root::
 
     python benchmarks/bench_onepass.py [--repeats N] [--quick] [--threads N] [--only PART]
 
-Four parts (timings are interleaved across modes in one process and reported as
+Six parts (timings are interleaved across modes in one process and reported as
 ratios of medians, the house style of bench_recording.py; the machine may be shared):
 
 1. ``run``: whole run, ``run(cfg, out, figures=False)`` into a fresh directory (train +
@@ -27,6 +27,10 @@ ratios of medians, the house style of bench_recording.py; the machine may be sha
    exact: what mode sketch reports. Then one real sketch-mode run per net and seed at the
    default k, its gamma_hat(0.05) against the exact value. ``--nets`` picks nets (also
    ``resnet20-w0.5``, d = 68250, not in the default set).
+5. ``floor``: what a run measuring b_t at every step cannot avoid (the forward passes at
+   x* and the interpolation) against ``off``.
+6. ``cold``: the hooks of sample and sketch timed on their own and right after a forward
+   (and backward) pass: the same calls cost 2-6x more between training steps.
 
 Exit status 0 unless something crashed.
 """
@@ -508,12 +512,64 @@ def bench_accuracy(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+def bench_cold(args: argparse.Namespace) -> None:
+    """Why the hooks cost more in training than on their own: ``Recorder._pre_step`` of
+    each mode timed (wall, median over 150 steps) when called step after step with
+    nothing between, after a forward pass, and after a forward and backward pass, as in
+    training. The same calls on the same data; only what ran before them differs."""
+    import torch
+
+    from trajreg.record.modes import get_mode
+    from trajreg.record.recorder import Recorder
+    from trajreg.train.data import load_data
+    from trajreg.train.loop import batches, build, minibatch_loss, total_steps
+
+    section("6. The hooks on their own and between training steps (the CNN, wall us a call, "
+            "median of 150 steps)")
+    base = config(CNN, {"mode": "off"}, args.epochs)
+    data = load_data(base.data)
+    steps = [(s, idx) for s, _, idx in batches(base, data)][:150]
+    rows = []
+    for v in ("sample", "sketch", "sketch/no-grad"):
+        cfg = config(CNN, VARIANTS[v], args.epochs)
+        model, opt, _ = build(cfg, data)
+        medians = {}
+        with tempfile.TemporaryDirectory(prefix="bench-onepass-") as tmp:
+            mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
+            rec = Recorder(opt, Path(tmp) / "trajectory", mode=mode,
+                           capacity=3 * total_steps(cfg, data) + 1)
+            for h in rec._handles:  # called by hand below, timed alone
+                h.remove()
+            for before in ("nothing", "forward", "forward+backward"):
+                spent = []
+                for s, idx in steps:
+                    if before == "forward":
+                        with torch.no_grad():
+                            minibatch_loss(cfg, model, data, idx, s)
+                    elif before == "forward+backward":
+                        loss = minibatch_loss(cfg, model, data, idx, s)
+                        opt.zero_grad()
+                        loss.backward()
+                    t0 = time.perf_counter_ns()
+                    rec._pre_step(opt, (), {})
+                    spent.append((time.perf_counter_ns() - t0) / 1e3)
+                    rec._post_step(opt, (), {})
+                medians[before] = med(spent)
+            rec.close()
+        rows.append([v, *(f"{medians[b]:.0f}" for b in medians),
+                     f"{medians['forward+backward'] / medians['nothing']:.1f}x"])
+        SUMMARY.append(f"cold hooks cnn {v:<14} {medians['nothing']:.0f} us alone, "
+                       f"{medians['forward+backward']:.0f} us after forward+backward")
+    print()
+    table(["mode", "alone_us", "after_forward_us", "after_fwd_bwd_us", "ratio"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only", choices=("run", "train", "floor", "rss", "accuracy"),
+    p.add_argument("--only", choices=("run", "train", "floor", "rss", "accuracy", "cold"),
                    action="append")
     p.add_argument("--nets", choices=tuple(ACC_NETS), action="append",
                    help="accuracy: these nets (default: " + ", ".join(DEFAULT_NETS) + ")")
@@ -532,10 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trajreg one-pass benchmark: python {platform.python_version()}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, cpus {os.cpu_count()}, "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    parts = args.only or ["run", "train", "floor", "rss", "accuracy"]
+    parts = args.only or ["run", "train", "floor", "rss", "accuracy", "cold"]
     for part, fn in (("run", bench_run), ("train", bench_train), ("floor", bench_floor),
-                     ("rss", bench_rss),
-                     ("accuracy", bench_accuracy)):
+                     ("rss", bench_rss), ("accuracy", bench_accuracy), ("cold", bench_cold)):
         if part in parts:
             fn(args)
     section("Summary")
