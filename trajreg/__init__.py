@@ -8,9 +8,10 @@ not torch, pandas or matplotlib.
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trajreg._lazy import lazy_exports
 
 try:
     __version__ = version("trajreg")
@@ -57,14 +58,4 @@ if TYPE_CHECKING:
     from trajreg.study import load_study, run_study, write_report
     from trajreg.train import RunConfig, load_config
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trajreg' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

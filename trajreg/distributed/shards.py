@@ -45,16 +45,15 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
 from trajreg.errors import DamagedRun
-from trajreg.principle import gradient_quantities, sketch_quantities, trajectory_quantities
+from trajreg.principle import gradient_quantities, trajectory_quantities
 from trajreg.record.geometry import (
     GRADIENTS,
-    block_rows,
     endpoint_summary,
     measured_every_step,
     read_step_norms,
@@ -71,6 +70,7 @@ from trajreg.record.modes.sketch import (
     SketchMode,
     TorchCountSketch,
     hash_seed,
+    measure_sketched,
 )
 from trajreg.record.modes.store import TRAJECTORY, StoreMode, stream_quantities
 from trajreg.record.store import SIDECAR, TrajectoryStore, overlapping_blocks
@@ -446,52 +446,18 @@ class ShardedSketchMode(SketchMode):
         dirs = [traj / shard["dir"] for shard in index["shards"]]
         k = self.reference(samples[0], k, ctx)  # the exact x* is needed for l_t(x*)
         identity = bool(samples[0].meta.get("identity"))
-        sketches = CombinedRows(index, [TrajectoryStore(d / SKETCHES) for d in dirs], identity)
         T = ctx.steps
-        if sketches.rows < T + 1:
-            raise RuntimeError(f"the sketch holds {sketches.rows} iterates, "
-                               f"the run took {T} steps")
-        lrs = sketches.lrs[:T]
-        s = summed([d / S_FILE for d in dirs], T)  # s_t: the ranks' partial sums added
-        sx_star = sketches.row(k)
-        D, a = np.empty(T), np.empty(T)
-        for t0, sxs in sketches.blocks(T, block_rows=block_rows(sketches.d)):
-            n = len(sxs) - 1
-            q = sketch_quantities(sxs, lrs[t0 : t0 + n], sx_star, s=s[t0 : t0 + n])
-            D[t0 : t0 + n], a[t0 : t0 + n] = q.D[:-1], q.a
-        a_exact, D_exact = np.full(T, np.nan), np.full(T, np.nan)
-        columns = {"a_exact": a_exact, "D_exact": D_exact}
-        gradients = all((d / GRAD_SKETCHES / SIDECAR).is_file() for d in dirs)
-        if gradients:
-            grads = CombinedRows(index, [TrajectoryStore(d / GRAD_SKETCHES) for d in dirs],
-                                 identity)
-            # CombinedRows reads as a TrajectoryStore does (rows, d, read)
-            columns["g_dot"], _ = stream_gradient_quantities(
-                cast(TrajectoryStore, sketches), cast(TrajectoryStore, grads), T, sx_star)
-            columns["g_norm2"] = summed([d / G_FILE for d in dirs], T)  # exact
-            columns["g_dot_exact"] = np.full(T, np.nan)
-        for t, lr in zip(samples[0].kept, samples[0].lrs, strict=True):
-            if t >= T:
-                continue
-            a_exact[t] = D_exact[t] = 0.0
-            if gradients and samples[0].gradients:
-                columns["g_dot_exact"][t] = 0.0
-            for sample in samples:  # the partial sums over each rank's entries
-                x_star_r = sample.row(k).astype(np.float64)
-                qe = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
-                                           x_star_r)
-                a_exact[t] += qe.a[0]
-                D_exact[t] += qe.D[0]
-                if gradients and sample.gradients:
-                    columns["g_dot_exact"][t] += gradient_quantities(
-                        sample.row(t)[None], sample.grad(t)[None], x_star_r).g_dot[0]
-        x_star = assemble(index, [sample.row(k) for sample in samples]).astype(np.float64)
-        ctx.load(x_star)
-        loss_star, f_star = ctx.step_losses(range(T)), ctx.f_star(k)
-        x0 = assemble(index, [sample.row(0) for sample in samples])
-        return Measured(steps=np.arange(T), D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
-                        f_star=f_star, reference_step=k, columns=columns,
-                        summary=endpoint_summary(ctx, k, x0, x_star, lrs * np.sqrt(s)))
+        sketches = CombinedRows(index, [TrajectoryStore(d / SKETCHES) for d in dirs], identity)
+        grads = None
+        if all((d / GRAD_SKETCHES / SIDECAR).is_file() for d in dirs):  # with gradients
+            grads = (CombinedRows(index, [TrajectoryStore(d / GRAD_SKETCHES) for d in dirs],
+                                  identity),
+                     summed([d / G_FILE for d in dirs], T))  # ||g_t||^2: partial sums added
+        # s_t: the ranks' partial sums added; CombinedRows reads as a TrajectoryStore does
+        return measure_sketched(
+            ctx, k, sketches, summed([d / S_FILE for d in dirs], T), grads, samples,
+            x0=assemble(index, [sample.row(0) for sample in samples]),
+            x_star=assemble(index, [sample.row(k) for sample in samples]).astype(np.float64))
 
 
 def summed(paths: Sequence[Path], count: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from trajreg.train.loop import (
     Scheduler,
     TrainLog,
     build,
+    eval_mode,
     minibatch_loss,
     steps_per_epoch,
     total_steps,
@@ -111,11 +112,8 @@ def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, 
     contiguous part of the training set, the sums are added over ranks. Every rank runs
     the same number of forward passes (FSDP2 gathers parameters collectively), the last
     ones possibly empty."""
-    module = unwrapped(model)
-    was_training = module.training
-    module.eval()
-    total = _part_loss_sum(cfg, module, data, rank, world, chunk)
-    module.train(was_training)
+    with eval_mode(unwrapped(model)) as module:
+        total = _part_loss_sum(cfg, module, data, rank, world, chunk)
     dist.all_reduce(total)
     return total.item() / data.y_train.numel()
 
@@ -129,13 +127,10 @@ def full_loss_of_parts(cfg: RunConfig, model: torch.nn.Module, data: Dataset, wo
     all_reduce of two float64 numbers is their sum, in either order), given the same
     parameters and buffers on every rank; with more, up to the order of the float64
     additions of the all_reduce."""
-    module = unwrapped(model)
-    was_training = module.training
-    module.eval()
     total = torch.zeros(1, dtype=torch.float64, device=cfg.train.device)
-    for rank in range(world):
-        total += _part_loss_sum(cfg, module, data, rank, world, chunk)
-    module.train(was_training)
+    with eval_mode(unwrapped(model)) as module:
+        for rank in range(world):
+            total += _part_loss_sum(cfg, module, data, rank, world, chunk)
     return total.item() / data.y_train.numel()
 
 

@@ -52,12 +52,13 @@ def stream_gradient_quantities(xs: TrajectoryStore, grads: TrajectoryStore, T: i
 
 
 class SquaredNorms:
-    """Squared norms of one vector a step (``push(v)``: ||v||^2; ``push_diff(x, y)``:
-    ||x - y||^2, the step norm s_u_t of x_t and x_{t+1}; ``push_diff(x, y, lr)``:
-    ||x - y||^2 / lr^2, s_t), in float64 on the vectors' device (x - y is exact in
-    float64 from float32 or float64 rows), written to ``path`` as raw float64, 4096 at a
-    time: O(d) memory, 8 bytes a step on disk. ``scratch``: a float64 vector of d entries
-    to use as the difference's buffer (a caller's shared scratch), else one is made."""
+    """Squared norms of one vector a step (``push(v)``: ||v||^2; ``push_next(x, lr)``:
+    ||x_prev - x||^2 of consecutive iterates, the step norm s_u_t, or with ``lr``
+    ||x_prev - x||^2 / lr^2, s_t), in float64 on the vectors' device (the difference is
+    exact in float64 from float32 or float64 rows), written to ``path`` as raw float64,
+    4096 at a time: O(d) memory, 8 bytes a step on disk. ``scratch``: a float64 vector of
+    d entries to use as the difference's buffer (a caller's shared scratch), else one is
+    made."""
 
     def __init__(self, path: Path, d: int, device: torch.device | str,
                  scratch: torch.Tensor | None = None) -> None:
@@ -75,15 +76,10 @@ class SquaredNorms:
         self._x64: list[torch.Tensor] = []  # push_next: x_t and x_{t+1} in float64, in turn
         self._next = 0  # push_next calls so far
 
-    def push_diff(self, x: torch.Tensor, y: torch.Tensor, lr: float | None = None) -> None:
-        self._diff.copy_(x)
-        self._diff.sub_(y)
-        self._append(lr)
-
     def push_next(self, x: torch.Tensor, lr: float | None = None) -> None:
         """The next iterate of a sequence: from the second call on, pushes
-        ||x_prev - x||^2 (over ``lr``^2 when given: eta of the step from x_prev to x), the
-        value ``push_diff(x_prev, x, lr)`` pushes. x is kept as a float64 copy (exact), so
+        ||x_prev - x||^2 (over ``lr``^2 when given: eta of the step from x_prev to x).
+        x is kept as a float64 copy (exact), so
         the difference is a float64 - float64 subtraction: a float64 - float32 one takes
         torch's slow mixed-dtype path, the largest part of this on a small model."""
         if not self._x64:

@@ -128,9 +128,10 @@ class Recorder:
         self.params = optimizer_params(optimizer)
         self.d = sum(local_part(p).numel() for p in self.params)  # DTensor: the local shard
         self.dtype = self.params[0].dtype
-        # flat views of the parameters for ``flat`` (see ``_flat_views``), rebuilt when a
-        # parameter's storage changes; None where they cannot be used (DTensor shards,
-        # non-contiguous parameters, mixed devices)
+        # no DTensor shard among the parameters: ``flat`` and ``grad_flat`` may take their
+        # fast paths; flat views of the parameters for ``flat`` (``_flat_views``), rebuilt
+        # when a parameter's storage changes, None where they cannot be used
+        # (non-contiguous parameters, mixed devices)
         self._plain = not any(hasattr(p, "to_local") for p in self.params)
         self._views: list[torch.Tensor] | None = None
         self._view_ptrs: list[int] = []
@@ -178,13 +179,11 @@ class Recorder:
         parameter: after clipping, accumulation and AMP unscaling, which all happen
         before ``optimizer.step``) as one flat vector in the order of ``flat``, into
         ``out`` when given; zeros for a parameter whose grad is None."""
-        views = (self._flat_views() if out is not None and not torch.is_grad_enabled()
-                 else None)
-        if views is not None and out is not None and out.device == views[0].device:
-            grads = [p.grad for p in self.params]  # on their parameters' device
-            if all(g is not None for g in grads):
-                # flat_grads' values without its per-tensor detach (no graph is recorded
-                # here), local_part and device moves
+        if out is not None and self._plain and not torch.is_grad_enabled():
+            grads = [p.grad for p in self.params]
+            if all(g is not None and g.device == out.device for g in grads):
+                # flat_grads' values without its per-tensor local_part, detach and device
+                # move (plain tensors, no graph recorded here): a few us a parameter
                 return torch.cat([torch.flatten(g) for g in grads], out=out)  # type: ignore[arg-type]
         return flat_grads(self.params, out=out)
 

@@ -6,19 +6,7 @@ import torch; ``trajreg.run.run`` and ``trajreg.run.analyze`` load the runner on
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from trajreg._lazy import lazy_exports
 
 __all__ = ["analyze", "run"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module("trajreg.run.runner"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trajreg.run' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, {name: "trajreg.run.runner" for name in __all__})

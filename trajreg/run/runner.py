@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import datetime
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,22 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         a.view(torch.uint8), b.view(torch.uint8))
 
 
+@contextmanager
+def running_statistics_frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, batch norm in training mode normalises with each batch's own
+    statistics, as it does in training, and updates no running statistics (the same
+    outputs bit for bit)."""
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 class RunContext:
     """``MeasureContext`` of the reference loop: losses of step t are recomputed from the
     run's seed (the same minibatch, mode and random state as in training) on a copy of
@@ -113,19 +130,12 @@ class RunContext:
         wanted = set(int(t) for t in steps)
         out = {}
         last = max(wanted, default=-1)
-        norms = [m for m in self.star.modules()
-                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        try:
-            for m in norms:
-                m.track_running_stats = False
+        with running_statistics_frozen(self.star):
             for step, _, idx in batches(self.cfg, self.data):
                 if step > last:
                     break
                 if step in wanted:
                     out[step] = minibatch_loss(self.cfg, self.star, self.data, idx, step).item()
-        finally:
-            for m in norms:
-                m.track_running_stats = True
         return np.asarray([out[int(t)] for t in steps], dtype=np.float64)
 
     def f_star(self, k: int) -> float:

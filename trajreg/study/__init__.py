@@ -17,8 +17,7 @@ executed resumably (serially, in local processes or on Dask) and reported.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from trajreg._lazy import lazy_exports
 
 # lazy (PEP 562): the CLI checks a study file without loading torch, scipy or matplotlib
 _EXPORTS = {"PRESETS": "trajreg.study.spec", "Study": "trajreg.study.spec",
@@ -27,14 +26,4 @@ _EXPORTS = {"PRESETS": "trajreg.study.spec", "Study": "trajreg.study.spec",
             "run_study": "trajreg.study.execute", "write_report": "trajreg.study.report"}
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trajreg.study' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -69,6 +69,10 @@ RUN_COLUMNS = ["run_id", "block", "status", "trained", "reason", "architecture",
 RUN_METRIC_COLUMNS = ["gamma_hat_ci_halfwidth", "kappa_hat_ci_halfwidth", "gamma_bar",
                       "window_end", "final_loss", "steps_to_threshold", "auc_log_loss",
                       "diverged", "run_dir"]
+# (short name in techniques.csv, runs.csv column; "{eps}" is the comparison's eps): each
+# is compared by paired differences like gamma, each its own Holm family
+GEOMETRY_COMPARED = (("mu", "mu_hat_{eps}"), ("L", "L_hat_{eps}"),
+                     ("cos_g", "cos_g_positive"), ("path", "path_ratio"))
 TECHNIQUE_COLUMNS = [
     "technique", "role", "axis", "block", "architecture", "dataset", "context", "with",
     "without", "metric", "n_pairs", "n_not_trained", "n",
@@ -83,17 +87,13 @@ TECHNIQUE_COLUMNS = [
     "note", "runs_with", "runs_without", "runs_not_trained",
     # the trajectory geometry compared the same way (GEOMETRY_COMPARED), e.g. mu_with ...
     # outcome_mu: does the technique raise mu_hat as it raises gamma? (nan without gradients)
-    *[f"{short}_{part}" for short, _ in (("mu", ""), ("L", ""), ("cos_g", ""), ("path", ""))
+    *[f"{short}_{part}" for short, _ in GEOMETRY_COMPARED
       for part in ("with", "without", "diff_median", "diff_low", "diff_high", "p_holm")],
-    "outcome_mu", "outcome_L", "outcome_cos_g", "outcome_path",
+    *[f"outcome_{short}" for short, _ in GEOMETRY_COMPARED],
     # fraction of the trained runs whose loss falls monotonically from x_0 to x*
     "mli_monotone_with", "mli_monotone_without"]
 # trajectory geometry (README "Trajectory geometry"); mu_hat, L_hat per eps; nan when absent
 GEOMETRY_RUN_COLUMNS = ["cos_g_positive", "path_ratio", "mli_monotone"]
-# (short name in techniques.csv, runs.csv column; "{eps}" is the comparison's eps): each
-# is compared by paired differences like gamma, each its own Holm family
-GEOMETRY_COMPARED = (("mu", "mu_hat_{eps}"), ("L", "L_hat_{eps}"),
-                     ("cos_g", "cos_g_positive"), ("path", "path_ratio"))
 
 
 def architecture(config: Mapping[str, Any]) -> str:

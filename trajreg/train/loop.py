@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -72,23 +73,33 @@ def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: t
     return F.cross_entropy(model(xb), yb)
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode inside the block (batch norm reads its running statistics
+    and updates none), in the mode it had before after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def _eval(cfg: RunConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
           chunk: int = 1024) -> tuple[float, np.ndarray | None]:
     """Mean loss (per sample, or per pixel for segmentation) in eval mode, so no BN
     statistics are updated; with ``n_classes``, also the confusion matrix."""
-    was_training = model.training
-    model.eval()
     total, confusion = 0.0, None
-    for i in range(0, len(x), chunk):
-        xb = x[i : i + chunk].to(cfg.train.device)
-        yb = y[i : i + chunk].to(cfg.train.device)
-        logits = model(xb)
-        total += F.cross_entropy(logits, yb, reduction="sum").item()
-        if n_classes:
-            m = confusion_matrix(logits.argmax(1), yb, n_classes)
-            confusion = m if confusion is None else confusion + m
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(x), chunk):
+            xb = x[i : i + chunk].to(cfg.train.device)
+            yb = y[i : i + chunk].to(cfg.train.device)
+            logits = model(xb)
+            total += F.cross_entropy(logits, yb, reduction="sum").item()
+            if n_classes:
+                m = confusion_matrix(logits.argmax(1), yb, n_classes)
+                confusion = m if confusion is None else confusion + m
     return total / y.numel(), confusion
 
 

@@ -145,7 +145,6 @@ class SketchMode(SampleMode):
     # set by open, released (None) by close
     _diff: torch.Tensor | None
     _snorms: SquaredNorms | None
-    _rows: torch.Tensor | None
 
     def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
                  stage: bool | None = None, gradients: bool | None = None) -> None:
@@ -158,7 +157,7 @@ class SketchMode(SampleMode):
         self.k = 0  # the sketch size in use (set by open)
         self.identity = False
         self.sketch: TorchCountSketch | None = None
-        self.sketches: TrajectoryWriter | None = None
+        self._xstage: StagedRows | None = None  # S x_t into trajectory/sketches/
 
     @classmethod
     def from_config(cls, cfg: Any = None, seed: int = 0) -> SketchMode:
@@ -210,50 +209,34 @@ class SketchMode(SampleMode):
         # s_t = ||x_t - x_{t+1}||^2 / eta_t^2, in float64 (exact from float32 rows); with
         # S = I after training (``_norms_from_rows``), else online
         self._snorms = SquaredNorms(Path(directory) / S_FILE, d, device, scratch=self._diff)
-        self._staged = device.type != "cpu" if self.stage is None else self.stage
+        staged = device.type != "cpu" if self.stage is None else self.stage
         # S = I keeps x_t in the params' precision, as store mode does
         row_dtype = self._x.dtype if self.identity else torch.float64
-        self._rows = torch.empty((64 if self._staged else 1, self.k), dtype=row_dtype,
-                                 device=device)
-        self._row_lrs: list[float | None] = []
-        self.sketches = TrajectoryWriter(Path(directory) / SKETCHES, self.k,
-                                         self.writer.dtype if self.identity else np.float64,
-                                         capacity, sync_seconds)
+        file_dtype = self.writer.dtype if self.identity else np.float64
+
+        def staged_rows(name: str) -> StagedRows:
+            writer = TrajectoryWriter(Path(directory) / name, self.k, file_dtype, capacity,
+                                      sync_seconds)
+            return StagedRows(writer, self.k, row_dtype, device, staged)
+
+        self._xstage = staged_rows(SKETCHES)
         self._gstage: StagedRows | None = None
         if self.gradients:  # S g_t with the same hash, ||g_t||^2 exactly
             self._g = None if self.identity else torch.empty_like(self._x)  # S = I: the row
             self._gnorms = SquaredNorms(Path(directory) / G_FILE, d, device, scratch=self._diff)
-            self._gstage = StagedRows(
-                TrajectoryWriter(Path(directory) / GRAD_SKETCHES, self.k,
-                                 self.writer.dtype if self.identity else np.float64,
-                                 capacity, sync_seconds),
-                self.k, row_dtype, device, self._staged)
+            self._gstage = staged_rows(GRAD_SKETCHES)
 
     def _push_sketch(self, x: torch.Tensor, lr: float | None) -> None:
-        assert self._rows is not None and self.sketches is not None
-        if self._staged:  # sketched on the device, copied to the host 64 rows at a time
-            row = self._rows[len(self._row_lrs)]
-        else:  # straight into the writer's buffer
-            row = torch.from_numpy(self.sketches.next_row())
-        if self.identity:
-            row.copy_(x)
-        else:
-            assert self.sketch is not None
-            self.sketch(x, out=row)
-        if not self._staged:
-            self.sketches.commit_row(lr)
-            return
-        self._row_lrs.append(lr)
-        if len(self._row_lrs) == len(self._rows):
-            self._flush_sketches()
+        """S x_t (S = I: x_t itself) as the next row of trajectory/sketches/."""
+        assert self._xstage is not None
 
-    def _flush_sketches(self) -> None:
-        assert self._rows is not None and self.sketches is not None
-        host = self._rows[: len(self._row_lrs)].cpu().numpy()
-        for row, lr in zip(host, self._row_lrs, strict=True):
-            self.sketches.next_row()[:] = row
-            self.sketches.commit_row(lr)
-        self._row_lrs = []
+        def fill(row: torch.Tensor) -> torch.Tensor:
+            if self.identity:
+                return row.copy_(x)
+            assert self.sketch is not None
+            return self.sketch(x, out=row)
+
+        self._xstage.push(fill, lr)
 
     def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
         assert self._snorms is not None
@@ -312,7 +295,7 @@ class SketchMode(SampleMode):
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
             return
-        assert self.sketches is not None and self._snorms is not None
+        assert self._xstage is not None and self._snorms is not None
         T = rec.steps
         x_end = self._bufs[T % 2]
         rec.flat(out=x_end)
@@ -323,9 +306,7 @@ class SketchMode(SampleMode):
             self.writer.write(T - 1, x_last)
         self.writer.write(T, x_end)
         self._push_sketch(x_end, None)
-        if self._staged:
-            self._flush_sketches()
-        self.sketches.close()
+        self._xstage.close()
         if self._gstage is not None:
             self._gstage.close()
         if self.identity:
@@ -337,7 +318,7 @@ class SketchMode(SampleMode):
         self.writer.close(T, {**self._meta(), "sketch_dim": self.k, "identity": self.identity,
                               "hash_seed": hash_seed(self.sampler.seed)})
         self._bufs = []
-        self._x = self._diff = self._snorms = self._rows = None
+        self._x = self._diff = self._snorms = self._xstage = None
         self.sketch = None
 
     # ------------------------------------------------------------ after training
@@ -345,36 +326,58 @@ class SketchMode(SampleMode):
         directory = Path(ctx.directory) / TRAJECTORY
         sample = SampleStore(directory)
         k = self.reference(sample, k, ctx)  # the exact x* is needed for l_t(x*)
-        sketches = TrajectoryStore(directory / SKETCHES)
         T = ctx.steps
-        if sketches.rows < T + 1:
-            raise RuntimeError(f"the sketch holds {sketches.rows} iterates, "
-                               f"the run took {T} steps")
-        lrs = sketches.lrs[:T]
-        s = np.fromfile(directory / S_FILE, dtype=np.float64, count=T)
-        sx_star = sketches.row(k)
-        D, a = np.empty(T), np.empty(T)
-        block_rows = max(1, min(256, (8 << 20) // (8 * sketches.d)))
-        for t0, sxs in sketches.blocks(T, block_rows=block_rows):
-            n = len(sxs) - 1
-            q = sketch_quantities(sxs, lrs[t0 : t0 + n], sx_star, s=s[t0 : t0 + n])
-            D[t0 : t0 + n], a[t0 : t0 + n] = q.D[:-1], q.a
-        # the exact check sample
-        x_star = sample.row(k).astype(np.float64)
-        a_exact, D_exact = np.full(T, np.nan), np.full(T, np.nan)
-        columns = {"a_exact": a_exact, "D_exact": D_exact}
+        grads = None
         if (directory / GRAD_SKETCHES / SIDECAR).is_file():  # recorded with gradients
-            columns["g_dot"], _ = stream_gradient_quantities(
-                sketches, TrajectoryStore(directory / GRAD_SKETCHES), T, sx_star)
-            columns["g_norm2"] = read_step_norms(directory / G_FILE, T)  # exact
-            columns["g_dot_exact"] = np.full(T, np.nan)
-        for t, lr in zip(sample.kept, sample.lrs, strict=True):
-            if t < T:
-                qe = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
-                                           x_star)
-                a_exact[t], D_exact[t] = qe.a[0], qe.D[0]
-                if "g_dot_exact" in columns and sample.gradients:
-                    columns["g_dot_exact"][t] = gradient_quantities(
-                        sample.row(t)[None], sample.grad(t)[None], x_star).g_dot[0]
-        return measured_every_step(ctx, k, D=D, a=a, s=s, lr=lrs, columns=columns,
-                                   x0=sample.row(0), x_star=x_star)
+            grads = (TrajectoryStore(directory / GRAD_SKETCHES),
+                     read_step_norms(directory / G_FILE, T))
+        return measure_sketched(ctx, k, TrajectoryStore(directory / SKETCHES),
+                                read_step_norms(directory / S_FILE, T), grads, [sample],
+                                x0=sample.row(0), x_star=sample.row(k).astype(np.float64))
+
+
+def measure_sketched(ctx: MeasureContext, k: int, sketches: Any, s: np.ndarray,
+                     grads: tuple[Any, np.ndarray] | None, samples: list[SampleStore], *,
+                     x0: np.ndarray, x_star: np.ndarray) -> Measured:
+    """What mode sketch measures against x* = x_k, from rows read as a
+    ``TrajectoryStore`` reads (``sketches``: S x_t; a sharded run's ``CombinedRows``):
+    D_t and a_t from the sketches with the exact s_t; with ``grads`` (S g_t, exact
+    ||g_t||^2) g_dot_t from the sketches; the check sample's exact a_t, D_t (and g_dot_t)
+    as sums of partial sums over ``samples`` (one per rank holding some entries of x;
+    one for an unsharded run); then l_t(x*) of every step, F(x*) and the endpoint
+    summary at the whole vectors ``x0`` and ``x_star``."""
+    T = ctx.steps
+    if sketches.rows < T + 1:
+        raise RuntimeError(f"the sketch holds {sketches.rows} iterates, "
+                           f"the run took {T} steps")
+    lrs = sketches.lrs[:T]
+    sx_star = sketches.row(k)
+    D, a = np.empty(T), np.empty(T)
+    for t0, sxs in sketches.blocks(T, block_rows=block_rows(sketches.d)):
+        n = len(sxs) - 1
+        q = sketch_quantities(sxs, lrs[t0 : t0 + n], sx_star, s=s[t0 : t0 + n])
+        D[t0 : t0 + n], a[t0 : t0 + n] = q.D[:-1], q.a
+    a_exact, D_exact = np.full(T, np.nan), np.full(T, np.nan)
+    columns = {"a_exact": a_exact, "D_exact": D_exact}
+    if grads is not None:
+        columns["g_dot"], _ = stream_gradient_quantities(sketches, grads[0], T, sx_star)
+        columns["g_norm2"] = grads[1]  # exact
+        columns["g_dot_exact"] = np.full(T, np.nan)
+    x_stars = [sample.row(k).astype(np.float64) for sample in samples]  # each one's part
+    for t, lr in zip(samples[0].kept, samples[0].lrs, strict=True):
+        if t >= T:
+            continue
+        a_exact[t] = D_exact[t] = 0.0
+        with_grad = grads is not None and samples[0].gradients
+        if with_grad:
+            columns["g_dot_exact"][t] = 0.0
+        for sample, part_star in zip(samples, x_stars, strict=True):
+            qe = trajectory_quantities(np.stack([sample.row(t), sample.row(t + 1)]), [lr],
+                                       part_star)
+            a_exact[t] += qe.a[0]
+            D_exact[t] += qe.D[0]
+            if with_grad:
+                columns["g_dot_exact"][t] += gradient_quantities(
+                    sample.row(t)[None], sample.grad(t)[None], part_star).g_dot[0]
+    return measured_every_step(ctx, k, D=D, a=a, s=s, lr=lrs, columns=columns, x0=x0,
+                               x_star=x_star)
