@@ -382,6 +382,11 @@ ACC_NETS: dict[str, tuple[dict, dict, int, int]] = {
     "resnet20": (RESNET20, {}, 6, 3),
     # not in the default set: 4x the parameters (a sketch 8x smaller than x), ~3x the time
     "resnet20-w0.5": (RESNET20, {"width": 0.5}, 6, 3),
+    # nets of 10^5 - 10^6 parameters (issue 19): the demo MLP and the mnist1d MLP widened;
+    # 15 (4) epochs make runs of 330 (500) steps, the length of the issue's short runs
+    "mlp-w192": (MLP, {"width": 192}, 15, 6),  # d = 162 826
+    "mlp-w512": (MLP, {"width": 512}, 15, 6),  # d = 1 091 594
+    "mnist1d-mlp-w512": (MNIST1D_MLP, {"width": 512}, 4, 2),  # d = 814 602
 }
 DEFAULT_NETS = ("mlp", "mnist1d-mlp", "cnn-w48", "resnet20")
 ACC_DIMS = (1024, 2048, 4096, 8192, 16384)
@@ -390,10 +395,11 @@ ACC_HASH_SEEDS = (11, 12, 13)  # besides the run's own (the mode's hash_seed(run
 
 
 def sketched_gamma(store, T: int, s, b, lrs, window, k: int, seed: int,
-                   eps: tuple[float, ...]) -> dict[float, float]:
+                   eps: tuple[float, ...], a_out: list | None = None) -> dict[float, float]:
     """gamma_hat(eps) on ``window`` from CountSketches S x_t (k numbers, hash ``seed``) of
     the stored iterates: the mode's own ``TorchCountSketch`` and ``sketch_quantities``
-    with the exact s_t, b_t exact, as mode sketch computes them."""
+    with the exact s_t, b_t exact, as mode sketch computes them. ``a_out`` gets the
+    sketched a_t of every step."""
     import numpy as np
     import torch
 
@@ -408,7 +414,36 @@ def sketched_gamma(store, T: int, s, b, lrs, window, k: int, seed: int,
     q = sketch_quantities(sk, lrs[:T], sk[T], s=s)
     lo, hi = window
     delta = default_delta(lrs[:T])
+    if a_out is not None:
+        a_out.append(q.a)
     return {e: gamma_hat(q.a[lo:hi], b[lo:hi], s[lo:hi], delta[lo:hi], e) for e in eps}
+
+
+CHECK_SIZES = (16, 32, 64, 100)  # check-sample steps in the window (simulated)
+
+
+def check_power(a_sk, a_ex, b, s, delta, full_rel: float, rng, draws: int = 200
+                ) -> dict[int, float]:
+    """How often a check sample of n window steps (the gamma-level figure of
+    ``sketch_error``: gamma_hat(0.05) of the sketched against the exact r_t on the same
+    steps) reports more than 10%, for each n of CHECK_SIZES: the fraction of ``draws``
+    random check samples (``full_rel`` is the full window's own error, for the caller)."""
+    import numpy as np
+
+    from trajreg.principle import gamma_hat
+
+    out = {}
+    for n in CHECK_SIZES:
+        if n > len(a_ex):
+            continue
+        flagged = 0
+        for _ in range(draws):
+            i = np.sort(rng.choice(len(a_ex), n, replace=False))
+            ex = gamma_hat(a_ex[i], b[i], s[i], delta[i], 0.05)
+            sk = gamma_hat(a_sk[i], b[i], s[i], delta[i], 0.05)
+            flagged += bool(abs(sk - ex) > 0.10 * abs(ex))
+        out[n] = flagged / draws
+    return out
 
 
 def _rel(got: float, exact: float) -> float:
@@ -424,14 +459,19 @@ def bench_accuracy(args: argparse.Namespace) -> None:
     import numpy as np
     import pandas as pd
 
+    from trajreg.principle import default_delta
     from trajreg.record.modes.sketch import DEFAULT_DIM, hash_seed
     from trajreg.record.store import TrajectoryStore
     from trajreg.run.runner import run
 
-    seeds = (0, 1, 2) if not args.quick else (0,)
+    seeds = tuple(args.seeds) if args.seeds else (0, 1, 2) if not args.quick else (0,)
     nets = args.nets or list(DEFAULT_NETS)
+    acc_dims = tuple(args.dims) if args.dims else ACC_DIMS
+    hash_seeds = ACC_HASH_SEEDS[: args.hash_seeds]
+    rng = np.random.default_rng(0)
+    power: dict[tuple[str, int], list[tuple[float, dict[int, float]]]] = {}
     section(f"4. Sketch accuracy: |gamma_hat_sketch / gamma_hat_exact - 1| over run seeds "
-            f"{seeds} x hash seeds (the run's own, {', '.join(map(str, ACC_HASH_SEEDS))}); "
+            f"{seeds} x hash seeds (the run's own, {', '.join(map(str, hash_seeds))}); "
             f"store-mode runs, nets {', '.join(nets)}")
     errs: dict[tuple[str, int, float], list[float]] = {}
     real: dict[str, list[tuple[int, float, float, float]]] = {}  # net -> (seed, exact, got, own)
@@ -454,18 +494,30 @@ def bench_accuracy(args: argparse.Namespace) -> None:
                     lrs = table_["lr"].to_numpy()
                     own = hash_seed(seed)  # what a sketch-mode run of this seed hashes with
                     own_default = math.nan
-                    for k in ACC_DIMS:
+                    lo, hi = summ.window
+                    a_ex = table_["a"].to_numpy()[lo:hi]
+                    delta = default_delta(lrs)[lo:hi]
+                    for k in acc_dims:
                         if k >= store.d:
                             continue  # the mode keeps x itself (S = I): exact
-                        for h in (own, *ACC_HASH_SEEDS):
+                        for h in (own, *hash_seeds):
+                            a_sk: list = []
                             got = sketched_gamma(store, T, s, b, lrs, summ.window, k, h,
-                                                 ACC_EPS)
+                                                 ACC_EPS, a_sk)
                             for e in ACC_EPS:
                                 errs.setdefault((name, k, e), []).append(
                                     _rel(got[e], summ.gamma_hat[str(e)]))
                             if k == DEFAULT_DIM and h == own:
                                 own_default = got[0.05]
+                            full = _rel(got[0.05], summ.gamma_hat["0.05"])
+                            power.setdefault((name, k), []).append((full, check_power(
+                                a_sk[0][lo:hi], a_ex, b[lo:hi], s[lo:hi], delta, full, rng)))
                     shutil.rmtree(out / "trajectory")  # the disk for the sketch run
+                    if args.no_sketch_run:
+                        print(f"  [{name} d={store.d} seed {seed}] T={T} window={summ.window} "
+                              f"exact gamma_hat(0.05)={summ.gamma_hat['0.05']:.4g}; store run "
+                              f"{t_store:.1f}s", flush=True)
+                        continue
                     t0 = time.perf_counter()
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -492,6 +544,17 @@ def bench_accuracy(args: argparse.Namespace) -> None:
                      f"{100 * np.nanmax(arr):.1f}%", f"{int(np.sum(arr <= 0.10))} of {len(arr)}"])
     print()
     table(["net", "d", "k", "eps", "median_rel_err", "max_rel_err", "within_10%"], rows)
+    print()
+    # the gamma-level self-check: how often a check sample of n window steps reports
+    # > 10% when the full window's error is above 10% (power) and below 5% (false alarm)
+    rows = []
+    for (name, k), cases in power.items():
+        for n in CHECK_SIZES:
+            bad = [p[n] for full, p in cases if n in p and full > 0.10]
+            good = [p[n] for full, p in cases if n in p and full < 0.05]
+            rows.append([name, k, n, f"{len(bad)}", f"{100 * np.mean(bad):.0f}%" if bad else "-",
+                         f"{len(good)}", f"{100 * np.mean(good):.0f}%" if good else "-"])
+    table(["net", "k", "check_n", "cases_>10%", "flagged", "cases_<5%", "false_alarm"], rows)
     print()
     rows = []
     for name, cases in real.items():
@@ -573,6 +636,14 @@ def main(argv: list[str] | None = None) -> int:
                    action="append")
     p.add_argument("--nets", choices=tuple(ACC_NETS), action="append",
                    help="accuracy: these nets (default: " + ", ".join(DEFAULT_NETS) + ")")
+    p.add_argument("--dims", type=int, action="append",
+                   help="accuracy: these sketch sizes k (default: "
+                        + ", ".join(map(str, ACC_DIMS)) + ")")
+    p.add_argument("--seeds", type=int, action="append", help="accuracy: these run seeds")
+    p.add_argument("--hash-seeds", type=int, default=len(ACC_HASH_SEEDS),
+                   help="accuracy: how many hash seeds besides the run's own")
+    p.add_argument("--no-sketch-run", action="store_true",
+                   help="accuracy: skip the sketch-mode run at the default k")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:

@@ -60,9 +60,10 @@ def test_sampler_is_a_pure_function_of_seed_and_step():
 
 def test_sampled_quantities_equal_store_bit_for_bit(tmp_path, one_thread):
     _, exact = run(_cfg({"mode": "store"}), tmp_path / "store", figures=False, progress=False)
+    # sample_min_steps 0: the rate alone (the default would keep every step of 32)
     with pytest.warns(UserWarning, match="record.sample_rate: 0.3 of 32 steps"):
-        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.3}), tmp_path / "sample",
-                           figures=False, progress=False)
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.3, "sample_min_steps": 0}),
+                           tmp_path / "sample", figures=False, progress=False)
     full = pd.read_parquet(tmp_path / "store" / "metrics.parquet").set_index("step")
     got = pd.read_parquet(out / "metrics.parquet")
     kept = StepSampler(0.3, seed=0).kept(summary.n_steps)
@@ -88,8 +89,8 @@ def test_sampled_quantities_equal_store_bit_for_bit(tmp_path, one_thread):
 
 def test_analyze_reanalyses_a_sample_without_retraining(tmp_path, one_thread, monkeypatch):
     with pytest.warns(UserWarning):
-        out, first = run(_cfg({"mode": "sample", "sample_rate": 0.5}), tmp_path / "r",
-                         figures=False, progress=False)
+        out, first = run(_cfg({"mode": "sample", "sample_rate": 0.5, "sample_min_steps": 0}),
+                         tmp_path / "r", figures=False, progress=False)
     before = pd.read_parquet(out / "metrics.parquet")
 
     def no_data(*_):
@@ -109,8 +110,9 @@ def test_analyze_reanalyses_a_sample_without_retraining(tmp_path, one_thread, mo
 
 def test_files_hold_only_the_sampled_rows(tmp_path, one_thread):
     with pytest.warns(UserWarning):
-        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.2}, train={"epochs": 6}),
-                           tmp_path / "r", figures=False, progress=False)
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.2, "sample_min_steps": 0},
+                                train={"epochs": 6}), tmp_path / "r", figures=False,
+                           progress=False)
     store = SampleStore(out / "trajectory")
     T, d = summary.n_steps, store.d
     kept = store.kept
@@ -258,8 +260,8 @@ def test_an_iterate_not_kept_is_refused_unless_the_run_diverged(tmp_path, one_th
     from trajreg.errors import UserError
 
     with pytest.warns(UserWarning):
-        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.2}), tmp_path / "r",
-                           figures=False, progress=False)
+        out, summary = run(_cfg({"mode": "sample", "sample_rate": 0.2, "sample_min_steps": 0}),
+                           tmp_path / "r", figures=False, progress=False)
     store = SampleStore(out / "trajectory")
     missing = next(t for t in range(summary.n_steps) if not store.has(t))
     mode = SampleMode(rate=0.2)

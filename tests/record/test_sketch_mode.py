@@ -101,7 +101,9 @@ def test_sketch_dim_above_d_is_a_config_error_and_nothing_is_written(tmp_path, o
 
 def test_sketched_run_against_store(tmp_path, one_thread):
     _, exact = run(_cfg({"mode": "store"}), tmp_path / "store", figures=False, progress=False)
-    out, summary = run(_cfg({"mode": "sketch", "sketch_dim": 256, "sketch_sample_rate": 0.5}),
+    # sketch_check_steps 0: the rate alone (the default would check every step of 32)
+    out, summary = run(_cfg({"mode": "sketch", "sketch_dim": 256, "sketch_sample_rate": 0.5,
+                             "sketch_check_steps": 0}),
                        tmp_path / "sketch", figures=False, progress=False)
     want = pd.read_parquet(tmp_path / "store" / "metrics.parquet")
     got = pd.read_parquet(out / "metrics.parquet")
@@ -129,7 +131,13 @@ def test_sketched_run_against_store(tmp_path, one_thread):
     assert meta["sketch_dim"] == 256 and not meta["identity"]
     # re-analysis keeps the check columns and the self-check
     again = analyze(out, eps=[0.0, 0.1])
-    assert again.sketch_error == err and set(again.gamma_hat_ci) == {"0.0", "0.1"}
+    per_step = ("a_median_rel", "D_median_rel", "n")
+    assert {key: again.sketch_error[key] for key in per_step} == {key: err[key]
+                                                                  for key in per_step}
+    assert set(again.gamma_hat_ci) == {"0.0", "0.1"}
+    # the gamma-level figure is the analysis' own: per eps > 0 of the analysis
+    assert set(err["gamma_rel"]) == {"0.05"} and set(again.sketch_error["gamma_rel"]) == {"0.1"}
+    assert err["n_window"] == summary.n_sampled_window
 
 
 def test_a_model_no_larger_than_k_is_kept_exactly(tmp_path, one_thread):

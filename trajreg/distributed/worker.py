@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 ERROR_FILE = "rank-{rank}.error"
@@ -69,7 +70,11 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     sharded = dcfg.strategy == "fsdp" and cfg.record.mode in shards.SHARDED_MODES
     mode = (shards.SHARDED_MODES[cfg.record.mode] if sharded else get_mode(cfg.record.mode)
             ).from_config(cfg.record, cfg.seed)
-    if rank == 0:
+    # every rank plans: the one-pass modes fix their rate from T there, and every rank
+    # must keep the same steps; rank 0 alone warns
+    with warnings.catch_warnings():
+        if rank != 0:
+            warnings.simplefilter("ignore")
         mode.plan(total_steps(cfg, data), cfg.analysis)
     model, opt, sched = build_distributed(cfg, data, dcfg.strategy, world)
     capacity = total_steps(cfg, data) + 1

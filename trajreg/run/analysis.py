@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +108,10 @@ def window_of(log: TrainLog, k: int, f_star: float, options: AnalysisOptions,
 
 
 def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star: float,
-              options: AnalysisOptions) -> dict:
+              options: AnalysisOptions, words: Mapping[str, str] | None = None) -> dict:
     """The regularity analysis of the measured steps against x* = x_k (k =
-    ``reference_step``): the summary.json keys of the analysis (see ``Summary``)."""
+    ``reference_step``): the summary.json keys of the analysis (see ``Summary``).
+    ``words``: how the record mode's options are spelled in warnings (``RecordMode.plan``)."""
     k = reference_step
     start, end = window_of(log, k, f_star, options, log.steps)
     steps = table["step"].to_numpy()
@@ -151,7 +153,7 @@ def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star
                     "delta": "eta/2" if options.delta is None else options.delta,
                     "window": "converging phase" if options.window is None else "given"},
         # a random sample of steps (one-pass modes): intervals for the full window
-        **onepass_summary(table, w, delta, tuple(options.eps)),
+        **onepass_summary(table, w, delta, tuple(options.eps), words=words),
         **geometry_summary(table, w, options.eps),
     }
 
@@ -181,14 +183,16 @@ class RunFacts:
     evaluation: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # the integration that trained it
     loss_check: dict | None = None  # integrations: rebuilt losses against training's
+    session: dict | None = None  # integrations: how the session read the run
 
 
 def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: str,
-            options: AnalysisOptions, facts: RunFacts, best: Measured | None = None
-            ) -> tuple[pd.DataFrame, Summary]:
+            options: AnalysisOptions, facts: RunFacts, best: Measured | None = None,
+            words: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, Summary]:
     """The metrics table and the summary of a run: ``measured`` against its reference
     (None: record mode off, losses only); ``best``, when the mode could measure it
-    without retraining, the same against the best epoch end (sensitivity)."""
+    without retraining, the same against the best epoch end (sensitivity). ``words``:
+    the mode's ``words`` (how its options are spelled in warnings; None: config keys)."""
     k = log.steps if measured is None else measured.reference_step
     speed = speed_summary(log.full_loss, log.epoch_ends, options.loss_threshold)
     diverged = log.diverged_step is not None
@@ -198,11 +202,11 @@ def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: s
     else:
         table = step_table(log, measured, options.delta)
         fields = summarize(table, log=log, reference_step=k, f_star=measured.f_star,
-                           options=options)
+                           options=options, words=words)
         if best is not None and best.reference_step != k:
             other = summarize(step_table(log, best, options.delta), log=log,
                               reference_step=best.reference_step, f_star=best.f_star,
-                              options=options)
+                              options=options, words=words)
             fields["sensitivity"]["reference_best"] = {
                 "gamma_hat": other["gamma_hat"], "kappa_hat": other["kappa_hat"],
                 "reference_step": best.reference_step}
@@ -218,7 +222,7 @@ def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: s
         record_mode=mode, reference=reference, n_params=facts.n_params, diverged=diverged,
         diverged_step=log.diverged_step,
         trained=trained(log.full_loss, diverged, options.train_margin),
-        source=facts.source, loss_check=facts.loss_check, **fields)
+        source=facts.source, loss_check=facts.loss_check, session=facts.session, **fields)
     return table, summary
 
 

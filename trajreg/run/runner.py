@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import datetime
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -280,12 +280,14 @@ def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: Summary) -> Train
 def write_analysis(run_dir: Path, log: TrainLog, measured: Measured | None, *, mode: str,
                    reference: str, options: analysis.AnalysisOptions,
                    facts: analysis.RunFacts, best: Measured | None = None,
-                   figures: bool = True, tensorboard: bool = False) -> Summary:
+                   figures: bool = True, tensorboard: bool = False,
+                   words: Mapping[str, str] | None = None) -> Summary:
     """Analyse the measured steps and write the outputs (metrics.parquet, figures,
     TensorBoard events, summary.json last) into ``run_dir``. Shared by ``run``,
-    ``analyze`` and the integrations' ``RegularitySession``."""
+    ``analyze`` and the integrations' ``RegularitySession``. ``words``: the record mode's
+    ``words`` (``RecordMode.plan``), how the analysis' warnings name its options."""
     table, summary = analysis.analyse(log, measured, mode=mode, reference=reference,
-                                      options=options, facts=facts, best=best)
+                                      options=options, facts=facts, best=best, words=words)
     if measured is not None and not measured.every_step:
         rundir.write_trainlog(run_dir, log)
     rundir.write_outputs(run_dir, table, summary, figures=figures, tensorboard=tensorboard)
@@ -339,7 +341,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
                                  reference=cfg.analysis.reference,
                                  options=analysis.AnalysisOptions.from_config(cfg.analysis),
                                  facts=facts, best=best, figures=figures,
-                                 tensorboard=tensorboard)
+                                 tensorboard=tensorboard, words=mode.words)
         if not cfg.record.keep_trajectory:
             rundir.discard_trajectory(tmp)
     return out, summary
@@ -414,7 +416,8 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         best = measured if k_best == k or ctx is None else mode.measure(ctx, k_best)
     options = analysis.AnalysisOptions.from_config(acfg, window=window)
     facts = analysis.RunFacts(n_params=old.n_params, task=old.task, evaluation=old.evaluation,
-                              source=old.source, loss_check=old.loss_check)
+                              source=old.source, loss_check=old.loss_check,
+                              session=old.session)
     phase(f"writing {run_dir}", progress)
     written: list[Summary] = []
     rundir.replace_outputs(run_dir, lambda stage: written.append(write_analysis(

@@ -213,9 +213,13 @@ class DistributedConfig:
 class RecordConfig:
     """How the trajectory is recorded (docs/record-modes.md).
 
-    ``sample_rate``: mode sample keeps each step with this probability. ``sketch_dim``:
-    mode sketch's CountSketch size k (None: the measured default). ``sketch_sample_rate``:
-    the exact sample a sketched run checks itself against. ``gradients``: also record
+    ``sample_rate`` and ``sample_min_steps``: mode sample keeps each step with
+    probability min(1, max(sample_rate, sample_min_steps / T)) in a run of T steps (so a
+    short run keeps about sample_min_steps steps, enough for a two-sided interval, and a
+    long one the fraction sample_rate). ``sketch_dim``: mode sketch's CountSketch size k
+    (None: the measured default, ``trajreg.record.modes.sketch.default_dim``).
+    ``sketch_sample_rate`` and ``sketch_check_steps``: the same pair for the exact
+    sample a sketched run checks itself against. ``gradients``: also record
     the minibatch gradient g_t each step's optimizer sees (None: the mode's default,
     on for sample and sketch, off for store and replay). ``keep_trajectory``: False
     deletes the mode's files under trajectory/ once the run is measured (before the run
@@ -226,8 +230,10 @@ class RecordConfig:
 
     mode: str = "store"
     sample_rate: float = 0.05
+    sample_min_steps: int = 200  # trajreg.record.modes.sample.DEFAULT_MIN_STEPS
     sketch_dim: int | None = None
     sketch_sample_rate: float = 0.02
+    sketch_check_steps: int = 100  # trajreg.record.modes.sketch.DEFAULT_CHECK_STEPS
     gradients: bool | None = None
     keep_trajectory: bool = True
     interpolation: bool = True
@@ -238,6 +244,11 @@ class RecordConfig:
             value = getattr(self, key)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"record.{key}: must be in (0, 1], got {value!r}")
+        for key in ("sample_min_steps", "sketch_check_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"record.{key}: must be a whole number of steps >= 0 (0: "
+                                  f"the rate alone), got {value!r}")
         if self.sketch_dim is not None and not 1 <= self.sketch_dim < 2**31:
             raise ConfigError(f"record.sketch_dim: must be an integer in [1, 2^31), "
                               f"got {self.sketch_dim!r}")

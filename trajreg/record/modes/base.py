@@ -8,12 +8,42 @@ the run (``trajreg run``'s runner, or an integration's session) hands the mode a
 
 Adding a mode is one module defining a ``RecordMode`` subclass plus one line in
 the registry (see docs/record-modes.md).
+
+Planning. Before training, whoever trains the run calls::
+
+    mode.plan(steps: int | None, analysis: AnalysisConfig | None, *,
+              words: Mapping[str, str] | None = None) -> None
+
+``steps`` is T, the number of optimizer steps the run will take, or None when it is
+not known (an integration's session in a hand-written loop whose user did not say):
+then the one-pass modes keep their plain rate and warn. ``analysis`` is the run's
+``AnalysisConfig`` (None: the defaults). ``words`` says how the caller's API spells the
+mode's options, for every warning the mode gives, before training and after measuring
+(``mode.words`` keeps them; ``trajreg.run.runner.write_analysis(..., words=mode.words)``
+passes them to the analysis' warnings). Its keys are the mode constructors' argument
+names, plus ``steps``:
+
+    =================  =================================  ===============================
+    key                what                               default (``CONFIG_WORDS``)
+    =================  =================================  ===============================
+    steps              how to say T                       train.epochs
+    rate               SampleMode(rate=...)               record.sample_rate
+    min_steps          SampleMode(min_steps=...)          record.sample_min_steps
+    dim                SketchMode(dim=...)                record.sketch_dim
+    check_rate         SketchMode(check_rate=...)         record.sketch_sample_rate
+    check_min_steps    SketchMode(check_min_steps=...)    record.sketch_check_steps
+    =================  =================================  ===============================
+
+A key left out keeps its default; the values are used verbatim inside sentences
+("raise record.sample_rate", "give RegularitySession(steps=...)"). ``plan`` is the only
+place a mode may change how it samples (a one-pass mode fixes its effective rate from
+T there); it must be called before ``open`` (training), at most once per run.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -23,6 +53,27 @@ from trajreg.record.measured import Measured
 
 if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
+
+
+# How ``trajreg run``'s config spells the modes' options (see the module docstring).
+CONFIG_WORDS: Mapping[str, str] = {
+    "steps": "train.epochs",
+    "rate": "record.sample_rate",
+    "min_steps": "record.sample_min_steps",
+    "dim": "record.sketch_dim",
+    "check_rate": "record.sketch_sample_rate",
+    "check_min_steps": "record.sketch_check_steps",
+}
+
+
+def with_words(words: Mapping[str, str] | None) -> dict[str, str]:
+    """``CONFIG_WORDS`` overridden by ``words`` (unknown keys are an error: a typo would
+    otherwise leave a config key in a session user's warning)."""
+    unknown = set(words or ()) - set(CONFIG_WORDS)
+    if unknown:
+        raise ValueError(f"plan(words=...): unknown keys {sorted(unknown)} "
+                         f"(allowed: {', '.join(CONFIG_WORDS)})")
+    return {**CONFIG_WORDS, **(words or {})}
 
 
 class MeasureContext(Protocol):
@@ -74,6 +125,8 @@ class RecordMode(ABC):
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost: ClassVar[str] = ""
     gradients: bool = False
+    # how the options are spelled in warnings (set by ``plan``; the module docstring)
+    words: Mapping[str, str] = CONFIG_WORDS
 
     @classmethod
     def from_config(cls, cfg: Any = None, seed: int = 0) -> RecordMode:
@@ -83,10 +136,14 @@ class RecordMode(ABC):
         mode.gradients = gradients_option(cls, cfg)
         return mode
 
-    def plan(self, steps: int, analysis: Any) -> None:  # noqa: B027 - optional hook
-        """Before training: the number of steps the run will take and its
-        ``AnalysisConfig``. A mode may warn, or refuse (``ConfigError``) a reference point
-        it cannot measure against."""
+    def plan(self, steps: int | None, analysis: Any, *,
+             words: Mapping[str, str] | None = None) -> None:
+        """Before training: the number of steps the run will take (None: unknown) and its
+        ``AnalysisConfig`` (None: the defaults); ``words``: how the caller spells the
+        mode's options (the module docstring). A mode may fix how it samples, warn, or
+        refuse (``ConfigError``) a reference point it cannot measure against. Subclasses
+        call this first: it keeps ``words``."""
+        self.words = with_words(words)
 
     # ------------------------------------------------------------ during training
     def open(self, rec: Recorder, directory: Path | None, **options: Any) -> None:  # noqa: B027 - optional hook

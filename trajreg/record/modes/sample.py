@@ -1,8 +1,13 @@
 """Record mode ``sample``: exact quantities at a random sample of steps, one pass.
 
-Each optimizer step t is kept independently with probability R (``record.sample_rate``),
-decided before the step by a generator seeded from the run seed, so an integration
-keeps the micro-batches of the kept steps only. For a kept step the mode writes x_t
+Each optimizer step t is kept independently with probability R, decided before the
+step by a generator seeded from the run seed, so an integration keeps the micro-batches
+of the kept steps only. R is fixed by ``plan(T, ...)`` before training:
+R = min(1, max(rate, min_steps / T)) (``record.sample_rate``, default 0.05, and
+``record.sample_min_steps``, default 200), so a short run still keeps about min_steps
+steps (a two-sided interval for gamma_hat(0.05) needs 72 in the window) and a long one
+keeps the fraction ``rate``; with T unknown (``plan(None, ...)``) R = rate, with a
+warning. For a kept step the mode writes x_t
 and x_{t+1} (each just before its step, as store mode takes every row) to
 ``trajectory/``; after training a_t, s_t, D_t come from
 ``trajectory_quantities([x_t, x_{t+1}], [eta_t], x*)``, the function store mode
@@ -29,6 +34,7 @@ import json
 import math
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -40,14 +46,16 @@ import torch
 from trajreg.errors import ConfigError, UserError
 from trajreg.principle import (
     gamma_bar_interval,
+    gamma_hat,
     gamma_hat_interval,
     gradient_quantities,
     kappa_hat_interval,
+    ratio,
     trajectory_quantities,
 )
 from trajreg.record.geometry import SquaredNorms, endpoint_summary, read_step_norms
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext, RecordMode
+from trajreg.record.modes.base import CONFIG_WORDS, MeasureContext, RecordMode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,6 +71,21 @@ FORMAT = "trajreg-sample/1"
 STREAM_SAMPLE = 3  # SeedSequence([seed, 3, block]) draws the sample of mode sample
 STREAM_CHECK = 4  # ... and [seed, 4, block] the exact check sample of mode sketch
 MIN_WINDOW = 72  # fewest window samples with a two-sided 95% interval for eps = 0.05
+# Fewest kept steps of a run of known length (plan). A window of half a 300-step run
+# then expects 100 samples, 72 at 3.9 sd below (2.5% of such runs lack the lower side
+# when the window is 45% of the run); runs of <= 200 steps keep every step (exact).
+DEFAULT_MIN_STEPS = 200
+SKETCH_ERROR_WARN = 0.10  # sketch_error.gamma_rel above which the analysis warns
+
+
+def effective_rate(rate: float, min_steps: int, steps: int | None) -> float:
+    """The rate a one-pass mode samples at in a run of ``steps`` steps:
+    min(1, max(rate, min_steps / steps)); ``rate`` when the length is unknown (None)."""
+    if steps is None:
+        return float(rate)
+    if steps <= min_steps:
+        return 1.0
+    return min(1.0, max(float(rate), min_steps / steps))
 
 
 class StepSampler:
@@ -70,7 +93,9 @@ class StepSampler:
 
     U_t is entry t % 4096 of block t // 4096, drawn from
     ``numpy.random.default_rng(SeedSequence([seed, stream, block]))``, so ``keep(t)``
-    is a pure function of (seed, stream, rate, t), known before step t, in any order.
+    is a pure function of (seed, stream, rate, t), known before step t, in any order;
+    and the steps kept at a rate are a subset of those kept at any higher rate. The
+    rate is fixed at construction (a mode's ``plan`` builds a new sampler).
     """
 
     BLOCK = 4096
@@ -215,8 +240,15 @@ class SampleMode(RecordMode):
     gradients = True  # g_t of the kept steps (R d floats a step)
 
     def __init__(self, rate: float = 0.05, seed: int = 0, stream: int = STREAM_SAMPLE,
-                 gradients: bool | None = None) -> None:
+                 gradients: bool | None = None, min_steps: int = DEFAULT_MIN_STEPS) -> None:
+        """``rate``: the fraction of steps kept (at least, once planned); ``min_steps``:
+        the fewest steps a run of known length keeps (``plan``; 0: the rate alone)."""
         self.sampler = StepSampler(rate, seed, stream)
+        self.requested_rate = self.sampler.rate
+        if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 0:
+            raise ValueError(f"min_steps must be a non-negative integer, got {min_steps!r}")
+        self.min_steps = min_steps
+        self.planned_steps: int | None = None
         if gradients is not None:
             self.gradients = gradients
         self.writer: SampleWriter | None = None
@@ -227,12 +259,15 @@ class SampleMode(RecordMode):
 
     @property
     def rate(self) -> float:
+        """The rate in use: the requested one, or the effective one once planned."""
         return self.sampler.rate
 
     @classmethod
     def from_config(cls, cfg: Any = None, seed: int = 0) -> SampleMode:
-        return cls(rate=0.05 if cfg is None else cfg.sample_rate, seed=seed,
-                   gradients=getattr(cfg, "gradients", None))
+        if cfg is None:
+            return cls(seed=seed)
+        return cls(rate=cfg.sample_rate, seed=seed, gradients=getattr(cfg, "gradients", None),
+                   min_steps=getattr(cfg, "sample_min_steps", DEFAULT_MIN_STEPS))
 
     def _check_reference(self, analysis: Any) -> None:
         if analysis is not None and analysis.reference not in self.reanalyse:
@@ -240,18 +275,43 @@ class SampleMode(RecordMode):
                               f"the final iterate only, not {analysis.reference!r} (use "
                               "record mode store or replay)")
 
-    def plan(self, steps: int, analysis: Any) -> None:
-        """Refuse a reference other than the final iterate; warn before training when the
-        analysis window cannot hold enough samples for a two-sided interval (the window
-        is at most ``analysis.max_fraction`` of the steps)."""
+    def _set_rate(self, steps: int | None) -> None:
+        """Fix the effective rate for a run of ``steps`` steps, before training only (a
+        sampler changed once steps were kept would make keep(t) a function of when it
+        was asked)."""
+        if self.writer is not None:
+            raise RuntimeError(f"mode {self.name}: plan() after training started")
+        self.planned_steps = steps
+        rate = effective_rate(self.requested_rate, self.min_steps, steps)
+        self.sampler = StepSampler(rate, self.sampler.seed, self.sampler.stream)
+
+    def plan(self, steps: int | None, analysis: Any, *,
+             words: Mapping[str, str] | None = None) -> None:
+        """Refuse a reference other than the final iterate; fix the rate at
+        min(1, max(rate, min_steps / steps)); warn before training when the steps are
+        unknown (the plain rate), or when even the largest window (``analysis.max_fraction``
+        of the steps) cannot hold enough samples for a two-sided interval."""
+        super().plan(steps, analysis, words=words)
         self._check_reference(analysis)
-        expected = self.rate * getattr(analysis, "max_fraction", 0.9) * steps
-        if expected < MIN_WINDOW:
-            warnings.warn(f"record.sample_rate: {self.rate:g} of {steps} steps keeps about "
-                          f"{expected:.0f} steps of the analysis window; a two-sided 95% "
-                          f"interval for gamma_hat(0.05) needs {MIN_WINDOW} (raise the rate "
-                          "or train longer): the summary will say insufficient samples",
+        self._set_rate(steps)
+        w = self.words
+        if steps is None:
+            warnings.warn(f"the number of steps is unknown ({w['steps']}), so mode "
+                          f"{self.name} keeps each step with probability {self.rate:g} "
+                          f"({w['rate']}) however short the run: a two-sided 95% interval "
+                          f"for gamma_hat(0.05) needs {MIN_WINDOW} kept steps in the "
+                          f"analysis window, a window of {MIN_WINDOW / self.rate:.0f} steps "
+                          f"at this rate. Give {w['steps']} (then at least {w['min_steps']}"
+                          f" = {self.min_steps} steps are kept) or raise {w['rate']}",
                           UserWarning, stacklevel=2)
+            return
+        expected = self.rate * getattr(analysis, "max_fraction", 0.9) * steps
+        if expected < MIN_WINDOW and self.rate < 1.0:  # every step kept: exact, no interval
+            warnings.warn(f"{w['rate']}: {self.rate:g} of {steps} steps keeps about "
+                          f"{expected:.0f} steps of the analysis window; a two-sided 95% "
+                          f"interval for gamma_hat(0.05) needs {MIN_WINDOW} (raise "
+                          f"{w['min_steps']} or {w['rate']}, or train longer): the summary "
+                          "will say insufficient samples", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------ during training
     def keep(self, step: int) -> bool:
@@ -297,7 +357,9 @@ class SampleMode(RecordMode):
         self._sample_grad(rec, step)
 
     def _meta(self) -> dict[str, Any]:
-        return {"rate": self.rate, "seed": self.sampler.seed, "stream": self.sampler.stream}
+        return {"rate": self.rate, "seed": self.sampler.seed, "stream": self.sampler.stream,
+                "requested_rate": self.requested_rate, "min_steps": self.min_steps,
+                "planned_steps": self.planned_steps}
 
     def close(self, rec: Recorder) -> None:
         if self.writer is None or self.writer.closed:
@@ -368,7 +430,8 @@ def _interval(iv: Any) -> list[float | None]:
 
 
 def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
-                    eps: tuple[float, ...], confidence: float = 0.95) -> dict[str, Any]:
+                    eps: tuple[float, ...], confidence: float = 0.95,
+                    words: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The summary keys of a run measured on a random sample of steps (``{}`` otherwise).
 
     ``table`` is the analysis' step table, ``window`` its rows in the analysis window,
@@ -384,8 +447,17 @@ def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
       samples: a warning says so);
     - ``gamma_bar_ci``: ``gamma_bar_interval`` (Fieller), null sides when unbounded;
     - ``sketch_error`` (mode sketch): the median relative error of the sketch's a_t and
-      D_t against the exact values on the check sample, and its size ``n``.
+      D_t against the exact values on the check sample, and its size ``n``; and at the
+      level of gamma (``sketch_check``): ``n_window``, the check steps in the window,
+      ``gamma_rel`` ``{eps: |gamma_hat(sketched r) - gamma_hat(exact r)| / |exact|}`` on
+      those steps for each eps > 0, and ``a_rel_at_quantile`` ``{eps: ...}``, the largest
+      relative error of the sketch's a_t at the steps whose r_t decide either gamma_hat.
+      A gamma_rel above 10% warns (how to raise the sketch's k).
+
+    ``words``: how the caller's API spells the options, for the warnings
+    (``RecordMode.plan``; None: the config keys).
     """
+    w = {**CONFIG_WORDS, **(words or {})}
     steps = table["step"].to_numpy()
     sketched = "a_exact" in table.columns
     if sketched:
@@ -413,15 +485,66 @@ def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
     if short and not sketched:  # a sketch's check sample is small by design
         warnings.warn(f"insufficient samples: {n} exactly measured steps in the analysis "
                       f"window cannot bound gamma_hat({', '.join(short)}) on both sides (null "
-                      "in gamma_hat_ci); raise record.sample_rate or train longer",
-                      UserWarning, stacklevel=2)
+                      f"in gamma_hat_ci); raise {w['min_steps']} or {w['rate']}, or train "
+                      "longer", UserWarning, stacklevel=2)
     if sketched:
-        out["sketch_error"] = {"a_median_rel": _median_rel(table["a"].to_numpy()[exact],
-                                                           a[exact]),
+        a_sketch = table["a"].to_numpy()
+        out["sketch_error"] = {"a_median_rel": _median_rel(a_sketch[exact], a[exact]),
                                "D_median_rel": _median_rel(table["D"].to_numpy()[exact],
                                                            table["D_exact"].to_numpy()[exact]),
-                               "n": int(exact.sum())}
+                               "n": int(exact.sum()),
+                               **sketch_check(a_sketch[m], a[m], b[m], s[m], delta[m], eps)}
+        _warn_sketch(out["sketch_error"], w)
     return out
+
+
+def sketch_check(a_sketch: np.ndarray, a_exact: np.ndarray, b: np.ndarray, s: np.ndarray,
+                 delta: np.ndarray, eps: tuple[float, ...]) -> dict[str, Any]:
+    """The sketch's error at the level of gamma, on the check steps of the window (the
+    arrays): both gamma_hat(eps) of these steps, from the sketch's a_t and from the exact
+    a_t (b_t, s_t are exact in both), are estimates of the same step set's value, so
+    their difference is the sketch's doing alone, not the sample's. Keys ``n_window``,
+    ``gamma_rel`` and ``a_rel_at_quantile`` ``{eps: value}`` for each eps > 0 (None:
+    no finite exact value)."""
+    out: dict[str, Any] = {"n_window": len(a_exact), "gamma_rel": {}, "a_rel_at_quantile": {}}
+    r_sk, r_ex = ratio(a_sketch, b, s, delta), ratio(a_exact, b, s, delta)
+    upper = np.flatnonzero((b > 0) & np.isfinite(r_sk) & np.isfinite(r_ex))
+    for e in eps:
+        if e <= 0:
+            continue  # a minimum of noisy values: biased down at any k (docs)
+        key = str(float(e))
+        exact = gamma_hat(a_exact, b, s, delta, e) if len(a_exact) else math.nan
+        got = gamma_hat(a_sketch, b, s, delta, e) if len(a_exact) else math.nan
+        # None where no relative error exists (an exact value that is 0 or not finite);
+        # +inf where the sketch's is not finite and the exact one is
+        out["gamma_rel"][key] = (float(abs(got - exact) / abs(exact))
+                                 if math.isfinite(exact) and exact != 0 else None)
+        # the steps whose r_t is each gamma_hat (an upper breakpoint: b_t > 0)
+        deciding = {int(upper[np.argmin(np.abs(r[upper] - g))])
+                    for r, g in ((r_ex, exact), (r_sk, got)) if upper.size and math.isfinite(g)}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a_rel = [abs(a_sketch[i] - a_exact[i]) / abs(a_exact[i]) for i in sorted(deciding)]
+        a_rel = [v for v in a_rel if math.isfinite(v)]
+        out["a_rel_at_quantile"][key] = float(max(a_rel)) if a_rel else None
+    return out
+
+
+def _warn_sketch(err: dict[str, Any], w: Mapping[str, str]) -> None:
+    """Warn when the sketch's gamma_hat on the check steps is more than 10% off."""
+    bad = {key: v for key, v in err.get("gamma_rel", {}).items()
+           if v is not None and v > SKETCH_ERROR_WARN}
+    if not bad:
+        return
+    worst = max(bad, key=lambda key: bad[key])
+    at = err["a_rel_at_quantile"].get(worst)
+    warnings.warn(f"sketch_error: on the {err['n_window']} exactly checked steps of the analysis "
+                  f"window the sketch's gamma_hat({worst}) is {100 * bad[worst]:.1f}% off the "
+                  f"exact value (more than {100 * SKETCH_ERROR_WARN:.0f}%"
+                  + ("" if at is None else f"; a_t's error at the deciding step "
+                     f"{100 * at:.1f}%") + "): the run's gamma_hat is likely off as much. "
+                  f"Raise {w['dim']} (the error falls as 1/sqrt(k): "
+                  f"{(bad[worst] / 0.05) ** 2:.0f}x k for about 5%), or record with mode "
+                  "store", UserWarning, stacklevel=3)
 
 
 def _median_rel(estimate: np.ndarray, exact: np.ndarray) -> float:

@@ -29,6 +29,8 @@ the check sample.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,7 +49,7 @@ from trajreg.record.geometry import (
     stream_gradient_quantities,
 )
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext
+from trajreg.record.modes.base import MeasureContext, RecordMode
 from trajreg.record.modes.sample import (
     STREAM_CHECK,
     TRAJECTORY,
@@ -60,6 +62,14 @@ if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
 
 DEFAULT_DIM = 8192  # gamma_hat(0.05) within 10% of the exact value (docs/record-modes.md)
+# Fewest exactly checked steps of a run of known length: sketch_error's gamma-level
+# figure compares two gamma_hat(0.05) of the check steps in the window (docs)
+DEFAULT_CHECK_STEPS = 100
+
+
+def default_dim(d: int) -> int:
+    """k for a model of d parameters when ``record.sketch_dim`` is not given."""
+    return DEFAULT_DIM
 SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
 S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
 GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
@@ -147,11 +157,16 @@ class SketchMode(SampleMode):
     _snorms: SquaredNorms | None
 
     def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
-                 stage: bool | None = None, gradients: bool | None = None) -> None:
-        """``stage``: sketch into a block of 64 rows on the device and copy the block to the
-        host when full (None: on accelerators only; on the CPU each sketch goes straight
-        into the writer's buffer)."""
-        super().__init__(rate=check_rate, seed=seed, stream=STREAM_CHECK, gradients=gradients)
+                 stage: bool | None = None, gradients: bool | None = None,
+                 check_min_steps: int = DEFAULT_CHECK_STEPS) -> None:
+        """``dim``: k (None: ``default_dim(d)``); ``check_rate`` and ``check_min_steps``:
+        the exact check sample keeps each step with probability
+        min(1, max(check_rate, check_min_steps / T)) once planned (``plan``). ``stage``:
+        sketch into a block of 64 rows on the device and copy the block to the host when
+        full (None: on accelerators only; on the CPU each sketch goes straight into the
+        writer's buffer)."""
+        super().__init__(rate=check_rate, seed=seed, stream=STREAM_CHECK, gradients=gradients,
+                         min_steps=check_min_steps)
         self.dim = dim
         self.stage = stage
         self.k = 0  # the sketch size in use (set by open)
@@ -164,7 +179,8 @@ class SketchMode(SampleMode):
         if cfg is None:
             return cls(seed=seed)
         return cls(dim=cfg.sketch_dim, check_rate=cfg.sketch_sample_rate, seed=seed,
-                   gradients=getattr(cfg, "gradients", None))
+                   gradients=getattr(cfg, "gradients", None),
+                   check_min_steps=getattr(cfg, "sketch_check_steps", DEFAULT_CHECK_STEPS))
 
     def keep(self, step: int) -> bool:
         return True  # b_t at every step: every minibatch is measured
@@ -181,10 +197,24 @@ class SketchMode(SampleMode):
         return TorchCountSketch(d, self.k, hash_seed(self.sampler.seed), device,
                                 tmp=self._diff)
 
-    def plan(self, steps: int, analysis: Any) -> None:
-        """The reference check only: the check sample is small by design (its intervals
-        say so), no warning."""
+    def plan(self, steps: int | None, analysis: Any, *,
+             words: Mapping[str, str] | None = None) -> None:
+        """Refuse a reference other than the final iterate and fix the check sample's rate
+        at min(1, max(check_rate, check_min_steps / steps)); with the steps unknown, the
+        plain check rate and a warning (a check sample too small to see the sketch's
+        error in gamma_hat)."""
+        RecordMode.plan(self, steps, analysis, words=words)
         self._check_reference(analysis)
+        self._set_rate(steps)
+        if steps is None:
+            w = self.words
+            warnings.warn(f"the number of steps is unknown ({w['steps']}), so mode "
+                          f"{self.name} checks its sketch exactly on each step with "
+                          f"probability {self.rate:g} ({w['check_rate']}) however short the "
+                          f"run; give {w['steps']} (then at least {w['check_min_steps']} = "
+                          f"{self.min_steps} steps are checked) or raise {w['check_rate']}, "
+                          "or sketch_error's gamma-level figure may rest on a few steps",
+                          UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------ during training
     def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
@@ -196,7 +226,7 @@ class SketchMode(SampleMode):
                               "parameters (use record.mode store for an exact trajectory)")
         super().open(rec, directory, **options)
         assert directory is not None and self.writer is not None and self._x is not None
-        k = DEFAULT_DIM if self.dim is None else self.dim
+        k = default_dim(total) if self.dim is None else self.dim
         self.identity = total <= k  # a sketch no smaller than x: keep x itself
         self.k = d if self.identity else k
         device = rec.params[0].device
