@@ -40,3 +40,19 @@ def train_with_session(session, model: torch.nn.Module, opt: torch.optim.Optimiz
             after_step(step)
         if step % 4 == 3:
             session.end_epoch()
+
+
+def mlp_problem(seed: int = 0, n: int = 64, scale: float = 1.0):
+    """A 4-8-1 tanh MLP, plain SGD at 0.05, and 40 batches of ``n`` (targets times
+    ``scale``), seeded."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    batches = [(torch.randn(n, 4), scale * torch.randn(n, 1)) for _ in range(40)]
+    return model, torch.optim.SGD(model.parameters(), lr=0.05), batches
+
+
+def counted_steps(optimizer: torch.optim.Optimizer) -> list[int]:
+    """A one-item list counting the optimizer's real steps."""
+    count = [0]
+    optimizer.register_step_post_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    return count

@@ -23,9 +23,21 @@ What is exact and what is not:
   summary.json counts the steps where it equals, bit for bit, the loss the
   framework computed during training. Batches must be tensors (or nested
   tuples/lists/dicts of them); they are kept in ``batches/`` of the run directory.
+  A rebuilt loss that differs from the logged one by more than ``loss_rtol`` (relative)
+  stops the measurement with ``LossMismatch``: no run directory is written, since every
+  b_t of such a run would be wrong.
 - F_k, the training loss per epoch, is the framework's running epoch loss: the
   mean of l_t(x_t) over epoch k's steps (F_0 = l_0(x_0)), not the full loss at the
-  epoch's end point as in ``trajreg run``. It only matters for the default window.
+  epoch's end point as in ``trajreg run``. It only matters for the default window. An
+  epoch is what ``end_epoch()`` (or ``epoch_steps``) says it is; a loop that never ends
+  one is a single epoch. F(x*) and the interpolation's F are the mean loss over a fixed
+  evaluation set: the micro-batches of the last ``eval_steps`` measured steps of the last
+  epoch, so their cost is bounded whatever the run's length.
+- Micro-batches whose gradients are cleared (``zero_grad``, ``p.grad = None``) before an
+  optimizer step uses them, as when a GradScaler skips an overflowing step, are dropped
+  from the next step's loss (``session.skipped_steps`` in summary.json); a step taken
+  with no micro-batch since the previous one has no l_t and is left unmeasured
+  (``session.steps_without_batch``).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import contextlib
 import dataclasses
 import math
 import shutil
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +84,22 @@ if TYPE_CHECKING:
     from trajreg.record.modes.base import MeasureContext
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+# A rebuilt loss equals the logged one bit for bit on one machine with deterministic
+# kernels; 1e-5 (about 80 float32 ulps) leaves room for non-deterministic GPU reductions
+# while a scaled loss (a factor of 2 or more) or another batch is far outside it.
+LOSS_RTOL = 1e-5
+EVAL_STEPS = 32  # steps whose micro-batches make the evaluation set of F(x*) and the MLI
+
+
+class LossMismatch(UserError):
+    """The losses rebuilt from the recorded micro-batches are not the losses the training
+    script logged: the measurement would be wrong, so none is written."""
+
+
+def _notice(message: str) -> None:
+    """One line on stderr, for what the user must know but need not act on."""
+    print(f"trajreg: {message}", file=sys.stderr, flush=True)
 
 
 def map_tensors(batch: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -169,8 +198,18 @@ class RegularitySession:
             seconds a rank waits for the others in one of the session's collectives
             before it fails.
         interpolation: evaluate the session's F on the segment from x_0 to x* (the
-            summary's ``mli``: 19 passes over the last epoch's micro-batches); False
-            leaves ``mli`` null.
+            summary's ``mli``: 19 passes over the evaluation set, at most ``eval_steps``
+            steps' micro-batches); False leaves ``mli`` null.
+        steps: the number of optimizer steps the run will take, if known: the one-pass
+            modes size their samples from it (a callback passes the framework's own).
+        epoch_steps: end an epoch every this many optimizer steps, for a loop without
+            epochs (as calling ``end_epoch()`` would); the window rule and gamma per epoch
+            use epochs (docs/integrations.md, "Loops without epochs").
+        eval_steps: the evaluation set of F(x*) and the interpolation: the micro-batches
+            of the last this many measured steps of the last epoch.
+        loss_rtol: the largest relative difference between a rebuilt step loss and the
+            logged one that counts as the same loss; beyond it ``finish`` raises
+            ``LossMismatch`` and writes nothing.
 
     Under DDP or FSDP2 (torch.distributed initialised with more than one process when
     ``start`` is called) every rank runs the same session: rank 0 alone records the
@@ -186,7 +225,9 @@ class RegularitySession:
                  loss_threshold: float = 0.1, tensorboard: bool = False, figures: bool = True,
                  combine: str = "mean", lr_group: int = 0,
                  mode: str | RecordMode = "store", timeout: float = 1800.0,
-                 interpolation: bool = True) -> None:
+                 interpolation: bool = True, steps: int | None = None,
+                 epoch_steps: int | None = None, eval_steps: int = EVAL_STEPS,
+                 loss_rtol: float = LOSS_RTOL) -> None:
         self.out = Path(out)
         if self.out.exists():
             raise UserError(f"output directory already exists: {self.out}")
@@ -211,6 +252,15 @@ class RegularitySession:
                 mode = get_mode(mode).from_config()
             except ValueError as exc:
                 raise UserError(str(exc)) from None
+        for key, value, low in (("steps", steps, 1), ("epoch_steps", epoch_steps, 1),
+                                ("eval_steps", eval_steps, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise UserError(f"{key}: must be an integer >= {low}, got {value!r}")
+        if not (isinstance(loss_rtol, int | float) and 0 <= loss_rtol < 1):
+            raise UserError(f"loss_rtol: must be a number in [0, 1), got {loss_rtol!r}")
+        self.expected_steps, self.epoch_steps = steps, epoch_steps
+        self.eval_steps, self.loss_rtol = int(eval_steps), float(loss_rtol)
         self.mode = mode
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
@@ -225,8 +275,20 @@ class RegularitySession:
         self._rngs: dict[int, dict | None] = {}  # random state of started, unfinished micro-batches
         self.batch_losses: list[float] = []  # the framework's loss of each micro-batch
         self.step_bounds: list[int] = []  # micro-batches started when step t was taken
+        self.step_first: list[int] = []  # the first micro-batch of step t (after discards)
+        self._group = 0  # the first micro-batch whose gradient the next step can use
+        # backward passes of each pending micro-batch at the probed parameters, and how
+        # many of them found the gradient cleared (see _probe)
+        self._fired: dict[int, int] = {}
+        self._cleared: dict[int, int] = {}
+        self._tokens: dict[int, tuple[int, int]] = {}
+        self._probes: list[Any] = []
+        self.skipped_steps = 0  # rounds of micro-batches discarded without a step
+        self.discarded_batches = 0
+        self.no_batch: list[int] = []  # steps taken with no micro-batch of their own
         self.step_lrs: list[float] = []  # eta_t of each step taken
         self.epoch_ends: list[int] = []
+        self._unknown: set[int] = set()  # steps with no micro-batch of their own
         self.info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ during training
@@ -297,6 +359,8 @@ class RegularitySession:
                                      mode=self.mode, lr_group=self.lr_group)
         # after the recorder's own hook: the step just taken closes its micro-batches
         self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
+        if not sharded:  # FSDP2 assigns sharded gradients outside autograd's accumulation
+            self._watch_clears(optimizer_params(optimizer))
         self.info = {"source": self.source, "model": type(model).__name__,
                      "optimizer": type(optimizer).__name__,
                      "param_groups": [{k: v for k, v in g.items() if k != "params"
@@ -336,9 +400,59 @@ class RegularitySession:
             return lambda t: sample.row(t) if sample.has(t) else None
         return TrajectoryStore(directory).row
 
+    def _watch_clears(self, params: list[torch.Tensor]) -> None:
+        """Hook a few parameters (the first, the last and the largest: used by every
+        forward pass of almost any model) to see, at every backward pass, whether their
+        gradient was cleared since the previous backward pass: None, or an in-place
+        zeroed tensor (another version than the last accumulation left, all zeros)."""
+        trained = [p for p in params if p.requires_grad]
+        if not trained:
+            return
+        chosen = {id(p): p for p in (trained[0], trained[-1],
+                                     max(trained, key=lambda p: p.numel()))}
+        for key, p in chosen.items():
+            self._probes.append(p.register_hook(
+                lambda _grad, p=p, key=key: self._probe(p, key)))
+            self._probes.append(p.register_post_accumulate_grad_hook(
+                lambda p, key=key: self._tokens.__setitem__(key, (id(p.grad),
+                                                                  p.grad._version))))
+
+    def _probe(self, p: torch.Tensor, key: int) -> None:
+        """Before a backward pass accumulates into ``p.grad``: count whether it was cleared
+        (for the micro-batch whose forward began last)."""
+        i = self._started - 1
+        self._fired[i] = self._fired.get(i, 0) + 1
+        g = p.grad
+        if g is None or ((id(g), g._version) != self._tokens.get(key)
+                         and not bool(g.detach().any())):
+            self._cleared[i] = self._cleared.get(i, 0) + 1
+
+    def _drop_discarded(self) -> None:
+        """The pending micro-batches before the last one whose backward pass found every
+        probed gradient cleared did not reach the step about to close: drop them."""
+        cleared = [i for i, n in self._fired.items()
+                   if i >= self._group and self._cleared.get(i, 0) == n]
+        last = max(cleared, default=self._group)
+        if last > self._group:
+            self.skipped_steps += 1
+            self.discarded_batches += last - self._group
+            assert self.tmp is not None
+            for i in range(self._group, last):
+                (self.tmp / "batches" / f"{i:08d}.pt").unlink(missing_ok=True)
+            self._group = last
+        self._fired = {i: n for i, n in self._fired.items() if i >= self._started}
+        self._cleared = {i: n for i, n in self._cleared.items() if i >= self._started}
+
     def _step_taken(self) -> None:
+        self._drop_discarded()
+        if self._group == self._started:
+            self.no_batch.append(self.steps)
+        self.step_first.append(self._group)
         self.step_bounds.append(self._started)
+        self._group = self._started
         self.step_lrs.append(float(self.optimizer.param_groups[self.lr_group]["lr"]))
+        if self.epoch_steps is not None and self.steps % self.epoch_steps == 0:
+            self.end_epoch()
 
     @property
     def steps(self) -> int:
@@ -349,8 +463,8 @@ class RegularitySession:
             self.epoch_ends.append(self.steps)
 
     def _members(self, t: int) -> range:
-        """The micro-batches of optimizer step t."""
-        return range(self.step_bounds[t - 1] if t else 0, self.step_bounds[t])
+        """The micro-batches of optimizer step t (without those discarded before it)."""
+        return range(self.step_first[t], self.step_bounds[t])
 
     def _combine(self, values: list[float]) -> float:
         if not values:
@@ -383,6 +497,14 @@ class RegularitySession:
             values.append(float(loss_fn(model, batch).detach()))
         return self._combine(values)
 
+    def _unhook(self) -> None:
+        hook = getattr(self, "_hook", None)
+        if hook is not None:
+            hook.remove()
+        for probe in self._probes:
+            probe.remove()
+        self._probes = []
+
     def abort(self) -> None:
         """Drop the partial run directory (training failed or was interrupted)."""
         atexit.unregister(self.abort)
@@ -390,9 +512,7 @@ class RegularitySession:
             # at interpreter exit the store's writer thread can no longer seal its files
             with contextlib.suppress(Exception):
                 self.recorder.close()
-        hook = getattr(self, "_hook", None)
-        if hook is not None:
-            hook.remove()
+        self._unhook()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -401,7 +521,7 @@ class RegularitySession:
         summary. Under DDP every rank calls it (see ``trajreg.integrations.ranks``)."""
         if self.recorder is not None:
             self.recorder.close()
-        self._hook.remove()
+        self._unhook()
         assert self.tmp is not None  # set by start
         T, ranks = self.steps, self.ranks
         empty = UserError("no optimizer step was taken: nothing to measure")
@@ -426,6 +546,8 @@ class RegularitySession:
         if T == 0:
             self.abort()
             raise empty
+        epochs = ("epoch_steps" if self.epoch_steps is not None
+                  else "end_epoch" if self.epoch_ends else "none")
         self.end_epoch()
         # this rank's loss of each step, as the framework computed it
         self._recorded = np.asarray([self._combine([self.batch_losses[i]
@@ -444,8 +566,10 @@ class RegularitySession:
         device = params[0].device
         if ranks is not None and not ranks.leader:
             return self._follow(model, loss_fn, params, device)
+        unknown = self._unknown = set(self.no_batch)  # steps with no loss of their own
         try:
-            finite = [t for t, v in enumerate(recorded_losses) if not math.isfinite(v)]
+            finite = [t for t, v in enumerate(recorded_losses)
+                      if t not in unknown and not math.isfinite(v)]
             diverged = finite[0] if finite else None
             k = T if diverged is None else diverged  # x* = x_k
             if k == 0:
@@ -464,11 +588,15 @@ class RegularitySession:
                 loss_x = list(recorded_losses[:k])  # rebuilt below where x_t was kept
                 rebuilt = []
                 for t in range(k):
-                    x = row(t) if self.mode.keep(t) else None
+                    x = row(t) if self.mode.keep(t) and t not in unknown else None
                     if x is not None:
                         ctx.load(x)
                         loss_x[t] = float(ctx.step_losses([t], check=True)[0])
                         rebuilt.append(t)
+                        if len(ctx.mismatched) >= 16:  # enough to say what went wrong
+                            break
+                if ctx.beyond:
+                    raise self._mismatch(ctx, len(rebuilt))
                 if self.sharding is not None:  # the per-rank partial sums, added
                     from trajreg.distributed.shards import SHARDED_MODES
 
@@ -488,12 +616,20 @@ class RegularitySession:
             raise
         assert measured is not None  # store, sample and sketch measure
         measured.loss = np.asarray(loss_x, dtype=np.float64)[measured.steps]
+        if unknown:
+            measured = _without(measured, unknown)
         # every rank's rebuilt l_t(x_t) against its own loss from training, bit for bit
         check = {"steps": len(rebuilt), "equal": ctx.equal, "max_abs_diff": ctx.max_diff}
         if ranks is not None:
             check["ranks"] = ranks.world
+        facts = {"epochs": epochs, "eval_steps": self.eval_steps, "loss_rtol": self.loss_rtol,
+                 "skipped_steps": self.skipped_steps,
+                 "discarded_batches": self.discarded_batches,
+                 "steps_without_batch": len(self.no_batch)}
+        self._report(facts, len(rebuilt))
         try:
-            summary = self._write(model, params, measured, loss_x, ends, diverged, check)
+            summary = self._write(model, params, measured, loss_x, ends, diverged, check,
+                                  facts)
         except BaseException as exc:
             if ranks is None:
                 self.abort()
@@ -521,9 +657,52 @@ class RegularitySession:
             ranks.broadcast_object("renaming the run directory", summary)
         return summary
 
+    def _mismatch(self, ctx: _SessionContext, checked: int) -> LossMismatch:
+        """The error of a run whose rebuilt losses are not its logged ones."""
+        where = ""
+        if ctx.mismatched:
+            t, logged, rebuilt = ctx.mismatched[0]
+            where = f" (step {t}: logged {logged:.9g}, rebuilt {rebuilt:.9g})"
+            ratios = np.asarray([r / v for _, v, r in ctx.mismatched if v != 0])
+            if ratios.size >= 2 and np.ptp(ratios) <= 1e-3 * abs(float(np.median(ratios))):
+                where += (f"; rebuilt/logged = {float(np.median(ratios)):.4g} at every such "
+                          "step: the loss given to after_batch looks scaled (e.g. divided by "
+                          "the gradient accumulation steps): give the loss loss_fn returns")
+        ranks = "" if self.ranks is None else " on some rank"
+        return LossMismatch(
+            f"the step losses rebuilt from the recorded micro-batches are not the losses the "
+            f"training script logged{ranks}: {ctx.beyond} of {checked} checked steps differ "
+            f"by more than loss_rtol={self.loss_rtol:g}{where}. trajreg compares the loss "
+            "given to after_batch(batch, loss), combined over a step's micro-batches, with "
+            "loss_fn(model, batch) on the same micro-batches at x_t. Likely causes: a scaled "
+            "loss, a batch changed after after_batch (or not the one the forward pass saw), "
+            "a loss_fn that is not the training loss, or a forward pass that is not "
+            "deterministic (raise loss_rtol). Nothing was written")
+
+    def _report(self, facts: dict[str, Any], checked: int) -> None:
+        """One line on stderr for each thing that changed what was measured."""
+        if facts["skipped_steps"]:
+            _notice(f"{facts['skipped_steps']} round(s) of micro-batches "
+                    f"({facts['discarded_batches']} micro-batches) had their gradients "
+                    "cleared without an optimizer step (a skipped step): left out of the "
+                    "next step's loss")
+        if facts["steps_without_batch"]:
+            _notice(f"{facts['steps_without_batch']} optimizer step(s) were taken with no "
+                    "micro-batch since the previous step: no loss of their own, left "
+                    "unmeasured")
+        if facts["epochs"] == "none" and self.steps > 1:
+            _notice(f"end_epoch() was never called: the run's {self.steps} steps are one "
+                    "epoch, so the converging window is the first "
+                    f"{self.analysis.max_fraction:g} of them and gamma per epoch has one "
+                    "value; pass epoch_steps=N to cut it into epochs")
+        if checked == 0:
+            _notice("no step's loss could be rebuilt and checked against the logged loss "
+                    "(the record mode kept no step's micro-batches): the measurement is "
+                    "unchecked")
+
     def _write(self, model: torch.nn.Module, params: list[torch.Tensor], measured: Measured,
                loss_x: list[float], ends: list[int], diverged: int | None,
-               check: dict) -> Summary:
+               check: dict, session: dict[str, Any]) -> Summary:
         """Write the run directory's files into the partial directory."""
         k = len(loss_x)
         assert self.tmp is not None
@@ -545,7 +724,7 @@ class RegularitySession:
                                  else cast(torch.nn.Module, _State(self._final)))
         facts = analysis.RunFacts(n_params=int(sum(p.numel() for p in params)),
                                   task="external", evaluation={}, source=self.source,
-                                  loss_check=check)
+                                  loss_check=check, session=session)
         summary = write_analysis(
             self.tmp, log, measured, mode=self.mode.name, reference="final",
             options=analysis.AnalysisOptions.from_config(self.analysis), facts=facts,
@@ -558,6 +737,15 @@ class RegularitySession:
             self.sharding.put(self.model, params, x)
         else:
             set_flat_params(params, x)
+
+    def _beyond(self, logged: np.ndarray, rebuilt: np.ndarray) -> np.ndarray:
+        """Where a rebuilt loss is not the logged one: both finite, and further apart than
+        ``loss_rtol`` times the larger magnitude (0: bit for bit)."""
+        known = np.isfinite(logged) & np.isfinite(rebuilt)
+        with np.errstate(invalid="ignore"):
+            apart = np.abs(logged - rebuilt) > self.loss_rtol * np.maximum(np.abs(logged),
+                                                                           np.abs(rebuilt))
+        return known & apart
 
     def _across(self, total: np.ndarray) -> np.ndarray:
         """A step's loss from the sum of the ranks' losses."""
@@ -597,6 +785,16 @@ class RegularitySession:
         return outcome
 
 
+def _without(measured: Measured, steps: set[int]) -> Measured:
+    """``measured`` without the rows of ``steps``."""
+    keep = ~np.isin(measured.steps, np.fromiter(steps, dtype=np.int64))
+    return dataclasses.replace(
+        measured, steps=measured.steps[keep], D=measured.D[keep], a=measured.a[keep],
+        s=measured.s[keep], lr=measured.lr[keep], loss_star=measured.loss_star[keep],
+        loss=None if measured.loss is None else measured.loss[keep],
+        columns={c: v[keep] for c, v in measured.columns.items()})
+
+
 class _State:
     """What ``rundir.write_final_state`` needs of a model: its state dict."""
 
@@ -627,6 +825,8 @@ class _SessionContext:
         self.directory, self.steps = session.tmp, k
         self._at: dict[int, float] = {}
         self.equal, self.max_diff = 0, 0.0
+        self.beyond = 0  # checked steps beyond loss_rtol on some rank
+        self.mismatched: list[tuple[int, float, float]] = []  # this rank's: t, logged, rebuilt
         # FSDP2: each rank holds a shard, the interpolation is not a whole vector to load
         self.mli = session.interpolation and session.sharding is None
 
@@ -676,19 +876,29 @@ class _SessionContext:
         except Exception as exc:
             error = exc
         unequal = (session._recorded[steps] != local).astype(np.float64)
+        beyond = session._beyond(session._recorded[steps], local).astype(np.float64)
         total = ranks.allsum_checked("rebuilding its step losses",
-                                     np.concatenate([local, unequal]), error)
-        return self._checked(steps, local, session._across(total[:n]), check, total[n:])
+                                     np.concatenate([local, unequal, beyond]), error)
+        return self._checked(steps, local, session._across(total[:n]), check,
+                             total[n:2 * n], total[2 * n:])
 
     def _checked(self, steps: list[int], local: np.ndarray, values: np.ndarray, check: bool,
-                 unequal: np.ndarray | None = None) -> np.ndarray:
+                 unequal: np.ndarray | None = None,
+                 beyond: np.ndarray | None = None) -> np.ndarray:
         """``values``; with ``check`` (the parameters are x_t) also counts the steps at
         which every rank's rebuilt loss (``local`` here) equals its loss from training
-        (``unequal``: the number of ranks where it does not)."""
+        (``unequal``: the number of ranks where it does not) and those at which it differs
+        by more than ``loss_rtol`` on some rank (``beyond``)."""
         if check:
             recorded = self.session._recorded[steps]
             if unequal is None:
                 unequal = (recorded != local).astype(np.float64)
+            if beyond is None:
+                beyond = self.session._beyond(recorded, local).astype(np.float64)
+            self.beyond += int(np.sum(beyond > 0))
+            self.mismatched += [(int(t), float(recorded[i]), float(local[i]))
+                                for i, t in enumerate(steps)
+                                if self.session._beyond(recorded[i:i + 1], local[i:i + 1])[0]]
             known = np.isfinite(recorded) & np.isfinite(local)
             diff = float(np.max(np.abs(recorded - local)[known], initial=0.0))
             if self.session.ranks is not None:
@@ -698,9 +908,13 @@ class _SessionContext:
         return values
 
     def f_star(self, k: int) -> float:
+        """The mean loss over the evaluation set: the last ``eval_steps`` measured steps
+        (micro-batches kept, a loss of their own) of the last epoch before k."""
         last = self.ends[-2] if len(self.ends) > 1 else 0
-        keep = self.session.mode.keep  # the steps whose micro-batches were kept
-        steps = [t for t in range(last, k) if keep(t)] or [t for t in range(k) if keep(t)]
+        keep, unknown = self.session.mode.keep, self.session._unknown
+        steps = ([t for t in range(last, k) if keep(t) and t not in unknown]
+                 or [t for t in range(k) if keep(t) and t not in unknown])
+        steps = steps[-self.session.eval_steps:]
         return float(np.mean(self.step_losses(steps))) if steps else math.nan
 
     def replay(self, k: int) -> Measured:
