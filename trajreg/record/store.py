@@ -1,4 +1,4 @@
-"""On-disk trajectory: preallocated ``.npy`` memmaps plus a JSON sidecar.
+"""On-disk trajectory: ``.npy`` segment files plus a JSON sidecar.
 
 Layout of a trajectory directory::
 
@@ -7,19 +7,32 @@ Layout of a trajectory directory::
     lr-0000.npy          (capacity,) the learning rate eta_t of step t
     x-0001.npy ...       further segments when a run outgrows the first
 
+A segment is preallocated (a sparse file: disk blocks are taken only as rows are
+written) while the run writes it; ``close`` cuts the last segment's files to the rows
+and learning rates they hold and rewrites their headers to match (format 3), so a
+closed trajectory's files are exactly as large as their data (a run that knows its
+length passes ``capacity`` = T + 1 and has a single segment).
+
 The sidecar is the source of truth: rows beyond its counts are never read, so a
 crash can lose at most the steps since the last sidecar write, never corrupt it.
 Each segment's entry carries a CRC32 of its valid rows' bytes (``x_crc32``) and of
 its valid learning rates (``lr_crc32``), computed as the writer thread writes the
 blocks and always matching the counts beside them; ``TrajectoryStore.verify``
 checks them, so a file changed on disk after the run is detected, not analysed.
-(Format 1 sidecars, from before the checksums, are read without them.)
+(Format 1 sidecars, from before the checksums, are read without them; formats 1
+and 2 have full-size last segments.)
+
+Written rows are synced and dropped from the page cache as the writer thread goes,
+and readers drop what they read (``trajreg.record.pagecache``), so neither writing
+nor streaming a trajectory leaves it in memory; nothing is memory-mapped.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,17 +43,75 @@ import numpy as np
 import numpy.typing as npt
 
 from trajreg.errors import DamagedRun
+from trajreg.record.pagecache import drop_cache
 
 SIDECAR = "trajectory.json"
-FORMAT = "trajreg-trajectory/2"  # 2: per-segment CRC32s
-FORMATS = ("trajreg-trajectory/1", FORMAT)  # what TrajectoryStore reads
+FORMAT = "trajreg-trajectory/3"  # 2: per-segment CRC32s; 3: last segment cut on close
+FORMATS = ("trajreg-trajectory/1", "trajreg-trajectory/2", FORMAT)  # TrajectoryStore reads
 _CHUNK = 16 << 20  # bytes read at a time when verifying checksums
+# written bytes synced and dropped from the page cache at a time: about one write
+# buffer, so one sync (tens of ms) takes less than training needs to fill the other
+_DROP_BYTES = 8 << 20
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype, size: int | None = None) -> bytes:
+    """A version 1.0 ``.npy`` header for a C-ordered array, as numpy writes it; padded
+    to ``size`` bytes when given, so a rewritten header keeps the data where it is."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {
+        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+        "shape": tuple(int(n) for n in shape)})
+    header = buf.getvalue()
+    if size is None or size == len(header):
+        return header
+    if size < len(header) or size - 10 > 0xFFFF:
+        raise ValueError(f"a .npy header of {len(header)} bytes cannot fill {size}")
+    # preamble: magic (6) + version (2) + little-endian uint16 length; text ends in \n
+    text = header[10:-1] + b" " * (size - len(header)) + b"\n"
+    return header[:8] + struct.pack("<H", len(text)) + text
+
+
+def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _pread_into(path: Path, offset: int, out: np.ndarray) -> None:
+    """Fill ``out`` with the bytes of ``path`` from ``offset``, then drop them from the
+    page cache: a trajectory is streamed once, and cached pages of it would only fill
+    the memory charged to the run."""
+    view = out.data.cast("B")
+    start, n_bytes = offset, len(view)
+    if not n_bytes:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while len(view):
+            n = os.preadv(fd, [view], offset)
+            if n == 0:
+                raise DamagedRun(f"{path}: ends before the rows the sidecar counts")
+            view, offset = view[n:], offset + n
+        drop_cache(fd, start, n_bytes)
+    finally:
+        os.close(fd)
+
+
+class _SegmentFiles:
+    """A segment's open files (raw descriptors: ``pwrite``, no user-space buffer to
+    flush) and the data offsets after their headers; ``cached``: the file offset from
+    which written x rows may still be in the page cache (the writer thread's)."""
+
+    def __init__(self, x: int, x_off: int, lr: int, lr_off: int) -> None:
+        self.x, self.x_off, self.lr, self.lr_off = x, x_off, lr, lr_off
+        self.cached = x_off
 
 
 class TrajectoryWriter:
@@ -50,7 +121,10 @@ class TrajectoryWriter:
     preallocated ``.npy`` file by a background thread while training fills the
     other, so the training loop pays for a copy, not for the disk. (Writing each row
     through a memmap cost a page fault per page and dominated small models' steps.)
-    The sidecar only ever counts rows already written to the files.
+    The thread syncs every ``_DROP_BYTES`` written and drops them from the page cache.
+    The sidecar only ever counts rows already written to the files. ``capacity``:
+    rows per segment file, best the number the run will write (T + 1); ``close``
+    cuts the last segment to its rows.
     """
 
     def __init__(self, directory: str | Path, d: int, dtype: npt.DTypeLike = np.float32,
@@ -73,7 +147,7 @@ class TrajectoryWriter:
         self._lr_bufs = [np.empty(n_buf, np.float64) for _ in range(2)]
         self._cur = 0
         self._buf_n = 0  # rows in the current buffer (all in the current segment)
-        self._files: tuple | None = None  # (x file, x data offset, lr file, lr data offset)
+        self._files: _SegmentFiles | None = None  # the current segment's
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trajreg-writer")
         self._pending: tuple[Future, int, int, dict] | None = None
         self._last_sync = time.monotonic()
@@ -84,15 +158,16 @@ class TrajectoryWriter:
         self._close_files()
         k = len(self.segments)
         xf, lf = f"x-{k:04d}.npy", f"lr-{k:04d}.npy"
-        files: list = []
+        files: list[int] = []
         for name, shape, dtype in ((xf, (self.capacity, self.d), self.dtype),
                                    (lf, (self.capacity,), np.dtype(np.float64))):
-            # open_memmap writes the .npy header and sizes the (sparse) file
-            mm = np.lib.format.open_memmap(self.dir / name, mode="w+", dtype=dtype, shape=shape)
-            offset = mm.offset
-            del mm
-            files += [open(self.dir / name, "r+b"), offset]  # noqa: SIM115 - see _close_files
-        self._files = tuple(files)
+            header = _npy_header(shape, dtype)
+            fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+            files += [fd, len(header)]
+            _pwrite_all(fd, header, 0)
+            # sized as the header says, sparse: blocks are taken as rows are written
+            os.ftruncate(fd, len(header) + int(np.prod(shape)) * dtype.itemsize)
+        self._files = _SegmentFiles(*files)
         self.segments.append({"x": xf, "lr": lf, "rows": 0, "steps": 0,
                               "x_crc32": 0, "lr_crc32": 0})
 
@@ -118,17 +193,19 @@ class TrajectoryWriter:
             self._sync()
 
     @staticmethod
-    def _write(files: tuple, r0: int, row_bytes: int, x: np.ndarray, lr: np.ndarray,
+    def _write(files: _SegmentFiles, r0: int, row_bytes: int, x: np.ndarray, lr: np.ndarray,
                crcs: tuple[int, int]) -> tuple[int, int]:
         """Write a block at row ``r0`` of the segment; the segment's CRC32s continued
-        over it (blocks of a segment are written in order, one at a time)."""
-        xfile, xoff, lfile, loff = files
+        over it (blocks of a segment are written in order, one at a time). Once
+        ``_DROP_BYTES`` are written, they are synced and dropped from the page cache."""
         xbytes, lbytes = x.data.cast("B"), lr.data.cast("B")
-        xfile.seek(xoff + r0 * row_bytes)
-        xfile.write(xbytes)
+        end = files.x_off + r0 * row_bytes + len(xbytes)
+        _pwrite_all(files.x, xbytes, end - len(xbytes))
         if len(lr):
-            lfile.seek(loff + r0 * 8)
-            lfile.write(lbytes)
+            _pwrite_all(files.lr, lbytes, files.lr_off + r0 * 8)
+        if end - files.cached >= _DROP_BYTES:
+            drop_cache(files.x, files.cached, end - files.cached, sync=True)
+            files.cached = end
         return zlib.crc32(xbytes, crcs[0]), zlib.crc32(lbytes, crcs[1])
 
     def _write_buffer(self) -> None:
@@ -163,16 +240,31 @@ class TrajectoryWriter:
     def _close_files(self) -> None:
         self._wait()
         if self._files is not None:
-            self._files[0].close()
-            self._files[2].close()
+            # no sync: the rest is written back soon after (and a reader drops it then)
+            drop_cache(self._files.x)
+            drop_cache(self._files.lr)
+            os.close(self._files.x)
+            os.close(self._files.lr)
             self._files = None
+
+    def _cut_last_segment(self) -> None:
+        """Cut the last segment's files to the rows (learning rates) it holds, each header
+        rewritten first with the same length, so the data stays where it is."""
+        if self._files is None:
+            return
+        seg, f = self.segments[-1], self._files
+        for fd, offset, shape, dtype in ((f.x, f.x_off, (seg["rows"], self.d), self.dtype),
+                                         (f.lr, f.lr_off, (seg["steps"],),
+                                          np.dtype(np.float64))):
+            if shape[0] < self.capacity:
+                _pwrite_all(fd, _npy_header(shape, dtype, offset), 0)
+                os.ftruncate(fd, offset + int(np.prod(shape)) * dtype.itemsize)
 
     def _sync(self) -> None:
         self._write_buffer()
         self._wait()
-        if self._files is not None:
-            self._files[0].flush()
-            self._files[2].flush()
+        if self.closed:
+            self._cut_last_segment()  # the sidecar that says closed comes after
         _write_json_atomic(self.dir / SIDECAR, {
             "format": FORMAT, "d": self.d, "dtype": self.dtype.str, "capacity": self.capacity,
             "rows": self._disk_rows, "steps": self._disk_steps, "segments": self.segments,
@@ -206,7 +298,9 @@ class TrajectoryStore:
     Opening checks the structure: the sidecar parses, every segment file exists with
     the ``.npy`` header (shape, dtype) and the size the sidecar implies, and the
     counts fit (``DamagedRun`` naming the file and what is wrong). ``verify()`` also
-    reads the data against the checksums.
+    reads the data against the checksums. Rows are read from the files (``pread``),
+    never mapped, and dropped from the page cache once read: streaming a trajectory
+    leaves none of it resident.
     """
 
     def __init__(self, directory: str | Path) -> None:
@@ -221,15 +315,21 @@ class TrajectoryStore:
         self.steps: int = meta["steps"]
         self.capacity: int = meta["capacity"]
         self.closed: bool = meta["closed"]
-        dtype = np.dtype(meta["dtype"])
+        self.dtype = dtype = np.dtype(meta["dtype"])
+        self._offsets: list[tuple[int, int]] = []  # data offsets of each segment's x, lr
+        last = len(meta["segments"]) - 1
         for k, seg in enumerate(meta["segments"]):
-            _check_npy(self.dir / seg["x"], (self.capacity, self.d), dtype)
-            _check_npy(self.dir / seg["lr"], (self.capacity,), np.dtype(np.float64))
-            if k < len(meta["segments"]) - 1 and seg["rows"] != self.capacity:
+            # a closed format-3 trajectory's last segment is cut to its rows (steps);
+            # while open, and in formats 1-2, it is ``capacity`` rows like the others
+            cut = k == last
+            self._offsets.append((
+                _check_npy(self.dir / seg["x"], (self.capacity, self.d), dtype,
+                           fewest=seg["rows"] if cut else None),
+                _check_npy(self.dir / seg["lr"], (self.capacity,), np.dtype(np.float64),
+                           fewest=seg["steps"] if cut else None)))
+            if k < last and seg["rows"] != self.capacity:
                 raise DamagedRun(f"{path}: segment {k} holds {seg['rows']} rows, but "
                                  f"only the last segment may hold fewer than {self.capacity}")
-        self._x = [np.load(self.dir / s["x"], mmap_mode="r") for s in meta["segments"]]
-        self._lr = [np.load(self.dir / s["lr"], mmap_mode="r") for s in meta["segments"]]
 
     @property
     def checksummed(self) -> bool:
@@ -242,27 +342,34 @@ class TrajectoryStore:
         (A format-1 trajectory has no checksums: only its structure is checked.)"""
         if not self.checksummed:
             return
-        row_bytes = self.d * np.dtype(self.meta["dtype"]).itemsize
+        row_bytes = self.d * self.dtype.itemsize
         for k, seg in enumerate(self.meta["segments"]):
             first = k * self.capacity
             rows = f"rows {first}-{first + seg['rows'] - 1}"
-            for name, n_bytes, want, what in (
-                    (seg["x"], seg["rows"] * row_bytes, seg["x_crc32"], rows),
-                    (seg["lr"], seg["steps"] * 8, seg["lr_crc32"],
+            x_off, lr_off = self._offsets[k]
+            for name, offset, n_bytes, want, what in (
+                    (seg["x"], x_off, seg["rows"] * row_bytes, seg["x_crc32"], rows),
+                    (seg["lr"], lr_off, seg["steps"] * 8, seg["lr_crc32"],
                      f"learning rates of steps {first}-{first + seg['steps'] - 1}")):
-                if _crc32(self.dir / name, n_bytes) != want:
+                if _crc32(self.dir / name, offset, n_bytes) != want:
                     raise DamagedRun(f"{self.dir / name}: checksum mismatch ({what})")
 
     @property
     def lrs(self) -> np.ndarray:
         """eta_t for every recorded step, shape (steps,)."""
-        parts = [lr[: s["steps"]] for lr, s in zip(self._lr, self.meta["segments"], strict=True)]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        out = np.empty(self.steps, np.float64)
+        start = 0
+        for (_, lr_off), seg in zip(self._offsets, self.meta["segments"], strict=True):
+            _pread_into(self.dir / seg["lr"], lr_off, out[start : start + seg["steps"]])
+            start += seg["steps"]
+        return out
 
     def row(self, t: int) -> np.ndarray:
+        """x_t, read from its file (a new array: no mapping keeps the file's pages
+        resident, so reading every row one by one does not grow memory either)."""
         if not 0 <= t < self.rows:
             raise IndexError(f"row {t} outside the {self.rows} recorded iterates")
-        return np.asarray(self._x[t // self.capacity][t % self.capacity])
+        return self._slice(t, t + 1)[0]
 
     def blocks(self, stop: int, block_rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t0, xs)`` with xs = rows t0..t0+n (inclusive), consecutive blocks
@@ -275,22 +382,23 @@ class TrajectoryStore:
         if not 0 <= start <= stop <= self.rows:
             raise IndexError(f"rows {start}..{stop - 1} outside the {self.rows} recorded rows")
         if start == stop:
-            return np.empty((0, self.d), dtype=np.dtype(self.meta["dtype"]))
+            return np.empty((0, self.d), dtype=self.dtype)
         return self._slice(start, stop)
 
     def _slice(self, start: int, stop: int) -> np.ndarray:
-        parts = []
+        # read, not a memmap view: mapped pages stay resident and would make memory
+        # grow with the rows read (all of them, for a caller reading row by row)
+        out = np.empty((stop - start, self.d), self.dtype)
+        row_bytes = self.d * self.dtype.itemsize
+        i = 0
         while start < stop:
             k, r = divmod(start, self.capacity)
             n = min(stop - start, self.capacity - r)
-            # read, not a memmap view: mapped pages stay resident and would make
-            # the analysis' memory grow with the run length
-            mm = self._x[k]
-            parts.append(np.fromfile(mm.filename, dtype=mm.dtype, count=n * self.d,
-                                     offset=mm.offset + r * self.d * mm.dtype.itemsize
-                                     ).reshape(n, self.d))
+            _pread_into(self.dir / self.meta["segments"][k]["x"],
+                        self._offsets[k][0] + r * row_bytes, out[i : i + n])
             start += n
-        return np.concatenate(parts)
+            i += n
+        return out
 
 
 def _read_sidecar(path: Path) -> dict:
@@ -344,8 +452,11 @@ def _read_sidecar(path: Path) -> dict:
     return meta
 
 
-def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """The ``.npy`` file at ``path`` has this header and exactly the size it implies."""
+def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype,
+               fewest: int | None = None) -> int:
+    """The ``.npy`` file at ``path`` has this header and exactly the size it implies;
+    with ``fewest``, the header's first dimension may be anything from ``fewest`` to
+    ``shape[0]`` (a last segment cut on close). Returns the data offset."""
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -357,26 +468,33 @@ def _check_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         raise DamagedRun(f"{path}: missing") from None
     except (ValueError, OSError, SyntaxError) as exc:
         raise DamagedRun(f"{path}: not a .npy file ({exc})") from None
-    if tuple(got_shape) != shape or got_dtype != dtype or fortran:
-        raise DamagedRun(f"{path}: header says {got_dtype} {tuple(got_shape)}, the sidecar "
-                         f"{dtype} {shape}")
+    got_shape = tuple(got_shape)
+    if fewest is not None and len(got_shape) == len(shape) and got_shape[1:] == shape[1:] \
+            and fewest <= got_shape[0] <= shape[0]:
+        shape = got_shape
+    if got_shape != shape or got_dtype != dtype or fortran:
+        want_shape = shape if fewest is None else (f"{fewest}..{shape[0]}", *shape[1:])
+        raise DamagedRun(f"{path}: header says {got_dtype} {got_shape}, the sidecar "
+                         f"{dtype} {want_shape}".replace("'", ""))
     size, want = os.path.getsize(path), offset + int(np.prod(shape)) * dtype.itemsize
     if size != want:
         raise DamagedRun(f"{path}: {size} bytes, {want} expected (truncated?)"
                          if size < want else f"{path}: {size} bytes, {want} expected")
+    return offset
 
 
-def _crc32(path: Path, n_bytes: int) -> int:
-    """CRC32 of the ``n_bytes`` bytes after the ``.npy`` header of ``path``."""
+def _crc32(path: Path, offset: int, n_bytes: int) -> int:
+    """CRC32 of the ``n_bytes`` bytes of ``path`` from ``offset`` (after the ``.npy``
+    header), each chunk dropped from the page cache once read."""
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        (np.lib.format.read_array_header_1_0 if version == (1, 0)
-         else np.lib.format.read_array_header_2_0)(f)
+        f.seek(offset)
         crc = 0
         while n_bytes > 0:
             chunk = f.read(min(n_bytes, _CHUNK))
             if not chunk:
                 raise DamagedRun(f"{path}: ends before the rows the sidecar counts")
             crc = zlib.crc32(chunk, crc)
+            drop_cache(f.fileno(), offset, len(chunk))
+            offset += len(chunk)
             n_bytes -= len(chunk)
     return crc
