@@ -86,7 +86,8 @@ CHILD = textwrap.dedent("""
     print("RESULT " + json.dumps({
         "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "rows": meta["rows"], "d": meta["d"],
-        "apparent": sum(f.stat().st_size for f in files)}))
+        "apparent": sum(f.stat().st_size for f in files),
+        "used": sum(f.stat().st_blocks * 512 for f in files)}))
 """)
 
 
@@ -111,6 +112,10 @@ def test_store_peak_rss_flat_in_run_length(tmp_path, how):
     long = peak(how, 40, tmp_path / "40")
     assert long["rows"] * long["d"] * 4 > 400e6  # enough trajectory that mapping it shows
     ratio = long["peak_kib"] / short["peak_kib"]
+    for epochs, res in ((10, short), (40, long)):  # shown with pytest -s
+        print(f"{how} {epochs} epochs: {res['rows']} rows x d = {res['d']}: peak RSS "
+              f"{res['peak_kib'] / 1024:.1f} MiB; trajectory files "
+              f"{res['apparent'] / 2**20:.1f} MiB apparent, {res['used'] / 2**20:.1f} MiB used")
     assert ratio <= 1.1, (f"peak RSS {long['peak_kib'] / 1024:.0f} MiB at 40 epochs vs "
                           f"{short['peak_kib'] / 1024:.0f} MiB at 10: {ratio:.2f}x")
     for res in (short, long):  # the closed files hold the rows written, no more

@@ -10,6 +10,7 @@ to forget a range: clean pages go at once; dirty ones only once written back, he
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -18,7 +19,11 @@ def drop_cache(fd: int, offset: int = 0, length: int = 0, *, sync: bool = False)
     0: to the end of the file); ``sync``: write the file's dirty pages back first, so
     that the pages just written are dropped too (an I/O error is raised, not hidden)."""
     if sync:
-        os.fdatasync(fd)
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:  # a file that cannot be synced (EINVAL) is no error here
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
     if hasattr(os, "posix_fadvise"):
         try:
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
