@@ -184,6 +184,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-interpolation", action="store_true",
                    help="skip the session's loss on the segment from x_0 to x* (mli)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch-steps", type=int, default=25,
+                   help="an epoch, for the session's window rule, every this many steps")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--report", help="write the loop's losses and timings to this JSON file")
     p.add_argument("--batch-size", type=int, default=8, help="windows per micro-batch")
@@ -227,11 +229,13 @@ def main(argv: list[str] | None = None):
         from trajreg.integrations import RegularitySession  # trajreg
 
         imports_s += time.perf_counter() - t_import
+        # trajreg: no epochs in this loop: epoch_steps cuts the run into periods for the
+        # window rule (docs/integrations.md, "Loops without epochs"); steps lets the
+        # one-pass modes size their samples
         session = RegularitySession(args.out, source="plain", mode=args.mode,  # trajreg
+                                    steps=args.iters, epoch_steps=args.epoch_steps,  # trajreg
                                     figures=not args.no_figures,  # trajreg
                                     interpolation=not args.no_interpolation)  # trajreg
-        # trajreg: no epochs here. TODO(lead): the expected number of optimizer steps
-        # (steps=args.iters) and periodic epochs, once the session takes them
         session.start(model, optimizer, info={"iters": args.iters})  # trajreg
     setup_s = time.perf_counter() - t_main - (imports_s - IMPORTS_S)
 
@@ -258,7 +262,6 @@ def main(argv: list[str] | None = None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(np.mean(micro)))  # the step's loss, as the session combines it
-        # TODO(lead): periodic epochs (session.end_epoch() every N iterations) go here
         if (it + 1) % args.eval_interval == 0 or it + 1 == args.iters:
             evals.append({"iter": it + 1, **estimate_loss(model, data, args)})
             print(f"iter {it + 1}: loss {losses[-1]:.4f}, train {evals[-1]['train']:.4f}, "

@@ -129,7 +129,7 @@ def test_callback_records_in_the_one_pass_modes(tmp_path, mode):
     from trajreg.record.modes.sample import SampleMode
     from trajreg.record.modes.sketch import SketchMode
 
-    chosen = (SampleMode(rate=0.5, seed=1) if mode == "sample"
+    chosen = (SampleMode(rate=0.5, seed=1, min_steps=0) if mode == "sample"
               else SketchMode(dim=512, check_rate=0.3, seed=2))  # d = 2474 > k: hashed
     out = tmp_path / "run"
     with warnings.catch_warnings():

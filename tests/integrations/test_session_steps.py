@@ -88,6 +88,7 @@ def test_a_step_without_a_micro_batch_is_left_unmeasured(tmp_path, capfd):
     assert summary.n_steps == 13 and not summary.diverged
     assert 7 not in set(table["step"]) and len(table) == 12
     assert summary.session["steps_without_batch"] == 1
+    assert summary.gamma_hat_ci is None  # a store run missing a step is no random sample
     assert np.isfinite(table["b"]).all()
     assert "1 optimizer step(s) were taken with no micro-batch" in capfd.readouterr().err
 
@@ -145,7 +146,7 @@ def test_epoch_steps_cut_an_epochless_loop_into_epochs(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"epoch_steps": 0}, "epoch_steps: must be an integer >= 1"),
-    ({"eval_steps": 2.5}, "eval_steps: must be an integer >= 1"),
+    ({"eval_batches": 2.5}, "eval_batches: must be an integer >= 1"),
     ({"steps": True}, "steps: must be an integer >= 1"),
     ({"loss_rtol": -1.0}, r"loss_rtol: must be a number in \[0, 1\)"),
 ])

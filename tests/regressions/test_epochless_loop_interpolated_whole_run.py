@@ -1,7 +1,7 @@
 """Regression: a loop that never calls ``end_epoch()`` (nanoGPT's) is one epoch, and the
 interpolation evaluated F over all of its micro-batches at every point of the segment
 x_0 -> x*: 5-6x the plain script's time. F is now the mean over a bounded evaluation set
-(``eval_steps``), and the session says on stderr that the run is one epoch."""
+(``eval_batches``), and the session says on stderr that the run is one epoch."""
 
 from __future__ import annotations
 

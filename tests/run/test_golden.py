@@ -1,16 +1,20 @@
 """A tiny run's summary.json and metrics.parquet against a stored golden copy.
 
 Catches a silent change of the public format (a renamed, dropped or retyped key)
-and of the numbers (same config and seed, same torch build: the run is
-deterministic on the CPU). The golden files were written by this code after
-checking that the layering refactor left every value of the previous version
-unchanged (metrics bit for bit, every summary key equal, both at one thread).
+and of the numbers (same config and seed, same torch build). The run is deterministic
+on one machine, but float32 training differs in the last bits between CPUs (AVX2,
+AVX-512 and AMX pick different kernels): measured against the golden files, gamma_hat(0)
+is 0.7708310 on the machine that wrote them, 0.7708298 on an AMD EPYC, and the largest
+relative difference of any value 1.8e-6 (15 float32 ulps; 9.5e-7 with
+ATEN_CPU_CAPABILITY=default). Values are compared within 1024 float32 ulps: 70x that,
+and far below what a changed formula moves (1e-3 and more).
 """
 
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,6 +22,7 @@ from trajreg.run.runner import run
 from trajreg.train.config import load_config
 
 GOLDEN = Path(__file__).parent / "golden"
+RTOL = 1024 * float(np.finfo(np.float32).eps)  # about 1.2e-4
 CONFIG = {
     "seed": 3,
     "data": {"name": "digits", "batch_size": 64, "subset": 512},
@@ -39,7 +44,7 @@ def _same(a, b, where):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {a} != {b}"
+        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-12), f"{where}: {a} != {b}"
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 

@@ -34,7 +34,7 @@ except ImportError:
                       "pip install 'trajreg[huggingface]'") from None
 
 from trajreg.errors import UserError
-from trajreg.integrations.session import RegularitySession
+from trajreg.integrations.session import EVAL_BATCHES, LOSS_RTOL, RegularitySession
 from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
 
@@ -57,19 +57,24 @@ class RegularityCallback(TrainerCallback):
     end of ``Trainer.train()``.
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
-    loss_threshold, timeout, mode, interpolation): ``mode`` is the record mode, ``store``
-    (every x_t), ``sample`` or ``sketch`` (one pass at any model size,
-    docs/record-modes.md), by name or as a mode instance.
+    loss_threshold, timeout, mode, interpolation, steps, epoch_steps, eval_batches,
+    loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
+    ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
+    instance. ``steps`` defaults to the trainer's own number of optimizer steps.
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
                  tensorboard: bool = False, figures: bool = True,
                  loss_threshold: float = 0.1, timeout: float = 1800.0,
-                 mode: str | RecordMode = "store", interpolation: bool = True) -> None:
+                 mode: str | RecordMode = "store", interpolation: bool = True,
+                 steps: int | None = None, epoch_steps: int | None = None,
+                 eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL) -> None:
         self.session = RegularitySession(out, source="huggingface", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
                                          loss_threshold=loss_threshold, timeout=timeout,
-                                         mode=mode, interpolation=interpolation)
+                                         mode=mode, interpolation=interpolation,
+                                         steps=steps, epoch_steps=epoch_steps,
+                                         eval_batches=eval_batches, loss_rtol=loss_rtol)
         self.summary: Summary | None = None
         self._hooks: list = []
         self._inputs = None
@@ -84,7 +89,9 @@ class RegularityCallback(TrainerCallback):
         self.session.start(model, optimizer, {
             "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "max_grad_norm": args.max_grad_norm, "seed": args.seed})
+            "max_grad_norm": args.max_grad_norm, "seed": args.seed},
+            steps=state.max_steps if state.max_steps and state.max_steps > 0 else None,
+            api="RegularityCallback")
         self._hooks = [model.register_forward_pre_hook(self._before, with_kwargs=True),
                        model.register_forward_hook(self._after, with_kwargs=True)]
 

@@ -18,6 +18,7 @@ FSDP with flat parameters (``strategy="fsdp"``) and DeepSpeed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ except ImportError:  # the standalone package name
                           "pip install 'trajreg[lightning]'") from None
 
 from trajreg.errors import UserError
-from trajreg.integrations.session import RegularitySession
+from trajreg.integrations.session import EVAL_BATCHES, LOSS_RTOL, RegularitySession
 from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
 
@@ -65,24 +66,38 @@ def check_strategy(strategy: Any) -> None:
                             f"every parameter; use {instead}")
 
 
+def _known_steps(value: Any) -> int | None:
+    """A framework's count of optimizer steps, None where it does not know (inf, -1)."""
+    try:
+        steps = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(steps) if math.isfinite(steps) and steps >= 1 else None
+
+
 class RegularityCallback(Callback):
     """Record the fit's trajectory and write a trajreg run directory to ``out`` at its end.
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
-    loss_threshold, timeout, mode, interpolation): ``mode`` is the record mode, ``store``
-    (every x_t), ``sample`` or ``sketch`` (one pass at any model size,
-    docs/record-modes.md), by name or as a mode instance.
+    loss_threshold, timeout, mode, interpolation, steps, epoch_steps, eval_batches,
+    loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
+    ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
+    instance. ``steps`` defaults to the trainer's own number of optimizer steps.
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
                  tensorboard: bool = False, figures: bool = True,
                  loss_threshold: float = 0.1, timeout: float = 1800.0,
-                 mode: str | RecordMode = "store", interpolation: bool = True) -> None:
+                 mode: str | RecordMode = "store", interpolation: bool = True,
+                 steps: int | None = None, epoch_steps: int | None = None,
+                 eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL) -> None:
         super().__init__()
         self.session = RegularitySession(out, source="lightning", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
                                          loss_threshold=loss_threshold, timeout=timeout,
-                                         mode=mode, interpolation=interpolation)
+                                         mode=mode, interpolation=interpolation,
+                                         steps=steps, epoch_steps=epoch_steps,
+                                         eval_batches=eval_batches, loss_rtol=loss_rtol)
         self.summary: Summary | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -98,7 +113,7 @@ class RegularityCallback(Callback):
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "gradient_clip_val": trainer.gradient_clip_val,
             "strategy": type(trainer.strategy).__name__,
-        })
+        }, steps=_known_steps(trainer.estimated_stepping_batches), api="RegularityCallback")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.session.before_batch()

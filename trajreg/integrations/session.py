@@ -31,8 +31,9 @@ What is exact and what is not:
   epoch's end point as in ``trajreg run``. It only matters for the default window. An
   epoch is what ``end_epoch()`` (or ``epoch_steps``) says it is; a loop that never ends
   one is a single epoch. F(x*) and the interpolation's F are the mean loss over a fixed
-  evaluation set: the micro-batches of the last ``eval_steps`` measured steps of the last
-  epoch, so their cost is bounded whatever the run's length.
+  evaluation set: the micro-batches of the last measured steps of the last epoch, at
+  least ``eval_batches`` of them (whole steps), so their cost is bounded whatever the
+  run's length.
 - Micro-batches whose gradients are cleared (``zero_grad``, ``p.grad = None``) before an
   optimizer step uses them, as when a GradScaler skips an overflowing step, are dropped
   from the next step's loss (``session.skipped_steps`` in summary.json); a step taken
@@ -89,7 +90,18 @@ LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 # kernels; 1e-5 (about 80 float32 ulps) leaves room for non-deterministic GPU reductions
 # while a scaled loss (a factor of 2 or more) or another batch is far outside it.
 LOSS_RTOL = 1e-5
-EVAL_STEPS = 32  # steps whose micro-batches make the evaluation set of F(x*) and the MLI
+EVAL_BATCHES = 32  # micro-batches in the evaluation set of F(x*) and the interpolation
+
+
+def api_words(api: str) -> dict[str, str]:
+    """How the record modes' options are spelled through ``api`` (a session or a
+    callback), for the modes' warnings (``RecordMode.plan``'s ``words``)."""
+    return {"steps": f"{api}(steps=...)",
+            "rate": f"{api}(mode=SampleMode(rate=...))",
+            "min_steps": f"{api}(mode=SampleMode(min_steps=...))",
+            "dim": f"{api}(mode=SketchMode(dim=...))",
+            "check_rate": f"{api}(mode=SketchMode(check_rate=...))",
+            "check_min_steps": f"{api}(mode=SketchMode(check_min_steps=...))"}
 
 
 class LossMismatch(UserError):
@@ -198,15 +210,16 @@ class RegularitySession:
             seconds a rank waits for the others in one of the session's collectives
             before it fails.
         interpolation: evaluate the session's F on the segment from x_0 to x* (the
-            summary's ``mli``: 19 passes over the evaluation set, at most ``eval_steps``
-            steps' micro-batches); False leaves ``mli`` null.
+            summary's ``mli``: 21 passes over the evaluation set, about ``eval_batches``
+            micro-batches); False leaves ``mli`` null.
         steps: the number of optimizer steps the run will take, if known: the one-pass
             modes size their samples from it (a callback passes the framework's own).
         epoch_steps: end an epoch every this many optimizer steps, for a loop without
             epochs (as calling ``end_epoch()`` would); the window rule and gamma per epoch
             use epochs (docs/integrations.md, "Loops without epochs").
-        eval_steps: the evaluation set of F(x*) and the interpolation: the micro-batches
-            of the last this many measured steps of the last epoch.
+        eval_batches: the evaluation set of F(x*) and the interpolation: the micro-batches
+            of the last measured steps of the last epoch, whole steps, until there are at
+            least this many.
         loss_rtol: the largest relative difference between a rebuilt step loss and the
             logged one that counts as the same loss; beyond it ``finish`` raises
             ``LossMismatch`` and writes nothing.
@@ -226,7 +239,7 @@ class RegularitySession:
                  combine: str = "mean", lr_group: int = 0,
                  mode: str | RecordMode = "store", timeout: float = 1800.0,
                  interpolation: bool = True, steps: int | None = None,
-                 epoch_steps: int | None = None, eval_steps: int = EVAL_STEPS,
+                 epoch_steps: int | None = None, eval_batches: int = EVAL_BATCHES,
                  loss_rtol: float = LOSS_RTOL) -> None:
         self.out = Path(out)
         if self.out.exists():
@@ -253,14 +266,14 @@ class RegularitySession:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
         for key, value, low in (("steps", steps, 1), ("epoch_steps", epoch_steps, 1),
-                                ("eval_steps", eval_steps, 1)):
+                                ("eval_batches", eval_batches, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < low):
                 raise UserError(f"{key}: must be an integer >= {low}, got {value!r}")
         if not (isinstance(loss_rtol, int | float) and 0 <= loss_rtol < 1):
             raise UserError(f"loss_rtol: must be a number in [0, 1), got {loss_rtol!r}")
         self.expected_steps, self.epoch_steps = steps, epoch_steps
-        self.eval_steps, self.loss_rtol = int(eval_steps), float(loss_rtol)
+        self.eval_batches, self.loss_rtol = int(eval_batches), float(loss_rtol)
         self.mode = mode
         self.tensorboard, self.figures, self.combine = tensorboard, figures, combine
         self.lr_group = lr_group
@@ -290,11 +303,19 @@ class RegularitySession:
         self.epoch_ends: list[int] = []
         self._unknown: set[int] = set()  # steps with no micro-batch of their own
         self.info: dict[str, Any] = {}
+        self._api = "RegularitySession"
 
     # ------------------------------------------------------------------ during training
 
     def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              info: dict[str, Any] | None = None) -> None:
+              info: dict[str, Any] | None = None, *, steps: int | None = None,
+              api: str = "RegularitySession") -> None:
+        """Begin recording ``optimizer``'s steps of ``model``. ``steps``: the framework's
+        number of optimizer steps, when the session was given none; ``api``: how the
+        caller is named in messages about the mode's options."""
+        if self.expected_steps is None and steps is not None and steps >= 1:
+            self.expected_steps = int(steps)
+        self._api = api
         self.ranks = Ranks.detect(self.timeout)  # every rank: a collective
         # a script that dies of an exception (frameworks without an exception hook, a
         # failed rank) leaves no partial directory behind
@@ -344,6 +365,10 @@ class RegularitySession:
 
     def _start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                info: dict[str, Any] | None) -> None:
+        if self.recorder is not None or self.tmp is not None:
+            raise UserError("start() was called twice: a session records one run")
+        # every rank alike, before recording: one-pass modes size their samples from T
+        self.mode.plan(self.expected_steps, self.analysis, words=api_words(self._api))
         # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
         self.tmp = rundir.partial_dir(self.out)
         (self.tmp / "batches").mkdir()
@@ -622,7 +647,7 @@ class RegularitySession:
         check = {"steps": len(rebuilt), "equal": ctx.equal, "max_abs_diff": ctx.max_diff}
         if ranks is not None:
             check["ranks"] = ranks.world
-        facts = {"epochs": epochs, "eval_steps": self.eval_steps, "loss_rtol": self.loss_rtol,
+        facts = {"epochs": epochs, "eval_batches": self.eval_batches, "loss_rtol": self.loss_rtol,
                  "skipped_steps": self.skipped_steps,
                  "discarded_batches": self.discarded_batches,
                  "steps_without_batch": len(self.no_batch)}
@@ -728,7 +753,7 @@ class RegularitySession:
         summary = write_analysis(
             self.tmp, log, measured, mode=self.mode.name, reference="final",
             options=analysis.AnalysisOptions.from_config(self.analysis), facts=facts,
-            figures=self.figures, tensorboard=self.tensorboard)
+            figures=self.figures, tensorboard=self.tensorboard, words=self.mode.words)
         return summary
 
     def _put(self, params: list[torch.Tensor], x: np.ndarray) -> None:
@@ -908,13 +933,19 @@ class _SessionContext:
         return values
 
     def f_star(self, k: int) -> float:
-        """The mean loss over the evaluation set: the last ``eval_steps`` measured steps
-        (micro-batches kept, a loss of their own) of the last epoch before k."""
+        """The mean of the step losses over the evaluation set: the last measured steps
+        (micro-batches kept, a loss of their own) of the last epoch before k, until they
+        hold ``eval_batches`` micro-batches."""
         last = self.ends[-2] if len(self.ends) > 1 else 0
         keep, unknown = self.session.mode.keep, self.session._unknown
         steps = ([t for t in range(last, k) if keep(t) and t not in unknown]
                  or [t for t in range(k) if keep(t) and t not in unknown])
-        steps = steps[-self.session.eval_steps:]
+        size = 0
+        for i in range(len(steps) - 1, -1, -1):
+            size += len(self.session._members(steps[i]))
+            if size >= self.session.eval_batches:
+                steps = steps[i:]
+                break
         return float(np.mean(self.step_losses(steps))) if steps else math.nan
 
     def replay(self, k: int) -> Measured:

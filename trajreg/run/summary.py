@@ -86,7 +86,7 @@ class Summary:
     # --- runs recorded by an integration
     source: str | None = _opt()
     loss_check: dict[str, Any] | None = _opt()
-    # epochs (end_epoch, epoch_steps or none), eval_steps, loss_rtol, skipped_steps,
+    # epochs (end_epoch, epoch_steps or none), eval_batches, loss_rtol, skipped_steps,
     # discarded_batches, steps_without_batch (trajreg.integrations.session)
     session: dict[str, Any] | None = _opt()
     format: int = FORMAT
