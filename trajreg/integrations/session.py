@@ -355,7 +355,8 @@ class RegularitySession:
             self.sharding = Sharding(optimizer_params(self.optimizer), ranks.rank, ranks.world)
             self.recorder = Recorder(self.optimizer,
                                      leader / rundir.TRAJECTORY / shard_dir(ranks.rank),
-                                     mode=self.mode, lr_group=self.lr_group)
+                                     mode=self.mode, lr_group=self.lr_group,
+                                     capacity=self._capacity())
             entry = {"rank": ranks.rank, "dir": shard_dir(ranks.rank), "d": self.recorder.d,
                      "ranges": self.sharding.ranges}
         except Exception as exc:
@@ -381,7 +382,8 @@ class RegularitySession:
         # DDP: every rank holds every x_t, rank 0 records; FSDP2: _start_shards
         if self.ranks is None or (self.ranks.leader and not sharded):
             self.recorder = Recorder(optimizer, self.tmp / rundir.TRAJECTORY,
-                                     mode=self.mode, lr_group=self.lr_group)
+                                     mode=self.mode, lr_group=self.lr_group,
+                                     capacity=self._capacity())
         # after the recorder's own hook: the step just taken closes its micro-batches
         self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
         if not sharded:  # FSDP2 assigns sharded gradients outside autograd's accumulation
@@ -424,6 +426,11 @@ class RegularitySession:
             sample = SampleStore(directory)
             return lambda t: sample.row(t) if sample.has(t) else None
         return TrajectoryStore(directory).row
+
+    def _capacity(self) -> int:
+        """Rows of a trajectory segment: the run's T + 1 when known (the files then hold
+        what they will, even while the run writes them), else 4096."""
+        return 4096 if self.expected_steps is None else self.expected_steps + 1
 
     def _watch_clears(self, params: list[torch.Tensor]) -> None:
         """Hook a few parameters (the first, the last and the largest: used by every
