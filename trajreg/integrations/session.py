@@ -104,6 +104,11 @@ def api_words(api: str) -> dict[str, str]:
             "check_min_steps": f"{api}(mode=SketchMode(check_min_steps=...))"}
 
 
+class SessionMisuse(UserError):
+    """A session's methods called out of order (before ``start``, after ``finish``,
+    twice) or with an optimizer that does not train the model."""
+
+
 class LossMismatch(UserError):
     """The losses rebuilt from the recorded micro-batches are not the losses the training
     script logged: the measurement would be wrong, so none is written."""
@@ -304,6 +309,7 @@ class RegularitySession:
         self._unknown: set[int] = set()  # steps with no micro-batch of their own
         self.info: dict[str, Any] = {}
         self._api = "RegularitySession"
+        self._state = "new"  # then started, and finished or aborted
 
     # ------------------------------------------------------------------ during training
 
@@ -313,6 +319,11 @@ class RegularitySession:
         """Begin recording ``optimizer``'s steps of ``model``. ``steps``: the framework's
         number of optimizer steps, when the session was given none; ``api``: how the
         caller is named in messages about the mode's options."""
+        if self._state != "new":
+            raise SessionMisuse(f"start() was called on a session that is already "
+                                f"{self._state}: a session records one run; make a new "
+                                "RegularitySession for another")
+        self._state = "started"
         if self.expected_steps is None and steps is not None and steps >= 1:
             self.expected_steps = int(steps)
         self._api = api
@@ -323,9 +334,9 @@ class RegularitySession:
         try:
             self._start(model, optimizer, info)
         except BaseException as exc:
+            self.abort()
             if self.ranks is None:
                 raise
-            self.abort()
             self.ranks.agree("starting", exc)  # the others raise too; this one re-raises
             raise
         if self.ranks is not None:
@@ -366,8 +377,7 @@ class RegularitySession:
 
     def _start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                info: dict[str, Any] | None) -> None:
-        if self.recorder is not None or self.tmp is not None:
-            raise UserError("start() was called twice: a session records one run")
+        _check_trains(model, optimizer)
         # every rank alike, before recording: one-pass modes size their samples from T
         self.mode.plan(self.expected_steps, self.analysis, words=api_words(self._api))
         # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
@@ -395,8 +405,17 @@ class RegularitySession:
                                       for g in optimizer.param_groups],
                      **(info or {})}
 
+    def _require(self, call: str) -> None:
+        if self._state != "started":
+            when = {"new": "before start()", "finished": "after finish()",
+                    "aborted": "after the session was aborted"}[self._state]
+            raise SessionMisuse(f"{call} {when}: call start(model, optimizer) once before "
+                                "training, before_batch()/after_batch() for every "
+                                "micro-batch, finish(model, loss_fn) once after it")
+
     def before_batch(self) -> None:
         """A micro-batch's forward pass is about to begin: keep the random state it sees."""
+        self._require("before_batch()")
         # the step it belongs to is the next one taken: keep it only if that is measured
         self._rngs[self._started] = _rng_state() if self.mode.keep(self.steps) else None
         self._started += 1
@@ -404,9 +423,12 @@ class RegularitySession:
     def after_batch(self, batch: Any, loss: float | torch.Tensor) -> None:
         """Record a micro-batch (as the ``loss_fn`` given to ``finish`` takes it) and the
         loss the framework computed on it (unscaled: the loss ``loss_fn`` returns)."""
+        self._require("after_batch()")
         i = len(self.batch_losses)
         if i not in self._rngs:
-            raise RuntimeError("after_batch without before_batch")
+            raise SessionMisuse("after_batch() without before_batch(): call "
+                                "session.before_batch() before each micro-batch's forward "
+                                "pass")
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         rng = self._rngs.pop(i)
         if rng is not None:  # its step is measured
@@ -540,6 +562,8 @@ class RegularitySession:
     def abort(self) -> None:
         """Drop the partial run directory (training failed or was interrupted)."""
         atexit.unregister(self.abort)
+        if self._state != "finished":
+            self._state = "aborted"
         if self.recorder is not None:
             # at interpreter exit the store's writer thread can no longer seal its files
             with contextlib.suppress(Exception):
@@ -551,6 +575,9 @@ class RegularitySession:
     def finish(self, model: torch.nn.Module, loss_fn: LossFn) -> Summary:
         """Measure every step against x* = x_T, write the run directory, return its
         summary. Under DDP every rank calls it (see ``trajreg.integrations.ranks``)."""
+        if self._state == "finished":
+            raise SessionMisuse(f"finish() was called twice: the first call wrote {self.out}")
+        self._require("finish()")
         if self.recorder is not None:
             self.recorder.close()
         self._unhook()
@@ -685,6 +712,7 @@ class RegularitySession:
                                            " ".join(str(exc).split()) or type(exc).__name__)
             raise
         atexit.unregister(self.abort)
+        self._state = "finished"
         if ranks is not None:
             ranks.broadcast_object("renaming the run directory", summary)
         return summary
@@ -814,6 +842,7 @@ class RegularitySession:
         outcome = ranks.broadcast_object("renaming the run directory")
         if not isinstance(outcome, Summary):
             raise RankFailed(f"rank 0 failed while renaming the run directory: {outcome}")
+        self._state = "finished"
         return outcome
 
 
@@ -825,6 +854,16 @@ def _without(measured: Measured, steps: set[int]) -> Measured:
         s=measured.s[keep], lr=measured.lr[keep], loss_star=measured.loss_star[keep],
         loss=None if measured.loss is None else measured.loss[keep],
         columns={c: v[keep] for c, v in measured.columns.items()})
+
+
+def _check_trains(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer none of whose parameters is the model's: its steps would not
+    move the model, and every D_t would be 0."""
+    own = {id(p) for p in model.parameters()}
+    if own and not any(id(p) in own for p in optimizer_params(optimizer)):
+        raise SessionMisuse("the optimizer holds none of the model's parameters: give "
+                            "start() the model the optimizer trains (e.g. "
+                            "torch.optim.SGD(model.parameters(), ...))")
 
 
 class _State:
