@@ -384,9 +384,17 @@ ACC_NETS: dict[str, tuple[dict, dict, int, int]] = {
     "resnet20-w0.5": (RESNET20, {"width": 0.5}, 6, 3),
     # nets of 10^5 - 10^6 parameters (issue 19): the demo MLP and the mnist1d MLP widened;
     # 15 (4) epochs make runs of 330 (500) steps, the length of the issue's short runs
-    "mlp-w192": (MLP, {"width": 192}, 15, 6),  # d = 162 826
-    "mlp-w512": (MLP, {"width": 512}, 15, 6),  # d = 1 091 594
-    "mnist1d-mlp-w512": (MNIST1D_MLP, {"width": 512}, 4, 2),  # d = 814 602
+    "mlp-w192": (MLP, {"width": 192}, 15, 6),  # d = 164 554
+    "mlp-w512": (MLP, {"width": 512}, 15, 6),  # d = 1 094 154
+    "mnist1d-mlp-w512": (MNIST1D_MLP, {"width": 512}, 4, 2),  # d = 551 434
+    # the issue's net: the small CNN at width 256, d = 1 204 746, 9 epochs = 198 steps
+    "cnn-w256": (CNN, {"width": 256}, 9, 4),
+    # the same with Adam (lr 1e-3): its updates make a small angle's worth of progress
+    # towards x*, so gamma is small against the sketch's noise in a_t
+    "cnn-w256-adam": ({**CNN, "optim": {"name": "adam", "lr": 1e-3}}, {"width": 256}, 9, 4),
+    # and with plain SGD at a large step (delta_t s_t close to a_t: a small gamma)
+    "cnn-w256-sgd": ({**CNN, "optim": {"name": "sgd", "lr": 0.2}}, {"width": 256}, 9, 4),
+    "cnn-w96-sgd": ({**CNN, "optim": {"name": "sgd", "lr": 0.2}}, {"width": 96}, 9, 4),
 }
 DEFAULT_NETS = ("mlp", "mnist1d-mlp", "cnn-w48", "resnet20")
 ACC_DIMS = (1024, 2048, 4096, 8192, 16384)

@@ -186,3 +186,11 @@ def test_sketch_check_compares_gamma_hat_on_the_same_steps():
         warnings.simplefilter("error")
         onepass_summary(_table(a, b, s, np.full(n, 0.1), sketched=a * 0.95),
                         np.ones(n, bool), np.zeros(n), (0.0, 0.05))
+
+
+def test_default_dim_keeps_x_itself_where_a_sketch_would_not_save_disk():
+    from trajreg.record.modes.sketch import DEFAULT_DIM, default_dim
+
+    assert DEFAULT_DIM == 16384
+    assert default_dim(1546) == 1546 and default_dim(2 * DEFAULT_DIM) == 2 * DEFAULT_DIM
+    assert default_dim(2 * DEFAULT_DIM + 1) == DEFAULT_DIM == default_dim(10**7)

@@ -72,8 +72,8 @@ STREAM_SAMPLE = 3  # SeedSequence([seed, 3, block]) draws the sample of mode sam
 STREAM_CHECK = 4  # ... and [seed, 4, block] the exact check sample of mode sketch
 MIN_WINDOW = 72  # fewest window samples with a two-sided 95% interval for eps = 0.05
 # Fewest kept steps of a run of known length (plan). A window of half a 300-step run
-# then expects 100 samples, 72 at 3.9 sd below (2.5% of such runs lack the lower side
-# when the window is 45% of the run); runs of <= 200 steps keep every step (exact).
+# then expects 100 samples (72 is 4.8 sd below); windows down to 41% of it hold 72 in
+# 97.5% of runs. Runs of <= 200 steps keep every step (exact, no interval needed).
 DEFAULT_MIN_STEPS = 200
 SKETCH_ERROR_WARN = 0.10  # sketch_error.gamma_rel above which the analysis warns
 
@@ -238,6 +238,7 @@ class SampleMode(RecordMode):
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost = "memory O(d); disk about 2 R d floats a step (x_t and x_{t+1} of each kept step)"
     gradients = True  # g_t of the kept steps (R d floats a step)
+    sampled: ClassVar[bool] = True  # the sketch's exact check sample too
 
     def __init__(self, rate: float = 0.05, seed: int = 0, stream: int = STREAM_SAMPLE,
                  gradients: bool | None = None, min_steps: int = DEFAULT_MIN_STEPS) -> None:
@@ -301,8 +302,8 @@ class SampleMode(RecordMode):
                           f"({w['rate']}) however short the run: a two-sided 95% interval "
                           f"for gamma_hat(0.05) needs {MIN_WINDOW} kept steps in the "
                           f"analysis window, a window of {MIN_WINDOW / self.rate:.0f} steps "
-                          f"at this rate. Give {w['steps']} (then at least {w['min_steps']}"
-                          f" = {self.min_steps} steps are kept) or raise {w['rate']}",
+                          f"at this rate. Give {w['steps']} to keep at least "
+                          f"{self.min_steps} steps ({w['min_steps']}), or raise {w['rate']}",
                           UserWarning, stacklevel=2)
             return
         expected = self.rate * getattr(analysis, "max_fraction", 0.9) * steps

@@ -10,14 +10,17 @@ x_t (memory O(d)). After training, D_t and a_t are estimated from the sketches
 (``sketch_quantities``: unbiased, relative error about sqrt(1 + 1/c_t^2) / sqrt(k)),
 and b_t is exact at every step (l_t at x* on step t's own minibatch).
 
-The mode checks itself on an exact sample of steps (``record.sketch_sample_rate``,
+The mode checks itself on an exact sample of steps (rate min(1, max(
+``record.sketch_sample_rate``, ``record.sketch_check_steps`` / T)), fixed by ``plan``;
 stored as mode ``sample`` stores its sample): metrics.parquet gets ``a_exact`` and
 ``D_exact`` (NaN off the sample), summary.json ``sketch_error`` (median relative error
-of a_t and D_t) and the exact sample's intervals (``gamma_hat_ci``, ...).
+of a_t and D_t, and the error of gamma_hat itself on the check steps of the window,
+``onepass_summary``) and the exact sample's intervals (``gamma_hat_ci``, ...).
 
 A model with d <= k parameters is not sketched: the mode keeps x_t itself (S = I, exact,
-d floats of the params' precision a step, as store mode). An explicit ``sketch_dim``
-above d is an error.
+d floats of the params' precision a step, as store mode); without an explicit
+``sketch_dim`` neither is one with d <= 2 k (``default_dim``: its float32 rows take no
+more disk than the sketch). An explicit ``sketch_dim`` above d is an error.
 
 With ``gradients`` (the default) the mode also keeps S g_t of every step's gradient, with
 the same hash (``trajectory/sketch-grad/``, k numbers a step), ||g_t||^2 exactly
@@ -61,15 +64,21 @@ from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter
 if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
 
-DEFAULT_DIM = 8192  # gamma_hat(0.05) within 10% of the exact value (docs/record-modes.md)
+# gamma_hat(0.05) within 10% of the exact value in 78 of 80 cases on nets of 1.6e5 to
+# 1.2e6 parameters, 22 of 24 in the hard regime (plain SGD at a large step: a small
+# gamma against a_t / b_t), where 8192 gave 15 of 24 (docs/record-modes.md, 2026-12-06)
+DEFAULT_DIM = 16384
 # Fewest exactly checked steps of a run of known length: sketch_error's gamma-level
-# figure compares two gamma_hat(0.05) of the check steps in the window (docs)
+# figure compares two gamma_hat(0.05) of the check steps in the window; from 64 window
+# steps on it gave no false alarm at k >= 16384 in the measurements (docs)
 DEFAULT_CHECK_STEPS = 100
 
 
 def default_dim(d: int) -> int:
-    """k for a model of d parameters when ``record.sketch_dim`` is not given."""
-    return DEFAULT_DIM
+    """k for a model of d parameters when ``record.sketch_dim`` is not given: DEFAULT_DIM,
+    or d itself (S = I, exact) when d <= 2 DEFAULT_DIM, where a float32 row of x_t takes
+    no more disk than a float64 sketch of DEFAULT_DIM numbers."""
+    return d if d <= 2 * DEFAULT_DIM else DEFAULT_DIM
 SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
 S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
 GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
@@ -211,9 +220,9 @@ class SketchMode(SampleMode):
             warnings.warn(f"the number of steps is unknown ({w['steps']}), so mode "
                           f"{self.name} checks its sketch exactly on each step with "
                           f"probability {self.rate:g} ({w['check_rate']}) however short the "
-                          f"run; give {w['steps']} (then at least {w['check_min_steps']} = "
-                          f"{self.min_steps} steps are checked) or raise {w['check_rate']}, "
-                          "or sketch_error's gamma-level figure may rest on a few steps",
+                          f"run, and sketch_error's gamma-level figure may rest on a few "
+                          f"steps. Give {w['steps']} to check at least {self.min_steps} "
+                          f"steps ({w['check_min_steps']}), or raise {w['check_rate']}",
                           UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------ during training
