@@ -26,7 +26,13 @@ ratios of medians, the house style of bench_recording.py; the machine may be sha
    (``TorchCountSketch``), D_t and a_t from ``sketch_quantities`` with the exact s_t, b_t
    exact: what mode sketch reports. Then one real sketch-mode run per net and seed at the
    default k, its gamma_hat(0.05) against the exact value. ``--nets`` picks nets (also
-   ``resnet20-w0.5``, d = 68250, not in the default set).
+   ``resnet20-w0.5``, d = 68250, and issue 19's nets of 10^5-10^6 parameters, not in the
+   default set: ``mlp-w192``, ``mlp-w512``, ``mnist1d-mlp-w512``, ``cnn-w256`` and its
+   ``-adam`` and ``-sgd`` variants, ``cnn-w96-sgd``); ``--dims``, ``--seeds`` and
+   ``--hash-seeds`` pick k, run seeds and how many hash seeds besides the run's own,
+   ``--no-sketch-run`` skips the sketch-mode run. A second table says how often a check
+   sample of n window steps (sketch_error's gamma-level figure) reports more than 10%
+   when the whole window's error is above 10% (flagged) and below 5% (false alarms).
 5. ``floor``: what a run measuring b_t at every step cannot avoid (the forward passes at
    x* and the interpolation) against ``off``.
 6. ``cold``: the hooks of sample and sketch timed on their own and right after a forward
