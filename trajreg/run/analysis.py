@@ -12,6 +12,7 @@ import pandas as pd
 
 from trajreg import principle as P
 from trajreg.record.measured import Measured
+from trajreg.record.modes import MODES
 from trajreg.record.modes.sample import onepass_summary
 from trajreg.run.summary import Summary, trained
 from trajreg.train.config import AnalysisConfig
@@ -108,10 +109,12 @@ def window_of(log: TrainLog, k: int, f_star: float, options: AnalysisOptions,
 
 
 def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star: float,
-              options: AnalysisOptions, words: Mapping[str, str] | None = None) -> dict:
+              options: AnalysisOptions, words: Mapping[str, str] | None = None,
+              sampled: bool = True) -> dict:
     """The regularity analysis of the measured steps against x* = x_k (k =
     ``reference_step``): the summary.json keys of the analysis (see ``Summary``).
-    ``words``: how the record mode's options are spelled in warnings (``RecordMode.plan``)."""
+    ``words``: how the record mode's options are spelled in warnings (``RecordMode.plan``);
+    ``sampled``: whether the measured steps are a random sample (intervals)."""
     k = reference_step
     start, end = window_of(log, k, f_star, options, log.steps)
     steps = table["step"].to_numpy()
@@ -153,7 +156,8 @@ def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star
                     "delta": "eta/2" if options.delta is None else options.delta,
                     "window": "converging phase" if options.window is None else "given"},
         # a random sample of steps (one-pass modes): intervals for the full window
-        **onepass_summary(table, w, delta, tuple(options.eps), words=words),
+        **(onepass_summary(table, w, delta, tuple(options.eps), words=words)
+           if sampled else {}),
         **geometry_summary(table, w, options.eps),
     }
 
@@ -201,12 +205,13 @@ def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: s
         table = step_table(log, Measured.unmeasured(np.asarray(log.lr), k), options.delta)
     else:
         table = step_table(log, measured, options.delta)
+        sampled = mode in MODES and MODES[mode].sampled
         fields = summarize(table, log=log, reference_step=k, f_star=measured.f_star,
-                           options=options, words=words)
+                           options=options, words=words, sampled=sampled)
         if best is not None and best.reference_step != k:
             other = summarize(step_table(log, best, options.delta), log=log,
                               reference_step=best.reference_step, f_star=best.f_star,
-                              options=options, words=words)
+                              options=options, words=words, sampled=sampled)
             fields["sensitivity"]["reference_best"] = {
                 "gamma_hat": other["gamma_hat"], "kappa_hat": other["kappa_hat"],
                 "reference_step": best.reference_step}

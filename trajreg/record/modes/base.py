@@ -118,6 +118,10 @@ class RecordMode(ABC):
         cost: its memory and disk, in words (README's table and docs).
         gradients: whether the mode also records the minibatch gradient g_t of each
             step (``RecordConfig.gradients``; the class value is the mode's default).
+        sampled: whether the mode measures steps exactly at a random sample of them
+            (the summary then gets the sample's intervals). Steps missing from another
+            mode's measurement (an integration's step without a micro-batch) are no
+            random sample.
     """
 
     name: ClassVar[str]
@@ -125,6 +129,7 @@ class RecordMode(ABC):
     reanalyse: ClassVar[tuple[str, ...]] = ("final",)
     cost: ClassVar[str] = ""
     gradients: bool = False
+    sampled: ClassVar[bool] = False
     # how the options are spelled in warnings (set by ``plan``; the module docstring)
     words: Mapping[str, str] = CONFIG_WORDS
 
