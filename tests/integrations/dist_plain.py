@@ -83,7 +83,9 @@ def main() -> int:
 
     def damage_a_batch(session):
         if rank == 1:
-            sorted((session.tmp / "batches").iterdir())[3].write_bytes(b"damaged")
+            with open(session.tmp / "batches" / "batches.bin", "r+b") as log:
+                log.seek(session._batches.index[3][0])  # micro-batch 3's record
+                log.write(b"damaged")
 
     def measuring_fails(session):
         if rank == 0:

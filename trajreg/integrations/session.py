@@ -22,7 +22,8 @@ What is exact and what is not:
   it. Recomputing l_t(x_t) proves the reconstruction: ``loss_check`` in
   summary.json counts the steps where it equals, bit for bit, the loss the
   framework computed during training. Batches must be tensors (or nested
-  tuples/lists/dicts of them); they are kept in ``batches/`` of the run directory.
+  tuples/lists/dicts of them); they are kept in ``batches/`` of the run directory (one
+  log, ``trajreg.integrations.batches``).
   A rebuilt loss that differs from the logged one by more than ``loss_rtol`` (relative)
   stops the measurement with ``LossMismatch``: no run directory is written, since every
   b_t of such a run would be wrong.
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 
 from trajreg.errors import UserError
+from trajreg.integrations.batches import BatchLog
 from trajreg.integrations.ranks import (
     ABORT,
     DONE,
@@ -310,6 +312,7 @@ class RegularitySession:
         self.info: dict[str, Any] = {}
         self._api = "RegularitySession"
         self._state = "new"  # then started, and finished or aborted
+        self._batches: BatchLog | None = None  # the kept micro-batches (batches/)
 
     # ------------------------------------------------------------------ during training
 
@@ -382,7 +385,7 @@ class RegularitySession:
         self.mode.plan(self.expected_steps, self.analysis, words=api_words(self._api))
         # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
         self.tmp = rundir.partial_dir(self.out)
-        (self.tmp / "batches").mkdir()
+        self._batches = BatchLog(self.tmp / "batches")
         # frameworks wrap the optimizer (accelerate's AcceleratedOptimizer, ...): the
         # step hooks belong on the torch optimizer that really updates the parameters
         while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
@@ -434,8 +437,8 @@ class RegularitySession:
         if rng is not None:  # its step is measured
             # a copy of its own: torch.save of a view would write its whole base storage
             batch = map_tensors(batch, lambda t: t.detach().to("cpu", copy=True))
-            assert self.tmp is not None
-            torch.save((batch, rng), self.tmp / "batches" / f"{i:08d}.pt")
+            assert self._batches is not None
+            self._batches.append(i, (batch, rng))
         self.batch_losses.append(value)
 
     def _iterates(self) -> Callable[[int], np.ndarray | None]:
@@ -490,9 +493,9 @@ class RegularitySession:
         if last > self._group:
             self.skipped_steps += 1
             self.discarded_batches += last - self._group
-            assert self.tmp is not None
+            assert self._batches is not None
             for i in range(self._group, last):
-                (self.tmp / "batches" / f"{i:08d}.pt").unlink(missing_ok=True)
+                self._batches.forget(i)
             self._group = last
         self._fired = {i: n for i, n in self._fired.items() if i >= self._started}
         self._cleared = {i: n for i, n in self._cleared.items() if i >= self._started}
@@ -531,12 +534,12 @@ class RegularitySession:
         """Step t's recorded micro-batches and random states (None: one was started but
         never finished, so b_t is unknown)."""
         loaded = []
-        assert self.tmp is not None
+        assert self._batches is not None
         for i in self._members(t):
-            path = self.tmp / "batches" / f"{i:08d}.pt"
-            if not path.is_file():
+            record = self._batches.read(i)
+            if record is None:
                 return None
-            loaded.append(torch.load(path, weights_only=False))
+            loaded.append(record)
         return loaded
 
     def _step_loss(self, model: torch.nn.Module, loss_fn: LossFn, t: int,
@@ -569,6 +572,9 @@ class RegularitySession:
             with contextlib.suppress(Exception):
                 self.recorder.close()
         self._unhook()
+        if self._batches is not None:
+            with contextlib.suppress(Exception):
+                self._batches.close()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -765,7 +771,8 @@ class RegularitySession:
                check: dict, session: dict[str, Any]) -> Summary:
         """Write the run directory's files into the partial directory."""
         k = len(loss_x)
-        assert self.tmp is not None
+        assert self.tmp is not None and self._batches is not None
+        self._batches.close()  # measured: the log is complete, its index written
         full, start = [loss_x[0]], 0
         for e in ends:
             full.append(float(np.mean(loss_x[start:e])) if e > start else math.nan)
