@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,13 @@ def test_replace_outputs_swaps_in_the_new_files(fresh, monkeypatch, how):
     assert atomic.read_json(fresh / "summary.json") == {"new": True}
     assert (fresh / "metrics.parquet").read_text() == "new"
     assert (fresh / "extra.png").read_text() == "png"
-    unchanged = set(before) - {"summary.json", "metrics.parquet"}
+    # checksums.json is rewritten with them, covering the new files
+    unchanged = set(before) - {"summary.json", "metrics.parquet", "checksums.json"}
     assert {k: after[k] for k in unchanged} == {k: before[k] for k in unchanged}
+    assert after["checksums.json"] != before["checksums.json"]
+    files = atomic.read_json(fresh / "checksums.json")["files"]
+    assert set(files) == set(after) - {"checksums.json"}
+    assert files["extra.png"] == {"size": 3, "crc32": zlib.crc32(b"png")}
     assert fresh.stat().st_mode == mode
     assert [p.name for p in fresh.parent.iterdir()] == ["r"]  # no staging left
 

@@ -401,6 +401,28 @@ class TrajectoryStore:
         return out
 
 
+def verify_store(directory: Path, rows: int, checksums: bool = True,
+                 what: str = "iterates", steps: int | None = None) -> TrajectoryStore:
+    """The trajectory store in ``directory`` as a finished run left it: its structure
+    (opening it), closed, holding at least ``rows`` rows (``what``, for the message;
+    ``steps``: the run's steps, for the message, default ``rows - 1``) and, with
+    ``checksums``, its data matching the sidecar's CRC32s. ``DamagedRun`` naming the
+    file otherwise (a missing sidecar included)."""
+    sidecar = Path(directory) / SIDECAR
+    try:
+        store = TrajectoryStore(directory)
+    except FileNotFoundError:
+        raise DamagedRun(f"{sidecar}: missing") from None
+    if not store.closed:
+        raise DamagedRun(f"{sidecar}: not closed (recording did not finish)")
+    if store.rows < rows:
+        raise DamagedRun(f"{sidecar}: holds {store.rows} {what}, the run took "
+                         f"{rows - 1 if steps is None else steps} steps")
+    if checksums:
+        store.verify()
+    return store
+
+
 def _read_sidecar(path: Path) -> dict:
     """The sidecar, checked for the keys and types the reader relies on."""
     try:

@@ -24,8 +24,17 @@ kill -9) sees the old analysis or the new one, never a mix. Where the kernel or
 file system cannot swap, the new files are renamed into place one by one,
 summary.json last.
 
+Every file of a finished run is covered by ``checksums.json`` (``MANIFEST``), written
+by ``finish_dir`` as the last file before the rename and rewritten, inside the same
+swap, by ``replace_outputs``: its size and CRC32, or, for the segment files of a
+closed trajectory store, the CRC32 of the ``.npy`` header with the data left to the
+CRC32s the writer computed as it wrote the rows (the sidecar, itself covered).
+
 ``verify_run_dir`` checks a run before it is analysed again: every file readable,
-the trajectory's structure and checksums (``DamagedRun`` naming file and fault).
+the facts of config.yaml, summary.json and metrics.parquet agreeing, the record
+mode's own files (``RecordMode.verify``) and every file against checksums.json
+(``DamagedRun`` naming file and fault). A run without checksums.json (written before
+it existed) gets every check but that one.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import contextlib
 import ctypes
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -48,6 +58,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -63,15 +74,17 @@ METRICS = "metrics.parquet"
 FINAL_STATE = "final_state.pt"
 TRAJECTORY = "trajectory"
 TRAINLOG = "trainlog.parquet"  # every step's loss, epoch, lr where metrics hold a sample
+MANIFEST = "checksums.json"  # size and CRC32 of every other file, written last
+MANIFEST_FORMAT = "trajreg-checksums/1"
 COMPLETE_MARK = SUMMARY  # the last file a run writes
 
-__all__ = ["COMPLETE_MARK", "RunDirConfig", "atomic_dir", "check_new_out",
+__all__ = ["COMPLETE_MARK", "MANIFEST", "RunDirConfig", "atomic_dir", "check_new_out",
            "discard_trajectory", "finish_dir", "kept_trajectory", "partial_dir",
            "read_config", "read_final_state", "read_metrics",
            "read_summary", "remove_stale", "replace_outputs",
-           "require_run_dir", "verify_run_dir", "versions", "write_config",
-           "write_final_state", "write_outputs", "write_parquet",
-           "write_summary"]
+           "require_run_dir", "verify_manifest", "verify_run_dir", "versions",
+           "write_config", "write_final_state", "write_manifest", "write_outputs",
+           "write_parquet", "write_summary"]
 
 PARTIAL = ".partial-"  # .NAME.partial-OWNER-*: a run being written
 ANALYZE_TMP = ".tmp-analyze-"  # .NAME.tmp-analyze-OWNER-*: a new analysis being swapped in
@@ -205,8 +218,10 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
 
 
 def finish_dir(tmp: Path, out: Path) -> None:
-    """Rename the complete run ``tmp`` to ``out``, never replacing an ``out`` that
-    appeared meanwhile (``UserError``; ``tmp`` is left for the caller to remove)."""
+    """Write checksums.json of the complete run ``tmp`` (``write_manifest``) and rename
+    it to ``out``, never replacing an ``out`` that appeared meanwhile (``UserError``;
+    ``tmp`` is left for the caller to remove)."""
+    write_manifest(tmp)
     appeared = UserError(f"output directory {out} appeared while this run was being "
                          "written (another trajreg run to the same --out?); this run "
                          "was discarded")
@@ -373,46 +388,141 @@ def _metric_columns(summary: Summary) -> tuple[str, ...]:
     return base + ("lr", "loss_star", "D", "a", "s") if summary.analysed else base
 
 
+def _damaged(path: Path, why: str) -> DamagedRun:
+    return DamagedRun(f"run directory damaged: {path}: {why}")
+
+
 def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
     """``path`` if it holds a complete, undamaged run (checked before it is analysed
-    again): config.yaml, summary.json and metrics.parquet readable, final_state.pt an
-    intact archive (its CRCs), and in record mode store the trajectory's sidecar,
-    segment headers and sizes, and (``checksums``) its data against the sidecar's
-    CRC32s (an FSDP2 run's per-rank stores: ``trajreg.distributed.shards``).
-    ``DamagedRun`` ("run directory damaged: FILE: why") otherwise; reading the
-    trajectory costs one pass over it."""
+    again), else ``DamagedRun`` ("run directory damaged: FILE: why"):
+
+    - config.yaml, summary.json, metrics.parquet (and trainlog.parquet) readable,
+      final_state.pt an intact archive (its CRCs);
+    - their facts agreeing: the record mode of config.yaml is the one summary.json
+      names, metrics.parquet holds the steps summary.json counts (every step, or
+      steps among them beside a trainlog.parquet of every step), and the columns
+      the analysis reads are finite (``_check_metrics``);
+    - the record mode's own files in trajectory/ (``RecordMode.verify``: store its
+      sidecar, segment headers and sizes; sample and sketch their sample.json, the
+      sizes of their files, the sketch's stores; an FSDP2 run's per-rank files);
+    - every file against checksums.json (``verify_manifest``), where the run has one;
+      a run without it (written by an older trajreg) has its trajectory's own
+      checksums read instead (store mode, the sketch's stores).
+
+    ``checksums=False`` skips reading file contents for checksums (sizes and
+    structure only). Checking the checksums costs one pass over the run's files.
+    """
     path = require_run_dir(path)
     conf = read_config(path)
     summary = read_summary(path)
     table = read_metrics(path)
     for column in _metric_columns(summary):
         if column not in table.columns:
-            raise DamagedRun(f"run directory damaged: {path / METRICS}: no column {column!r}")
+            raise _damaged(path / METRICS, f"no column {column!r}")
+    trainlog = None
     if (path / TRAINLOG).is_file():
         try:
-            pd.read_parquet(path / TRAINLOG, columns=["step", "epoch", "lr", "loss"])
+            trainlog = pd.read_parquet(path / TRAINLOG, columns=["step", "epoch", "lr", "loss"])
         except Exception as exc:  # pyarrow's errors for a damaged file vary
-            raise DamagedRun(f"run directory damaged: {path / TRAINLOG}: unreadable "
-                             f"({exc})") from None
+            raise _damaged(path / TRAINLOG, f"unreadable ({exc})") from None
     state = path / FINAL_STATE
     try:
         with zipfile.ZipFile(state) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise DamagedRun(f"run directory damaged: {state}: not a torch state file "
-                         f"({exc})") from None
+        raise _damaged(state, f"not a torch state file ({exc})") from None
     if bad is not None:
-        raise DamagedRun(f"run directory damaged: {state}: checksum mismatch in {bad}")
-    if conf.record_mode == "store" and kept_trajectory(conf):
-        from trajreg.distributed.shards import is_sharded, verify_sharded
-
-        if is_sharded(path / TRAJECTORY):  # an FSDP2 run: one store per rank
-            verify_sharded(path / TRAJECTORY, summary.n_steps, checksums)
-        else:
-            _verify_trajectory(path / TRAJECTORY, summary.n_steps, checksums)
-            if (path / TRAJECTORY / "grad").is_dir():  # gradients: g_0 .. g_{T-1}, T rows
-                _verify_trajectory(path / TRAJECTORY / "grad", summary.n_steps - 1, checksums)
+        raise _damaged(state, f"checksum mismatch in {bad}")
+    if conf.record_mode != summary.record_mode:
+        raise _damaged(path / CONFIG, f"record.mode is {conf.record_mode}, but summary.json "
+                                      f"says the run was recorded in mode "
+                                      f"{summary.record_mode}")
+    _check_metrics(path, summary, table, trainlog)
+    manifest = (path / MANIFEST).exists() or (path / MANIFEST).is_symlink()
+    _verify_mode_files(path, conf, summary.n_steps, checksums and not manifest)
+    if manifest:
+        verify_manifest(path, checksums=checksums)
     return path
+
+
+def _verify_mode_files(path: Path, conf: RunDirConfig, n_steps: int, checksums: bool) -> None:
+    """The record mode's ``verify`` of trajectory/ (a run that did not keep it: none)."""
+    from trajreg.record.modes import get_mode
+
+    traj = path / TRAJECTORY
+    if not kept_trajectory(conf):
+        if traj.exists():
+            raise _damaged(traj, "present, but config.yaml says record.keep_trajectory: "
+                                 "false")
+        return
+    try:
+        mode = get_mode(conf.record_mode)
+    except ValueError as exc:  # pragma: no cover - read_config validated the mode
+        raise _damaged(path / CONFIG, str(exc)) from None
+    try:
+        mode.verify(traj, n_steps, checksums)
+    except FileNotFoundError as exc:
+        if exc.filename:
+            raise _damaged(Path(exc.filename), "missing") from None
+        raise DamagedRun(f"run directory damaged: {exc}") from None
+    except DamagedRun as exc:
+        raise DamagedRun(f"run directory damaged: {exc}") from None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        raise _damaged(traj, f"unreadable ({type(exc).__name__}: {exc})") from None
+
+
+# columns the analysis reads that a finished run always holds finite (a diverged run:
+# but on its last row, where x* is the iterate before the step that diverged)
+_FINITE = ("step", "lr", "loss", "D", "a", "s")
+
+
+def _check_metrics(path: Path, summary: Summary, table: pd.DataFrame,
+                   trainlog: pd.DataFrame | None) -> None:
+    """metrics.parquet (and trainlog.parquet) against summary.json: the steps it counts
+    and its epoch ends, and the inputs of the analysis finite."""
+    metrics = path / METRICS
+    T = summary.n_steps
+    ends = list(summary.epoch_ends)
+    if any(not isinstance(e, int) for e in ends) or ends != sorted(set(ends)) or (
+            ends and not 0 < ends[0] and ends[-1] <= T):
+        raise _damaged(path / SUMMARY, f"epoch_ends {ends} do not fit its {T} steps")
+    if len(summary.full_loss) != len(ends) + 1:
+        raise _damaged(path / SUMMARY, f"{len(summary.full_loss)} full losses for "
+                                       f"{len(ends)} epoch ends")
+
+    def steps_of(frame: pd.DataFrame, file: Path) -> np.ndarray:
+        column = frame["step"]
+        if not pd.api.types.is_integer_dtype(column.dtype):
+            raise _damaged(file, f"column 'step' is {column.dtype}, not integers")
+        return column.to_numpy()
+
+    steps = steps_of(table, metrics)
+    if trainlog is not None:
+        log_steps = steps_of(trainlog, path / TRAINLOG)
+        if len(log_steps) != T or not (log_steps == np.arange(T)).all():
+            raise _damaged(path / TRAINLOG, f"holds {len(log_steps)} rows, not steps 0-{T - 1} "
+                                            f"(summary.json says {T} steps)")
+        if len(steps) and not (np.all(np.diff(steps) > 0) and steps[0] >= 0
+                               and steps[-1] < T):
+            raise _damaged(metrics, f"its steps are not increasing steps among 0-{T - 1}")
+        for column in ("epoch", "lr", "loss"):
+            if not np.all(np.isfinite(trainlog[column].to_numpy(dtype=np.float64))):
+                raise _damaged(path / TRAINLOG, f"column {column!r} is not finite")
+    elif len(steps) != T or not (steps == np.arange(T)).all():
+        raise _damaged(metrics, f"holds {len(steps)} rows, not steps 0-{T - 1} (summary.json "
+                                f"says {T} steps, epoch ends {ends})")
+    rows = len(table) - 1 if summary.diverged and len(table) else len(table)
+    for column in _FINITE:
+        if column not in table.columns:
+            continue
+        try:
+            values = table[column].to_numpy(dtype=np.float64)[:rows]
+        except (TypeError, ValueError):
+            raise _damaged(metrics, f"column {column!r} is not numeric") from None
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise _damaged(metrics, f"column {column!r} is {values[bad[0]]} at step "
+                                    f"{steps[bad[0]]} (not finite)")
 
 
 def kept_trajectory(conf: RunDirConfig) -> bool:
@@ -429,23 +539,197 @@ def discard_trajectory(run_dir: Path) -> None:
         shutil.rmtree(path)
 
 
-def _verify_trajectory(directory: Path, n_steps: int, checksums: bool) -> None:
-    from trajreg.record.store import SIDECAR, TrajectoryStore
+# ------------------------------------------------------------------ checksums.json
 
-    sidecar = directory / SIDECAR
+_CHUNK = 16 << 20
+
+
+def _crc32(path: Path, n_bytes: int | None = None) -> int:
+    """CRC32 of the first ``n_bytes`` of ``path`` (None: all of it)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while n_bytes is None or n_bytes > 0:
+            chunk = f.read(_CHUNK if n_bytes is None else min(n_bytes, _CHUNK))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            if n_bytes is not None:
+                n_bytes -= len(chunk)
+    return crc
+
+
+def _files(root: Path) -> dict[str, Path]:
+    """Every regular file under ``root`` by its relative POSIX path, checksums.json and
+    ``replace_atomic``'s temporary files left out (symlinks are not followed)."""
+    out = {}
+    for top, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            file = Path(top) / name
+            rel = file.relative_to(root).as_posix()
+            if rel == MANIFEST or (name.startswith(".") and ".tmp-" in name):
+                continue
+            if stat.S_ISREG(os.lstat(file).st_mode):
+                out[rel] = file
+    return out
+
+
+def _store_covered(directory: Path) -> dict[str, tuple[int, int]]:
+    """The segment files of a closed trajectory store in ``directory`` whose data its
+    sidecar's CRC32s cover, as ``name: (header bytes, data bytes)`` ({} where there
+    is none, or it is of an older format or unfinished: those files get a CRC32)."""
+    from trajreg.record.store import FORMAT, SIDECAR, TrajectoryStore
+
     try:
+        meta = json.loads((directory / SIDECAR).read_text())
+        if not (isinstance(meta, dict) and meta.get("format") == FORMAT
+                and meta.get("closed") is True):
+            return {}
         store = TrajectoryStore(directory)
-        if not store.closed:
-            raise DamagedRun(f"{sidecar}: not closed (recording did not finish)")
-        if store.rows < n_steps + 1:
-            raise DamagedRun(f"{sidecar}: holds {store.rows} iterates, the run took "
-                             f"{n_steps} steps")
-        if checksums:
-            store.verify()
-    except FileNotFoundError:
-        raise DamagedRun(f"run directory damaged: {sidecar}: missing") from None
+    except (OSError, ValueError, DamagedRun):
+        return {}
+    covered = {}
+    row_bytes = store.d * store.dtype.itemsize
+    for (x_off, lr_off), seg in zip(store._offsets, store.meta["segments"], strict=True):
+        covered[seg["x"]] = (x_off, seg["rows"] * row_bytes)
+        covered[seg["lr"]] = (lr_off, seg["steps"] * 8)
+    return covered
+
+
+def _entry(file: Path, covered: dict[str, tuple[int, int]] | None) -> dict[str, Any]:
+    size = os.stat(file).st_size
+    if covered is not None and file.name in covered:
+        head, data = covered[file.name]
+        if size == head + data:
+            return {"size": size, "head": head, "head_crc32": _crc32(file, head),
+                    "data": "sidecar"}
+    return {"size": size, "crc32": _crc32(file)}
+
+
+def _manifest_crc(files: dict[str, Any]) -> int:
+    return zlib.crc32(json.dumps(files, sort_keys=True, separators=(",", ":")).encode())
+
+
+def write_manifest(run_dir: Path, *, base: Path | None = None) -> None:
+    """checksums.json of every file under ``run_dir``: ``{"format", "files": {path:
+    entry}, "crc32"}`` with ``crc32`` over the files (so damage to checksums.json is its
+    own). An entry is ``{"size", "crc32"}``, or for a segment file of a closed
+    trajectory store ``{"size", "head", "head_crc32", "data": "sidecar"}``: its data is
+    covered by the CRC32s the writer computed (no second read of the trajectory).
+
+    ``base``: the run ``run_dir`` is a new analysis of (``replace_outputs``): the
+    manifest then covers ``run_dir``'s files over ``base``'s, and reuses ``base``'s
+    entry for every file that is still ``base``'s (a hard link, or not rewritten)."""
+    run_dir = Path(run_dir)
+    files = _files(run_dir)
+    old: dict[str, Any] = {}
+    if base is not None:
+        for rel, file in _files(base).items():
+            files.setdefault(rel, file)
+        with contextlib.suppress(OSError, ValueError, DamagedRun):
+            old = _read_manifest(base)
+    entries: dict[str, Any] = {}
+    covered: dict[Path, dict[str, tuple[int, int]]] = {}
+    for rel, file in sorted(files.items()):
+        if base is not None and rel in old:
+            mine = base / rel
+            with contextlib.suppress(OSError):
+                if (file == mine or os.path.samefile(file, mine)) \
+                        and os.stat(mine).st_size == old[rel].get("size"):
+                    entries[rel] = old[rel]
+                    continue
+        parent = file.parent
+        if parent not in covered:
+            covered[parent] = _store_covered(parent)
+        entries[rel] = _entry(file, covered[parent])
+    payload = {"format": MANIFEST_FORMAT, "files": entries, "crc32": _manifest_crc(entries)}
+    text = json.dumps(payload, indent=0, sort_keys=True)
+    replace_atomic(run_dir / MANIFEST, lambda tmp: tmp.write_text(text))
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The ``files`` of ``path``'s checksums.json, checked (``DamagedRun``)."""
+    file = path / MANIFEST
+    try:
+        payload = json.loads(file.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT:
+        raise DamagedRun(f"{file}: not a trajreg checksums file")
+    files = payload.get("files")
+    if not isinstance(files, dict) or payload.get("crc32") != _manifest_crc(files):
+        raise DamagedRun(f"{file}: checksum mismatch (its own)")
+    for rel, entry in files.items():
+        parts = rel.split("/")
+        if (not isinstance(entry, dict) or rel == MANIFEST or rel.startswith("/")
+                or any(p in ("", ".", "..") for p in parts)
+                or not all(_count(entry.get(k)) for k in ("size",) + (
+                    ("head", "head_crc32") if entry.get("data") == "sidecar" else ("crc32",)))):
+            raise DamagedRun(f"{file}: entry {rel!r} is not valid")
+    return files
+
+
+def _count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def verify_manifest(path: Path, *, checksums: bool = True) -> bool:
+    """Check every file of the run ``path`` against its checksums.json: each listed
+    file present with its size and CRC32 (a trajectory store's segment files: the
+    header's, and their data against the store's own CRC32s), and no file the analysis
+    reads (in trajectory/, or beside it: config, metrics, summary, trainlog, final
+    state) unlisted. False where the run has no checksums.json (an older run);
+    ``DamagedRun`` ("run directory damaged: FILE: why") on a mismatch.
+    ``checksums=False``: sizes only."""
+    from trajreg.record.store import TrajectoryStore
+
+    path = Path(path)
+    if not ((path / MANIFEST).exists() or (path / MANIFEST).is_symlink()):
+        return False
+    try:
+        files = _read_manifest(path)
+    except OSError as exc:
+        raise _damaged(path / MANIFEST, f"unreadable ({exc.strerror or exc})") from None
     except DamagedRun as exc:
         raise DamagedRun(f"run directory damaged: {exc}") from None
+    stores: set[Path] = set()
+    for rel, entry in sorted(files.items()):
+        file = path / rel
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            raise _damaged(file, f"missing (listed in {MANIFEST})") from None
+        except OSError as exc:
+            raise _damaged(file, f"unreadable ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _damaged(file, "not a regular file")
+        if st.st_size != entry["size"]:
+            raise _damaged(file, f"{st.st_size} bytes, {MANIFEST} says {entry['size']}"
+                                 + (" (truncated?)" if st.st_size < entry["size"] else ""))
+        if not checksums:
+            continue
+        sidecar = entry.get("data") == "sidecar"
+        try:
+            crc = _crc32(file, entry["head"] if sidecar else None)
+        except OSError as exc:
+            raise _damaged(file, f"unreadable ({exc.strerror or exc})") from None
+        if crc != entry["head_crc32" if sidecar else "crc32"]:
+            raise _damaged(file, f"checksum mismatch ({'its header, ' if sidecar else ''}"
+                                 f"against {MANIFEST})")
+        if sidecar:
+            stores.add(file.parent)
+    for directory in sorted(stores):  # the segments' data against the writer's CRC32s
+        try:
+            TrajectoryStore(directory).verify()
+        except FileNotFoundError as exc:
+            raise _damaged(Path(exc.filename or directory), "missing") from None
+        except DamagedRun as exc:
+            raise DamagedRun(f"run directory damaged: {exc}") from None
+    read = {CONFIG, METRICS, SUMMARY, FINAL_STATE, TRAINLOG}
+    for rel, file in _files(path).items():
+        if rel not in files and (rel in read or rel.startswith(f"{TRAJECTORY}/")):
+            raise _damaged(file, f"not in {MANIFEST} (added after the run was written)")
+    return True
 
 
 # ------------------------------------------------------------------ a new analysis, swapped in
@@ -454,7 +738,9 @@ def replace_outputs(run_dir: Path, write: Callable[[Path], Any]) -> None:
     """Replace a finished run's outputs all-or-nothing (see the module docstring).
 
     ``write(stage)`` writes the new files into ``stage``, a hard-linked copy of the run
-    beside it; it must create files (``replace_atomic``, ``write_outputs``), never
+    beside it, and checksums.json is written there after them (``write_manifest``,
+    reusing the old entries of the files left as they were), so it is swapped in with
+    them; ``write`` must create files (``replace_atomic``, ``write_outputs``), never
     change one in place, since unchanged files are shared with the run. If it raises
     (an interrupt included), the run is untouched and the copy removed.
     """
@@ -465,6 +751,8 @@ def replace_outputs(run_dir: Path, write: Callable[[Path], Any]) -> None:
     try:
         linked = _link_tree(run_dir, stage)
         write(stage)
+        if (run_dir / MANIFEST).exists():  # an older run without one stays without
+            write_manifest(stage, base=run_dir)
         if not (linked and _renameat2(stage, run_dir, _RENAME_EXCHANGE)):
             _move_new_files(stage, run_dir)
     finally:  # after the swap: the old outputs; else the new ones
@@ -514,7 +802,8 @@ def _move_new_files(stage: Path, run_dir: Path) -> None:
             dst = run_dir / src.relative_to(stage)
             if not (dst.exists() and os.path.samefile(src, dst)):
                 new.append((src, dst))
-    new.sort(key=lambda pair: pair[1] == run_dir / COMPLETE_MARK)
+    new.sort(key=lambda pair: (pair[1] == run_dir / COMPLETE_MARK,
+                               pair[1] == run_dir / MANIFEST))
     for src, dst in new:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from trajreg.errors import DamagedRun
 from trajreg.record.measured import Measured
 
 if TYPE_CHECKING:
@@ -174,6 +175,34 @@ class RecordMode(ABC):
 
     def can_reanalyse(self, reference: str) -> bool:
         return reference in self.reanalyse
+
+    # ------------------------------------------------------------ a finished run's files
+    own_files: ClassVar[tuple[str, ...]] = ()  # the sidecars the mode writes to trajectory/
+
+    @classmethod
+    def verify(cls, directory: Path, steps: int, checksums: bool = True) -> None:
+        """Check the files the mode left in ``directory`` (a finished run's
+        ``trajectory/``) for a run of ``steps`` optimizer steps, before it is analysed
+        again: their structure and sizes and, with ``checksums``, their data against
+        the checksums the mode wrote with them. ``DamagedRun`` ("FILE: why") on any
+        fault; never another exception for a damaged file. ``rundir.verify_run_dir``
+        calls it. This default is a mode that keeps no files: no other mode's sidecar
+        may be there (a config.yaml whose record.mode was edited)."""
+        foreign_sidecars(cls, directory)
+
+
+# every mode's sidecar in trajectory/ (store, sample and sketch, an FSDP2 run's index)
+SIDECARS = ("trajectory.json", "sample.json", "shards.json")
+
+
+def foreign_sidecars(cls: type[RecordMode], directory: Path, sub: str | None = None) -> None:
+    """``DamagedRun`` when ``directory`` holds a sidecar (or the subdirectory ``sub``)
+    that mode ``cls`` does not write: the run was recorded in another mode."""
+    for name in [n for n in SIDECARS if n not in cls.own_files] + ([sub] if sub else []):
+        path = Path(directory) / name
+        if path.exists():
+            raise DamagedRun(f"{path}: written by another record mode than {cls.name}, "
+                             f"the mode config.yaml names")
 
 
 def gradients_option(cls: type[RecordMode], cfg: Any) -> bool:

@@ -43,7 +43,7 @@ import numpy.typing as npt
 import pandas as pd
 import torch
 
-from trajreg.errors import ConfigError, UserError
+from trajreg.errors import ConfigError, DamagedRun, UserError
 from trajreg.principle import (
     gamma_bar_interval,
     gamma_hat,
@@ -55,7 +55,12 @@ from trajreg.principle import (
 )
 from trajreg.record.geometry import SquaredNorms, endpoint_summary, read_step_norms
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import CONFIG_WORDS, MeasureContext, RecordMode
+from trajreg.record.modes.base import (
+    CONFIG_WORDS,
+    MeasureContext,
+    RecordMode,
+    foreign_sidecars,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -421,6 +426,116 @@ class SampleMode(RecordMode):
                                        np.sqrt(read_step_norms(norms, k)))
         return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
                         f_star=f_star, reference_step=k, columns=columns, summary=summary)
+
+
+    # ------------------------------------------------------------ a finished run's files
+    own_files: ClassVar[tuple[str, ...]] = (SIDECAR, "shards.json")
+
+    @classmethod
+    def verify(cls, directory: Path, steps: int, checksums: bool = True) -> None:
+        """sample.json well formed for a run of ``steps`` steps (``check_sample``), x.bin
+        a row per stored iterate, g.bin a row per kept step (with gradients), su.bin
+        ||u_t||^2 of every step; an FSDP2 run's sample of every rank, the ranks' samples
+        alike. The mode writes no checksums of its own: its files' contents are covered
+        by the run's checksums.json (``rundir.verify_manifest``)."""
+        directory = Path(directory)
+        from trajreg.distributed.shards import SHARDS, read_index, read_samples
+
+        foreign_sidecars(cls, directory)
+        if not (directory / SHARDS).is_file():
+            cls._verify_files(directory, steps, checksums)
+            return
+        for shard in read_index(directory)["shards"]:
+            cls._verify_files(directory / shard["dir"], steps, checksums)
+        read_samples(directory)
+
+    @classmethod
+    def _verify_files(cls, directory: Path, steps: int, checksums: bool) -> dict[str, Any]:
+        """One sample's files (a rank's, in an FSDP2 run); its sample.json."""
+        from trajreg.record.modes.sketch import SKETCHES
+
+        foreign_sidecars(cls, directory, sub=SKETCHES)
+        meta = check_sample(directory, steps)
+        row = meta["d"] * np.dtype(meta["dtype"]).itemsize
+        sizes = {ROWS: len(meta["iterates"]) * row, STEP_NORMS: 8 * steps}
+        if meta["gradients"]:
+            sizes[GRADS] = len(meta["kept"]) * row
+        elif (directory / GRADS).exists():
+            raise DamagedRun(f"{directory / GRADS}: present, but {SIDECAR} says no "
+                             "gradients were kept")
+        check_sizes(directory, sizes, optional=(STEP_NORMS,))
+        return meta
+
+
+def check_sizes(directory: Path, sizes: Mapping[str, int], optional: Sequence[str] = ()
+                ) -> None:
+    """Each file ``name`` of ``sizes`` in ``directory`` is exactly that many bytes (those
+    in ``optional`` may be absent: runs from before the file)."""
+    for name, want in sizes.items():
+        path = Path(directory) / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            if name in optional:
+                continue
+            raise DamagedRun(f"{path}: missing") from None
+        if size != want:
+            raise DamagedRun(f"{path}: {size} bytes, {want} expected"
+                             + (" (truncated?)" if size < want else ""))
+
+
+def check_sample(directory: Path, steps: int) -> dict[str, Any]:
+    """``directory``'s sample.json, checked for what ``SampleStore`` and the measurement
+    rely on: the format, d and dtype, ``steps`` the run's, the kept steps increasing
+    among 0..steps-1 with a finite learning rate each, the stored iterates distinct
+    among 0..steps, holding x_0, x_T and x_t, x_{t+1} of every kept step t. ``DamagedRun``
+    naming the file and the fault otherwise."""
+    path = Path(directory) / SIDECAR
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DamagedRun(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DamagedRun(f"{path}: not a {FORMAT} sample")
+
+    def ints(v: object, low: int, high: int) -> bool:
+        return isinstance(v, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) and low <= t <= high for t in v)
+
+    d, dtype = meta.get("d"), meta.get("dtype")
+    bad = None
+    if not (isinstance(d, int) and not isinstance(d, bool) and d >= 1):
+        bad = "d"
+    elif not (isinstance(dtype, str) and dtype in ("<f4", "<f8")):
+        bad = "dtype"
+    elif meta.get("steps") != steps or isinstance(meta.get("steps"), bool):
+        raise DamagedRun(f"{path}: a sample of {meta.get('steps')!r} steps, the run took "
+                         f"{steps}")
+    elif not ints(meta.get("iterates"), 0, steps):
+        bad = "iterates"
+    elif not ints(meta.get("kept"), 0, steps - 1):
+        bad = "kept"
+    elif not (isinstance(meta.get("lr"), list) and len(meta["lr"]) == len(meta["kept"])
+              and all(isinstance(v, int | float) and not isinstance(v, bool)
+                      and math.isfinite(v) for v in meta["lr"])):
+        bad = "lr"
+    elif not isinstance(meta.get("gradients", False), bool):
+        bad = "gradients"
+    if bad is not None:
+        raise DamagedRun(f"{path}: key {bad!r} missing or invalid")
+    meta.setdefault("gradients", False)
+    kept, iterates = meta["kept"], set(meta["iterates"])
+    if len(iterates) != len(meta["iterates"]):
+        raise DamagedRun(f"{path}: an iterate stored twice")
+    if any(a >= b for a, b in zip(kept, kept[1:], strict=False)):
+        raise DamagedRun(f"{path}: the kept steps are not increasing")
+    missing = sorted({0, steps} - iterates) or [
+        u for t in kept for u in (t, t + 1) if u not in iterates]
+    if missing:
+        raise DamagedRun(f"{path}: iterate x_{missing[0]} is not stored")
+    return meta
 
 
 # ---------------------------------------------------------------- the summary's intervals

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from trajreg.errors import ConfigError
+from trajreg.errors import ConfigError, DamagedRun
 from trajreg.principle import gradient_quantities, sketch_quantities, trajectory_quantities
 from trajreg.principle.sketch import STREAM_BUCKET, STREAM_SIGN
 from trajreg.record.geometry import (
@@ -58,8 +58,10 @@ from trajreg.record.modes.sample import (
     TRAJECTORY,
     SampleMode,
     SampleStore,
+    check_sample,
+    check_sizes,
 )
-from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter
+from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter, verify_store
 
 if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
@@ -359,6 +361,34 @@ class SketchMode(SampleMode):
         self._bufs = []
         self._x = self._diff = self._snorms = self._xstage = None
         self.sketch = None
+
+    # ------------------------------------------------------------ a finished run's files
+    @classmethod
+    def _verify_files(cls, directory: Path, steps: int, checksums: bool) -> dict[str, Any]:
+        """One sketch's files (a rank's, in an FSDP2 run): its check sample as mode
+        ``sample`` checks one (sample.json, x.bin, g.bin), the sketches S x_0 .. S x_T in
+        ``sketch/`` (and S g_0 .. S g_{T-1} in ``sketch-grad/``) as trajectory stores
+        closed with their rows, widths k and, with ``checksums``, their data against
+        their sidecars' CRC32s, s.bin (and g2.bin) a float64 a step."""
+        meta = check_sample(directory, steps)
+        row = meta["d"] * np.dtype(meta["dtype"]).itemsize
+        sizes = {"x.bin": len(meta["iterates"]) * row, S_FILE: 8 * steps}
+        grads = (directory / GRAD_SKETCHES).exists()
+        if meta["gradients"]:
+            sizes["g.bin"] = len(meta["kept"]) * row
+        if grads:
+            sizes[G_FILE] = 8 * steps
+        check_sizes(directory, sizes)
+        k = meta.get("sketch_dim")
+        for name, rows, what in ((SKETCHES, steps + 1, "iterates"),
+                                 (GRAD_SKETCHES, steps, "gradients")):
+            if name == GRAD_SKETCHES and not grads:
+                continue
+            store = verify_store(directory / name, rows, checksums, what, steps)
+            if k is not None and store.d != k:
+                raise DamagedRun(f"{directory / name / SIDECAR}: rows of {store.d} numbers, "
+                                 f"{directory / 'sample.json'} says sketch_dim {k}")
+        return meta
 
     # ------------------------------------------------------------ after training
     def measure(self, ctx: MeasureContext, k: int) -> Measured:

@@ -23,8 +23,8 @@ from trajreg.record.geometry import (
     stream_gradient_quantities,
 )
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext, RecordMode
-from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter
+from trajreg.record.modes.base import MeasureContext, RecordMode, foreign_sidecars
+from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter, verify_store
 
 if TYPE_CHECKING:
     from trajreg.record.recorder import Recorder
@@ -88,6 +88,28 @@ class StoreMode(RecordMode):
             self.writer.close()
         if self.grads is not None and not self.grads.closed:
             self.grads.close()
+
+    own_files: ClassVar[tuple[str, ...]] = (SIDECAR, "shards.json")
+
+    @classmethod
+    def verify(cls, directory: Path, steps: int, checksums: bool = True) -> None:
+        """The store (and with gradients ``grad/``) closed, holding x_0 .. x_T (g_0 ..
+        g_{T-1}), its headers and sizes as the sidecar says and, with ``checksums``, its
+        rows and learning rates against the sidecar's CRC32s; an FSDP2 run's store of
+        every rank (``trajreg.distributed.shards``)."""
+        from trajreg.distributed.shards import ShardedTrajectory, is_sharded
+
+        directory = Path(directory)
+        foreign_sidecars(cls, directory)
+        if is_sharded(directory):  # an FSDP2 run: one store per rank
+            sharded = ShardedTrajectory(directory)
+            for store in sharded.stores:
+                foreign_sidecars(cls, store.dir)
+            sharded.verify(steps, checksums)
+            return
+        verify_store(directory, steps + 1, checksums)
+        if (directory / GRADIENTS).exists():  # gradients: g_0 .. g_{T-1}, T rows
+            verify_store(directory / GRADIENTS, steps, checksums, "gradients", steps)
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
         from trajreg.distributed.shards import is_sharded, measure_shards
