@@ -56,3 +56,19 @@ def counted_steps(optimizer: torch.optim.Optimizer) -> list[int]:
     count = [0]
     optimizer.register_step_post_hook(lambda *_: count.__setitem__(0, count[0] + 1))
     return count
+
+
+def plain_steps(session, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list,
+                steps: int, after_step: Callable[[int], None] | None = None) -> None:
+    """``steps`` plain steps of one micro-batch each (batches in turn), the session told
+    of each as a user's loop tells it; ``after_step(i)`` after step i."""
+    for i in range(steps):
+        batch = batches[i % len(batches)]
+        session.before_batch()
+        loss = mse(model, batch)
+        session.after_batch(batch, loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step(i)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.linear_loop import mlp_problem, mse
+from tests.linear_loop import mlp_problem, mse, plain_steps
 from trajreg.integrations import RegularitySession
 from trajreg.integrations.session import LossMismatch
 from trajreg.run.summary import read_summary
@@ -71,18 +71,14 @@ def test_a_step_without_a_micro_batch_is_left_unmeasured(tmp_path, capfd):
     model, opt, batches = mlp_problem()
     session = RegularitySession(tmp_path / "run", source="plain", figures=False)
     session.start(model, opt)
-    for i in range(12):
-        batch = batches[i]
-        session.before_batch()
-        loss = mse(model, batch)
-        session.after_batch(batch, loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+
+    def after_step(i: int) -> None:
         if i == 6:
             opt.step()  # a second step on the same gradient: no micro-batch of its own
         if i % 4 == 3:
             session.end_epoch()
+
+    plain_steps(session, model, opt, batches, 12, after_step)
     summary = session.finish(model, mse)
     table = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
     assert summary.n_steps == 13 and not summary.diverged
@@ -130,14 +126,7 @@ def test_epoch_steps_cut_an_epochless_loop_into_epochs(tmp_path):
     session = RegularitySession(tmp_path / "run", source="plain", figures=False,
                                 epoch_steps=10)
     session.start(model, opt)
-    for i in range(45):
-        batch = batches[i % len(batches)]
-        session.before_batch()
-        loss = mse(model, batch)
-        session.after_batch(batch, loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    plain_steps(session, model, opt, batches, 45)
     summary = session.finish(model, mse)
     assert summary.epoch_ends == [10, 20, 30, 40, 45]
     assert summary.session["epochs"] == "epoch_steps"

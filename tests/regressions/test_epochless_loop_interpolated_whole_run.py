@@ -5,7 +5,7 @@ x_0 -> x*: 5-6x the plain script's time. F is now the mean over a bounded evalua
 
 from __future__ import annotations
 
-from tests.linear_loop import mlp_problem, mse
+from tests.linear_loop import mlp_problem, mse, plain_steps
 from trajreg.integrations import RegularitySession
 
 
@@ -20,14 +20,7 @@ def test_epochless_loop_evaluates_f_on_a_bounded_set(tmp_path, capfd):
     session = RegularitySession(tmp_path / "run", source="plain", figures=False)
     session.start(model, opt)
     T = 200
-    for i in range(T):
-        batch = batches[i % len(batches)]
-        session.before_batch()
-        loss = mse(model, batch)
-        session.after_batch(batch, loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    plain_steps(session, model, opt, batches, T)
     summary = session.finish(model, counted)
     # l_t at x_t and at x* for every step, and the 21 points of the segment x_0 -> x* on
     # the default evaluation set (32 steps): nothing that grows with T beyond that (it was 21 passes

@@ -11,19 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.linear_loop import mlp_problem, mse
+from tests.linear_loop import mlp_problem, mse, plain_steps
 from trajreg.integrations import RegularitySession
 from trajreg.integrations.session import SessionMisuse
-
-
-def train(session, model, opt, batches, steps=8):
-    for i in range(steps):
-        session.before_batch()
-        loss = mse(model, batches[i])
-        session.after_batch(batches[i], loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 def test_finish_before_start(tmp_path):
@@ -54,7 +44,7 @@ def test_finish_twice(tmp_path):
     model, opt, batches = mlp_problem()
     session = RegularitySession(tmp_path / "run", source="plain", figures=False)
     session.start(model, opt)
-    train(session, model, opt, batches)
+    plain_steps(session, model, opt, batches, 8)
     session.finish(model, mse)
     with pytest.raises(SessionMisuse, match="finish\\(\\) was called twice: the first call "
                                             "wrote"):
@@ -69,7 +59,7 @@ def test_start_twice_keeps_the_run(tmp_path):
     with pytest.raises(SessionMisuse, match=r"start\(\) was called on a session that is "
                                             "already started"):
         session.start(model, opt)
-    train(session, model, opt, batches)
+    plain_steps(session, model, opt, batches, 8)
     summary = session.finish(model, mse)
     assert not summary.diverged and summary.n_steps == 8
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no partial directory
@@ -89,14 +79,8 @@ def test_two_optimizer_steps_per_batch_are_not_a_divergence(tmp_path):
     model, opt, batches = mlp_problem()
     session = RegularitySession(tmp_path / "run", source="plain", figures=False)
     session.start(model, opt)
-    for i in range(16):
-        session.before_batch()
-        loss = mse(model, batches[i])
-        session.after_batch(batches[i], loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        opt.step()  # again, on the same gradient
+    plain_steps(session, model, opt, batches, 16,
+                lambda _: opt.step())  # again, on the same gradient
     summary = session.finish(model, mse)
     assert not summary.diverged and summary.n_steps == 32
     assert summary.session["steps_without_batch"] == 16
