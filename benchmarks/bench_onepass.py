@@ -52,7 +52,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ import warnings
 from pathlib import Path
 
 from nets import SMALL_CNN, demo_mlp  # benchmarks/nets.py, beside this script
+from report import med, section, table  # benchmarks/report.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = SMALL_CNN
@@ -91,20 +91,6 @@ def config(raw: dict, record: dict, epochs: int, seed: int | None = None, **mode
     if seed is not None:
         raw["seed"] = seed
     return load_config(raw)
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else math.nan
-
-
-def section(title: str) -> None:
-    print("\n" + "=" * 100 + "\n" + title + "\n" + "=" * 100, flush=True)
-
-
-def table(header: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  " + "  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)))
 
 
 def crash(what: str) -> str:

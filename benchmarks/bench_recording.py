@@ -36,7 +36,6 @@ import platform
 import resource
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nets import SMALL_CNN, demo_mlp  # benchmarks/nets.py, beside this script
+from report import med, section, table  # benchmarks/report.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN_RAW = SMALL_CNN
@@ -98,32 +98,12 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def table(header: list[str], rows: list[list[str]], indent: str = "  ") -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = indent + "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))
-    print(line)
-    print(indent + "  ".join("-" * w for w in widths))
-    for r in rows:
-        print(indent + "  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)))
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else math.nan
-
-
 def fmt_s(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.3f}"
 
 
 def fmt_x(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.2f}x"
-
-
-def section(title: str) -> None:
-    print()
-    print("=" * 100)
-    print(title)
-    print("=" * 100, flush=True)
 
 
 # ----------------------------------------------------------------------------- facts

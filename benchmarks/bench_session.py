@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import med, section, table  # benchmarks/report.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "lm_loop.py"
@@ -55,20 +55,6 @@ VARIANTS = {
 DEFAULT = ("off", "store", "sample", "sketch")
 PARTS = ("total_s", "startup_s", "imports_s", "setup_s", "train_s", "finish_s")
 CRASHES: dict[str, str] = {}
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else math.nan
-
-
-def section(title: str) -> None:
-    print("\n" + "=" * 100 + "\n" + title + "\n" + "=" * 100, flush=True)
-
-
-def table(header: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, ["-" * w for w in widths], *rows]:
-        print("  " + "  ".join(f"{str(c):<{w}}" for c, w in zip(r, widths, strict=True)))
 
 
 def run_once(variant: str, args: argparse.Namespace) -> dict | None:
