@@ -4,7 +4,10 @@ Every failure is one line on stderr and an exit status: 2 for what the user can 
 on (a bad config, option or path, a damaged run directory, a full or read-only
 disk), 1 for a failed replay or a bug ("internal error", with ``--debug`` for the
 traceback), 3 for a study whose runs failed, 130 and 143 for SIGINT and SIGTERM
-(the partial run directory is removed first).
+(the partial run directory is removed first; a signal after the run directory was
+renamed into place keeps it, says so in one line, and still exits 130 or 143: the
+command was interrupted, and a shell loop around it should stop). Warnings are
+printed as one line each, ``trajreg: warning: ...``, while ``main`` runs.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from trajreg.errors import ReplayMismatch, UserError
 
@@ -59,39 +63,60 @@ def _window(text: str) -> tuple[int, int]:
     try:
         start, end = (int(v) for v in text.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"window must be START:END steps, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"window must be START:END steps, got {_quoted(text)}") from None
     if not 0 <= start < end:
-        raise argparse.ArgumentTypeError(f"window must satisfy 0 <= START < END, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"window must satisfy 0 <= START < END, got {_quoted(text)}")
     return start, end
+
+
+def _quoted(text: str) -> str:
+    """An option's value for a message, at most 80 characters."""
+    return repr(text) if len(text) <= 78 else repr(text[:72]) + "..."
 
 
 def _eps(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"eps must be numbers like 0,0.05, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"eps must be numbers like 0,0.05, got {_quoted(text)}") from None
     if not all(0.0 <= v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"eps values must be in [0, 1), got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(f"eps values must be in [0, 1), got {_quoted(text)}")
+    return [v + 0.0 for v in values]  # -0 is 0 (the summary's key "0.0", not "-0.0")
 
 
 def _delta(text: str) -> float:
+    from trajreg.train.config import FLOAT32_MAX
+
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_quoted(text)}") from None
     if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {_quoted(text)}")
+    if value > FLOAT32_MAX:  # as analysis.delta: delta is on the learning rate's scale
+        raise argparse.ArgumentTypeError(
+            f"must be at most {FLOAT32_MAX:.4g} (delta is on the scale of the learning "
+            f"rate, a float32), got {_quoted(text)}")
+    return value + 0.0
+
+
+def _out(text: str) -> str:  # trajreg run --out
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a directory path, got {text!r} (leave "
+                                         "--out out for runs/<config>-<time>)")
+    return text
 
 
 def _nproc(text: str) -> int:  # trajreg run --nproc (trajreg.distributed)
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {_quoted(text)}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {_quoted(text)}")
     return value
 
 
@@ -112,7 +137,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train, record and analyse one run")
     r.add_argument("config", help="run config (YAML)")
-    r.add_argument("--out", help="run directory to create (default: runs/<config>-<time>)")
+    r.add_argument("--out", type=_out,
+                   help="run directory to create (default: runs/<config>-<time>)")
     r.add_argument("--no-figures", action="store_true",
                    help="skip the PNG figures (trajreg analyze draws them later)")
     r.add_argument("--tensorboard", action="store_true",
@@ -150,20 +176,55 @@ def _print_summary(summary: Summary) -> None:
         print(f"diverged at step {summary.diverged_step}")
 
 
+class _State:
+    """What ``main``'s signal handling needs to know: the run directory being made,
+    its config, and whether the run directory is complete (renamed into place)."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+        self.config: dict[str, Any] | None = None
+        self.complete = False
+        self.finished = False  # the command returned (its status is decided)
+
+    def run_complete(self) -> bool:
+        """The run directory is in place: ``run`` returned, or ``out`` holds a finished
+        run of this config (a signal arrived between the rename and the return)."""
+        if self.complete:
+            return True
+        if self.out is None or self.config is None:
+            return False
+        try:
+            from trajreg.run.rundir import read_config
+
+            if not (self.out / "summary.json").is_file():
+                return False
+            written = read_config(self.out).run
+            return written is not None and written.to_dict() == self.config
+        except Exception:  # noqa: BLE001 -- unreadable or partial: not ours, not complete
+            return False
+
+
+_STATE = _State()
+
+
 def _run(args: argparse.Namespace) -> int:
     from trajreg.run import rundir, runner
     from trajreg.train.config import load_config
+    from trajreg.train.size import check_run_disk
 
     cfg = load_config(args.config)
     if args.nproc is not None:  # trajreg.distributed: --nproc N overrides the config's
         from trajreg.distributed import with_nproc
 
         cfg = with_nproc(cfg, args.nproc)
-    out = Path(args.out) if args.out else runner.default_out(args.config)
+    out = Path(args.out) if args.out is not None else runner.default_out(args.config)
     rundir.check_new_out(out)  # before the data are loaded; the rename checks again
+    check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
+    _STATE.out, _STATE.config = out, cfg.to_dict()
     out, summary = runner.run(cfg, out, figures=not args.no_figures,
                               tensorboard=args.tensorboard,
                               progress=False if args.quiet else None)
+    _STATE.complete = True
     _print_summary(summary)
     print(f"run directory: {out}")
     return 0
@@ -198,23 +259,74 @@ def _unchanged(args: argparse.Namespace) -> str:
             }.get(args.command, "")
 
 
+def _interrupted_message() -> str:
+    if _STATE.run_complete():
+        return f"trajreg: interrupted after the run was complete: {_STATE.out} is kept"
+    return "trajreg: interrupted"
+
+
+def _late_signal(signum: int, _frame: object) -> None:
+    """A signal once the command has finished (the process is printing or exiting):
+    one line and the signal's status at once, no traceback from an exit handler."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        os.write(sys.stderr.fileno(), (_interrupted_message() + "\n").encode())
+    except (OSError, ValueError):
+        pass
+    os._exit(128 + signum)
+
+
 @contextmanager
-def _signals_raise() -> Iterator[None]:
+def _signals_raise(process: bool) -> Iterator[None]:
     """SIGTERM (and SIGINT) raise ``Interrupted`` in the main thread while the command
-    runs, so the clean-up of partial directories happens."""
+    runs, so the clean-up of partial directories happens. ``process`` (``main`` runs
+    the command line, not called in process): after the command, the handlers stay,
+    so a signal while the process prints its result or exits ends it with one line
+    (``_late_signal``); otherwise the previous handlers are restored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum: int, _frame: object) -> None:
+    def handler(signum: int, frame: object) -> None:
+        if _STATE.finished:
+            if process:
+                _late_signal(signum, frame)
+            return  # in process, between the command's end and the restore: its result stands
         raise Interrupted(signum)
 
     before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for s, h in before.items():
-            signal.signal(s, h)
+        _STATE.finished = True
+        if not process:
+            for s, h in before.items():
+                signal.signal(s, h)
+
+
+@contextmanager
+def _warnings_one_line() -> Iterator[None]:
+    """Warnings as ``trajreg: warning: ...``, one line each, while the command runs
+    (Python's format, with the file and source line, is restored after)."""
+    before = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        try:
+            print(f"trajreg: warning: {one_line(message)}", file=file or sys.stderr,
+                  flush=True)
+        except (OSError, ValueError):
+            pass
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,11 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         print(one_line(message), file=sys.stderr, flush=True)
         return status
 
+    global _STATE
+    _STATE = _State()
     try:
-        with _signals_raise():
+        with _signals_raise(process=argv is None), _warnings_one_line():
             return _dispatch(args)
     except (Interrupted, KeyboardInterrupt) as exc:
-        return fail("trajreg: interrupted",
+        return fail(_interrupted_message(),
                     exc.status if isinstance(exc, Interrupted) else 128 + signal.SIGINT)
     except UserError as exc:  # ConfigError and DamagedRun included
         return fail(f"trajreg: error: {exc}", 2)

@@ -139,8 +139,8 @@ def test_binary_and_unreadable_files(tmp_path):
     path = _write(tmp_path, bytes(range(256)) * 4, "model.pt")
     with pytest.raises(ConfigError, match=r"not a text file \(byte 0x80 at offset 128"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"config file not found"):
-        load_config(tmp_path)  # a directory
+    with pytest.raises(ConfigError, match=r": is a directory, not a config file$"):
+        load_config(tmp_path)  # a directory (issue 20: was "config file not found")
     with pytest.raises(ConfigError, match=r"^study file not found"):
         read_yaml(tmp_path / "absent.yaml", "study")
     with pytest.raises(ConfigError, match=r"study is empty"):

@@ -5,6 +5,10 @@ gamma nan), infinite gamma in some epochs (marked at the axis edge, named in the
 legend), an empty metrics table, or a summary without an analysis (record mode
 off: only the loss figure). ``geometry.png`` (rsi_t and eb_t over steps) and ``mli.png``
 (the loss from x_0 to x*) are drawn only when the run has them (``GEOMETRY_FIGURES``).
+Values beyond +-``PLOT_LIMIT`` (a huge ``--delta``, a run near float overflow) are drawn
+as infinities are (a gap, a mark at the edge, a note), since matplotlib cannot place
+ticks on an axis spanning them; numpy's floating-point warnings are silenced while
+drawing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from trajreg.atomic import replace_atomic
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
 GEOMETRY_FIGURES = ("geometry.png", "mli.png")  # with recorded gradients; with an mli
 MAX_LOG_TICKS = 8  # labelled ticks on a log axis spanning many decades
+# the largest magnitude drawn as a number: an axis from -1e307 to 1e307 overflows
+# matplotlib's tick arithmetic (its steps times ten); beyond it, a value is drawn as inf
+PLOT_LIMIT = 1e300
 
 
 def _axes() -> tuple[Figure, Axes]:
@@ -83,8 +90,24 @@ def save_png(fig: Figure, path: Path, dpi: int = 100) -> None:
 
 
 def _floats(values: Iterable[Any]) -> np.ndarray:
-    """A JSON series as floats (null, i.e. nan in the file, becomes nan)."""
-    return np.asarray([math.nan if v is None else v for v in values], dtype=float)
+    """A JSON series as floats (null, i.e. nan in the file, becomes nan), values beyond
+    +-PLOT_LIMIT as +-inf."""
+    return _huge_as_inf(np.asarray([math.nan if v is None else v for v in values],
+                                   dtype=float))
+
+
+def _huge_as_inf(y: np.ndarray) -> np.ndarray:
+    """``y`` (floats) with values beyond +-PLOT_LIMIT as +-inf, nan kept."""
+    y = np.asarray(y, dtype=float)
+    with np.errstate(invalid="ignore"):
+        huge = np.isfinite(y) & (np.abs(y) > PLOT_LIMIT)
+    return np.where(huge, np.copysign(np.inf, y), y) if huge.any() else y
+
+
+def _drawable(y: np.ndarray) -> np.ndarray:
+    """``y`` with non-finite values and values beyond +-PLOT_LIMIT as nan (gaps)."""
+    y = _huge_as_inf(y)
+    return np.where(np.isfinite(y), y, np.nan)
 
 
 def mark_infinities(ax: Axes, x: np.ndarray, y: np.ndarray, color: Any, what: str) -> None:
@@ -102,11 +125,11 @@ def _loss(path: Path, table: pd.DataFrame, summary: dict, window: tuple[int, int
           ) -> None:
     fig, ax = _axes()
     every = _thin(len(table))
-    ax.plot(table["step"].to_numpy()[every], table["loss"].to_numpy()[every], lw=0.6,
-            alpha=0.5, label="minibatch loss l_t(x_t)")
+    ax.plot(table["step"].to_numpy()[every], _drawable(table["loss"].to_numpy()[every]),
+            lw=0.6, alpha=0.5, label="minibatch loss l_t(x_t)")
     full = _floats(summary.get("full_loss", []))
     ends = np.asarray([0, *summary.get("epoch_ends", [])][: len(full)], dtype=float)
-    ax.plot(ends, full[: len(ends)], "o-", ms=3, label="full training loss F_k")
+    ax.plot(ends, _drawable(full[: len(ends)]), "o-", ms=3, label="full training loss F_k")
     if window is not None and window[1] > window[0]:
         ax.axvspan(*window, color="tab:green", alpha=0.08, label="window")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -138,20 +161,24 @@ def _r_distribution(path: Path, table: pd.DataFrame, summary: dict,
     start, end = window
     r = table["r"].to_numpy()[start:end] if "r" in table else np.zeros(0)
     r = r[np.isfinite(r)]
+    notes = []
+    huge = np.abs(r) > PLOT_LIMIT
+    if huge.any():
+        notes.append(f"{int(huge.sum())} r_t beyond +-{PLOT_LIMIT:g} not drawn")
+        r = r[~huge]
     if len(r):
         lo, hi = np.quantile(r, [0.01, 0.99])
         ax.hist(np.clip(r, lo, hi), bins=60, color="tab:blue")
     else:
         ax.text(0.5, 0.5, f"no finite r_t in the window [{start}, {end})",
                 transform=ax.transAxes, ha="center", va="center")
-    notes = []
     for key, g in (summary.get("gamma_hat") or {}).items():
         g = math.nan if g is None else float(g)
-        if math.isfinite(g):
+        if math.isfinite(g) and abs(g) <= PLOT_LIMIT:
             ax.axvline(g, ls="--", color="tab:red", lw=1)
             ax.annotate(f"eps={key}", (g, ax.get_ylim()[1] * 0.9), color="tab:red")
-        else:  # inf or nan: said in words, there is no place for a line
-            notes.append(f"gamma_hat(eps={key}) = {g:g}")
+        else:  # inf, nan or huge: said in words, there is no place for a line
+            notes.append(f"gamma_hat(eps={key}) = {g:.3g}")
     if notes:
         ax.text(0.02, 0.97, "\n".join(notes), transform=ax.transAxes, va="top",
                 color="tab:red")
@@ -164,7 +191,8 @@ def _distance(path: Path, table: pd.DataFrame, window: tuple[int, int]) -> None:
     fig, ax = _axes()
     every = _thin(len(table))
     if "D" in table:
-        ax.plot(table["step"].to_numpy()[every], table["D"].to_numpy()[every], lw=0.8)
+        ax.plot(table["step"].to_numpy()[every], _drawable(table["D"].to_numpy()[every]),
+                lw=0.8)
     if window[1] > window[0]:
         ax.axvspan(*window, color="tab:green", alpha=0.08)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -184,12 +212,12 @@ def _geometry(path: Path, table: pd.DataFrame, summary: dict,
     steps = table["step"].to_numpy()[every]
     for ax, column, name, table_key in ((top, "rsi", "mu_hat", "mu_hat"),
                                         (bottom, "eb", "L_hat", "L_hat")):
-        y = table[column].to_numpy()[every]
-        y = np.where(np.isfinite(y), y, np.nan)
+        y = _drawable(table[column].to_numpy()[every])
         ax.plot(steps, y, lw=0.6, color="tab:blue" if column == "rsi" else "tab:purple")
         for key, value in (summary.get(table_key) or {}).items():
             value = math.nan if value is None else float(value)
-            if math.isfinite(value) and (column == "rsi" or value > 0):
+            if math.isfinite(value) and abs(value) <= PLOT_LIMIT \
+                    and (column == "rsi" or value > 0):
                 ax.axhline(value, ls="--", lw=1, color="tab:red",
                            label=f"{name}, eps={key}: {value:.3g}")
             break  # the first eps only
@@ -200,7 +228,7 @@ def _geometry(path: Path, table: pd.DataFrame, summary: dict,
             ax.legend(loc="best")
     top.axhline(0, color="k", lw=0.5)
     top.set(ylabel="rsi_t", title="Restricted secant (rsi) and error bound (eb) ratios")
-    eb = table["eb"].to_numpy()
+    eb = _drawable(table["eb"].to_numpy())
     bottom.set(xlabel="step", ylabel="eb_t",
                yscale="log" if np.any(np.isfinite(eb) & (eb > 0)) else "linear")
     save_png(fig, path)
@@ -229,7 +257,11 @@ def _mli(path: Path, summary: dict) -> None:
 def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
     """Training loss, gamma per epoch, the distribution of r and D over steps (only the
     loss for a summary without an analysis); the paths written."""
-    directory = Path(directory)
+    with np.errstate(all="ignore"):  # nan and inf are drawn as such, not warned about
+        return _write_figures(Path(directory), table, summary)
+
+
+def _write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
     paths = [directory / name for name in FIGURES]
     raw = summary.get("window")
     window = (int(raw[0]), int(raw[1])) if raw is not None else None

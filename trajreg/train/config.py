@@ -10,7 +10,10 @@ configs and studies alike (YAML 1.2 scalars, duplicate keys refused).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from trajreg.errors import ConfigError
@@ -69,7 +73,8 @@ class DataConfig:
                 raise ConfigError(f"data.resize: {self.name} holds 1-D signals, not images; "
                                   "resize applies to images only")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise ConfigError(f"data.test_fraction: must be in [0, 1), got {self.test_fraction}")
+            raise ConfigError(f"data.test_fraction: must be in [0, 1), got "
+                              f"{_quote(self.test_fraction)}")
 
 
 @dataclass
@@ -92,21 +97,21 @@ class ModelConfig:
         if self.variant is not None:
             if self.name not in VARIANTS:
                 raise ConfigError(f"model.variant: {self.name} has no variants (only "
-                                  f"{', '.join(VARIANTS)} have), got {self.variant!r}")
+                                  f"{', '.join(VARIANTS)} have), got {_quote(self.variant)}")
             _choice("model.variant", self.variant, VARIANTS[self.name])
         _positive("model.depth", self.depth)
         if self.depth > MAX_DEPTH:
-            raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {self.depth}")
+            raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {_quote(self.depth)}")
         if self.width is not None:
             _positive("model.width", self.width)
             if self.name == "mlp" and self.width != int(self.width):
                 raise ConfigError(f"model.width: the mlp's hidden units must be a whole "
-                                  f"number, got {self.width}")
+                                  f"number, got {_quote(self.width)}")
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.norm", self.norm, NORMS)
         _choice("model.init", self.init, INITS)
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {_quote(self.dropout)}")
 
     def resolve(self) -> None:
         if self.width is None:
@@ -128,16 +133,24 @@ class OptimConfig:
     def validate(self) -> None:
         _choice("optim.name", self.name, OPTIMIZERS)
         _positive("optim.lr", self.lr)
-        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"optim.momentum: must be in [0, 1), got {self.momentum}")
+        _float32("optim.lr", self.lr)
+        if self.momentum is not None:
+            if not 0.0 <= self.momentum < 1.0:
+                raise ConfigError(f"optim.momentum: must be in [0, 1), got {_quote(self.momentum)}")
+            _float32("optim.momentum", self.momentum, below_one=True)
         if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay: must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"optim.weight_decay: must be >= 0, got {_quote(self.weight_decay)}")
+        _float32("optim.weight_decay", self.weight_decay)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got {self.betas}")
+            raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got "
+                              f"{_quote(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            _float32(f"optim.betas[{i}]", beta, below_one=True)
         _choice("optim.schedule", self.schedule, SCHEDULES)
         _positive("optim.step_epochs", self.step_epochs)
         if not 0.0 < self.decay <= 1.0:
-            raise ConfigError(f"optim.decay: must be in (0, 1], got {self.decay}")
+            raise ConfigError(f"optim.decay: must be in (0, 1], got {_quote(self.decay)}")
+        _float32("optim.decay", self.decay)
         _positive("optim.warmup_epochs", self.warmup_epochs)
         spec = OPTIMIZER_SPECS[self.name]
         if spec.needs_momentum and self.momentum == 0.0:
@@ -167,7 +180,8 @@ class TrainConfig:
         if self.distributed is not None:  # trajreg.distributed
             self.distributed.validate()
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"train.device: must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+            raise ConfigError(f"train.device: must be 'cpu' or 'cuda[:N]', got "
+                              f"{_quote(self.device)}")
         if self.threads is not None:
             _positive("train.threads", self.threads)
         if self.max_memory_gb is not None:
@@ -243,15 +257,15 @@ class RecordConfig:
         for key in ("sample_rate", "sketch_sample_rate"):
             value = getattr(self, key)
             if not 0.0 < value <= 1.0:
-                raise ConfigError(f"record.{key}: must be in (0, 1], got {value!r}")
+                raise ConfigError(f"record.{key}: must be in (0, 1], got {_quote(value)}")
         for key in ("sample_min_steps", "sketch_check_steps"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"record.{key}: must be a whole number of steps >= 0 (0: "
-                                  f"the rate alone), got {value!r}")
+                                  f"the rate alone), got {_quote(value)}")
         if self.sketch_dim is not None and not 1 <= self.sketch_dim < 2**31:
             raise ConfigError(f"record.sketch_dim: must be an integer in [1, 2^31), "
-                              f"got {self.sketch_dim!r}")
+                              f"got {_quote(self.sketch_dim)}")
         if self.gradients and self.mode == "off":
             raise ConfigError("record.gradients: record mode off records nothing")
 
@@ -268,17 +282,24 @@ class AnalysisConfig:
 
     def validate(self) -> None:
         if not self.eps or not all(0.0 <= e < 1.0 for e in self.eps):
-            raise ConfigError(f"analysis.eps: must be numbers in [0, 1), got {self.eps}")
+            raise ConfigError(f"analysis.eps: must be numbers in [0, 1), got {_quote(self.eps)}")
         if not 0.0 < self.tau < 1.0:
-            raise ConfigError(f"analysis.tau: must be in (0, 1), got {self.tau}")
+            raise ConfigError(f"analysis.tau: must be in (0, 1), got {_quote(self.tau)}")
         if not 0.0 < self.max_fraction <= 1.0:
-            raise ConfigError(f"analysis.max_fraction: must be in (0, 1], got {self.max_fraction}")
+            raise ConfigError(f"analysis.max_fraction: must be in (0, 1], got "
+                              f"{_quote(self.max_fraction)}")
         _choice("analysis.reference", self.reference, REFERENCES)
-        if self.delta is not None and self.delta < 0:
-            raise ConfigError(f"analysis.delta: must be >= 0, got {self.delta}")
+        if self.delta is not None:
+            if self.delta < 0:
+                raise ConfigError(f"analysis.delta: must be >= 0, got {_quote(self.delta)}")
+            if self.delta > FLOAT32_MAX:
+                raise ConfigError(f"analysis.delta: must be at most {FLOAT32_MAX:.4g} (delta is "
+                                  "on the scale of the learning rate, a float32), got "
+                                  f"{_quote(self.delta)}")
         _positive("analysis.loss_threshold", self.loss_threshold)
         if not 0.0 <= self.train_margin < 1.0:
-            raise ConfigError(f"analysis.train_margin: must be in [0, 1), got {self.train_margin}")
+            raise ConfigError(f"analysis.train_margin: must be in [0, 1), got "
+                              f"{_quote(self.train_margin)}")
 
 
 @dataclass
@@ -293,7 +314,7 @@ class RunConfig:
 
     def validate(self) -> None:
         if self.seed < 0:
-            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+            raise ConfigError(f"seed: must be >= 0, got {_quote(self.seed)}")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
@@ -331,8 +352,63 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
         self.key, self.first_line = key, first_line
 
 
+MAX_YAML_VALUES = 100_000  # nodes a config or study may hold, aliases (*name) expanded
+
+
+class AliasBombError(yaml.YAMLError):
+    """A document whose aliases expand it beyond ``MAX_YAML_VALUES`` nodes, or refer
+    to themselves."""
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def expanded_size(root: yaml.Node, cap: int = MAX_YAML_VALUES) -> int:
+    """The nodes of ``root`` with every alias expanded (each use of an anchored node
+    counts all of its nodes), counted on the composed graph without expanding it;
+    counting stops past ``cap``. ``AliasBombError`` for a node inside itself."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = min(cap + 1, 1 + sum(size[id(c)] for c in _children(node)))
+            continue
+        if key in size:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise AliasBombError("an alias refers to a node that contains it (a "
+                                     "recursive anchor)")
+            if id(child) not in size:
+                stack.append((child, False))
+    return size[id(root)]
+
+
 class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 core-schema scalars and no duplicate keys."""
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars and no duplicate keys.
+
+    Anchors and aliases (``&base``, ``*base``, ``<<: *base``) work, but a document
+    whose aliases expand it beyond ``MAX_YAML_VALUES`` nodes (an alias bomb: a few
+    lines that expand to billions of values) or into itself is refused after
+    composing and before constructing anything (``AliasBombError``)."""
+
+    def compose_document(self) -> yaml.Node | None:  # type: ignore[override]
+        node = super().compose_document()
+        if node is not None and expanded_size(node) > MAX_YAML_VALUES:
+            raise AliasBombError(f"its aliases (*name) expand it to more than "
+                                 f"{MAX_YAML_VALUES} values (an alias bomb?)")
+        return node
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag in _KEPT_TAGS]
@@ -382,7 +458,12 @@ def parse_yaml(text: str, where: str = "<string>", what: str = "config") -> dict
     except DuplicateKeyError as exc:
         assert exc.problem_mark is not None
         raise ConfigError(f"{where}: line {exc.problem_mark.line + 1}: duplicate key "
-                          f"{exc.key!r} (first given on line {exc.first_line})") from None
+                          f"{_short(exc.key, quoted=True)} (first given on line "
+                          f"{exc.first_line})") from None
+    except AliasBombError as exc:
+        raise ConfigError(f"{where}: refused: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
     except yaml.reader.ReaderError as exc:
         raise ConfigError(f"{where}: not a text file (character #x{exc.character:04x} at "
                           f"position {exc.position}); a {what} is YAML text") from None
@@ -408,8 +489,17 @@ def read_yaml(source: str | Path | Mapping[str, Any], what: str = "config") -> d
     if isinstance(source, Mapping):
         return source  # type: ignore[return-value]
     path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path}: is a directory, not a {what} file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: is not a regular file ({_file_kind(mode)}); a {what} "
+                          "is a YAML file")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -420,6 +510,12 @@ def read_yaml(source: str | Path | Mapping[str, Any], what: str = "config") -> d
         raise ConfigError(f"{path}: not a text file (byte 0x{data[exc.start]:02x} at offset "
                           f"{exc.start} is not UTF-8); a {what} is YAML text") from None
     return parse_yaml(text, str(path), what)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+    return next((word for test, word in kinds if test(mode)), "not a file")
 
 
 def load_config(source: str | Path | Mapping[str, Any], *,
@@ -458,7 +554,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(names))})")
+            raise ConfigError(f"{prefix}{_short(key)}: unknown key (allowed: "
+                              f"{', '.join(sorted(names))})")
     kwargs = {}
     for key, value in raw.items():
         kind = hints[key]
@@ -482,35 +579,73 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         return _coerce(key, value, inner)
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: must be a list, got {value!r}")
+            raise ConfigError(f"{key}: must be a list, got {_quote(value)}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+            raise ConfigError(f"{key}: must be true or false, got {_quote(value)}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+            raise ConfigError(f"{key}: must be an integer, got {_quote(value)}")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
+            raise ConfigError(f"{key}: must be a number, got {_quote(value)}")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            raise ConfigError(f"{key}: must be a finite number, got {_quote(value)}")
         return value
     if kind is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
+            raise ConfigError(f"{key}: must be a string, got {_quote(value)}")
         return value
     raise TypeError(f"unsupported config type {kind!r} for {key}")
 
 
+QUOTE_CHARS = 80  # the most of a value an error message quotes
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 8, 8, 6
+_REPR.maxstring = _REPR.maxother = QUOTE_CHARS
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
+FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)  # 1.4e-45
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)`` for an error message, cut to ``QUOTE_CHARS`` characters with
+    ``...`` (``reprlib``: a huge or deeply nested value is never expanded in full)."""
+    return _short(_REPR.repr(value), quoted=False)
+
+
+def _short(text: Any, quoted: bool = False) -> str:
+    text = repr(text) if quoted else str(text)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
+
+
+def _float32(key: str, value: float, below_one: bool = False) -> None:
+    """Refuse a number that cannot work in the run's dtype, float32 (the parameters,
+    the optimizer's state and the scalars it multiplies them with): above float32's
+    largest value, nonzero but 0 in float32, or (``below_one``) below 1 but 1 in float32."""
+    if not math.isfinite(value):
+        return  # refused as not finite by _coerce; here for mappings built in code
+    if abs(value) > FLOAT32_MAX:
+        raise ConfigError(f"{key}: {_quote(value)} overflows float32, the run's dtype "
+                          f"(largest {FLOAT32_MAX:.4g})")
+    single = float(np.float32(value))
+    if value != 0 and single == 0:
+        raise ConfigError(f"{key}: {_quote(value)} is 0 in float32, the run's dtype "
+                          f"(smallest positive {FLOAT32_TINY:.2g})")
+    if below_one and value < 1 and single >= 1:
+        below = float(np.nextafter(np.float32(1), np.float32(0)))
+        raise ConfigError(f"{key}: {_quote(value)} is 1 in float32, the run's dtype (the "
+                          f"largest float32 below 1 is {below:.9g})")
+
+
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: unknown value {value!r} (allowed: {', '.join(allowed)})")
+        raise ConfigError(f"{key}: unknown value {_quote(value)} (allowed: {', '.join(allowed)})")
 
 
 def _positive(key: str, value: float) -> None:
     if not value > 0:
-        raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        raise ConfigError(f"{key}: must be > 0, got {_quote(value)}")

@@ -25,14 +25,26 @@ The estimate, in bytes (float32 throughout, P parameters):
 
 On cpu all three share the host's RAM; on cuda the data stays in host memory and the
 model's parameters and activations are held to the GPU's cap.
+
+The run's length is sized too (``estimate_run_steps``), since a run keeps something
+of every step: its training log and metrics table in memory (about ``STEP_BYTES`` a
+step, refused by ``check_run_size`` above the same cap, naming ``train.epochs``) and
+what its record mode writes (``check_run_disk``: refused when above the free space of
+the output's file system). Every refusal and the warning for a long run
+(``LONG_RUN_SECONDS``) give the steps and a lower bound on the time, at
+``MIN_STEP_SECONDS`` a step (no trajreg step is faster: 186 us a step measured for a
+one-unit MLP at batch size 1 on one CPU thread).
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -50,6 +62,13 @@ if TYPE_CHECKING:
 RUN_COPIES = 4  # copies of the parameters a run makes besides weights, grads, optimizer
 EVAL_CHUNK = 1024  # examples per evaluation forward (loop._eval)
 FLOAT_BYTES = 4
+# host memory a run keeps per step, counted low: the training log's Python lists (a
+# loss float object and its pointer, 32 bytes; lr, epoch), the metrics table's 20-30
+# float64 columns, each once (no copies counted)
+STEP_BYTES = 256
+TABLE_BYTES = 200  # disk per step: metrics.parquet (and a sample's trainlog.parquet)
+MIN_STEP_SECONDS = 50e-6  # a lower bound on one step's time (see the module docstring)
+LONG_RUN_SECONDS = 86400  # warn before a run that cannot take less than a day
 
 
 @dataclass(frozen=True)
@@ -267,7 +286,10 @@ def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None) -> RunMemo
 def check_run_size(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
     """The run's ``estimate_run_memory(cfg, data)``, or ``ConfigError`` (one line, with
     the figures) when it is above the cap: ``train.max_memory_gb`` if set, else 75% of
-    the machine's RAM (and, for cuda, of the GPU's memory for the model's part)."""
+    the machine's RAM (and, for cuda, of the GPU's memory for the model's part), or when
+    its per-step records alone are (``train.epochs``, with the steps and a lower bound
+    on the time); a ``UserWarning`` before a run that cannot take less than
+    ``LONG_RUN_SECONDS``."""
     est = estimate_run_memory(cfg, data)
     override = cfg.train.max_memory_gb
     host = memory_cap("cpu", override)
@@ -279,6 +301,7 @@ def check_run_size(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
             raise ConfigError(f"{_blame(cfg, est)}: the run needs about {fmt_bytes(needed)} "
                               f"({est.describe()}), above {cap.about}; set "
                               "train.max_memory_gb to override")
+    _check_steps(cfg, est)
     return est
 
 
@@ -293,3 +316,108 @@ def _blame(cfg: RunConfig, est: RunMemory) -> str:
     if worst == est.activation_bytes:
         return "data.resize" if grown else "data.batch_size"
     return "model.width"
+
+
+@dataclass(frozen=True)
+class RunSteps:
+    """A run's length and what it costs by its number of steps."""
+
+    steps: int  # optimizer steps T = epochs * (training examples // batch size)
+    memory_bytes: int  # host memory for the per-step records (STEP_BYTES a step)
+    disk_bytes: int  # what the record mode and the metrics table write
+    record_mode: str
+
+    @property
+    def min_seconds(self) -> float:
+        """A lower bound on the training time (``MIN_STEP_SECONDS`` a step)."""
+        return self.steps * MIN_STEP_SECONDS
+
+    def describe(self) -> str:
+        """``'2.6e+10 steps, at least 15 days at 50 us a step'``."""
+        return (f"{self.steps:.3g} steps, at least {fmt_seconds(self.min_seconds)} at "
+                f"{MIN_STEP_SECONDS * 1e6:.0f} us a step")
+
+
+def fmt_seconds(seconds: float) -> str:
+    """``'3.2 hours'``, ``'15 days'``, ``'41 years'``."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600),
+                       ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.2g} {unit}" if seconds < 10 * size \
+                else f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.2g} s"
+
+
+def record_disk_bytes(cfg: RunConfig, steps: int, n_params: int) -> int:
+    """What ``cfg.record.mode`` writes for a run of ``steps`` steps of ``n_params``
+    float32 parameters (docs/record-modes.md), plus the metrics table."""
+    from trajreg.record.modes import get_mode
+    from trajreg.record.modes.sample import effective_rate
+    from trajreg.record.modes.sketch import default_dim
+
+    rec, d, T = cfg.record, n_params, steps
+    gradients = rec.gradients if rec.gradients is not None \
+        else bool(get_mode(rec.mode).gradients)
+    row = FLOAT_BYTES * d
+    table = TABLE_BYTES * T
+    if rec.mode == "store":
+        return row * (T + 1) * (2 if gradients else 1) + table
+    if rec.mode in ("sample", "sketch"):
+        rate, min_steps = (rec.sample_rate, rec.sample_min_steps) if rec.mode == "sample" \
+            else (rec.sketch_sample_rate, rec.sketch_check_steps)
+        kept = effective_rate(rate, min_steps, T) * T  # x_t and x_{t+1}, and g_t
+        sample = row * kept * (3 if gradients else 2) + 8 * T  # + ||u_t||^2, float64
+        if rec.mode == "sketch":
+            k = rec.sketch_dim or default_dim(d)
+            sample += 8 * k * (T + 1) * (2 if gradients else 1) + 16 * T  # S x_t, s_t, g2
+        return int(sample) + 2 * table
+    return table  # replay, off: the metrics table
+
+
+def estimate_run_steps(cfg: RunConfig, data: DataSize | None = None,
+                       n_params: int | None = None) -> RunSteps:
+    """The run's steps, their memory and disk (see the module docstring), from the
+    config alone (``data`` and ``n_params`` as ``estimate_run_memory`` finds them)."""
+    size = planned_size(cfg.data) if data is None else data
+    steps = cfg.train.epochs * (size.n_train // cfg.data.batch_size)
+    if n_params is None:
+        spec = DATASETS[cfg.data.name]
+        n_params = model_size(cfg.model, size.input_shape, spec.n_classes, 1).n_params
+    return RunSteps(steps, STEP_BYTES * steps, record_disk_bytes(cfg, steps, n_params),
+                    cfg.record.mode)
+
+
+def _check_steps(cfg: RunConfig, est: RunMemory) -> RunSteps:
+    """Refuse a run whose per-step records alone exceed the host's memory cap; warn
+    before one that cannot take less than ``LONG_RUN_SECONDS``."""
+    run = estimate_run_steps(cfg, est.data, est.n_params)
+    cap = memory_cap("cpu", cfg.train.max_memory_gb)
+    if not cap.allows(run.memory_bytes):
+        raise ConfigError(f"train.epochs: {cfg.train.epochs} epochs are {run.describe()}; "
+                          f"their records alone (loss, lr, the metrics table: about "
+                          f"{STEP_BYTES} bytes a step) need about {fmt_bytes(run.memory_bytes)}"
+                          f", above {cap.about}; set train.max_memory_gb to override")
+    if run.min_seconds > LONG_RUN_SECONDS:
+        warnings.warn(f"train.epochs: {cfg.train.epochs} epochs are {run.describe()}",
+                      UserWarning, stacklevel=3)
+    return run
+
+
+def check_run_disk(cfg: RunConfig, out: str | Path, data: DataSize | None = None) -> RunSteps:
+    """The run's ``estimate_run_steps``, or ``ConfigError`` (one line, with the steps,
+    the bytes and the time) when what it writes is above the free space of the file
+    system that will hold ``out`` (its nearest existing parent)."""
+    run = estimate_run_steps(cfg, data)
+    where = Path(out).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:  # pragma: no cover - unreadable: the run's own write will say
+        return run
+    if run.disk_bytes > free:
+        key = "train.epochs" if run.record_mode in ("replay", "off") else "record.mode"
+        raise ConfigError(f"{key}: the run writes about {fmt_bytes(run.disk_bytes)} "
+                          f"(record mode {run.record_mode}, {run.describe()}), above the "
+                          f"{fmt_bytes(free)} free on {where}")
+    return run

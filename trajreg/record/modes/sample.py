@@ -387,12 +387,15 @@ class SampleMode(RecordMode):
 
     # ------------------------------------------------------------ after training
     def reference(self, store: SampleStore, k: int, ctx: MeasureContext) -> int:
-        """k when x_k is stored. Otherwise, for a diverged run (its last finite epoch end)
-        or an integration's (the step before its first non-finite loss), the latest stored
-        iterate before k; any other reference is refused."""
-        if store.has(k):
-            return k
+        """k for the final iterate x_T, for a diverged run's or an integration's reference
+        when x_k is stored. Otherwise, for a diverged run (its last finite epoch end) or an
+        integration's (the step before its first non-finite loss), the latest stored
+        iterate before k; any other reference (``best``, an epoch end) is refused, even
+        when x_k happens to be a sampled step, so that it does not depend on the draw."""
         log = getattr(ctx, "log", None)  # the reference loop's training log
+        if store.has(k) and (log is None or log.diverged_step is not None
+                             or k == int(store.iterates[-1])):
+            return k
         if log is not None and log.diverged_step is None:
             raise UserError(f"record mode {self.name} keeps x_{k} only at sampled steps, "
                             "x_0, x_{T-1} and x_T: it measures against the final iterate "
