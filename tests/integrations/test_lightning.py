@@ -148,3 +148,29 @@ def test_callback_records_in_the_one_pass_modes(tmp_path, mode):
         assert table["step"].tolist() == list(range(20))
         assert summary.sketch_error["n"] == len(chosen.sampler.kept(20))
         assert summary.mli is not None and summary.mli["loss"][-1] == summary.f_star
+
+
+class NoisyNet(Net):
+    """A training step whose loss depends on Python's own random generator, which the
+    session does not restore: the rebuilt losses cannot match the logged ones."""
+
+    def training_step(self, batch, batch_idx):
+        import random
+
+        x, y = batch
+        x = x.flatten(1).clone()
+        x[:, random.randrange(x.shape[1])] = 1.0  # augmented with a generator not replayed
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+
+def test_a_loss_mismatch_fails_the_fit_and_writes_nothing(tmp_path):
+    from trajreg.integrations.session import LossMismatch
+
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    trainer = pl.Trainer(max_epochs=1, callbacks=[RegularityCallback(out, figures=False)],
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    with pytest.raises(LossMismatch, match="not the losses the training script logged"):
+        trainer.fit(NoisyNet(), loader())
+    assert list(tmp_path.iterdir()) == []
