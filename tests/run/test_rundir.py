@@ -172,3 +172,46 @@ def test_missing_summary_is_an_unfinished_or_damaged_run(fresh, tmp_path):
     (fresh / "summary.json").unlink()
     with pytest.raises(DamagedRun, match=r"run directory damaged: .*/summary\.json: missing"):
         rundir.verify_run_dir(fresh)
+
+
+def test_checksums_json_covers_every_file(fresh):
+    files = atomic.read_json(fresh / "checksums.json")["files"]
+    on_disk = {str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()}
+    assert set(files) == on_disk - {"checksums.json"}
+    # the segments' data through the store's own CRC32s: no second read at the end
+    assert files["trajectory/x-0000.npy"]["data"] == "sidecar"
+    assert files["config.yaml"] == {"size": (fresh / "config.yaml").stat().st_size,
+                                    "crc32": zlib.crc32((fresh / "config.yaml").read_bytes())}
+
+
+def test_a_run_without_checksums_json_verifies(fresh):
+    """Written by a trajreg before checksums.json: every other check."""
+    (fresh / "checksums.json").unlink()
+    assert rundir.verify_run_dir(fresh) == fresh
+
+
+def test_files_added_after_the_run(fresh):
+    (fresh / "notes.txt").write_text("mine")  # beside the run: not read, ignored
+    assert rundir.verify_run_dir(fresh) == fresh
+    (fresh / "trajectory" / "grad").mkdir()
+    (fresh / "trajectory" / "grad" / "trajectory.json").write_text("{}")
+    with pytest.raises(DamagedRun, match=r"trajectory/grad/trajectory\.json: "):
+        rundir.verify_run_dir(fresh)
+
+
+@pytest.mark.parametrize("mode", ["off", "replay", "store"])
+def test_diverged_and_unmeasured_runs_verify(tmp_path, one_thread, mode):
+    """A diverged run (its last row's quantities may be unbounded) and a run in mode
+    off (no quantities at all) are not damaged."""
+    from trajreg.run.runner import analyze, run
+    from trajreg.train.config import load_config
+
+    cfg = load_config(tiny(model={"norm": "none", "activation": "identity"},
+                           optim={"name": "sgd", "lr": 50.0}, train={"epochs": 5},
+                           record={"mode": mode}))
+    out, summary = run(cfg, tmp_path / "r", figures=False, progress=False)
+    assert summary.diverged
+    assert rundir.verify_run_dir(out) == out
+    if mode != "off":
+        analyze(out, progress=False)
+        assert rundir.verify_run_dir(out) == out

@@ -512,7 +512,7 @@ def _check_metrics(path: Path, summary: Summary, table: pd.DataFrame,
         raise _damaged(metrics, f"holds {len(steps)} rows, not steps 0-{T - 1} (summary.json "
                                 f"says {T} steps, epoch ends {ends})")
     rows = len(table) - 1 if summary.diverged and len(table) else len(table)
-    for column in _FINITE:
+    for column in _FINITE if summary.analysed else ("step", "loss"):
         if column not in table.columns:
             continue
         try:
