@@ -34,6 +34,9 @@ def _write(path, cfg):
     ({"data": {"name": "imagenet"}}, "data.name"),
     ({"train": {"epochs": "many"}}, "train.epochs"),
     ({"record": {"mode": "tape", "extra": 1}}, "record.extra"),
+    ({"optim": {"lr": 1e39}}, "optim.lr"),  # issue 20: above float32's largest value
+    ({"optim": {"lr": 1e-320}}, "optim.lr"),  # issue 20: 0 in float32
+    ({"train": {"epochs": 10**9}}, "train.epochs"),  # issue 20: 2e9 steps' records
 ])
 def test_bad_config_exit_2_names_key_writes_nothing(change, key, tmp_path):
     config = _write(tmp_path / "bad.yaml", tiny(**change))

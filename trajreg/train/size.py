@@ -412,12 +412,12 @@ def check_run_disk(cfg: RunConfig, out: str | Path, data: DataSize | None = None
     while not where.exists() and where != where.parent:
         where = where.parent
     try:
-        free = shutil.disk_usage(where).free
+        usage = shutil.disk_usage(where)
     except OSError:  # pragma: no cover - unreadable: the run's own write will say
         return run
-    if run.disk_bytes > free:
-        key = "train.epochs" if run.record_mode in ("replay", "off") else "record.mode"
-        raise ConfigError(f"{key}: the run writes about {fmt_bytes(run.disk_bytes)} "
+    free = usage.free
+    if usage.total and run.disk_bytes > free:  # total 0: /proc and the like, sizeless
+        raise ConfigError(f"train.epochs: the run writes about {fmt_bytes(run.disk_bytes)} "
                           f"(record mode {run.record_mode}, {run.describe()}), above the "
                           f"{fmt_bytes(free)} free on {where}")
     return run
