@@ -17,9 +17,20 @@ from tests.conftest import tiny
 from tests.linear_loop import linear_problem, mse, train_with_session
 from trajreg.atomic import read_json
 from trajreg.errors import ConfigError
-from trajreg.principle import trajectory_quantities
+from trajreg.principle import (
+    default_delta,
+    gamma_hat_interval,
+    kappa_hat_interval,
+    trajectory_quantities,
+)
 from trajreg.record.modes import MODE_NAMES, get_mode
-from trajreg.record.modes.sample import ROWS, SampleMode, SampleStore, StepSampler
+from trajreg.record.modes.sample import (
+    ROWS,
+    SampleMode,
+    SampleStore,
+    StepSampler,
+    effective_rate,
+)
 from trajreg.record.recorder import set_flat_params
 from trajreg.run.runner import analyze, run
 from trajreg.train.config import RECORD_MODES, DataConfig, load_config
@@ -191,13 +202,40 @@ COVERAGE_NETS = {
 }
 
 
+COVERAGE_DRAWS = 300  # sampler draws a run, on the store run's rows
+
+
+def _intervals(full, kept, window, eps):
+    """gamma_hat's and kappa_hat's intervals from the window's rows ``full`` (a, b, s,
+    lr, delta) at the kept steps, as sample mode computes them."""
+    m = kept[(kept >= window[0]) & (kept < window[1])] - window[0]
+    a, b, s, lr, delta = (full[c][m] for c in ("a", "b", "s", "lr", "delta"))
+    return gamma_hat_interval(a, b, s, delta, eps), kappa_hat_interval(a, b, s, lr, eps)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("net", sorted(COVERAGE_NETS))
 def test_interval_covers_the_exact_gamma_hat(net, tmp_path, one_thread):
     """Three seeds, a fixed window of 540 steps, rate 0.25 raised to 200/616 = 0.325 by
     the default sample_min_steps (issue 19): about 175 window samples each, 100 at
-    least. (The CNN: about 30 s on one idle core.)"""
+    least (the count is the sampler's, a function of seed and step only: the same on
+    every CPU). (The CNN: about 30 s on one idle core.)
+
+    Coverage is a frequency, so it is tested as one: whether one sample's 95% interval
+    holds the exact value is a draw, and float32 training differs by CPU (issue 20), the
+    CNN's trajectory macroscopically (seed 1: gamma_hat(0) 1.66 under one kernel
+    selection, 1.93 under another), which redraws it. Measured over 2000 draws on each
+    of the 6 runs under two kernel selections, the two-sided interval (eps 0.05) missed
+    in 0.5-0.95% of draws (it is conservative), so a test of the one sample of each of
+    3 seeds failed on about 1 CPU in 40 a net. Here the run's own sample must give the
+    interval that the principle gives on the store run's rows at its kept steps (bit for
+    bit, one machine), and over COVERAGE_DRAWS sampler seeds a run the misses must stay
+    within the nominal 5% (at the measured rate of at most 1%, 10 standard deviations
+    above the expected count). eps 0 has only the upper side, the sample's minimum,
+    which the exact minimum can never exceed: no miss at all."""
     window = (0, 540)
+    misses = {"0.0": 0, "0.05": 0}
+    draws = 0
     for seed in (0, 1, 2):
         cfg = {"seed": seed, "data": {"subset": None, "batch_size": 32},
                "train": {"epochs": 14}, **COVERAGE_NETS[net]}
@@ -208,13 +246,30 @@ def test_interval_covers_the_exact_gamma_hat(net, tmp_path, one_thread):
         exact = analyze(exact_dir, window=window)
         sampled = analyze(sample_dir, window=window)
         assert sampled.n_sampled_window >= 100
-        for eps in ("0.0", "0.05"):
-            low, high = sampled.gamma_hat_ci[eps]
-            assert (low is None) == (eps == "0.0")
-            assert (low is None or low <= exact.gamma_hat[eps]) and exact.gamma_hat[eps] <= high
-            klow, khigh = sampled.kappa_hat_ci[eps]
-            assert (klow is None or klow <= exact.kappa_hat[eps] * (1 + 1e-12))
-            assert exact.kappa_hat[eps] <= khigh * (1 + 1e-12)
+        rows = pd.read_parquet(exact_dir / "metrics.parquet")
+        assert rows["step"].tolist() == list(range(exact.n_steps))
+        full = {c: rows[c].to_numpy()[slice(*window)] for c in ("a", "b", "s", "lr")}
+        full["delta"] = default_delta(full["lr"])
+        kept = pd.read_parquet(sample_dir / "metrics.parquet")["step"].to_numpy()
+        rate = effective_rate(0.25, 200, exact.n_steps)
+        for eps in misses:
+            g, k = _intervals(full, kept, window, float(eps))
+            assert sampled.gamma_hat_ci[eps] == [g.low, g.high], eps
+            assert sampled.kappa_hat_ci[eps] == [k.low, k.high], eps
+            assert (g.low is None) == (eps == "0.0")
+        for draw in range(COVERAGE_DRAWS):
+            kept = StepSampler(rate, seed=1000 * (seed + 1) + draw).kept(exact.n_steps)
+            draws += 1
+            for eps in misses:
+                g, k = _intervals(full, kept, window, float(eps))
+                want, kwant = exact.gamma_hat[eps], exact.kappa_hat[eps]
+                covered = (g.low is None or g.low <= want) and want <= g.high
+                # kappa_hat = gamma_hat * eta: the same draw, within the product's rounding
+                kcovered = ((k.low is None or k.low <= kwant * (1 + 1e-12))
+                            and kwant <= k.high * (1 + 1e-12))
+                misses[eps] += (not covered) or (not kcovered)
+    assert misses["0.0"] == 0
+    assert misses["0.05"] <= 0.05 * draws, (misses, draws)
 
 
 @pytest.mark.slow
