@@ -210,7 +210,6 @@ _STATE = _State()
 def _run(args: argparse.Namespace) -> int:
     from trajreg.run import rundir, runner
     from trajreg.train.config import load_config
-    from trajreg.train.size import check_run_disk
 
     cfg = load_config(args.config)
     if args.nproc is not None:  # trajreg.distributed: --nproc N overrides the config's
@@ -219,7 +218,6 @@ def _run(args: argparse.Namespace) -> int:
         cfg = with_nproc(cfg, args.nproc)
     out = Path(args.out) if args.out is not None else runner.default_out(args.config)
     rundir.check_new_out(out)  # before the data are loaded; the rename checks again
-    check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
     _STATE.out, _STATE.config = out, cfg.to_dict()
     out, summary = runner.run(cfg, out, figures=not args.no_figures,
                               tensorboard=args.tensorboard,

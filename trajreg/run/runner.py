@@ -42,7 +42,7 @@ from trajreg.train.loop import (
     train,
 )
 from trajreg.train.models import n_params
-from trajreg.train.size import check_run_size
+from trajreg.train.size import check_run_disk, check_run_size
 
 
 def default_out(config_path: str | Path | None) -> Path:
@@ -305,6 +305,7 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
     """
     out = Path(out)
+    check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
     if cfg.train.distributed is not None:  # N processes, one run dir (trajreg.distributed)
         from trajreg.distributed.launch import run_distributed
 
