@@ -144,9 +144,11 @@ def test_every_mode_measures_the_same_gradient_quantities(tmp_path):
     """store (reading trajectory/grad/), replay (recomputed while replaying), sample (at
     its kept steps) and sketch (S = I here, d <= k) give store's g_dot, g_norm2; a
     sketch with k < d estimates g_dot and has g_norm2 exactly."""
-    on = {"gradients": True}
-    outs = {m: run(_cfg({"mode": m, **on, "sample_rate": 0.4}), tmp_path / m, figures=False,
-                   progress=False)[0] for m in ("store", "replay", "sample", "sketch")}
+    # sample_min_steps 0: the rate alone (the default, 200, would keep every step of 16)
+    on = {"gradients": True, "sample_rate": 0.4, "sample_min_steps": 0}
+    with pytest.warns(UserWarning, match="record.sample_rate: 0.4 of 16 steps"):
+        outs = {m: run(_cfg({"mode": m, **on}), tmp_path / m, figures=False,
+                       progress=False)[0] for m in ("store", "replay", "sample", "sketch")}
     tables = {m: pd.read_parquet(o / "metrics.parquet") for m, o in outs.items()}
     ref = tables["store"]
     for m in ("replay", "sketch"):
