@@ -31,9 +31,12 @@ def small_study(epochs: int = 2, seeds=(0, 1), **extra) -> dict:
 
 
 def finished(study_dir) -> dict[str, int]:
-    """run_id -> mtime (ns) of its summary.json, for every finished run."""
+    """run_id -> mtime (ns) of its summary.json, for every finished run: not a run still
+    in its hidden partial directory (pathlib's ``*`` matches a leading dot), which may
+    hold its summary.json just before it is renamed into place."""
     return {p.parent.name: p.stat().st_mtime_ns
-            for p in runs_dir(study_dir).glob("*/summary.json")}
+            for p in runs_dir(study_dir).glob("*/summary.json")
+            if not p.parent.name.startswith(".")}
 
 
 def test_serial_study_runs_everything_once_and_reports(tmp_path, one_thread):
