@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from trajreg.errors import ReplayMismatch, UserError
+from trajreg.study.cli import add_study_parsers, out_path
 
 if TYPE_CHECKING:
     from trajreg.run.summary import Summary
@@ -103,13 +104,6 @@ def _delta(text: str) -> float:
     return value + 0.0
 
 
-def _out(text: str) -> str:  # trajreg run --out
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"must be a directory path, got {text!r} (leave "
-                                         "--out out for runs/<config>-<time>)")
-    return text
-
-
 def _nproc(text: str) -> int:  # trajreg run --nproc (trajreg.distributed)
     try:
         value = int(text)
@@ -137,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train, record and analyse one run")
     r.add_argument("config", help="run config (YAML)")
-    r.add_argument("--out", type=_out,
+    r.add_argument("--out", type=out_path("runs/<config>-<time>"),
                    help="run directory to create (default: runs/<config>-<time>)")
     r.add_argument("--no-figures", action="store_true",
                    help="skip the PNG figures (trajreg analyze draws them later)")
@@ -152,8 +146,6 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", type=_eps, help="comma-separated violation fractions, e.g. 0,0.05")
     a.add_argument("--delta", type=_delta, help="constant delta (default: eta_t / 2)")
     a.add_argument("--window", type=_window, help="START:END steps (default: converging phase)")
-    from trajreg.study.cli import add_study_parsers
-
     add_study_parsers(sub)
     for name, command in sub.choices.items():
         _common(command, quiet=name in ("run", "analyze"))

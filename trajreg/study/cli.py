@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,25 @@ from trajreg.errors import UserError
 EXIT_FAILED_RUNS = 3
 
 
+def out_path(default: str) -> Callable[[str], str]:
+    """An argparse type for ``--out``: any path but an empty (or blank) one, which would
+    otherwise mean the current directory's default (``default``, for the message)."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must be a directory path, got {text!r} "
+                                             f"(leave --out out for {default})")
+        return text
+    return check
+
+
 def add_study_parsers(subparsers: Any) -> None:
     """Add ``study`` and ``report`` to an ``argparse`` subparsers object."""
     st = subparsers.add_parser("study", help="run a study (grid x seeds) and write its report")
     st.add_argument("study", help="study file (YAML), or 'paper' for the built-in paper study")
     st.add_argument("--preset", choices=["quick", "standard"],
                     help="size of the paper study (default quick; only with 'paper')")
-    st.add_argument("--out", help="study directory (default: studies/<study file name>); "
+    st.add_argument("--out", type=out_path("studies/<study file name>"),
+                    help="study directory (default: studies/<study file name>); "
                                   "running again with the same directory resumes")
     st.add_argument("--jobs", type=int,
                     help="runs side by side (process executor; default: one per core)")
