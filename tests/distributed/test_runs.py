@@ -192,7 +192,8 @@ def test_ddp_and_fsdp_agree_with_each_other(runs):
 def test_ddp_run_directory_is_ordinary_and_reanalysed(runs):
     path = runs["ddp"][0]
     assert sorted(p.name for p in path.iterdir()) == [
-        "config.yaml", "final_state.pt", "metrics.parquet", "summary.json", "trajectory"]
+        "checksums.json", "config.yaml", "final_state.pt", "metrics.parquet", "summary.json",
+        "trajectory"]
     rundir.verify_run_dir(path)
     assert rundir.read_config(path).run.train.distributed.strategy == "ddp"
     summary = runner.analyze(path, eps=[0.0, 0.1], progress=False)
