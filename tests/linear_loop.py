@@ -25,21 +25,22 @@ def train_with_session(session, model: torch.nn.Module, opt: torch.optim.Optimiz
                        after_step: Callable[[int], None] | None = None) -> None:
     """``steps`` SGD steps on ``batch``, an epoch every 4 steps, the session hooked in as a
     user would; from step ``blow_up_at`` on the learning rate is 1e30 (the loss diverges)."""
-    session.start(model, opt)
-    for step in range(steps):
-        if step == blow_up_at:
-            for g in opt.param_groups:
-                g["lr"] = 1e30
-        session.before_batch()
-        loss = mse(model, batch)
-        session.after_batch(batch, loss)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def blow_up() -> None:
+        for g in opt.param_groups:
+            g["lr"] = 1e30
+
+    def between(step: int) -> None:
         if after_step is not None:
             after_step(step)
         if step % 4 == 3:
             session.end_epoch()
+        if step + 1 == blow_up_at:
+            blow_up()
+
+    session.start(model, opt)
+    if blow_up_at == 0:
+        blow_up()
+    plain_steps(session, model, opt, [batch], steps, between)
 
 
 def mlp_problem(seed: int = 0, n: int = 64, scale: float = 1.0):
