@@ -33,6 +33,7 @@ def main() -> int:
 
     from trajreg.integrations import RegularitySession
     from trajreg.record.modes.sample import SampleMode
+    from trajreg.record.modes.sketch import SketchMode
 
     torch.set_num_threads(1)
     tmp = Path(sys.argv[1])
@@ -103,6 +104,10 @@ def main() -> int:
     run("sample", mode=SampleMode(rate=0.5, seed=1))
     run("fsdp-store", fsdp=True)
     run("fsdp-sample", mode=SampleMode(rate=0.5, seed=1), fsdp=True)
+    # d = 195 > k = 64: hashed; the FSDP2 session's rank sketches must add up to the whole
+    # vector's (each entry hashed by its global flat index)
+    run("sketch", mode=SketchMode(dim=64, seed=7, check_min_steps=0))
+    run("fsdp-sketch", mode=SketchMode(dim=64, seed=7, check_min_steps=0), fsdp=True)
     run("follower", before_finish=damage_a_batch)
     run("leader", before_finish=measuring_fails)
     run("hang", before_finish=hang, timeout=HANG)

@@ -298,6 +298,16 @@ def test_session_ranks_protocol(runs):
             assert np.allclose(sharded[column], ddp[column], rtol=1e-6,
                                atol=1e-6 * np.abs(ddp[column]).max()), (mode, column)
         assert set(analyze(fsdp, eps=[0.0, 0.1]).gamma_hat) == {"0.0", "0.1"}
+    # FSDP2 sketch through the session: the ranks' sketches, hashed by global flat index,
+    # add up to the DDP session's sketch of the whole vector (same hash seed). Before, each
+    # rank hashed its shard by local index: D_t and a_t were up to 29% and 36% off.
+    for r in (0, 1):
+        assert ranks[r]["sketch"][:2] == ["ok", 12] == ranks[r]["fsdp-sketch"][:2]
+    ddp, sharded = (pd.read_parquet(run.dir / m / "metrics.parquet")
+                    for m in ("sketch", "fsdp-sketch"))
+    for column in ("loss", "loss_star", "D", "a", "s", "b"):
+        assert np.allclose(sharded[column], ddp[column], rtol=1e-6,
+                           atol=1e-6 * np.abs(ddp[column]).max()), ("sketch", column)
     # a rank's own failure while measuring: its error on it, a RankFailed naming it on
     # the other, at once
     zero, one = ranks[0]["follower"], ranks[1]["follower"]
@@ -314,5 +324,6 @@ def test_session_ranks_protocol(runs):
         assert ranks[r]["follower"][-1] < 10 and ranks[r]["leader"][-1] < 10
     # only the complete runs' directories: no partial directory of any rank is left
     assert {p.name for p in run.dir.iterdir()} == {"store", "sample", "fsdp-store",
-                                                   "fsdp-sample", "rank-0.json",
+                                                   "fsdp-sample", "sketch", "fsdp-sketch",
+                                                   "rank-0.json",
                                                    "rank-1.json", "status"}

@@ -361,12 +361,22 @@ class RegularitySession:
         assert ranks is not None
         if self.mode.name not in SHARDED_MODES:
             raise UserError(f"mode {self.mode.name!r} cannot record sharded (FSDP2) "
-                            "parameters yet: use store or sample")
+                            f"parameters: use one of {', '.join(SHARDED_MODES)}")
         leader = Path(ranks.broadcast_object("starting", str(self.tmp)))
         error: BaseException | None = None
         entry = None
         try:
             self.sharding = Sharding(optimizer_params(self.optimizer), ranks.rank, ranks.world)
+            sharded = SHARDED_MODES[self.mode.name]
+            if hasattr(sharded, "shard") and not isinstance(self.mode, sharded):
+                # the sketch of a shard hashes each entry by its GLOBAL flat index (so the
+                # ranks' sketches add up to the whole vector's) and decides S = I on the
+                # whole d: the same mode, planned as it is, as its sharded class
+                mode = sharded.__new__(sharded)
+                mode.__dict__.update(self.mode.__dict__)
+                self.mode = mode
+            if hasattr(self.mode, "shard"):
+                self.mode.shard(self.sharding.ranges, self.sharding.d)
             self.recorder = Recorder(self.optimizer,
                                      leader / rundir.TRAJECTORY / shard_dir(ranks.rank),
                                      mode=self.mode, lr_group=self.lr_group,
