@@ -32,16 +32,14 @@ class BatchLog:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / LOG
-        self._file = open(self.path, "ab+")  # noqa: SIM115 - closed in close()
-        self._end = 0
+        self._file = open(self.path, "xb+")  # noqa: SIM115 - closed in close()
         self.index: dict[int, tuple[int, int, int]] = {}  # i -> offset, length, crc32
 
     def append(self, i: int, record: Any) -> None:
         data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        self._file.seek(self._end)
+        offset = self._file.tell()  # only appends move the position: reads use pread
         self._file.write(data)
-        self.index[int(i)] = (self._end, len(data), zlib.crc32(data))
-        self._end += len(data)
+        self.index[int(i)] = (offset, len(data), zlib.crc32(data))
 
     def has(self, i: int) -> bool:
         return int(i) in self.index

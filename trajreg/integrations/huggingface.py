@@ -90,7 +90,7 @@ class RegularityCallback(TrainerCallback):
             "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "max_grad_norm": args.max_grad_norm, "seed": args.seed},
-            steps=state.max_steps if state.max_steps and state.max_steps > 0 else None,
+            steps=state.max_steps,
             api="RegularityCallback")
         self._hooks = [model.register_forward_pre_hook(self._before, with_kwargs=True),
                        model.register_forward_hook(self._after, with_kwargs=True)]

@@ -18,7 +18,6 @@ FSDP with flat parameters (``strategy="fsdp"``) and DeepSpeed.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +65,6 @@ def check_strategy(strategy: Any) -> None:
                             f"every parameter; use {instead}")
 
 
-def _known_steps(value: Any) -> int | None:
-    """A framework's count of optimizer steps, None where it does not know (inf, -1)."""
-    try:
-        steps = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(steps) if math.isfinite(steps) and steps >= 1 else None
-
-
 class RegularityCallback(Callback):
     """Record the fit's trajectory and write a trajreg run directory to ``out`` at its end.
 
@@ -113,7 +103,7 @@ class RegularityCallback(Callback):
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "gradient_clip_val": trainer.gradient_clip_val,
             "strategy": type(trainer.strategy).__name__,
-        }, steps=_known_steps(trainer.estimated_stepping_batches), api="RegularityCallback")
+        }, steps=trainer.estimated_stepping_batches, api="RegularityCallback")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.session.before_batch()

@@ -305,10 +305,9 @@ class RegularitySession:
         self._probes: list[Any] = []
         self.skipped_steps = 0  # rounds of micro-batches discarded without a step
         self.discarded_batches = 0
-        self.no_batch: list[int] = []  # steps taken with no micro-batch of their own
+        self.no_batch: set[int] = set()  # steps taken with no micro-batch of their own
         self.step_lrs: list[float] = []  # eta_t of each step taken
         self.epoch_ends: list[int] = []
-        self._unknown: set[int] = set()  # steps with no micro-batch of their own
         self.info: dict[str, Any] = {}
         self._api = "RegularitySession"
         self._state = "new"  # then started, and finished or aborted
@@ -317,7 +316,7 @@ class RegularitySession:
     # ------------------------------------------------------------------ during training
 
     def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              info: dict[str, Any] | None = None, *, steps: int | None = None,
+              info: dict[str, Any] | None = None, *, steps: float | None = None,
               api: str = "RegularitySession") -> None:
         """Begin recording ``optimizer``'s steps of ``model``. ``steps``: the framework's
         number of optimizer steps, when the session was given none; ``api``: how the
@@ -327,7 +326,9 @@ class RegularitySession:
                                 f"{self._state}: a session records one run; make a new "
                                 "RegularitySession for another")
         self._state = "started"
-        if self.expected_steps is None and steps is not None and steps >= 1:
+        # a framework's count may be unknown: None, -1 or inf
+        if (self.expected_steps is None and steps is not None and math.isfinite(steps)
+                and steps >= 1):
             self.expected_steps = int(steps)
         self._api = api
         self.ranks = Ranks.detect(self.timeout)  # every rank: a collective
@@ -507,13 +508,14 @@ class RegularitySession:
             for i in range(self._group, last):
                 self._batches.forget(i)
             self._group = last
-        self._fired = {i: n for i, n in self._fired.items() if i >= self._started}
-        self._cleared = {i: n for i, n in self._cleared.items() if i >= self._started}
+        # every pending micro-batch is now this step's or dropped
+        self._fired.clear()
+        self._cleared.clear()
 
     def _step_taken(self) -> None:
         self._drop_discarded()
         if self._group == self._started:
-            self.no_batch.append(self.steps)
+            self.no_batch.add(self.steps)
         self.step_first.append(self._group)
         self.step_bounds.append(self._started)
         self._group = self._started
@@ -641,7 +643,7 @@ class RegularitySession:
         device = params[0].device
         if ranks is not None and not ranks.leader:
             return self._follow(model, loss_fn, params, device)
-        unknown = self._unknown = set(self.no_batch)  # steps with no loss of their own
+        unknown = self.no_batch  # steps with no loss of their own
         try:
             finite = [t for t, v in enumerate(recorded_losses)
                       if t not in unknown and not math.isfinite(v)]
@@ -692,7 +694,7 @@ class RegularitySession:
         assert measured is not None  # store, sample and sketch measure
         measured.loss = np.asarray(loss_x, dtype=np.float64)[measured.steps]
         if unknown:
-            measured = _without(measured, unknown)
+            measured = measured.select(~np.isin(measured.steps, sorted(unknown)))
         # every rank's rebuilt l_t(x_t) against its own loss from training, bit for bit
         check = {"steps": len(rebuilt), "equal": ctx.equal, "max_abs_diff": ctx.max_diff}
         if ranks is not None:
@@ -863,16 +865,6 @@ class RegularitySession:
         return outcome
 
 
-def _without(measured: Measured, steps: set[int]) -> Measured:
-    """``measured`` without the rows of ``steps``."""
-    keep = ~np.isin(measured.steps, np.fromiter(steps, dtype=np.int64))
-    return dataclasses.replace(
-        measured, steps=measured.steps[keep], D=measured.D[keep], a=measured.a[keep],
-        s=measured.s[keep], lr=measured.lr[keep], loss_star=measured.loss_star[keep],
-        loss=None if measured.loss is None else measured.loss[keep],
-        columns={c: v[keep] for c, v in measured.columns.items()})
-
-
 def _check_trains(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Refuse an optimizer none of whose parameters is the model's: its steps would not
     move the model, and every D_t would be 0."""
@@ -981,12 +973,10 @@ class _SessionContext:
             recorded = self.session._recorded[steps]
             if unequal is None:
                 unequal = (recorded != local).astype(np.float64)
-            if beyond is None:
-                beyond = self.session._beyond(recorded, local).astype(np.float64)
-            self.beyond += int(np.sum(beyond > 0))
-            self.mismatched += [(int(t), float(recorded[i]), float(local[i]))
-                                for i, t in enumerate(steps)
-                                if self.session._beyond(recorded[i:i + 1], local[i:i + 1])[0]]
+            mine = self.session._beyond(recorded, local)
+            self.beyond += int(np.sum(mine if beyond is None else beyond > 0))
+            self.mismatched += [(int(steps[i]), float(recorded[i]), float(local[i]))
+                                for i in np.flatnonzero(mine)]
             known = np.isfinite(recorded) & np.isfinite(local)
             diff = float(np.max(np.abs(recorded - local)[known], initial=0.0))
             if self.session.ranks is not None:
@@ -1000,7 +990,7 @@ class _SessionContext:
         (micro-batches kept, a loss of their own) of the last epoch before k, until they
         hold ``eval_batches`` micro-batches."""
         last = self.ends[-2] if len(self.ends) > 1 else 0
-        keep, unknown = self.session.mode.keep, self.session._unknown
+        keep, unknown = self.session.mode.keep, self.session.no_batch
         steps = ([t for t in range(last, k) if keep(t) and t not in unknown]
                  or [t for t in range(k) if keep(t) and t not in unknown])
         size = 0

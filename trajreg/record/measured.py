@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,14 @@ class Measured:
         nan = np.full(k, np.nan)
         return cls(steps=np.arange(k), D=nan, a=nan, s=nan, lr=np.asarray(lr, dtype=float),
                    loss_star=nan, f_star=float("nan"), reference_step=reference_step)
+
+    def select(self, keep: np.ndarray) -> Measured:
+        """The rows where the boolean mask ``keep`` (aligned with ``steps``) is true."""
+        return dataclasses.replace(
+            self, steps=self.steps[keep], D=self.D[keep], a=self.a[keep], s=self.s[keep],
+            lr=self.lr[keep], loss_star=self.loss_star[keep],
+            loss=None if self.loss is None else self.loss[keep],
+            columns={c: np.asarray(v)[keep] for c, v in self.columns.items()})
 
     @property
     def every_step(self) -> bool:
