@@ -169,14 +169,14 @@ def test_sharded_index_and_stores_are_checked(tmp_path):
     with pytest.raises(DamagedRun, match="do not cover"):
         shards.check_index(bad, traj / shards.SHARDS)
     with pytest.raises(DamagedRun, match="holds 3 iterates, the run took 5"):
-        shards.verify_sharded(traj, 5)
+        shards.ShardedTrajectory(traj).verify(5)
     x = traj / shards.shard_dir(1) / "x-0000.npy"
     offset = np.load(x, mmap_mode="r").offset
     data = bytearray(x.read_bytes())
     data[offset + 2] ^= 0xFF  # inside row 0
     x.write_bytes(bytes(data))
     with pytest.raises(DamagedRun, match="checksum mismatch"):
-        shards.verify_sharded(traj, 2)
+        shards.ShardedTrajectory(traj).verify(2)
 
 
 class _FakeRecorder:

@@ -220,7 +220,7 @@ def test_fsdp_shards_hold_one_nth_of_the_trajectory_each(runs):
         grads = np.load(x.parent / "grad" / "x-0000.npy", mmap_mode="r")  # g_t: d_r wide too
         assert grads.shape[1] == shard["d"]
     assert not (path / "trajectory" / "x-0000.npy").exists()
-    shards.verify_sharded(path / "trajectory", STEPS)
+    shards.ShardedTrajectory(path / "trajectory").verify(STEPS)
     whole = shards.ShardedTrajectory(path / "trajectory").row(STEPS)
     final = flat_params(list(rundir.read_final_state(path).values()))  # no buffers
     np.testing.assert_array_equal(whole, final.numpy())

@@ -41,6 +41,42 @@ def test_effective_rate_is_the_rate_raised_to_min_steps_over_t():
     assert effective_rate(0.9, 200, 300) == 0.9
 
 
+def test_effective_rate_brute_force():
+    """Over a grid: the rate is the smallest R in [rate, 1] whose expected kept count
+    R T reaches min(min_steps, T) (T unknown: ``rate``)."""
+    for rate in (0.0, 0.01, 0.05, 0.5, 1.0):
+        for min_steps in (0, 1, 7, 200):
+            assert effective_rate(rate, min_steps, None) == rate
+            for steps in (0, 1, 2, 6, 7, 8, 199, 200, 201, 300, 4000, 10**6):
+                got = effective_rate(rate, min_steps, steps)
+                if steps == 0:  # nothing to sample: every step, as a run of <= min_steps
+                    assert got == 1.0
+                    continue
+                grid = np.linspace(0, 1, 100_001)
+                ok = grid[(grid >= rate - 1e-12)
+                          & (grid * steps >= min(min_steps, steps) - 1e-9)]
+                assert got == pytest.approx(max(rate, ok[0]), abs=1e-5), (rate, min_steps, steps)
+                assert rate <= got <= 1.0 and got * steps >= min(min_steps, steps) - 1e-9
+
+
+def test_default_min_steps_comment_binomial():
+    """DEFAULT_MIN_STEPS's comment: a 300-step run samples at 2/3; half the run (150
+    steps) expects 100 kept, 72 is 4.8 sd below; a window of 41% of the run (123 steps)
+    holds >= 72 kept steps with probability >= 97.5%, one of 40% does not."""
+    from math import comb, sqrt
+
+    from trajreg.record.modes.sample import MIN_WINDOW
+
+    p = effective_rate(0.05, DEFAULT_MIN_STEPS, 300)
+    assert p == pytest.approx(2 / 3)
+
+    def at_least(n: int, k: int) -> float:
+        return sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+    assert (150 * p - MIN_WINDOW) / sqrt(150 * p * (1 - p)) == pytest.approx(4.8, abs=0.05)
+    assert at_least(123, MIN_WINDOW) >= 0.975 > at_least(120, MIN_WINDOW)
+
+
 def test_plan_fixes_the_sample_rate_before_training():
     mode = SampleMode(rate=0.05, seed=3)
     assert mode.rate == 0.05 and mode.min_steps == DEFAULT_MIN_STEPS == 200
@@ -186,6 +222,56 @@ def test_sketch_check_compares_gamma_hat_on_the_same_steps():
         warnings.simplefilter("error")
         onepass_summary(_table(a, b, s, np.full(n, 0.1), sketched=a * 0.95),
                         np.ones(n, bool), np.zeros(n), (0.0, 0.05))
+
+
+def _brute_gamma(a, b, s, delta, eps):
+    """gamma_hat(eps) by its definition (the largest breakpoint r_t, b_t > 0, with at
+    most floor(eps n) violations a_t < gamma b_t + delta_t s_t) and the steps at it."""
+    n = len(a)
+    allowed = int(np.floor(round(eps * n, 9)))
+    best, at = -np.inf, []
+    for i in range(n):
+        if b[i] <= 0:
+            continue
+        g = (a[i] - delta[i] * s[i]) / b[i]
+        # a violation by more than rounding (step i itself sits on its breakpoint)
+        if sum(a[j] - delta[j] * s[j] < g * b[j] - 1e-12 for j in range(n)) <= allowed:
+            if g > best:
+                best, at = g, [i]
+            elif g == best:
+                at.append(i)
+    return best, at
+
+
+def test_sketch_check_brute_force():
+    """gamma_rel and a_rel_at_quantile against a brute force on random windows with
+    b_t of both signs, s_t > 0 and a sketch error that differs step by step."""
+    from trajreg.principle import gamma_hat
+
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(5, 40))
+        a = rng.normal(1.0, 0.5, n)
+        b = rng.normal(0.8, 0.6, n)
+        s, delta = rng.random(n), np.full(n, 0.05)
+        a_sk = a * (1 + rng.normal(0, 0.2, n))
+        eps = (0.0, 0.05, 0.1, 0.25)
+        got = sketch_check(a_sk, a, b, s, delta, eps)
+        assert got["n_window"] == n and set(got["gamma_rel"]) == {"0.05", "0.1", "0.25"}
+        for e in eps[1:]:
+            g_ex, at_ex = _brute_gamma(a, b, s, delta, e)
+            g_sk, at_sk = _brute_gamma(a_sk, b, s, delta, e)
+            assert g_ex == pytest.approx(gamma_hat(a, b, s, delta, e))
+            rel = got["gamma_rel"][str(e)]
+            if np.isfinite(g_ex) and g_ex != 0:
+                assert rel == pytest.approx(abs(g_sk - g_ex) / abs(g_ex))
+            else:
+                assert rel is None
+            deciding = {i for i in at_ex[:1] + at_sk[:1]
+                        if np.isfinite(a[i]) and a[i] != 0}
+            want = max((abs(a_sk[i] - a[i]) / abs(a[i]) for i in deciding), default=None)
+            assert got["a_rel_at_quantile"][str(e)] == (
+                None if want is None else pytest.approx(want)), (seed, e)
 
 
 def test_default_dim_keeps_x_itself_where_a_sketch_would_not_save_disk():

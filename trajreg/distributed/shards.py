@@ -60,7 +60,7 @@ from trajreg.record.geometry import (
     stream_gradient_quantities,
 )
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext
+from trajreg.record.modes.base import MeasureContext, read_sidecar_json
 from trajreg.record.modes.sample import STEP_NORMS, SampleMode, SampleStore
 from trajreg.record.modes.sketch import (
     G_FILE,
@@ -477,12 +477,7 @@ SHARDED_MODES: dict[str, type[StoreMode | SampleMode]] = {
 def read_index(trajectory: Path) -> dict:
     """``trajectory/shards.json``, checked (``DamagedRun`` naming the file)."""
     path = Path(trajectory) / SHARDS
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DamagedRun(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
+    meta = read_sidecar_json(path)
     check_index(meta, path)
     return meta
 
@@ -496,13 +491,3 @@ def assemble(index: dict, rows: list[np.ndarray]) -> np.ndarray:
             x[start : start + length] = local[pos : pos + length]
             pos += length
     return x
-
-
-def verify_sharded(trajectory: Path, n_steps: int, checksums: bool = True) -> None:
-    """``rundir.verify_run_dir``'s trajectory check for a sharded trajectory."""
-    try:
-        ShardedTrajectory(trajectory).verify(n_steps, checksums)
-    except FileNotFoundError as exc:
-        raise DamagedRun(f"run directory damaged: {exc}") from None
-    except DamagedRun as exc:
-        raise DamagedRun(f"run directory damaged: {exc}") from None

@@ -70,14 +70,15 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     sharded = dcfg.strategy == "fsdp" and cfg.record.mode in shards.SHARDED_MODES
     mode = (shards.SHARDED_MODES[cfg.record.mode] if sharded else get_mode(cfg.record.mode)
             ).from_config(cfg.record, cfg.seed)
+    steps = total_steps(cfg, data)
     # every rank plans: the one-pass modes fix their rate from T there, and every rank
     # must keep the same steps; rank 0 alone warns
     with warnings.catch_warnings():
         if rank != 0:
             warnings.simplefilter("ignore")
-        mode.plan(total_steps(cfg, data), cfg.analysis)
+        mode.plan(steps, cfg.analysis)
     model, opt, sched = build_distributed(cfg, data, dcfg.strategy, world)
-    capacity = total_steps(cfg, data) + 1
+    capacity = steps + 1
     trajectory = run_dir / rundir.TRAJECTORY
     recorder = None
     if dcfg.strategy == "ddp":
@@ -95,7 +96,7 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
         dist.all_gather_object(every, mine)
         if rank == 0:
             shards.write_index(trajectory, d, every)
-    phase(f"training {cfg.train.epochs} epochs ({total_steps(cfg, data)} steps) on "
+    phase(f"training {cfg.train.epochs} epochs ({steps} steps) on "
           f"{world} processes ({dcfg.strategy}, {dcfg.backend})", progress)
     try:
         log = train_distributed(cfg, data, model, opt, sched, rank=rank, world=world)

@@ -42,6 +42,7 @@ T there); it must be called before ``open`` (training), at most once per run.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -193,6 +194,17 @@ class RecordMode(ABC):
 
 # every mode's sidecar in trajectory/ (store, sample and sketch, an FSDP2 run's index)
 SIDECARS = ("trajectory.json", "sample.json", "shards.json")
+
+
+def read_sidecar_json(path: Path) -> Any:
+    """The JSON in the sidecar ``path``; ``DamagedRun`` ("PATH: missing", "PATH: not
+    valid JSON (...)") when it is absent or does not parse."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise DamagedRun(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
 
 
 def foreign_sidecars(cls: type[RecordMode], directory: Path, sub: str | None = None) -> None:

@@ -56,10 +56,11 @@ from trajreg.principle import (
 from trajreg.record.geometry import SquaredNorms, endpoint_summary, read_step_norms
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import (
-    CONFIG_WORDS,
     MeasureContext,
     RecordMode,
     foreign_sidecars,
+    read_sidecar_json,
+    with_words,
 )
 
 if TYPE_CHECKING:
@@ -494,12 +495,7 @@ def check_sample(directory: Path, steps: int) -> dict[str, Any]:
     among 0..steps, holding x_0, x_T and x_t, x_{t+1} of every kept step t. ``DamagedRun``
     naming the file and the fault otherwise."""
     path = Path(directory) / SIDECAR
-    try:
-        meta = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DamagedRun(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
+    meta = read_sidecar_json(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DamagedRun(f"{path}: not a {FORMAT} sample")
 
@@ -576,7 +572,7 @@ def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
     ``words``: how the caller's API spells the options, for the warnings
     (``RecordMode.plan``; None: the config keys).
     """
-    w = {**CONFIG_WORDS, **(words or {})}
+    w = with_words(words)
     steps = table["step"].to_numpy()
     sketched = "a_exact" in table.columns
     if sketched:

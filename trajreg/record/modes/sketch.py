@@ -54,6 +54,8 @@ from trajreg.record.geometry import (
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import MeasureContext, RecordMode
 from trajreg.record.modes.sample import (
+    GRADS,
+    ROWS,
     STREAM_CHECK,
     TRAJECTORY,
     SampleMode,
@@ -61,6 +63,7 @@ from trajreg.record.modes.sample import (
     check_sample,
     check_sizes,
 )
+from trajreg.record.modes.sample import SIDECAR as SAMPLE_SIDECAR
 from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter, verify_store
 
 if TYPE_CHECKING:
@@ -75,17 +78,18 @@ DEFAULT_DIM = 16384
 # steps it raised 0-6% false alarms in the measurements, with 16 up to 29% (docs)
 DEFAULT_CHECK_STEPS = 100
 
+SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
+S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
+GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
+G_FILE = "g2.bin"  # trajectory/g2.bin: ||g_t||^2 of every step, float64 (gradients on)
+_M32 = 0xFFFFFFFF
+
 
 def default_dim(d: int) -> int:
     """k for a model of d parameters when ``record.sketch_dim`` is not given: DEFAULT_DIM,
     or d itself (S = I, exact) when d <= 2 DEFAULT_DIM, where a float32 row of x_t takes
     no more disk than a float64 sketch of DEFAULT_DIM numbers."""
     return d if d <= 2 * DEFAULT_DIM else DEFAULT_DIM
-SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
-S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
-GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
-G_FILE = "g2.bin"  # trajectory/g2.bin: ||g_t||^2 of every step, float64 (gradients on)
-_M32 = 0xFFFFFFFF
 
 
 def _mul32(x: Any, m: int) -> Any:
@@ -372,10 +376,10 @@ class SketchMode(SampleMode):
         their sidecars' CRC32s, s.bin (and g2.bin) a float64 a step."""
         meta = check_sample(directory, steps)
         row = meta["d"] * np.dtype(meta["dtype"]).itemsize
-        sizes = {"x.bin": len(meta["iterates"]) * row, S_FILE: 8 * steps}
+        sizes = {ROWS: len(meta["iterates"]) * row, S_FILE: 8 * steps}
         grads = (directory / GRAD_SKETCHES).exists()
         if meta["gradients"]:
-            sizes["g.bin"] = len(meta["kept"]) * row
+            sizes[GRADS] = len(meta["kept"]) * row
         if grads:
             sizes[G_FILE] = 8 * steps
         check_sizes(directory, sizes)
@@ -387,7 +391,7 @@ class SketchMode(SampleMode):
             store = verify_store(directory / name, rows, checksums, what, steps)
             if k is not None and store.d != k:
                 raise DamagedRun(f"{directory / name / SIDECAR}: rows of {store.d} numbers, "
-                                 f"{directory / 'sample.json'} says sketch_dim {k}")
+                                 f"{directory / SAMPLE_SIDECAR} says sketch_dim {k}")
         return meta
 
     # ------------------------------------------------------------ after training
