@@ -68,3 +68,13 @@ def files(run: Path) -> dict[str, bytes]:
 def damaged_line(run: Path, name: str) -> str:
     """The start of the one line a damaged ``name`` of ``run`` gives."""
     return f"trajreg: error: run directory damaged: {run / name}: "
+
+
+def assert_refused(run: Path, name: str, why: str, *args: str) -> None:
+    """``trajreg analyze RUN ARGS`` refuses the damaged ``run``: exit 2, the one line
+    ``damaged_line(run, name) + why``, and the run's files as they were."""
+    before = files(run)
+    status, err, after = analyze(run, *args)
+    assert status == 2, err
+    assert err.splitlines() == [damaged_line(run, name) + why]
+    assert after == before

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.regressions._damaged_runs import analyze, copy_run, damaged_line, files, make_run
+from tests.regressions._damaged_runs import assert_refused, copy_run, make_run
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,9 @@ def _edit(path, old: str, new: str) -> None:
 def test_config_naming_another_mode_is_refused(run, tmp_path, manifest):
     damaged = copy_run(run, tmp_path / "r", manifest=manifest)
     _edit(damaged / "config.yaml", "mode: store", "mode: sample")
-    before = files(damaged)
-    status, err, after = analyze(damaged)
-    assert status == 2, err
-    assert err.splitlines() == [damaged_line(damaged, "config.yaml")
-                                + "record.mode is sample, but summary.json says the run "
-                                  "was recorded in mode store"]
-    assert after == before
+    assert_refused(damaged, "config.yaml",
+                   "record.mode is sample, but summary.json says the run was recorded in "
+                   "mode store")
 
 
 def test_config_and_summary_naming_another_mode_are_refused(run, tmp_path):
@@ -45,10 +41,5 @@ def test_config_and_summary_naming_another_mode_are_refused(run, tmp_path):
     summary = json.loads((damaged / "summary.json").read_text())
     summary["record_mode"] = "sample"
     (damaged / "summary.json").write_text(json.dumps(summary))
-    before = files(damaged)
-    status, err, after = analyze(damaged)
-    assert status == 2, err
-    assert err.splitlines() == [damaged_line(damaged, "trajectory/trajectory.json")
-                                + "written by another record mode than sample, the mode "
-                                  "config.yaml names"]
-    assert after == before
+    assert_refused(damaged, "trajectory/trajectory.json",
+                   "written by another record mode than sample, the mode config.yaml names")

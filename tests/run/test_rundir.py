@@ -4,6 +4,7 @@ verification, on real directories (and one real tiny run)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -215,3 +216,12 @@ def test_diverged_and_unmeasured_runs_verify(tmp_path, one_thread, mode):
     if mode != "off":
         analyze(out, progress=False)
         assert rundir.verify_run_dir(out) == out
+
+
+@pytest.mark.parametrize("ends", [[0, 8], [8, 99]])
+def test_epoch_ends_outside_the_steps_are_damage(fresh, ends):
+    summary = atomic.read_json(fresh / "summary.json")
+    summary["epoch_ends"] = ends
+    (fresh / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(DamagedRun, match=r"summary\.json: epoch_ends .* do not fit its "):
+        rundir.verify_run_dir(fresh)

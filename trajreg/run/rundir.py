@@ -438,7 +438,7 @@ def verify_run_dir(path: Path, *, checksums: bool = True) -> Path:
                                       f"says the run was recorded in mode "
                                       f"{summary.record_mode}")
     _check_metrics(path, summary, table, trainlog)
-    manifest = (path / MANIFEST).exists() or (path / MANIFEST).is_symlink()
+    manifest = _has_manifest(path)
     _verify_mode_files(path, conf, summary.n_steps, checksums and not manifest)
     if manifest:
         verify_manifest(path, checksums=checksums)
@@ -484,7 +484,7 @@ def _check_metrics(path: Path, summary: Summary, table: pd.DataFrame,
     T = summary.n_steps
     ends = list(summary.epoch_ends)
     if any(not isinstance(e, int) for e in ends) or ends != sorted(set(ends)) or (
-            ends and not 0 < ends[0] and ends[-1] <= T):
+            ends and not (0 < ends[0] and ends[-1] <= T)):
         raise _damaged(path / SUMMARY, f"epoch_ends {ends} do not fit its {T} steps")
     if len(summary.full_loss) != len(ends) + 1:
         raise _damaged(path / SUMMARY, f"{len(summary.full_loss)} full losses for "
@@ -669,6 +669,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return files
 
 
+def _has_manifest(path: Path) -> bool:
+    """Whether the run ``path`` has a checksums.json (a dangling link included: damage)."""
+    return (path / MANIFEST).exists() or (path / MANIFEST).is_symlink()
+
+
 def _count(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -684,7 +689,7 @@ def verify_manifest(path: Path, *, checksums: bool = True) -> bool:
     from trajreg.record.store import TrajectoryStore
 
     path = Path(path)
-    if not ((path / MANIFEST).exists() or (path / MANIFEST).is_symlink()):
+    if not _has_manifest(path):
         return False
     try:
         files = _read_manifest(path)
