@@ -3,6 +3,7 @@
 Run by hand from the repository root::
 
     python benchmarks/bench_session.py [--iters 1000] [--repeats 5] [--threads 1]
+    python benchmarks/bench_session.py --only floor   # b_t's forward passes vs training
 
 Each variant of the character-level language-model loop (examples/lm_loop.py, about
 10^5 parameters, 4 accumulated micro-batches a step, ``--iters`` optimizer steps, no
@@ -88,6 +89,42 @@ def run_once(variant: str, args: argparse.Namespace) -> dict | None:
         shutil.rmtree(parent, ignore_errors=True)
 
 
+def floor(threads: int, batches: int = 50, repeats: int = 3) -> None:
+    """The floor of b_t on the example's model: one micro-batch's forward pass in train
+    mode (dropout masks drawn, as b_t's evaluation at x* draws them again), in eval mode
+    (no dropout), and a training forward + backward, medians of ``repeats`` passes over
+    ``batches`` micro-batches (ms each)."""
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import lm_loop  # examples/lm_loop.py
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    data, gen = lm_loop.CharData(), torch.Generator().manual_seed(0)
+    model = lm_loop.TinyGPT(data.vocab_size, 64, d=64, dropout=0.1)
+    micro = [data.batch("train", 8, 64, gen) for _ in range(batches)]
+
+    def timed(train: bool, backward: bool) -> float:
+        model.train(train)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            with torch.set_grad_enabled(backward):
+                for b in micro:
+                    loss = lm_loop.loss_fn(model, b)
+                    if backward:
+                        loss.backward()
+            times.append((time.perf_counter() - t) / batches * 1e3)
+        return med(times)
+
+    section(f"floor: one micro-batch of examples/lm_loop.py, {threads} thread(s), ms")
+    train_step, fwd, fwd_eval = timed(True, True), timed(True, False), timed(False, False)
+    table(["forward+backward (training)", "forward, dropout (b_t)", "forward, eval",
+           "b_t / training"],
+          [[f"{train_step:.2f}", f"{fwd:.2f}", f"{fwd_eval:.2f}", f"{fwd / train_step:.2f}"]])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--iters", type=int, default=1000, help="optimizer steps of each run")
@@ -97,8 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="off is always run (the baseline)")
     p.add_argument("--warmup", action="store_true",
                    help="one untimed round first (warms the page cache for the imports)")
+    p.add_argument("--only", choices=("run", "floor"),
+                   help="the whole-script runs alone, or the floor alone (the forward "
+                        "passes b_t needs against a training step)")
     args = p.parse_args(argv)
     variants = ["off", *(v for v in dict.fromkeys(args.variants) if v != "off")]
+    if args.only == "floor":
+        floor(args.threads)
+        return 0
 
     import torch
 
