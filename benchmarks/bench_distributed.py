@@ -54,11 +54,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from trajreg.distributed import shards
     from trajreg.distributed.process import clean_shutdown
     from trajreg.distributed.train import build_distributed, train_distributed
     from trajreg.record.modes import get_mode
     from trajreg.record.recorder import Recorder, optimizer_params
+    from trajreg.record.shards import Shard
     from trajreg.train.config import load_config
     from trajreg.train.data import load_data
     from trajreg.train.loop import total_steps
@@ -106,14 +106,12 @@ def worker(args: argparse.Namespace) -> None:
             model, opt, sched = build_distributed(block, data, args.strategy, world)
             rec = None
             if variant != "off" and (args.strategy == "fsdp" or rank == 0):
-                if args.strategy == "fsdp":  # every rank its shard, as the worker records
-                    mode = shards.SHARDED_MODES[variant].from_config(cfg.record, cfg.seed)
-                    if isinstance(mode, shards.ShardedSketchMode):
-                        mode.shard(*shards.local_ranges(optimizer_params(opt), rank, world))
-                else:
-                    mode = get_mode(variant).from_config(cfg.record, cfg.seed)
+                mode = get_mode(variant).from_config(cfg.record, cfg.seed)
+                # fsdp: every rank its shard, as the worker records (shard_recorder)
+                shard = (Shard.of(optimizer_params(opt), rank, world)
+                         if args.strategy == "fsdp" else None)
                 rec = TimedRecorder(opt, Path(tmp) / f"{variant}-{rank}", mode=mode,
-                                    capacity=(rounds + 1) * per_block + 1)
+                                    capacity=(rounds + 1) * per_block + 1, shard=shard)
             runs[variant] = (model, opt, sched, rec)
         for r in range(rounds + 1):  # round 0 warms up, not counted
             shift = r % len(variants)  # rotate the order: no variant always first

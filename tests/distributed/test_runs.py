@@ -37,8 +37,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trajreg.distributed import shards
 from trajreg.distributed.launch import launch
+from trajreg.record import shards
+from trajreg.record.modes.store import StoreMode
 from trajreg.record.recorder import flat_params
 from trajreg.run import rundir, runner
 from trajreg.train.config import load_config
@@ -220,8 +221,8 @@ def test_fsdp_shards_hold_one_nth_of_the_trajectory_each(runs):
         grads = np.load(x.parent / "grad" / "x-0000.npy", mmap_mode="r")  # g_t: d_r wide too
         assert grads.shape[1] == shard["d"]
     assert not (path / "trajectory" / "x-0000.npy").exists()
-    shards.ShardedTrajectory(path / "trajectory").verify(STEPS)
-    whole = shards.ShardedTrajectory(path / "trajectory").row(STEPS)
+    StoreMode.verify(path / "trajectory", STEPS)
+    whole = StoreMode.rows(path / "trajectory")(STEPS)
     final = flat_params(list(rundir.read_final_state(path).values()))  # no buffers
     np.testing.assert_array_equal(whole, final.numpy())
 

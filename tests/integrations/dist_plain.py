@@ -85,13 +85,13 @@ def main() -> int:
     def damage_a_batch(session):
         if rank == 1:
             with open(session.tmp / "batches" / "batches.bin", "r+b") as log:
-                log.seek(session._batches.index[3][0])  # micro-batch 3's record
+                log.seek(session.batches.log.index[3][0])  # micro-batch 3's record
                 log.write(b"damaged")
 
     def measuring_fails(session):
         if rank == 0:
             def measure(ctx, k):
-                x = torch.cat([p.detach().reshape(-1) for p in ctx.params]).numpy()
+                x = torch.cat([p.detach().reshape(-1) for p in ctx.model.parameters()]).numpy()
                 ctx.load(x)  # the other rank is serving the measurement now
                 raise RuntimeError("injected failure while measuring")
             session.mode.measure = measure

@@ -9,7 +9,7 @@ process). Every rank trains on its part of every global batch; then:
   replay), exactly as a single process records.
 - FSDP2: every rank records its own shard with store, sample or sketch mode into
   ``trajectory/rank-NNNNN/`` (sketch: hashed by the entries' global flat indices);
-  rank 0 writes ``trajectory/shards.json`` (``trajreg.distributed.shards``).
+  rank 0 writes ``trajectory/shards.json`` (``trajreg.record.shards``).
 
 After training the ranks gather the final state onto rank 0 (a collective) and leave
 the process group in order (``process.clean_shutdown``); rank 0 then measures and
@@ -45,11 +45,10 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     import torch
     import torch.distributed as dist
 
-    from trajreg.distributed import shards
     from trajreg.distributed.process import clean_shutdown
     from trajreg.distributed.train import build_distributed, full_state, train_distributed
     from trajreg.record.modes import get_mode
-    from trajreg.record.recorder import Recorder, optimizer_params
+    from trajreg.record.recorder import Recorder, shard_recorder
     from trajreg.run import rundir
     from trajreg.run.progress import phase
     from trajreg.train.data import load_data
@@ -67,9 +66,7 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(dcfg.backend)
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
-    sharded = dcfg.strategy == "fsdp" and cfg.record.mode in shards.SHARDED_MODES
-    mode = (shards.SHARDED_MODES[cfg.record.mode] if sharded else get_mode(cfg.record.mode)
-            ).from_config(cfg.record, cfg.seed)
+    mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
     steps = total_steps(cfg, data)
     # every rank plans: the one-pass modes fix their rate from T there, and every rank
     # must keep the same steps; rank 0 alone warns
@@ -84,18 +81,9 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     if dcfg.strategy == "ddp":
         if rank == 0:
             recorder = Recorder(opt, trajectory, mode=mode, capacity=capacity)
-    elif mode.hooks:  # fsdp (store, sample, sketch): every rank its shard
-        ranges, d = shards.local_ranges(optimizer_params(opt), rank, world)
-        if isinstance(mode, shards.ShardedSketchMode):
-            mode.shard(ranges, d)  # hashed by global flat index
-        recorder = Recorder(opt, trajectory / shards.shard_dir(rank), mode=mode,
-                            capacity=capacity)
-        mine = {"rank": rank, "dir": shards.shard_dir(rank), "d": recorder.d,
-                "ranges": ranges}
-        every: list = [None] * world
-        dist.all_gather_object(every, mine)
-        if rank == 0:
-            shards.write_index(trajectory, d, every)
+    elif mode.hooks:  # fsdp (a shardable mode, config.py): every rank its shard
+        recorder = shard_recorder(opt, trajectory, mode=mode, rank=rank, world=world,
+                                  capacity=capacity)
     phase(f"training {cfg.train.epochs} epochs ({steps} steps) on "
           f"{world} processes ({dcfg.strategy}, {dcfg.backend})", progress)
     try:
@@ -115,7 +103,6 @@ def write_run(cfg, data, log, state, mode, run_dir: Path, *, world: int, progres
     """Rank 0 after training: what ``runner.run`` does after its loop, on a plain model
     holding the final state."""
     from trajreg.distributed.measure import DistributedRunContext
-    from trajreg.distributed.shards import SHARDED_MODES
     from trajreg.run import analysis, rundir
     from trajreg.run.progress import phase
     from trajreg.run.runner import measure, write_analysis
@@ -125,8 +112,6 @@ def write_run(cfg, data, log, state, mode, run_dir: Path, *, world: int, progres
     model, _, _ = build(cfg, data)
     model.load_state_dict(state)
     final_state = rundir.write_final_state(run_dir, model)
-    if cfg.train.distributed.strategy == "fsdp" and mode.hooks:  # a fresh one to measure
-        mode = SHARDED_MODES[mode.name].from_config(cfg.record, cfg.seed)
     phase(f"measuring ({mode.name}) against x* ({cfg.analysis.reference})", progress)
     ctx = DistributedRunContext(cfg, data, log, model, final_state, run_dir, progress,
                                 world=world)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from trajreg.record.modes import MODE_NAMES, RecordMode, StepStream, get_mode
+from trajreg.record.shards import Shard, write_shard_index
 
 MODES = MODE_NAMES  # the names, for callers of the old constant
 
@@ -110,18 +111,24 @@ class Recorder:
         capacity: rows per trajectory segment file (store).
         lr_group: the param group whose learning rate is eta_t.
         sync_seconds: how often the store's sidecar is brought up to date.
+        shard: the entries of x this process holds (FSDP2: ``shard_recorder``); None:
+            the optimizer's parameters are all of x.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, directory: str | Path | None = None,
                  *, mode: str | RecordMode = "store",
                  x_star: np.ndarray | torch.Tensor | None = None,
-                 capacity: int = 4096, lr_group: int = 0, sync_seconds: float = 5.0) -> None:
+                 capacity: int = 4096, lr_group: int = 0, sync_seconds: float = 5.0,
+                 shard: Shard | None = None) -> None:
         if isinstance(mode, str):
             if mode == "replay" and x_star is None:
                 raise ValueError("mode 'replay' needs x_star, the reference point")
             mode = get_mode(mode).from_config()
         if not 0 <= lr_group < len(optimizer.param_groups):
             raise ValueError(f"lr_group: no param group {lr_group}")
+        if shard is not None and not mode.shardable:
+            raise ValueError(f"record mode {mode.name!r} cannot record a shard of the "
+                             "parameters (FSDP2)")
         self.optimizer = optimizer
         self.mode = mode
         self.lr_group = lr_group
@@ -138,8 +145,13 @@ class Recorder:
         self.steps = 0
         self._handles: list[Any] = []
         self._closed = False
+        if shard is not None and shard.local_d != self.d:
+            raise ValueError(f"shard: {shard.local_d} entries, the optimizer's local "
+                             f"parameters hold {self.d}")
+        self.shard = shard
+        options: dict[str, Any] = {} if shard is None else {"shard": shard}
         mode.open(self, Path(directory) if directory is not None else None, x_star=x_star,
-                  capacity=capacity, sync_seconds=sync_seconds)
+                  capacity=capacity, sync_seconds=sync_seconds, **options)
         if mode.hooks:
             self._handles = [optimizer.register_step_pre_hook(self._pre_step),
                              optimizer.register_step_post_hook(self._post_step)]
@@ -213,3 +225,18 @@ class Recorder:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def shard_recorder(optimizer: torch.optim.Optimizer, trajectory: str | Path, *,
+                   mode: RecordMode, rank: int, world: int, **options: Any) -> Recorder:
+    """Rank ``rank`` of ``world`` records its shard of x (FSDP2: DTensor parameters
+    sharded on dim 0) into ``trajectory/rank-NNNNN/``; rank 0 also writes the index of
+    every rank's shard (``trajreg.record.shards``; computed from the global shapes, no
+    collective). The record mode measures the parts together after training.
+    ``options``: the ``Recorder``'s."""
+    params = optimizer_params(optimizer)
+    shard = Shard.of(params, rank, world)
+    if rank == 0:
+        write_shard_index(Path(trajectory), params, world)
+    return Recorder(optimizer, Path(trajectory) / shard.dir, mode=mode, shard=shard,
+                    **options)

@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -421,6 +422,17 @@ def verify_store(directory: Path, rows: int, checksums: bool = True,
     if checksums:
         store.verify()
     return store
+
+
+def read_sidecar_json(path: Path) -> Any:
+    """The JSON in the sidecar ``path``; ``DamagedRun`` ("PATH: missing", "PATH: not
+    valid JSON (...)") when it is absent or does not parse."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise DamagedRun(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
 
 
 def _read_sidecar(path: Path) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trajreg.errors import ConfigError, UserError
+from trajreg.record.modes import get_mode
 from trajreg.study.layout import read_study_file
 from trajreg.train.config import load_config, read_yaml
 
@@ -344,9 +345,10 @@ def _check_runs(study: Study) -> None:
     for block in study.blocks:
         for rid, _, _ in block.members:
             config = study.run(rid).config
-            if config["record"]["mode"] == "off":
+            mode = config["record"]["mode"]
+            if not get_mode(mode).measures:
                 raise ConfigError(f"block {block.name}: record.mode: a study's report needs "
-                                  "the regularity analysis; 'off' records none")
+                                  f"the regularity analysis; {mode!r} records none")
             analysed = [float(e) for e in config["analysis"]["eps"]]
             if study.report.eps not in analysed:
                 raise ConfigError(

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from trajreg.errors import ConfigError
-from trajreg.record.modes import MODE_NAMES
+from trajreg.record.modes import MODE_NAMES, MODES, get_mode
 from trajreg.train.data import DATASETS
 from trajreg.train.models import (
     ACTIVATION_LAYERS,
@@ -210,14 +210,14 @@ class DistributedConfig:
             raise ConfigError(f"data.batch_size: {bs} is not divisible by "
                               f"train.distributed.nproc {n} (each process takes an equal "
                               "part of every global batch)")
-        if cfg.record.mode == "replay":
-            raise ConfigError("record.mode: replay cannot measure a distributed run (a "
+        mode = get_mode(cfg.record.mode)
+        if mode.reexecutes:
+            raise ConfigError(f"record.mode: {mode.name} cannot measure a distributed run (a "
                               "replay re-executes the run in one process); use store")
-        if self.strategy == "fsdp" and cfg.record.mode not in ("store", "sample", "sketch",
-                                                               "off"):
-            raise ConfigError(f"record.mode: {cfg.record.mode} is not supported with "
-                              "train.distributed.strategy fsdp (store, sample, sketch and "
-                              "off are)")
+        if self.strategy == "fsdp" and not mode.shardable:
+            able = ", ".join(n for n, m in MODES.items() if m.shardable)
+            raise ConfigError(f"record.mode: {mode.name} is not supported with "
+                              f"train.distributed.strategy fsdp ({able} are)")
         if self.backend == "nccl" and not cfg.train.device.startswith("cuda"):
             raise ConfigError("train.distributed.backend: nccl needs train.device cuda; "
                               "use gloo on the CPU")
@@ -266,8 +266,8 @@ class RecordConfig:
         if self.sketch_dim is not None and not 1 <= self.sketch_dim < 2**31:
             raise ConfigError(f"record.sketch_dim: must be an integer in [1, 2^31), "
                               f"got {_quote(self.sketch_dim)}")
-        if self.gradients and self.mode == "off":
-            raise ConfigError("record.gradients: record mode off records nothing")
+        if self.gradients and not get_mode(self.mode).hooks:
+            raise ConfigError(f"record.gradients: record mode {self.mode} records nothing")
 
 
 @dataclass

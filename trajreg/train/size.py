@@ -352,26 +352,11 @@ def record_disk_bytes(cfg: RunConfig, steps: int, n_params: int) -> int:
     """What ``cfg.record.mode`` writes for a run of ``steps`` steps of ``n_params``
     float32 parameters (docs/record-modes.md), plus the metrics table."""
     from trajreg.record.modes import get_mode
-    from trajreg.record.modes.sample import effective_rate
-    from trajreg.record.modes.sketch import default_dim
 
-    rec, d, T = cfg.record, n_params, steps
-    gradients = rec.gradients if rec.gradients is not None \
-        else bool(get_mode(rec.mode).gradients)
-    row = FLOAT_BYTES * d
-    table = TABLE_BYTES * T
-    if rec.mode == "store":
-        return row * (T + 1) * (2 if gradients else 1) + table
-    if rec.mode in ("sample", "sketch"):
-        rate, min_steps = (rec.sample_rate, rec.sample_min_steps) if rec.mode == "sample" \
-            else (rec.sketch_sample_rate, rec.sketch_check_steps)
-        kept = effective_rate(rate, min_steps, T) * T  # x_t and x_{t+1}, and g_t
-        sample = row * kept * (3 if gradients else 2) + 8 * T  # + ||u_t||^2, float64
-        if rec.mode == "sketch":
-            k = rec.sketch_dim or default_dim(d)
-            sample += 8 * k * (T + 1) * (2 if gradients else 1) + 16 * T  # S x_t, s_t, g2
-        return int(sample) + 2 * table
-    return table  # replay, off: the metrics table
+    mode = get_mode(cfg.record.mode)
+    # the metrics table; a sampled mode's also the training log of every step
+    tables = TABLE_BYTES * steps * (2 if mode.sampled else 1)
+    return mode.disk_bytes(cfg.record, n_params, steps, FLOAT_BYTES * n_params) + tables
 
 
 def estimate_run_steps(cfg: RunConfig, data: DataSize | None = None,

@@ -42,19 +42,21 @@ T there); it must be called before ``open`` (training), at most once per run.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import torch
 
 from trajreg.errors import DamagedRun
 from trajreg.record.measured import Measured
+from trajreg.record.shards import Shard
+from trajreg.record.store import read_sidecar_json
 
-if TYPE_CHECKING:
-    from trajreg.record.recorder import Recorder
+__all__ = ["CONFIG_WORDS", "MeasureContext", "RecordMode", "Recording", "Shard",
+           "read_sidecar_json", "with_words"]
 
 
 # How ``trajreg run``'s config spells the modes' options (see the module docstring).
@@ -109,6 +111,22 @@ class MeasureContext(Protocol):
                             x_star: np.ndarray) -> np.ndarray: ...
 
 
+class Recording(Protocol):
+    """What a mode reads of the recorder that calls it (``trajreg.record.Recorder``):
+    ``d`` entries of the local flat vector (under FSDP2 the process's shard), their
+    ``dtype``, the optimizer's ``params``, the ``steps`` taken so far, the flat
+    parameters and gradients (into ``out`` when given)."""
+
+    d: int
+    dtype: torch.dtype
+    params: list[torch.Tensor]
+    steps: int
+
+    def flat(self, out: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def grad_flat(self, out: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
 class RecordMode(ABC):
     """One way of recording a trajectory (see the module docstring).
 
@@ -124,6 +142,14 @@ class RecordMode(ABC):
             (the summary then gets the sample's intervals). Steps missing from another
             mode's measurement (an integration's step without a micro-batch) are no
             random sample.
+        keeps_trajectory: whether the mode keeps what it measures from on disk during
+            training, so that the run is measured afterwards without re-executing it:
+            what a run trained by other code (an integration's session) needs.
+        shardable: whether the mode records a shard of x (``open(..., shard=...)``):
+            under FSDP2 every rank records its part and the measurement adds the parts.
+        reexecutes: whether measuring re-executes the run in one process (replay), which
+            only trajreg's own single-process loop can.
+        measures: whether the mode measures anything at all (the regularity analysis).
     """
 
     name: ClassVar[str]
@@ -132,6 +158,10 @@ class RecordMode(ABC):
     cost: ClassVar[str] = ""
     gradients: bool = False
     sampled: ClassVar[bool] = False
+    keeps_trajectory: ClassVar[bool] = False
+    shardable: ClassVar[bool] = False
+    reexecutes: ClassVar[bool] = False
+    measures: ClassVar[bool] = True
     # how the options are spelled in warnings (set by ``plan``; the module docstring)
     words: Mapping[str, str] = CONFIG_WORDS
 
@@ -153,20 +183,23 @@ class RecordMode(ABC):
         self.words = with_words(words)
 
     # ------------------------------------------------------------ during training
-    def open(self, rec: Recorder, directory: Path | None, **options: Any) -> None:  # noqa: B027 - optional hook
-        """Prepare to record the optimizer of ``rec`` (files under ``directory``)."""
+    def open(self, rec: Recording, directory: Path | None, *, shard: Shard | None = None,  # noqa: B027 - optional hook
+             **options: Any) -> None:
+        """Prepare to record the optimizer of ``rec`` (files under ``directory``).
+        ``shard``: the recorder holds a part of x (FSDP2), these entries of it; only a
+        ``shardable`` mode is given one (None: the recorder holds all of x)."""
 
     def keep(self, step: int) -> bool:
         """Whether step ``step`` is measured (its minibatch and random state must be kept)."""
         return True
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:  # noqa: B027 - optional hook
+    def pre_step(self, rec: Recording, step: int, lr: float) -> None:  # noqa: B027 - optional hook
         """Just before optimizer step ``step``: the parameters are x_t."""
 
-    def post_step(self, rec: Recorder, step: int) -> None:  # noqa: B027 - optional hook
+    def post_step(self, rec: Recording, step: int) -> None:  # noqa: B027 - optional hook
         """Just after optimizer step ``step``: the parameters are x_{t+1}."""
 
-    def close(self, rec: Recorder) -> None:  # noqa: B027 - optional hook
+    def close(self, rec: Recording) -> None:  # noqa: B027 - optional hook
         """Training is over: the parameters are x_T; seal the files."""
 
     # ------------------------------------------------------------ after training
@@ -191,20 +224,23 @@ class RecordMode(ABC):
         may be there (a config.yaml whose record.mode was edited)."""
         foreign_sidecars(cls, directory)
 
+    @classmethod
+    def rows(cls, directory: Path) -> Callable[[int], np.ndarray | None]:
+        """x_t by step t from the files the mode left in ``directory`` (a run's
+        ``trajectory/``), whole vectors (an FSDP2 run's parts put together); None for
+        an iterate the mode did not keep. This default keeps none."""
+        return lambda t: None
+
+    @classmethod
+    def disk_bytes(cls, cfg: Any, d: int, steps: int, row_bytes: int) -> int:
+        """What the mode writes under trajectory/ for a run of ``steps`` steps of ``d``
+        parameters whose rows take ``row_bytes`` (``cfg``: the ``RecordConfig``). This
+        default writes nothing."""
+        return 0
+
 
 # every mode's sidecar in trajectory/ (store, sample and sketch, an FSDP2 run's index)
 SIDECARS = ("trajectory.json", "sample.json", "shards.json")
-
-
-def read_sidecar_json(path: Path) -> Any:
-    """The JSON in the sidecar ``path``; ``DamagedRun`` ("PATH: missing", "PATH: not
-    valid JSON (...)") when it is absent or does not parse."""
-    try:
-        return json.loads(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise DamagedRun(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DamagedRun(f"{path}: not valid JSON ({exc})") from None
 
 
 def foreign_sidecars(cls: type[RecordMode], directory: Path, sub: str | None = None) -> None:

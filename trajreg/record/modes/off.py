@@ -11,6 +11,8 @@ from trajreg.record.modes.base import MeasureContext, RecordMode
 class OffMode(RecordMode):
     name = "off"
     hooks = False
+    shardable: ClassVar[bool] = True  # records nothing, of a shard as of all of x
+    measures: ClassVar[bool] = False
     reanalyse: ClassVar[tuple[str, ...]] = ()
     cost = "memory O(d), no disk"
 

@@ -13,17 +13,14 @@ since the replay reproduces it bit for bit).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from trajreg.principle import gradient_quantities, step_quantities
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext, RecordMode
-
-if TYPE_CHECKING:
-    from trajreg.record.recorder import Recorder
+from trajreg.record.modes.base import MeasureContext, Recording, RecordMode
 
 
 class StepStream:
@@ -65,6 +62,7 @@ class ReplayMode(RecordMode):
     name = "replay"
     reanalyse: ClassVar[tuple[str, ...]] = ()  # another reference replays again
     cost = "memory O(d), no trajectory on disk; a second training run"
+    reexecutes: ClassVar[bool] = True
 
     def __init__(self, gradients: bool | None = None) -> None:
         if gradients is not None:
@@ -73,7 +71,7 @@ class ReplayMode(RecordMode):
         self._x_prev: torch.Tensor | None = None
         self._lr_prev = 0.0
 
-    def open(self, rec: Recorder, directory: Path | None, *,
+    def open(self, rec: Recording, directory: Path | None, *,
              x_star: np.ndarray | torch.Tensor | None = None, **_: Any) -> None:
         """Recording against a known x* (the replay itself); without x*, training
         records nothing and ``measure`` replays."""
@@ -89,14 +87,14 @@ class ReplayMode(RecordMode):
     def streaming(self) -> bool:
         return self.stream is not None
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+    def pre_step(self, rec: Recording, step: int, lr: float) -> None:
         if self.stream is not None:
             self._x_prev = rec.flat().cpu()
             self._lr_prev = lr
             if self.gradients:
                 self.stream.update_gradient(self._x_prev, rec.grad_flat().cpu())
 
-    def post_step(self, rec: Recorder, step: int) -> None:
+    def post_step(self, rec: Recording, step: int) -> None:
         if self.stream is not None:
             assert self._x_prev is not None, "post_step without pre_step"
             self.stream.update(self._x_prev, rec.flat().cpu(), self._lr_prev)

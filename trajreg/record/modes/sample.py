@@ -34,7 +34,7 @@ import json
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -53,20 +53,22 @@ from trajreg.principle import (
     ratio,
     trajectory_quantities,
 )
-from trajreg.record.geometry import SquaredNorms, endpoint_summary, read_step_norms
+from trajreg.record.geometry import SquaredNorms, endpoint_summary
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import (
     MeasureContext,
+    Recording,
     RecordMode,
     foreign_sidecars,
+    gradients_option,
     read_sidecar_json,
     with_words,
 )
+from trajreg.record.shards import SHARDS, Parts, Shard
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from trajreg.record.recorder import Recorder
 
 TRAJECTORY = "trajectory"
 SIDECAR = "sample.json"
@@ -245,6 +247,8 @@ class SampleMode(RecordMode):
     cost = "memory O(d); disk about 2 R d floats a step (x_t and x_{t+1} of each kept step)"
     gradients = True  # g_t of the kept steps (R d floats a step)
     sampled: ClassVar[bool] = True  # the sketch's exact check sample too
+    keeps_trajectory: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True
 
     def __init__(self, rate: float = 0.05, seed: int = 0, stream: int = STREAM_SAMPLE,
                  gradients: bool | None = None, min_steps: int = DEFAULT_MIN_STEPS) -> None:
@@ -324,7 +328,8 @@ class SampleMode(RecordMode):
     def keep(self, step: int) -> bool:
         return self.sampler.keep(step)
 
-    def open(self, rec: Recorder, directory: Path | None, **_: Any) -> None:
+    def open(self, rec: Recording, directory: Path | None, *, shard: Shard | None = None,
+             **_: Any) -> None:
         if directory is None:
             raise ValueError(f"mode {self.name!r} needs a directory to write its sample to")
         dtype = np.float64 if rec.dtype == torch.float64 else np.float32
@@ -343,7 +348,7 @@ class SampleMode(RecordMode):
         if sampled:
             self.writer.step(step, lr)
 
-    def _sample_grad(self, rec: Recorder, step: int) -> None:
+    def _sample_grad(self, rec: Recording, step: int) -> None:
         """With gradients: g_t of a kept step, as the optimizer is about to use it."""
         if self.gradients and self.sampler.keep(step):
             assert self.writer is not None and self._x is not None
@@ -351,7 +356,7 @@ class SampleMode(RecordMode):
                 self._g = torch.empty(rec.d, dtype=self._x.dtype, device=self._x.device)
             self.writer.write_grad(rec.grad_flat(out=self._g))
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+    def pre_step(self, rec: Recording, step: int, lr: float) -> None:
         if self._norms is None:  # x_{t-1} and x_t in turn, ||x_{t-1} - x_t||^2 online
             assert self.writer is not None and self._x is not None
             self._xs = [self._x, torch.empty_like(self._x)]
@@ -368,7 +373,7 @@ class SampleMode(RecordMode):
                 "requested_rate": self.requested_rate, "min_steps": self.min_steps,
                 "planned_steps": self.planned_steps}
 
-    def close(self, rec: Recorder) -> None:
+    def close(self, rec: Recording) -> None:
         if self.writer is None or self.writer.closed:
             return
         T = rec.steps
@@ -405,53 +410,76 @@ class SampleMode(RecordMode):
         return int(before[-1]) if before.size else int(store.iterates[0])
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
-        store = SampleStore(Path(ctx.directory) / TRAJECTORY)
-        k = self.reference(store, k, ctx)
-        x_star = store.row(k).astype(np.float64)
-        use = store.kept < ctx.steps  # every recorded kept step, also those after x_k
-        steps, lrs = store.kept[use], store.lrs[use]
-        D, a, s = (np.empty(len(steps)) for _ in range(3))
-        for i, (t, lr) in enumerate(zip(steps, lrs, strict=True)):
-            q = trajectory_quantities(np.stack([store.row(t), store.row(t + 1)]), [lr], x_star)
-            D[i], a[i], s[i] = q.D[0], q.a[0], q.s[0]
-        columns = {}
-        if store.gradients:  # exact g_dot, g_norm2 at the kept steps
-            columns["g_dot"], columns["g_norm2"] = np.empty(len(steps)), np.empty(len(steps))
-            for i, t in enumerate(steps):
-                g = gradient_quantities(store.row(t)[None], store.grad(t)[None], x_star)
-                columns["g_dot"][i], columns["g_norm2"][i] = g.g_dot[0], g.g_norm2[0]
-        summary = {}
-        norms = Path(ctx.directory) / TRAJECTORY / STEP_NORMS
+        """D, a, s (and with gradients g_dot, g_norm2) at the kept steps against x_k, as
+        sums over the trajectory's parts (one, or an FSDP2 run's ranks) of each part's
+        partial sums against its entries of x_k; l_t(x*) at the kept steps."""
+        parts = Parts(Path(ctx.directory) / TRAJECTORY)
+        stores = read_samples(parts)
+        first = stores[0]
+        k = self.reference(first, k, ctx)
+        use = first.kept < ctx.steps  # every recorded kept step, also those after x_k
+        steps, lrs = first.kept[use], first.lrs[use]
+        D, a, s = (np.zeros(len(steps)) for _ in range(3))
+        gradients = all(store.gradients for store in stores)
+        g_dot, g_norm2 = np.zeros(len(steps)), np.zeros(len(steps))
+        for store in stores:
+            x_star = store.row(k).astype(np.float64)  # this part's entries of x_k
+            for i, (t, lr) in enumerate(zip(steps, lrs, strict=True)):
+                q = trajectory_quantities(np.stack([store.row(t), store.row(t + 1)]), [lr],
+                                          x_star)
+                D[i] += q.D[0]
+                a[i] += q.a[0]
+                s[i] += q.s[0]
+                if gradients:
+                    g = gradient_quantities(store.row(t)[None], store.grad(t)[None], x_star)
+                    g_dot[i] += g.g_dot[0]
+                    g_norm2[i] += g.g_norm2[0]
+        columns = {"g_dot": g_dot, "g_norm2": g_norm2} if gradients else {}
+        x_star = parts.assemble([store.row(k) for store in stores]).astype(np.float64)
         ctx.load(x_star)
         # an int64 array of steps, used as a Sequence[int]
         loss_star, f_star = ctx.step_losses(cast("Sequence[int]", steps)), ctx.f_star(k)
-        if norms.is_file():  # ||u_t|| of every step: the path ratio is exact
-            summary = endpoint_summary(ctx, k, store.row(0), x_star,
-                                       np.sqrt(read_step_norms(norms, k)))
+        summary = {}
+        if all((d / STEP_NORMS).is_file() for d in parts.dirs):
+            # ||u_t||^2 of every step, summed over the parts before the square root: the
+            # path ratio is exact
+            summary = endpoint_summary(ctx, k, parts.assemble([st.row(0) for st in stores]),
+                                       x_star, np.sqrt(parts.summed(STEP_NORMS, k)))
         return Measured(steps=steps, D=D, a=a, s=s, lr=lrs, loss_star=loss_star,
                         f_star=f_star, reference_step=k, columns=columns, summary=summary)
 
-
     # ------------------------------------------------------------ a finished run's files
-    own_files: ClassVar[tuple[str, ...]] = (SIDECAR, "shards.json")
+    own_files: ClassVar[tuple[str, ...]] = (SIDECAR, SHARDS)
 
     @classmethod
     def verify(cls, directory: Path, steps: int, checksums: bool = True) -> None:
         """sample.json well formed for a run of ``steps`` steps (``check_sample``), x.bin
         a row per stored iterate, g.bin a row per kept step (with gradients), su.bin
-        ||u_t||^2 of every step; an FSDP2 run's sample of every rank, the ranks' samples
-        alike. The mode writes no checksums of its own: its files' contents are covered
-        by the run's checksums.json (``rundir.verify_manifest``)."""
+        ||u_t||^2 of every step; of an FSDP2 run, every rank's sample, the ranks'
+        samples alike. The mode writes no checksums of its own: its files' contents are
+        covered by the run's checksums.json (``rundir.verify_manifest``)."""
         directory = Path(directory)
-        from trajreg.distributed.shards import SHARDS, read_index, read_samples
-
         foreign_sidecars(cls, directory)
-        if not (directory / SHARDS).is_file():
-            cls._verify_files(directory, steps, checksums)
-            return
-        for shard in read_index(directory)["shards"]:
-            cls._verify_files(directory / shard["dir"], steps, checksums)
-        read_samples(directory)
+        parts = Parts(directory)
+        for part in parts.dirs:
+            cls._verify_files(part, steps, checksums)
+        read_samples(parts)
+
+    @classmethod
+    def rows(cls, directory: Path) -> Callable[[int], np.ndarray | None]:
+        parts = Parts(directory)
+        stores = read_samples(parts)
+        return lambda t: (parts.assemble([store.row(t) for store in stores])
+                          if stores[0].has(t) else None)
+
+    @classmethod
+    def disk_bytes(cls, cfg: Any, d: int, steps: int, row_bytes: int) -> int:
+        """x_t and x_{t+1} (and g_t, with gradients) of the kept steps, ||u_t||^2 of
+        every step."""
+        rate = effective_rate(getattr(cfg, "sample_rate", 0.05),
+                              getattr(cfg, "sample_min_steps", DEFAULT_MIN_STEPS), steps)
+        kept = rate * steps
+        return int(row_bytes * kept * (3 if gradients_option(cls, cfg) else 2) + 8 * steps)
 
     @classmethod
     def _verify_files(cls, directory: Path, steps: int, checksums: bool) -> dict[str, Any]:
@@ -535,6 +563,19 @@ def check_sample(directory: Path, steps: int) -> dict[str, Any]:
     if missing:
         raise DamagedRun(f"{path}: iterate x_{missing[0]} is not stored")
     return meta
+
+
+def read_samples(parts: Parts) -> list[SampleStore]:
+    """Every part's sample (mode sample's, or mode sketch's check sample), checked to
+    keep the same steps, learning rates and iterates."""
+    stores = [SampleStore(d) for d in parts.dirs]
+    first = stores[0]
+    for store in stores[1:]:
+        if not (np.array_equal(store.kept, first.kept) and np.array_equal(
+                store.lrs, first.lrs) and np.array_equal(store.iterates, first.iterates)
+                and store.gradients == first.gradients):
+            raise DamagedRun(f"{store.dir}: its sample differs from rank 0's")
+    return stores
 
 
 # ---------------------------------------------------------------- the summary's intervals

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -48,11 +48,10 @@ from trajreg.record.geometry import (
     StagedRows,
     block_rows,
     measured_every_step,
-    read_step_norms,
     stream_gradient_quantities,
 )
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext, RecordMode
+from trajreg.record.modes.base import MeasureContext, Recording, RecordMode, gradients_option
 from trajreg.record.modes.sample import (
     GRADS,
     ROWS,
@@ -62,12 +61,12 @@ from trajreg.record.modes.sample import (
     SampleStore,
     check_sample,
     check_sizes,
+    effective_rate,
+    read_samples,
 )
 from trajreg.record.modes.sample import SIDECAR as SAMPLE_SIDECAR
+from trajreg.record.shards import Parts, Shard
 from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter, verify_store
-
-if TYPE_CHECKING:
-    from trajreg.record.recorder import Recorder
 
 # gamma_hat(0.05) within 10% of the exact value in 78 of 80 cases on nets of 1.6e5 to
 # 1.2e6 parameters, 22 of 24 in the hard regime (plain SGD at a large step: a small
@@ -157,6 +156,44 @@ class TorchCountSketch:
         return out
 
 
+class RangesCountSketch(TorchCountSketch):
+    """S x of a process's flat vector whose entries are the runs ``ranges`` of the global
+    flat index (``(start, length)`` pairs in the vector's order: a ``Shard``'s): one
+    ``TorchCountSketch`` per run, at its global offset, their sketches added in float64.
+    Every coordinate is hashed by its global index, so the sum over ranks of their
+    sketches is the sketch of the whole vector (``trajreg.principle.countsketch`` of x),
+    up to the order of the float64 additions in each bucket."""
+
+    def __init__(self, ranges: Sequence[Sequence[int]], k: int, seed: int,
+                 device: torch.device | str = "cpu", tmp: torch.Tensor | None = None) -> None:
+        # no TorchCountSketch.__init__: the runs' sketches hold the buckets and signs
+        self.k, self.seed = int(k), int(seed)
+        self.d = sum(int(n) for _, n in ranges)
+        self.offset = int(ranges[0][0]) if ranges else 0
+        self.parts: list[tuple[int, int, TorchCountSketch]] = []
+        pos = 0
+        for start, n in ranges:
+            scratch = None if tmp is None else tmp[pos : pos + int(n)]
+            self.parts.append((pos, int(n), TorchCountSketch(int(n), self.k, self.seed, device,
+                                                             offset=int(start), tmp=scratch)))
+            pos += int(n)
+        self._part = torch.empty(self.k, dtype=torch.float64, device=device)
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            out = torch.empty(self.k, dtype=torch.float64, device=x.device)
+        flat = x.reshape(-1)
+        if not self.parts:
+            return out.zero_()
+        for i, (pos, n, sketch) in enumerate(self.parts):
+            if i == 0:
+                sketch(flat[pos : pos + n], out=out)
+            else:
+                sketch(flat[pos : pos + n], out=self._part)
+                out.add_(self._part)
+        return out
+
+
 def hash_seed(seed: int) -> int:
     """The sketch's hash seed in [0, 2^32), derived from the run seed."""
     return int(np.random.SeedSequence([int(seed), 5]).generate_state(1)[0])
@@ -200,17 +237,14 @@ class SketchMode(SampleMode):
     def keep(self, step: int) -> bool:
         return True  # b_t at every step: every minibatch is measured
 
-    def sketched_d(self, rec: Recorder) -> int:
-        """The length of the vector whose sketch is kept: the recorder's d. A sharded mode
-        (``trajreg.distributed.shards``), whose recorder holds a shard, returns the whole
-        vector's: S = I and the sketch_dim check are decided on it."""
-        return rec.d
-
-    def count_sketch(self, d: int, device: torch.device) -> TorchCountSketch:
-        """S for the recorder's flat vector of d entries, global indices 0..d-1 (a sharded
-        mode's: its entries' global indices)."""
-        return TorchCountSketch(d, self.k, hash_seed(self.sampler.seed), device,
-                                tmp=self._diff)
+    def count_sketch(self, d: int, device: torch.device,
+                     shard: Shard | None) -> TorchCountSketch:
+        """S for the recorder's flat vector of d entries: global indices 0..d-1, or a
+        shard's entries' global indices (so the ranks' sketches add up to the whole's)."""
+        seed = hash_seed(self.sampler.seed)
+        if shard is None:
+            return TorchCountSketch(d, self.k, seed, device, tmp=self._diff)
+        return RangesCountSketch(shard.ranges, self.k, seed, device, tmp=self._diff)
 
     def plan(self, steps: int | None, analysis: Any, *,
              words: Mapping[str, str] | None = None) -> None:
@@ -232,10 +266,12 @@ class SketchMode(SampleMode):
                           UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------ during training
-    def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
-             sync_seconds: float = 5.0, **options: Any) -> None:
+    def open(self, rec: Recording, directory: Path | None, *, shard: Shard | None = None,
+             capacity: int = 4096, sync_seconds: float = 5.0, **options: Any) -> None:
         d = rec.d
-        total = self.sketched_d(rec)  # d, or a sharded mode's whole vector (distributed)
+        # S = I and the sketch_dim check are decided on the whole vector, also by a
+        # recorder that holds a shard of it
+        total = d if shard is None else shard.d
         if self.dim is not None and self.dim > total:
             raise ConfigError(f"record.sketch_dim: {self.dim} is more than the model's {total} "
                               "parameters (use record.mode store for an exact trajectory)")
@@ -248,7 +284,7 @@ class SketchMode(SampleMode):
         self._bufs = [self._x, torch.empty_like(self._x)]
         self._diff = torch.empty(d, dtype=torch.float64, device=device)  # shared scratch
         if not self.identity:
-            self.sketch = self.count_sketch(d, device)
+            self.sketch = self.count_sketch(d, device, shard)
         self._lr_prev = math.nan
         self._dir = Path(directory)
         # s_t = ||x_t - x_{t+1}||^2 / eta_t^2, in float64 (exact from float32 rows); with
@@ -283,7 +319,7 @@ class SketchMode(SampleMode):
 
         self._xstage.push(fill, lr)
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+    def pre_step(self, rec: Recording, step: int, lr: float) -> None:
         assert self._snorms is not None
         x = self._bufs[step % 2]
         rec.flat(out=x)
@@ -295,7 +331,7 @@ class SketchMode(SampleMode):
         if self._gstage is not None:
             self._push_grad(rec, step, lr)
 
-    def _push_grad(self, rec: Recorder, step: int, lr: float) -> None:
+    def _push_grad(self, rec: Recording, step: int, lr: float) -> None:
         """g_t: its sketch, its squared norm, and g_t itself on the check sample."""
         assert self.writer is not None and self._gstage is not None
         writer, kept = self.writer, self.sampler.keep(step)
@@ -337,7 +373,7 @@ class SketchMode(SampleMode):
             for row in gs.read(t0, min(T, t0 + n)):
                 self._gnorms.push(torch.from_numpy(row).to(device))
 
-    def close(self, rec: Recorder) -> None:
+    def close(self, rec: Recording) -> None:
         if self.writer is None or self.writer.closed:
             return
         assert self._xstage is not None and self._snorms is not None
@@ -396,17 +432,34 @@ class SketchMode(SampleMode):
 
     # ------------------------------------------------------------ after training
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
-        directory = Path(ctx.directory) / TRAJECTORY
-        sample = SampleStore(directory)
-        k = self.reference(sample, k, ctx)  # the exact x* is needed for l_t(x*)
+        """D_t, a_t (and g_dot_t) of every step from the sketch rows summed over the
+        trajectory's parts (one, or an FSDP2 run's ranks: S x = sum_r S x^r; S = I, the
+        rows put together), s_t (and ||g_t||^2) as sums of the parts' partial sums, the
+        check sample's exact values as for mode sample (``measure_sketched``)."""
+        parts = Parts(Path(ctx.directory) / TRAJECTORY)
+        samples = read_samples(parts)
+        k = self.reference(samples[0], k, ctx)  # the exact x* is needed for l_t(x*)
+        identity = bool(samples[0].meta.get("identity"))
         T = ctx.steps
         grads = None
-        if (directory / GRAD_SKETCHES / SIDECAR).is_file():  # recorded with gradients
-            grads = (TrajectoryStore(directory / GRAD_SKETCHES),
-                     read_step_norms(directory / G_FILE, T))
-        return measure_sketched(ctx, k, TrajectoryStore(directory / SKETCHES),
-                                read_step_norms(directory / S_FILE, T), grads, [sample],
-                                x0=sample.row(0), x_star=sample.row(k).astype(np.float64))
+        if all((d / GRAD_SKETCHES / SIDECAR).is_file() for d in parts.dirs):  # gradients
+            grads = (parts.sketch_rows(GRAD_SKETCHES, identity), parts.summed(G_FILE, T))
+        return measure_sketched(
+            ctx, k, parts.sketch_rows(SKETCHES, identity), parts.summed(S_FILE, T), grads,
+            samples, x0=parts.assemble([sample.row(0) for sample in samples]),
+            x_star=parts.assemble([sample.row(k) for sample in samples]).astype(np.float64))
+
+    @classmethod
+    def disk_bytes(cls, cfg: Any, d: int, steps: int, row_bytes: int) -> int:
+        """The check sample as mode sample's, S x_0 .. S x_T (and S g_t), s_t (and
+        ||g_t||^2) of every step."""
+        gradients = gradients_option(cls, cfg)
+        rate = effective_rate(getattr(cfg, "sketch_sample_rate", 0.02),
+                              getattr(cfg, "sketch_check_steps", DEFAULT_CHECK_STEPS), steps)
+        kept = rate * steps
+        k = getattr(cfg, "sketch_dim", None) or default_dim(d)
+        return int(row_bytes * kept * (3 if gradients else 2) + 8 * steps
+                   + 8 * k * (steps + 1) * (2 if gradients else 1) + 16 * steps)
 
 
 def measure_sketched(ctx: MeasureContext, k: int, sketches: Any, s: np.ndarray,

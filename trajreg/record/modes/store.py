@@ -10,8 +10,9 @@ of every step goes to a second store, ``trajectory/grad/`` (one more d-row a ste
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,11 +24,15 @@ from trajreg.record.geometry import (
     stream_gradient_quantities,
 )
 from trajreg.record.measured import Measured
-from trajreg.record.modes.base import MeasureContext, RecordMode, foreign_sidecars
+from trajreg.record.modes.base import (
+    MeasureContext,
+    Recording,
+    RecordMode,
+    foreign_sidecars,
+    gradients_option,
+)
+from trajreg.record.shards import SHARDS, Parts, Shard
 from trajreg.record.store import SIDECAR, TrajectoryStore, TrajectoryWriter, verify_store
-
-if TYPE_CHECKING:
-    from trajreg.record.recorder import Recorder
 
 TRAJECTORY = "trajectory"
 
@@ -56,6 +61,8 @@ class StoreMode(RecordMode):
     name = "store"
     reanalyse: ClassVar[tuple[str, ...]] = ("final", "best")
     cost = "memory O(d); disk T*d floats"
+    keeps_trajectory: ClassVar[bool] = True
+    shardable: ClassVar[bool] = True
 
     def __init__(self, gradients: bool | None = None) -> None:
         self.writer: TrajectoryWriter | None = None
@@ -63,8 +70,8 @@ class StoreMode(RecordMode):
         if gradients is not None:
             self.gradients = gradients
 
-    def open(self, rec: Recorder, directory: Path | None, *, capacity: int = 4096,
-             sync_seconds: float = 5.0, **_: Any) -> None:
+    def open(self, rec: Recording, directory: Path | None, *, shard: Shard | None = None,
+             capacity: int = 4096, sync_seconds: float = 5.0, **_: Any) -> None:
         if directory is None:
             raise ValueError("mode 'store' needs a directory to write the trajectory to")
         dtype = np.dtype(np.float64 if rec.dtype == torch.float64 else np.float32)
@@ -73,7 +80,7 @@ class StoreMode(RecordMode):
             self.grads = TrajectoryWriter(Path(directory) / GRADIENTS, rec.d, dtype, capacity,
                                           sync_seconds)
 
-    def pre_step(self, rec: Recorder, step: int, lr: float) -> None:
+    def pre_step(self, rec: Recording, step: int, lr: float) -> None:
         assert self.writer is not None, "open() first"
         rec.flat(out=torch.from_numpy(self.writer.next_row()))
         self.writer.commit_row(lr)
@@ -81,7 +88,7 @@ class StoreMode(RecordMode):
             rec.grad_flat(out=torch.from_numpy(self.grads.next_row()))
             self.grads.commit_row(lr)
 
-    def close(self, rec: Recorder) -> None:
+    def close(self, rec: Recording) -> None:
         if self.writer is not None and not self.writer.closed:
             rec.flat(out=torch.from_numpy(self.writer.next_row()))  # x_T
             self.writer.commit_row(None)
@@ -89,44 +96,57 @@ class StoreMode(RecordMode):
         if self.grads is not None and not self.grads.closed:
             self.grads.close()
 
-    own_files: ClassVar[tuple[str, ...]] = (SIDECAR, "shards.json")
+    own_files: ClassVar[tuple[str, ...]] = (SIDECAR, SHARDS)
 
     @classmethod
     def verify(cls, directory: Path, steps: int, checksums: bool = True) -> None:
         """The store (and with gradients ``grad/``) closed, holding x_0 .. x_T (g_0 ..
         g_{T-1}), its headers and sizes as the sidecar says and, with ``checksums``, its
-        rows and learning rates against the sidecar's CRC32s; an FSDP2 run's store of
-        every rank (``trajreg.distributed.shards``)."""
-        from trajreg.distributed.shards import ShardedTrajectory, is_sharded
-
+        rows and learning rates against the sidecar's CRC32s; of an FSDP2 run, every
+        rank's store, the stores alike (``trajreg.record.shards``)."""
         directory = Path(directory)
         foreign_sidecars(cls, directory)
-        if is_sharded(directory):  # an FSDP2 run: one store per rank
-            sharded = ShardedTrajectory(directory)
-            for store in sharded.stores:
-                foreign_sidecars(cls, store.dir)
-            sharded.verify(steps, checksums)
-            return
-        verify_store(directory, steps + 1, checksums)
-        if (directory / GRADIENTS).exists():  # gradients: g_0 .. g_{T-1}, T rows
-            verify_store(directory / GRADIENTS, steps, checksums, "gradients", steps)
+        parts = Parts(directory)
+        for part in parts.dirs:
+            if parts.sharded:
+                foreign_sidecars(cls, part)
+            verify_store(part, steps + 1, checksums)
+            if (part / GRADIENTS).exists():  # gradients: g_0 .. g_{T-1}, T rows
+                verify_store(part / GRADIENTS, steps, checksums, "gradients", steps)
+        parts.rows()  # an FSDP2 run's stores alike: rows, learning rates, widths
+
+    @classmethod
+    def rows(cls, directory: Path) -> Callable[[int], np.ndarray | None]:
+        return Parts(directory).rows().row
+
+    @classmethod
+    def disk_bytes(cls, cfg: Any, d: int, steps: int, row_bytes: int) -> int:
+        """x_0 .. x_T, and with gradients g_t of every step."""
+        return row_bytes * (steps + 1) * (2 if gradients_option(cls, cfg) else 1)
 
     def measure(self, ctx: MeasureContext, k: int) -> Measured:
-        from trajreg.distributed.shards import is_sharded, measure_shards
-
-        if is_sharded(Path(ctx.directory) / TRAJECTORY):  # FSDP2: one store per rank
-            return measure_shards(ctx, k)
-        store = TrajectoryStore(Path(ctx.directory) / TRAJECTORY)
-        if store.rows < ctx.steps + 1:
-            raise RuntimeError(f"trajectory holds {store.rows} iterates, "
-                               f"the run took {ctx.steps} steps")
+        """D, a, s (and with gradients g_dot, g_norm2) of every step against x_k, as sums
+        over the trajectory's parts (one, or an FSDP2 run's ranks) of each part's
+        partial sums against its entries of x_k."""
+        parts = Parts(Path(ctx.directory) / TRAJECTORY)
+        whole = parts.rows()  # checks an FSDP2 run's stores alike
         T = ctx.steps  # every recorded step, also those after x* = x_k
-        x_star = store.row(k)
-        D, a, s, lr = stream_quantities(store, T, x_star.astype(np.float64))
-        columns = {}
-        grads = Path(ctx.directory) / TRAJECTORY / GRADIENTS
-        if (grads / SIDECAR).is_file():  # recorded with gradients
-            columns["g_dot"], columns["g_norm2"] = stream_gradient_quantities(
-                store, TrajectoryStore(grads), T, x_star.astype(np.float64))
+        if whole.rows < T + 1:
+            raise RuntimeError(f"trajectory holds {whole.rows} iterates, "
+                               f"the run took {T} steps")
+        D = a = s = g_dot = g_norm2 = None
+        lr = np.asarray(whole.lrs[:T], dtype=np.float64)
+        gradients = all((part / GRADIENTS / SIDECAR).is_file() for part in parts.dirs)
+        for part in parts.dirs:
+            store = TrajectoryStore(part)
+            x_star = store.row(k).astype(np.float64)  # this part's entries of x_k
+            q = stream_quantities(store, T, x_star)[:3]
+            D, a, s = q if D is None else (D + q[0], a + q[1], s + q[2])
+            if gradients:
+                g = stream_gradient_quantities(store, TrajectoryStore(part / GRADIENTS), T,
+                                               x_star)
+                g_dot, g_norm2 = g if g_dot is None else (g_dot + g[0], g_norm2 + g[1])
+        assert D is not None and a is not None and s is not None
+        columns = {} if g_dot is None else {"g_dot": g_dot, "g_norm2": g_norm2}
         return measured_every_step(ctx, k, D=D, a=a, s=s, lr=lr, columns=columns,
-                                   x0=store.row(0), x_star=x_star)
+                                   x0=whole.row(0), x_star=whole.row(k))

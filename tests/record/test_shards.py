@@ -1,5 +1,6 @@
-"""Distributed runs without processes: the config, --nproc, failure messages, and the
-sharded trajectory's measurement (sums of per-rank partial sums) against store mode."""
+"""A trajectory recorded in shards (trajreg.record.shards): the index, and each record
+mode's measurement of per-rank parts (sums of per-rank partial sums) against the same
+mode's measurement of the whole vector."""
 
 from __future__ import annotations
 
@@ -10,108 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny
-from trajreg.distributed import shards
-from trajreg.distributed.launch import describe_failure, with_nproc
 from trajreg.errors import ConfigError, DamagedRun
-from trajreg.record.modes.store import stream_quantities
-from trajreg.record.recorder import local_part
+from trajreg.record import shards
+from trajreg.record.modes.store import StoreMode, stream_quantities
 from trajreg.record.store import TrajectoryStore, TrajectoryWriter
-from trajreg.train.config import load_config
-
-
-def _dist(**kw) -> dict:
-    return tiny(train={"epochs": 1, "distributed": kw}, data={"batch_size": 64})
-
-
-def test_distributed_section_is_optional_and_round_trips():
-    plain = load_config(tiny())
-    assert plain.train.distributed is None
-    assert "distributed" not in plain.to_dict()["train"]  # run ids of plain runs unchanged
-    cfg = load_config(_dist(strategy="fsdp", nproc=4))
-    assert (cfg.train.distributed.strategy, cfg.train.distributed.nproc,
-            cfg.train.distributed.backend) == ("fsdp", 4, "gloo")
-    again = load_config(cfg.to_dict())
-    assert again.train.distributed == cfg.train.distributed
-
-
-@pytest.mark.parametrize("section, message", [
-    ({"nproc": 3}, "data.batch_size: 64 is not divisible by train.distributed.nproc 3"),
-    ({"strategy": "zero"}, "train.distributed.strategy: unknown value 'zero'"),
-    ({"backend": "mpi"}, "train.distributed.backend: unknown value 'mpi'"),
-    ({"nproc": 0}, "train.distributed.nproc: must be > 0"),
-    ({"backend": "nccl"}, "train.distributed.backend: nccl needs train.device cuda"),
-])
-def test_bad_distributed_sections_are_one_line_errors(section, message):
-    with pytest.raises(ConfigError) as info:
-        load_config(_dist(**section))
-    assert message in str(info.value) and "\n" not in str(info.value)
-
-
-def test_replay_refused_and_fsdp_modes():
-    with pytest.raises(ConfigError, match="replay cannot measure a distributed run"):
-        load_config(tiny(train={"distributed": {}}, record={"mode": "replay"}))
-    for mode in ("store", "sample", "sketch", "off"):  # every mode but replay
-        load_config(tiny(train={"distributed": {"strategy": "fsdp"}}, record={"mode": mode}))
-    load_config(tiny(train={"distributed": {}}, record={"mode": "sample"}))  # ddp: any
-
-
-def test_nproc_override():
-    cfg = with_nproc(load_config(tiny()), 4)
-    assert cfg.train.distributed.strategy == "ddp" and cfg.train.distributed.nproc == 4
-    cfg = with_nproc(load_config(_dist(strategy="fsdp")), 1)
-    assert (cfg.train.distributed.strategy, cfg.train.distributed.nproc) == ("fsdp", 1)
-    with pytest.raises(ConfigError, match="not divisible"):
-        with_nproc(load_config(tiny()), 5)
-
-
-def test_cli_nproc_argument():
-    from trajreg.cli import parser
-
-    assert parser().parse_args(["run", "c.yaml", "--nproc", "2"]).nproc == 2
-    assert parser().parse_args(["run", "c.yaml"]).nproc is None
-    with pytest.raises(SystemExit):
-        parser().parse_args(["run", "c.yaml", "--nproc", "0"])
-
-
-def test_failure_message_names_the_rank(tmp_path):
-    killed = {"1": {"exitcode": -9, "signal": "SIGKILL", "pid": 42, "timestamp": 5},
-              "0": {"exitcode": 1, "signal": "", "pid": 41, "timestamp": 5}}
-    (tmp_path / "rank-0.error").write_text("RuntimeError: Connection closed by peer\n")
-    message = describe_failure(killed, tmp_path, 1)
-    assert message.startswith("distributed run failed: rank 1 (pid 42) was killed by SIGKILL")
-    assert "rank 0 failed too" in message and "\n" not in message
-    (tmp_path / "rank-1.error").write_text("ConfigError: bad\n")
-    failed = {"1": {"exitcode": 2, "signal": "", "pid": 42, "timestamp": 3}}
-    assert "rank 1 (pid 42) exited with status 2: ConfigError: bad" in describe_failure(
-        failed, tmp_path, 1)
-    assert "status 7" in describe_failure({}, tmp_path, 7)
-    # a rank that raised, then the agent stopped the other with SIGTERM: the one that raised
-    (tmp_path / "rank-1.error").unlink()
-    (tmp_path / "rank-0.error").write_text("ConfigError: analysis.reference: bad\n")
-    stopped = {"1": {"exitcode": -15, "signal": "SIGTERM", "pid": 42, "timestamp": 5},
-               "0": {"exitcode": 2, "signal": "", "pid": 41, "timestamp": 5}}
-    assert describe_failure(stopped, tmp_path, 1).startswith(
-        "distributed run failed: rank 0 (pid 41) exited with status 2: ConfigError")
-    # two ranks raised: the first error line written names the rank
-    import os
-    (tmp_path / "rank-1.error").write_text("ValueError: first\n")
-    os.utime(tmp_path / "rank-1.error", ns=(1, 1))
-    both = {"0": {"exitcode": 1, "pid": 41, "timestamp": 5},
-            "1": {"exitcode": 1, "pid": 42, "timestamp": 5}}
-    assert "rank 1 (pid 42) exited with status 1: ValueError: first" in describe_failure(
-        both, tmp_path, 1)
-
-
-def test_local_part_of_plain_and_sharded_parameters():
-    p = torch.zeros(3, 4)
-    assert local_part(p) is p
-
-    class Sharded:  # what the recorder asks of a DTensor
-        def to_local(self):
-            return p[:1]
-
-    assert local_part(Sharded()).shape == (1, 4)
 
 
 def _split_store(tmp_path, xs, lrs, ranges_by_rank):
@@ -145,17 +48,16 @@ def test_sharded_quantities_equal_the_whole_stores(tmp_path):
     # FSDP-like: each rank a chunk of every "parameter" (interleaved runs of the index)
     traj = _split_store(tmp_path, xs, lrs, [[(0, 5), (10, 3), (20, 9)],
                                             [(5, 5), (13, 7), (29, 8)]])
-    sharded = shards.ShardedTrajectory(traj)
-    sharded.verify(n_steps=T)
+    StoreMode.verify(traj, T)
     store = TrajectoryStore(whole)
     for k in (T, 7):
-        D, a, s, lr = sharded.quantities(T, k)
+        got = StoreMode().measure(_FakeContext(tmp_path, T), k)  # tmp_path/trajectory
         D1, a1, s1, lr1 = stream_quantities(store, T, store.row(k).astype(np.float64))
-        np.testing.assert_allclose(D, D1, rtol=1e-13, atol=1e-12)
-        np.testing.assert_allclose(a, a1, rtol=1e-13, atol=1e-11)
-        np.testing.assert_allclose(s, s1, rtol=1e-13)
-        np.testing.assert_array_equal(lr, lr1)
-        np.testing.assert_array_equal(sharded.row(k), store.row(k))
+        np.testing.assert_allclose(got.D, D1, rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(got.a, a1, rtol=1e-13, atol=1e-11)
+        np.testing.assert_allclose(got.s, s1, rtol=1e-13)
+        np.testing.assert_array_equal(got.lr, lr1)
+        np.testing.assert_array_equal(StoreMode.rows(traj)(k), store.row(k))
 
 
 def test_sharded_index_and_stores_are_checked(tmp_path):
@@ -169,14 +71,14 @@ def test_sharded_index_and_stores_are_checked(tmp_path):
     with pytest.raises(DamagedRun, match="do not cover"):
         shards.check_index(bad, traj / shards.SHARDS)
     with pytest.raises(DamagedRun, match="holds 3 iterates, the run took 5"):
-        shards.ShardedTrajectory(traj).verify(5)
+        StoreMode.verify(traj, 5)
     x = traj / shards.shard_dir(1) / "x-0000.npy"
     offset = np.load(x, mmap_mode="r").offset
     data = bytearray(x.read_bytes())
     data[offset + 2] ^= 0xFF  # inside row 0
     x.write_bytes(bytes(data))
     with pytest.raises(DamagedRun, match="checksum mismatch"):
-        shards.ShardedTrajectory(traj).verify(2)
+        StoreMode.verify(traj, 2)
 
 
 class _FakeRecorder:
@@ -213,9 +115,9 @@ class _FakeContext:
         return 0.0
 
 
-def _record(mode, xs, lrs, cols, directory, gs=None):
+def _record(mode, xs, lrs, cols, directory, gs=None, shard=None):
     rec = _FakeRecorder(xs, cols, gs)
-    mode.open(rec, directory)
+    mode.open(rec, directory, shard=shard)
     for t, lr in enumerate(lrs):
         rec.steps = t
         mode.pre_step(rec, t, lr)
@@ -231,10 +133,10 @@ def test_sharded_sample_measures_what_the_whole_sample_measures(tmp_path):
     xs, gs, lrs = _trajectory(rng, T, d)
     whole, split = tmp_path / "whole", tmp_path / "split"
     _record(SampleMode(rate=0.1, seed=3), xs, lrs, np.arange(d), whole / "trajectory", gs)
-    _record_shards(lambda rr: SampleMode(rate=0.1, seed=3), xs, gs, lrs, d,
+    _record_shards(lambda: SampleMode(rate=0.1, seed=3), xs, gs, lrs, d,
                    [[[0, 4], [9, 6]], [[4, 5], [15, 8]]], split / "trajectory")
     one = SampleMode(rate=0.1, seed=3).measure(ctx_one := _FakeContext(whole, T), T)
-    two = shards.ShardedSampleMode.from_config(None, 0).measure(
+    two = SampleMode.from_config(None, 0).measure(
         ctx_two := _FakeContext(split, T), T)
     assert len(one.steps) > 5
     np.testing.assert_array_equal(two.steps, one.steps)
@@ -262,13 +164,13 @@ def _trajectory(rng, T, d):
 
 def _record_shards(make_mode, xs, gs, lrs, d, ranges, traj):
     """Each rank's entries (``ranges``) recorded into ``traj/rank-N`` by its own mode
-    (``make_mode(ranges)``), and the index, as the FSDP2 worker does."""
+    (``make_mode()``) given its ``Shard``, and the index, as the FSDP2 worker does."""
     entries = []
     for rank, rr in enumerate(ranges):
         cols = np.concatenate([np.arange(s, s + n) for s, n in rr])
-        _record(make_mode(rr), xs, lrs, cols, traj / shards.shard_dir(rank), gs)
-        entries.append({"rank": rank, "dir": shards.shard_dir(rank), "d": len(cols),
-                        "ranges": rr})
+        shard = shards.Shard(rank, len(ranges), tuple((s, n) for s, n in rr), d)
+        _record(make_mode(), xs, lrs, cols, traj / shard.dir, gs, shard=shard)
+        entries.append(shard.entry())
     shards.write_index(traj, d, entries)
 
 
@@ -287,8 +189,8 @@ def test_sharded_sketch_sums_to_the_whole_sketch(tmp_path, k):
     whole, split = tmp_path / "whole", tmp_path / "split"
     _record(SketchMode(dim=k, check_rate=0.1, seed=3), xs, lrs, np.arange(d),
             whole / "trajectory", gs)
-    _record_shards(lambda rr: shards.ShardedSketchMode(dim=k, check_rate=0.1, seed=3).shard(
-        rr, d), xs, gs, lrs, d, ranges, split / "trajectory")
+    _record_shards(lambda: SketchMode(dim=k, check_rate=0.1, seed=3), xs, gs, lrs, d, ranges,
+                   split / "trajectory")
     index = shards.read_index(split / "trajectory")
     for name in (SKETCHES, GRAD_SKETCHES):
         one = TrajectoryStore(whole / "trajectory" / name)
@@ -300,7 +202,7 @@ def test_sharded_sketch_sums_to_the_whole_sketch(tmp_path, k):
         np.testing.assert_allclose(two.read(0, one.rows), one.read(0, one.rows), rtol=1e-12,
                                    atol=1e-12 * np.abs(one.read(0, one.rows)).max())
     one = SketchMode(dim=k, check_rate=0.1, seed=3).measure(ctx_one := _FakeContext(whole, T), T)
-    two = shards.ShardedSketchMode(dim=k, check_rate=0.1, seed=3).measure(
+    two = SketchMode(dim=k, check_rate=0.1, seed=3).measure(
         ctx_two := _FakeContext(split, T), T)
     np.testing.assert_array_equal(two.steps, one.steps)
     for name in ("D", "a", "s", "lr"):
@@ -323,9 +225,11 @@ def test_sharded_sketch_sums_to_the_whole_sketch(tmp_path, k):
 
 def test_sharded_sketch_dim_is_checked_on_the_whole_vector(tmp_path):
     xs, gs, lrs = _trajectory(np.random.default_rng(3), 4, 10)
-    mode = shards.ShardedSketchMode(dim=8, seed=1).shard([[0, 5]], 10)  # d_r 5 < 8 < d
-    _record(mode, xs, lrs, np.arange(5), tmp_path / "ok", gs)
+    from trajreg.record.modes.sketch import SketchMode
+
+    shard = shards.Shard(0, 2, ((0, 5),), 10)
+    mode = SketchMode(dim=8, seed=1)  # d_r 5 < 8 < d
+    _record(mode, xs, lrs, np.arange(5), tmp_path / "ok", gs, shard=shard)
     assert mode.k == 8 and not mode.identity
     with pytest.raises(ConfigError, match="sketch_dim: 11 is more than the model's 10"):
-        _record(shards.ShardedSketchMode(dim=11).shard([[0, 5]], 10), xs, lrs, np.arange(5),
-                tmp_path / "bad", gs)
+        _record(SketchMode(dim=11), xs, lrs, np.arange(5), tmp_path / "bad", gs, shard=shard)

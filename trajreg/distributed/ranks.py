@@ -1,4 +1,8 @@
-"""A ``RegularitySession`` under data-parallel training (DDP): what the ranks share.
+"""The rank protocol of a run that other code trains (``RegularitySession``): what the
+ranks share. One protocol for one process and for many: on one process (no
+torch.distributed process group, or a group of one) every collective is a no-op that
+returns this process's own values, as torch.distributed.checkpoint's wrapper does, so
+the session has one code path.
 
 Under DDP every rank holds every parameter and takes the same optimizer steps on its
 own part of each global batch. So rank 0 alone records the trajectory (the leader),
@@ -22,18 +26,17 @@ have succeeded: before measuring, and before the leader renames the run director
 Under FSDP2 (DTensor parameters sharded on dim 0, e.g. Lightning's
 ``ModelParallelStrategy`` with ``fully_shard``) no rank holds every parameter, so every
 rank records its own shard into the leader's partial directory (``trajectory/rank-N/``
-and ``shards.json``, the layout of ``trajreg.distributed.shards``); the leader sums the
-per-rank partial sums of D_t, a_t, s_t, and ``load(x)`` puts each rank's entries of x
-into its shards (``Sharding``). A forward pass is then itself a collective, so every
-rank reads all of a command's micro-batches before the first forward and the ranks
-agree on which steps are complete.
+and ``shards.json``, the layout of ``trajreg.record.shards``); the leader's record mode
+sums the per-rank partial sums of D_t, a_t, s_t, and ``load(x)`` puts each rank's
+entries of x into its shards (``trajreg.record.shards.put_local``). A forward pass is
+then itself a collective, so every rank reads all of a command's micro-batches before
+the first forward and the ranks agree on which steps are complete.
 """
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -55,20 +58,23 @@ def _line(exc: BaseException) -> str:
 
 
 class Ranks:
-    """This process's place in a data-parallel run: ``rank`` of ``world``, and a gloo
-    group (``timeout`` seconds per collective) for the session's collectives."""
+    """This process's place in a run: ``rank`` of ``world``, and a gloo group
+    (``timeout`` seconds per collective) for the session's collectives; one process
+    (``world`` 1, no group): every collective returns this process's values."""
 
-    def __init__(self, rank: int, world: int, group: Any, timeout: float) -> None:
+    def __init__(self, rank: int = 0, world: int = 1, group: Any = None,
+                 timeout: float = 1800.0) -> None:
         self.rank, self.world, self.group, self.timeout = rank, world, group, timeout
 
     @classmethod
-    def detect(cls, timeout: float) -> Ranks | None:
-        """The ranks when torch.distributed is initialised with more than one process
-        (every rank must call this at the same point: it creates a group), else None."""
+    def detect(cls, timeout: float) -> Ranks:
+        """The ranks of the torch.distributed process group (every rank must call this at
+        the same point: it creates a group); one process when there is none, or one of
+        a single process."""
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-            return None
+            return cls(timeout=float(timeout))
         group = dist.new_group(backend="gloo",
                                timeout=datetime.timedelta(seconds=float(timeout)))
         return cls(dist.get_rank(), dist.get_world_size(), group, float(timeout))
@@ -76,6 +82,11 @@ class Ranks:
     @property
     def leader(self) -> bool:
         return self.rank == 0
+
+    @property
+    def single(self) -> bool:
+        """One process: the collectives are no-ops."""
+        return self.world == 1
 
     def _collective(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run a collective; a peer that died or timed out becomes a ``RankFailed``."""
@@ -98,6 +109,11 @@ class Ranks:
         Returns every rank's ``facts``."""
         import torch.distributed as dist
 
+        if self.single:
+            if error is not None:
+                raise error
+            return [facts]
+
         def gather() -> list:
             dist.monitored_barrier(group=self.group,
                                    timeout=datetime.timedelta(seconds=self.timeout),
@@ -116,7 +132,11 @@ class Ranks:
         return [f for _, f in every]
 
     def broadcast_object(self, what: str, obj: Any = None) -> Any:
+        """Rank 0's ``obj`` on every rank."""
         import torch.distributed as dist
+
+        if self.single:
+            return obj
 
         box = [obj]
         self._collective(what, lambda: dist.broadcast_object_list(box, src=0,
@@ -128,6 +148,8 @@ class Ranks:
         import torch.distributed as dist
 
         t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).clone()
+        if self.single:
+            return t.numpy()
         self._collective(what, lambda: dist.all_reduce(t, group=self.group))
         return t.numpy()
 
@@ -152,6 +174,8 @@ class Ranks:
     def allmax(self, what: str, value: float) -> float:
         import torch.distributed as dist
 
+        if self.single:
+            return float(value)
         t = torch.tensor([value], dtype=torch.float64)
         self._collective(what, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX,
                                                        group=self.group))
@@ -168,6 +192,8 @@ class Ranks:
 
     def send(self, op: int, payload: np.ndarray | None = None, flag: int = 0) -> None:
         """The leader's command to the followers (``receive`` on each of them)."""
+        if self.single:
+            return
         if payload is None:
             self._broadcast(torch.tensor([op, 0, 0, flag], dtype=torch.int64))
             return
@@ -190,31 +216,6 @@ class Ranks:
         return op, self._broadcast(payload), flag
 
 
-class Sharding:
-    """This rank's entries of the global flat vector x under FSDP2: ``ranges`` (runs of
-    the global index, in the order of the local shards) and the global ``d``."""
-
-    def __init__(self, params: list[torch.Tensor], rank: int, world: int) -> None:
-        from trajreg.distributed.shards import local_ranges
-
-        self.ranges, self.d = local_ranges(params, rank, world)
-
-    def put(self, model: torch.nn.Module, params: list[torch.Tensor], x: np.ndarray) -> None:
-        """Copy this rank's entries of the whole vector ``x`` into its local shards."""
-        from trajreg.record.recorder import local_part
-
-        reshard(model)  # else the next forward would use the parameters gathered before
-        parts = [x[start : start + length] for start, length in self.ranges]
-        local = torch.from_numpy(np.concatenate(parts) if parts else np.asarray(x)[:0])
-        offset = 0
-        with torch.no_grad():
-            for p in params:
-                shard = local_part(p)
-                n = shard.numel()
-                shard.copy_(local[offset : offset + n].view_as(shard))
-                offset += n
-
-
 def reshard(model: torch.nn.Module) -> None:
     """FSDP2: drop the whole parameters a forward pass left gathered (the root module
     keeps them after its forward), so that the next forward gathers the shards again."""
@@ -227,19 +228,6 @@ def reshard(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
-
-
-def sharded_rows(trajectory: Path, sample: bool) -> Callable[[int], np.ndarray | None]:
-    """x_t by step, assembled from every rank's shard (None where a sample lacks it)."""
-    from trajreg.distributed.shards import ShardedTrajectory, assemble, read_index
-    from trajreg.record.modes.sample import SampleStore
-
-    if not sample:
-        return ShardedTrajectory(trajectory).row
-    index = read_index(trajectory)
-    stores = [SampleStore(Path(trajectory) / s["dir"]) for s in index["shards"]]
-    return lambda t: (assemble(index, [store.row(t) for store in stores])
-                      if stores[0].has(t) else None)
 
 
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
