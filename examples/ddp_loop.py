@@ -8,7 +8,7 @@ Every rank runs this script: it builds the same model, wraps it in
 ``DistributedSampler``). Every rank also runs the same ``RegularitySession`` (the
 lines marked ``# trajreg``): rank 0 records the trajectory and writes the run
 directory, every rank keeps its own micro-batches, and after training the ranks
-rebuild each step's loss together (``trajreg.integrations.ranks``). ``start`` and
+rebuild each step's loss together (``trajreg.distributed.ranks``). ``start`` and
 ``finish`` take the unwrapped module: a DDP forward pass is a collective, while the
 session's rebuild runs each rank's forward passes on its own.
 """

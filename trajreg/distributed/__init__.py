@@ -8,10 +8,11 @@ as a single process would; under FSDP2 every rank records its own shard and the
 per-step quantities are sums of per-rank partial sums. See docs/distributed.md.
 
 Modules: ``launch`` (the launching process), ``agent`` (torch.distributed's elastic
-agent), ``worker`` (one rank), ``train`` (the loop on a rank), ``shards`` (the sharded
-trajectory and its exact measurement: store, sample, sketch), ``measure`` (rank 0's
+agent), ``worker`` (one rank), ``train`` (the loop on a rank), ``measure`` (rank 0's
 measuring context: F evaluated as the ranks evaluate it), ``process`` (start and orderly
-end of a rank).
+end of a rank), ``ranks`` (the rank protocol of a session: one code path for one process
+and for many). The sharded trajectory and its exact measurement belong to the record
+modes (``trajreg.record.shards``).
 Importing this package imports neither torch.distributed nor the launcher.
 """
 

@@ -14,7 +14,7 @@ is exact and what is not; x* is the end of training. Models must return a loss
 Data-parallel training (``torchrun --nproc_per_node N script.py``; the Trainer wraps
 the model in DDP): every rank keeps its own micro-batches, rank 0 alone records the
 trajectory and writes ``out``, and each step's loss is added over the ranks
-(``trajreg.integrations.ranks``): their sum when the losses were normalised by the
+(``trajreg.distributed.ranks``): their sum when the losses were normalised by the
 global token count (``num_items_in_batch`` with ``average_tokens_across_devices``, the
 default, under which the Trainer scales the loss by the number of processes), else
 their mean. ``fsdp`` and ``deepspeed`` arguments are refused when the Trainer is

@@ -8,7 +8,7 @@ clipping, schedulers and precision plugins act inside the step the recorder sees
 so x_t, D_t, a_t, s_t stay exact. See ``trajreg.integrations.session`` for what is
 exact and what is not; x* is the end of the fit.
 
-Distributed fits (``trajreg.integrations.ranks``): every rank keeps its own
+Distributed fits (``trajreg.distributed.ranks``): every rank keeps its own
 micro-batches and each step's loss is the mean of the ranks' losses; rank 0 writes
 ``out``. Under DDP (``strategy="ddp"``, ...) rank 0 alone records the trajectory; under
 FSDP2 (``ModelParallelStrategy`` whose ``configure_model`` applies ``fully_shard``, data

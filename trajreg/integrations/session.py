@@ -171,7 +171,7 @@ class RegularitySession:
             saved) or ``sketch``, by name with its defaults or as a mode instance
             (e.g. ``SampleMode(rate=0.1, seed=1)``). Steps not measured exactly take
             l_t(x_t) from the loss the framework computed.
-        timeout: under data-parallel training (``trajreg.integrations.ranks``), the
+        timeout: under data-parallel training (``trajreg.distributed.ranks``), the
             seconds a rank waits for the others in one of the session's collectives
             before it fails.
         interpolation: evaluate the session's F on the segment from x_0 to x* (the
@@ -196,7 +196,7 @@ class RegularitySession:
     own ``.NAME.partial-*`` directory beside ``out``, removed at the end), rebuilds l_t
     on them, and the ranks' losses are added (``rank_combine``: their mean, or their
     sum for losses normalised by the global batch's size). See
-    ``trajreg.integrations.ranks``.
+    ``trajreg.distributed.ranks``.
     """
 
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
