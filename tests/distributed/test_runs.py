@@ -333,3 +333,35 @@ def test_fsdp_run_without_its_trajectory(runs, tmp_path):
     assert summary.gamma_hat == kept.gamma_hat and summary.mu_hat == kept.mu_hat
     again = runner.analyze(path, eps=[0.0, 0.1], progress=False)
     assert again.gamma_hat["0.0"] == kept.gamma_hat["0.0"]
+
+
+@pytest.mark.parametrize("name, damage, why", [
+    ("trajectory/rank-00001/x.bin", "cut", "(truncated?)"),
+    ("trajectory/rank-00000/sketch/x-0000.npy", "flip", "checksum mismatch"),
+    ("trajectory/rank-00001/s.bin", "flip", "checksum mismatch"),
+    ("trajectory/rank-00001/sample.json", "kept", "its sample differs from rank 0's"),
+])
+def test_damaged_fsdp_sketch_run_is_refused_by_analyze(runs, tmp_path, name, damage, why):
+    """An FSDP2 sketch run's per-rank files are verified as a single process's are (the
+    mode's own verify, over every rank's part): one line, exit 2, the run unchanged."""
+    from tests.regressions._damaged_runs import analyze, copy_run, damaged_line, files
+
+    run = copy_run(runs["fsdp-sketch"][0], tmp_path / "r", manifest=damage != "kept")
+    path = run / name
+    if damage == "cut":
+        path.write_bytes(path.read_bytes()[:-5])
+    elif damage == "flip":
+        data = bytearray(path.read_bytes())
+        data[-9] ^= 0x10
+        path.write_bytes(bytes(data))
+    else:  # another kept step on rank 1 only: a sample no longer the ranks' common one
+        meta = json.loads(path.read_text())
+        meta["lr"][0] *= 2
+        path.write_text(json.dumps(meta))
+    before = files(run)
+    status, err, after = analyze(run)
+    assert status == 2 and len(err.splitlines()) == 1, err
+    start = damaged_line(run, name) if damage != "kept" else damaged_line(
+        run, "trajectory/rank-00001")
+    assert err.startswith(start) and why in err, err
+    assert after == before
