@@ -1,4 +1,5 @@
-"""Doctests of the interval, sketch and geometry modules; they import neither torch nor scipy."""
+"""Doctests of the interval, sketch, geometry and onepass modules; they import neither torch
+nor scipy."""
 
 import doctest
 import importlib
@@ -12,6 +13,7 @@ MODULES = [
     "trajreg.principle.interval",
     "trajreg.principle.sketch",
     "trajreg.principle.geometry",
+    "trajreg.principle.onepass",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]

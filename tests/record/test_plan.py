@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -18,8 +17,6 @@ from trajreg.record.modes.sample import (
     SampleMode,
     StepSampler,
     effective_rate,
-    onepass_summary,
-    sketch_check,
 )
 from trajreg.record.modes.sketch import DEFAULT_CHECK_STEPS, SketchMode
 from trajreg.record.modes.store import StoreMode
@@ -174,104 +171,6 @@ def test_config_keys_and_defaults():
             load_config(tiny(record={"mode": "sample", key: bad}))
     with pytest.raises(ConfigError, match=r"^record\.sample_min_steps: must be an integer"):
         load_config(tiny(record={"mode": "sample", "sample_min_steps": 2.5}))
-
-
-def _table(a, b, s, lr, sketched=None):
-    n = len(a)
-    table = pd.DataFrame({"step": np.arange(0, 2 * n, 2), "a": a, "b": b, "s": s, "lr": lr,
-                          "D": np.ones(n)})
-    if sketched is not None:  # mode sketch: every step estimated, a_exact on all of them
-        table = pd.DataFrame({"step": np.arange(n), "a": sketched, "b": b, "s": s, "lr": lr,
-                              "D": np.ones(n), "a_exact": a, "D_exact": np.ones(n)})
-    return table
-
-
-def test_insufficient_samples_warns_in_the_callers_words():
-    rng = np.random.default_rng(0)
-    n = 20
-    table = _table(rng.random(n) + 1, np.ones(n), np.zeros(n), np.full(n, 0.1))
-    with pytest.warns(UserWarning, match="insufficient samples") as w:
-        onepass_summary(table, np.ones(n, bool), np.full(n, 0.05), (0.0, 0.05),
-                        words=SESSION_WORDS)
-    text = str(w[0].message)
-    assert "SampleMode(rate=...)" in text and "SampleMode(min_steps=...)" in text
-    assert "record." not in text
-
-
-def test_sketch_check_compares_gamma_hat_on_the_same_steps():
-    rng = np.random.default_rng(1)
-    n = 100
-    a = 1.0 + rng.random(n)  # b = 1, s = 0: r_t = a_t
-    b, s, delta = np.ones(n), np.zeros(n), np.zeros(n)
-    same = sketch_check(a, a, b, s, delta, (0.0, 0.05))
-    assert same == {"n_window": n, "gamma_rel": {"0.05": 0.0},
-                    "a_rel_at_quantile": {"0.05": 0.0}}  # eps 0 is left out
-    low = a * 0.8  # a sketch 20% low everywhere
-    got = sketch_check(low, a, b, s, delta, (0.05,))
-    assert got["gamma_rel"]["0.05"] == pytest.approx(0.2)
-    assert got["a_rel_at_quantile"]["0.05"] == pytest.approx(0.2)
-    # the summary's sketch_error carries it, and warns in the caller's words
-    table = _table(a, b, s, np.full(n, 0.1), sketched=low)
-    with pytest.warns(UserWarning, match=r"gamma_hat\(0.05\) is 20.0% off") as w:
-        out = onepass_summary(table, np.ones(n, bool), np.zeros(n), (0.0, 0.05),
-                              words=SESSION_WORDS)
-    assert "SketchMode(dim=...)" in str(w[0].message)
-    err = out["sketch_error"]
-    assert err["n"] == err["n_window"] == n and err["gamma_rel"]["0.05"] == pytest.approx(0.2)
-    with warnings.catch_warnings():  # within 10%: no warning
-        warnings.simplefilter("error")
-        onepass_summary(_table(a, b, s, np.full(n, 0.1), sketched=a * 0.95),
-                        np.ones(n, bool), np.zeros(n), (0.0, 0.05))
-
-
-def _brute_gamma(a, b, s, delta, eps):
-    """gamma_hat(eps) by its definition (the largest breakpoint r_t, b_t > 0, with at
-    most floor(eps n) violations a_t < gamma b_t + delta_t s_t) and the steps at it."""
-    n = len(a)
-    allowed = int(np.floor(round(eps * n, 9)))
-    best, at = -np.inf, []
-    for i in range(n):
-        if b[i] <= 0:
-            continue
-        g = (a[i] - delta[i] * s[i]) / b[i]
-        # a violation by more than rounding (step i itself sits on its breakpoint)
-        if sum(a[j] - delta[j] * s[j] < g * b[j] - 1e-12 for j in range(n)) <= allowed:
-            if g > best:
-                best, at = g, [i]
-            elif g == best:
-                at.append(i)
-    return best, at
-
-
-def test_sketch_check_brute_force():
-    """gamma_rel and a_rel_at_quantile against a brute force on random windows with
-    b_t of both signs, s_t > 0 and a sketch error that differs step by step."""
-    from trajreg.principle import gamma_hat
-
-    for seed in range(20):
-        rng = np.random.default_rng(seed)
-        n = int(rng.integers(5, 40))
-        a = rng.normal(1.0, 0.5, n)
-        b = rng.normal(0.8, 0.6, n)
-        s, delta = rng.random(n), np.full(n, 0.05)
-        a_sk = a * (1 + rng.normal(0, 0.2, n))
-        eps = (0.0, 0.05, 0.1, 0.25)
-        got = sketch_check(a_sk, a, b, s, delta, eps)
-        assert got["n_window"] == n and set(got["gamma_rel"]) == {"0.05", "0.1", "0.25"}
-        for e in eps[1:]:
-            g_ex, at_ex = _brute_gamma(a, b, s, delta, e)
-            g_sk, at_sk = _brute_gamma(a_sk, b, s, delta, e)
-            assert g_ex == pytest.approx(gamma_hat(a, b, s, delta, e))
-            rel = got["gamma_rel"][str(e)]
-            if np.isfinite(g_ex) and g_ex != 0:
-                assert rel == pytest.approx(abs(g_sk - g_ex) / abs(g_ex))
-            else:
-                assert rel is None
-            deciding = {i for i in at_ex[:1] + at_sk[:1]
-                        if np.isfinite(a[i]) and a[i] != 0}
-            want = max((abs(a_sk[i] - a[i]) / abs(a[i]) for i in deciding), default=None)
-            assert got["a_rel_at_quantile"][str(e)] == (
-                None if want is None else pytest.approx(want)), (seed, e)
 
 
 def test_default_dim_keeps_x_itself_where_a_sketch_would_not_save_disk():

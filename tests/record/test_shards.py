@@ -101,7 +101,9 @@ class _FakeRecorder:
         return g.clone() if out is None else out.copy_(g)
 
 
-class _FakeContext:
+class _FakeContext:  # a MeasureContext without the interpolation (mli False)
+    mli = False
+
     def __init__(self, directory, steps):
         self.directory, self.steps, self.loaded = directory, steps, None
 
@@ -113,6 +115,12 @@ class _FakeContext:
 
     def f_star(self, k):
         return 0.0
+
+    def replay(self, k):
+        raise AssertionError("not replayed")
+
+    def interpolated_losses(self, alphas, x0, x_star):
+        raise AssertionError("mli is False")
 
 
 def _record(mode, xs, lrs, cols, directory, gs=None, shard=None):

@@ -55,6 +55,7 @@ from trajreg.principle.interval import (
     quantile_interval,
     ratio_interval,
 )
+from trajreg.principle.onepass import onepass_summary, sketch_check
 from trajreg.principle.quantities import (
     TrajectoryQuantities,
     cosine,
@@ -125,6 +126,7 @@ __all__ = [
     "mli_alphas",
     "mli_summary",
     "mu_hat",
+    "onepass_summary",
     "order_statistic_ranks",
     "path_ratio",
     "quantile_interval",
@@ -134,6 +136,7 @@ __all__ = [
     "rp_holds",
     "rsi",
     "rsi_eb_ratio",
+    "sketch_check",
     "sketch_quantities",
     "sketch_relative_error",
     "sketch_sd",

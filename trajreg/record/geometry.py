@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ import torch
 from trajreg import principle as P
 from trajreg.record.measured import Measured
 from trajreg.record.store import TrajectoryStore
+
+if TYPE_CHECKING:
+    from trajreg.record.modes.base import MeasureContext
 
 GRADIENTS = "grad"  # store mode: trajectory/grad/, a trajectory store of g_0 .. g_{T-1}
 MLI_POINTS = 21  # alphas of the interpolation (principle.mli_alphas)
@@ -167,27 +170,27 @@ def read_step_norms(path: Path, count: int) -> np.ndarray:
     return values
 
 
-def endpoint_summary(ctx: Any, k: int, x0: np.ndarray, x_star: np.ndarray,
+def endpoint_summary(ctx: MeasureContext, k: int, x0: np.ndarray, x_star: np.ndarray,
                      step_norms: np.ndarray) -> dict[str, Any]:
     """``path_ratio`` = sum_{t < k} ||u_t|| / ||x_0 - x*|| (``step_norms`` are ||u_t|| of
     steps 0..k-1) and ``mli``: F at x_0 + alpha (x* - x_0) for the 21 alphas of
     ``principle.mli_alphas``, ``{"alpha", "loss", "monotone", "max_bump"}``, when the
-    context can evaluate it (``interpolated_losses``; not when ``ctx.mli`` is False)."""
+    context evaluates it (``ctx.interpolated_losses``, when ``ctx.mli``)."""
     x0 = np.asarray(x0, dtype=np.float64)
     x_star = np.asarray(x_star, dtype=np.float64)
     diff = x0 - x_star
     out: dict[str, Any] = {"path_ratio": P.path_ratio(np.asarray(step_norms)[:k],
                                                       math.sqrt(float(diff @ diff)))}
-    if getattr(ctx, "mli", True) and hasattr(ctx, "interpolated_losses"):
+    if ctx.mli:
         alphas = P.mli_alphas(MLI_POINTS)
-        losses = np.asarray(ctx.interpolated_losses(alphas, x0, x_star), dtype=np.float64)
+        losses = np.asarray(ctx.interpolated_losses(alphas.tolist(), x0, x_star), dtype=np.float64)
         m = P.mli_summary(alphas, losses)
         out["mli"] = {"alpha": alphas.tolist(), "loss": losses.tolist(),
                       "monotone": bool(m.monotone), "max_bump": m.max_bump}
     return out
 
 
-def measured_every_step(ctx: Any, k: int, *, D: np.ndarray, a: np.ndarray, s: np.ndarray,
+def measured_every_step(ctx: MeasureContext, k: int, *, D: np.ndarray, a: np.ndarray, s: np.ndarray,
                         lr: np.ndarray, columns: dict, x0: np.ndarray,
                         x_star: np.ndarray) -> Measured:
     """The ``Measured`` of a mode that has D, a, s of every step 0..T-1 against x* = x_k:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ import pandas as pd
 from trajreg import principle as P
 from trajreg.record.measured import Measured
 from trajreg.record.modes import MODES
-from trajreg.record.modes.sample import onepass_summary
+from trajreg.record.modes.base import with_words
 from trajreg.run.summary import Summary, trained
 from trajreg.train.config import AnalysisConfig
 from trajreg.train.loop import TrainLog
@@ -22,6 +23,7 @@ METRIC_COLUMNS = ["step", "epoch", "lr", "loss", "loss_star", "D", "a", "s", "b"
                   "cos_v", "r", "full_loss"]
 # from D and a mode's g_dot, g_norm2 (recorded gradients); recomputed on re-analysis
 GEOMETRY_COLUMNS = ("rsi", "eb", "cos_g")
+SKETCH_ERROR_WARN = 0.10  # sketch_error.gamma_rel above which the analysis warns
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,66 @@ def summarize(table: pd.DataFrame, *, log: TrainLog, reference_step: int, f_star
                     "delta": "eta/2" if options.delta is None else options.delta,
                     "window": "converging phase" if options.window is None else "given"},
         # a random sample of steps (one-pass modes): intervals for the full window
-        **(onepass_summary(table, w, delta, tuple(options.eps), words=words)
+        **(sampled_summary(table, w, delta, tuple(options.eps), words=words)
            if sampled else {}),
         **geometry_summary(table, w, options.eps),
     }
+
+
+def sampled_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
+                    eps: tuple[float, ...], confidence: float = 0.95,
+                    words: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The summary keys of a run measured on a random sample of steps (``{}`` otherwise):
+    ``trajreg.principle.onepass_summary`` of the step table's columns, and its warnings.
+
+    ``table`` is the analysis' step table, ``window`` its rows in the analysis window,
+    ``delta`` delta_t of every row. The exact sample is every row of a sampled table
+    (mode sample), or the rows with a finite ``a_exact`` (mode sketch: the table holds
+    every step, estimated; ``a_exact``/``D_exact`` are exact on its check sample).
+
+    Warns when the sample of a mode sample run cannot bound gamma_hat on both sides
+    (``insufficient samples``; a sketch's check sample is small by design), and when
+    the sketch's gamma_hat on the check steps is more than ``SKETCH_ERROR_WARN`` off.
+    ``words``: how the caller's API spells the options, for the warnings
+    (``RecordMode.plan``; None: the config keys).
+    """
+    w = with_words(words)
+    col = {c: table[c].to_numpy() for c in ("step", "a", "b", "s", "lr")}
+    sketch = ({"a_exact": table["a_exact"].to_numpy(), "D": table["D"].to_numpy(),
+               "D_exact": table["D_exact"].to_numpy()} if "a_exact" in table.columns else {})
+    out = P.onepass_summary(col["step"], col["a"], col["b"], col["s"], col["lr"], delta,
+                            window, eps, confidence, **sketch)
+    if not out:
+        return out
+    if "sketch_error" in out:
+        _warn_sketch(out["sketch_error"], w)
+        return out
+    short = [key for key, (low, high) in out["gamma_hat_ci"].items()
+             if high is None or (float(key) > 0 and low is None)]
+    if short:
+        warnings.warn(f"insufficient samples: {out['n_sampled_window']} exactly measured steps "
+                      f"in the analysis window cannot bound gamma_hat({', '.join(short)}) on "
+                      f"both sides (null in gamma_hat_ci); raise {w['min_steps']} or "
+                      f"{w['rate']}, or train longer", UserWarning, stacklevel=3)
+    return out
+
+
+def _warn_sketch(err: dict[str, Any], w: Mapping[str, str]) -> None:
+    """Warn when the sketch's gamma_hat on the check steps is more than 10% off."""
+    bad = {key: v for key, v in err.get("gamma_rel", {}).items()
+           if v is not None and v > SKETCH_ERROR_WARN}
+    if not bad:
+        return
+    worst = max(bad, key=lambda key: bad[key])
+    at = err["a_rel_at_quantile"].get(worst)
+    warnings.warn(f"sketch_error: on the {err['n_window']} exactly checked steps of the analysis "
+                  f"window the sketch's gamma_hat({worst}) is {100 * bad[worst]:.1f}% off the "
+                  f"exact value (more than {100 * SKETCH_ERROR_WARN:.0f}%"
+                  + ("" if at is None else f"; a_t's error at the deciding step "
+                     f"{100 * at:.1f}%") + "): the run's gamma_hat is likely off as much. "
+                  f"Raise {w['dim']} (the error falls as 1/sqrt(k): "
+                  f"{(bad[worst] / 0.05) ** 2:.0f}x k for about 5%), or record with mode "
+                  "store", UserWarning, stacklevel=4)
 
 
 def geometry_summary(table: pd.DataFrame, w: np.ndarray, eps: tuple[float, ...]) -> dict:

@@ -92,12 +92,15 @@ class MeasureContext(Protocol):
     a UserError). ``interpolated_losses(alphas, x0, x_star)`` is F, evaluated as F_k
     is, at (1 - alpha) x0 + alpha x* for each alpha (the reference loop interpolates
     batch-norm running statistics the same way between the initial and the final
-    ones); a context may leave it out, or set ``mli = False`` to skip it (the
-    sensitivity analysis' second reference).
+    ones). ``mli`` says whether the measurement evaluates it (the ``mli`` summary key):
+    False skips it (``record.interpolation`` false, the sensitivity analysis' second
+    reference, an FSDP2 session whose ranks hold shards); a context that sets it False
+    may then raise from ``interpolated_losses``.
     """
 
     directory: Path
     steps: int
+    mli: bool
 
     def load(self, x: np.ndarray) -> None: ...
 

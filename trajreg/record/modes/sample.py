@@ -14,7 +14,7 @@ and x_{t+1} (each just before its step, as store mode takes every row) to
 streams, so they equal store mode's values bit for bit, and b_t = l_t(x_t) - l_t(x*)
 from step t's own minibatch and random state. The summary gets confidence intervals
 for the full window's estimates (``trajreg.principle.interval``; see
-``onepass_summary``). Memory O(d); disk about 2 R d floats a step.
+``trajreg.principle.onepass_summary``). Memory O(d); disk about 2 R d floats a step.
 
 Reference point: x* = x_T (``reanalyse = ("final",)``). The mode always stores x_0,
 x_{T-1} and x_T, so a diverged run (its reference is x_{T-1}, the last iterate before
@@ -40,19 +40,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 
 from trajreg.errors import ConfigError, DamagedRun, UserError
-from trajreg.principle import (
-    gamma_bar_interval,
-    gamma_hat,
-    gamma_hat_interval,
-    gradient_quantities,
-    kappa_hat_interval,
-    ratio,
-    trajectory_quantities,
-)
+from trajreg.principle import gradient_quantities, trajectory_quantities
 from trajreg.record.geometry import SquaredNorms, endpoint_summary
 from trajreg.record.measured import Measured
 from trajreg.record.modes.base import (
@@ -62,7 +53,6 @@ from trajreg.record.modes.base import (
     foreign_sidecars,
     gradients_option,
     read_sidecar_json,
-    with_words,
 )
 from trajreg.record.shards import SHARDS, Parts, Shard
 
@@ -83,7 +73,6 @@ MIN_WINDOW = 72  # fewest window samples with a two-sided 95% interval for eps =
 # then expects 100 samples (72 is 4.8 sd below); windows down to 41% of it hold 72 in
 # 97.5% of runs. Runs of <= 200 steps keep every step (exact, no interval needed).
 DEFAULT_MIN_STEPS = 200
-SKETCH_ERROR_WARN = 0.10  # sketch_error.gamma_rel above which the analysis warns
 
 
 def effective_rate(rate: float, min_steps: int, steps: int | None) -> float:
@@ -576,135 +565,3 @@ def read_samples(parts: Parts) -> list[SampleStore]:
                 and store.gradients == first.gradients):
             raise DamagedRun(f"{store.dir}: its sample differs from rank 0's")
     return stores
-
-
-# ---------------------------------------------------------------- the summary's intervals
-
-
-def _interval(iv: Any) -> list[float | None]:
-    return [None if v is None else float(v) for v in iv]
-
-
-def onepass_summary(table: pd.DataFrame, window: np.ndarray, delta: np.ndarray,
-                    eps: tuple[float, ...], confidence: float = 0.95,
-                    words: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The summary keys of a run measured on a random sample of steps (``{}`` otherwise).
-
-    ``table`` is the analysis' step table, ``window`` its rows in the analysis window,
-    ``delta`` delta_t of every row. The exact sample is every row of a sampled table
-    (mode sample), or the rows with a finite ``a_exact`` (mode sketch: the table holds
-    every step, estimated; ``a_exact``/``D_exact`` are exact on its check sample). Keys:
-
-    - ``n_sampled_window``: exactly measured steps in the window;
-    - ``gamma_hat_ci``/``kappa_hat_ci``: ``{eps: [low, high]}``, the 95% intervals of
-      ``gamma_hat_interval``/``kappa_hat_interval`` for the full window's value; for
-      eps = 0 only the upper side exists (``[null, high]``). A null side means
-      insufficient samples to bound that side (for eps = 0.05, fewer than 72 window
-      samples: a warning says so);
-    - ``gamma_bar_ci``: ``gamma_bar_interval`` (Fieller), null sides when unbounded;
-    - ``sketch_error`` (mode sketch): the median relative error of the sketch's a_t and
-      D_t against the exact values on the check sample, and its size ``n``; and at the
-      level of gamma (``sketch_check``): ``n_window``, the check steps in the window,
-      ``gamma_rel`` ``{eps: |gamma_hat(sketched r) - gamma_hat(exact r)| / |exact|}`` on
-      those steps for each eps > 0, and ``a_rel_at_quantile`` ``{eps: ...}``, the largest
-      relative error of the sketch's a_t at the steps whose r_t decide either gamma_hat.
-      A gamma_rel above 10% warns (how to raise the sketch's k).
-
-    ``words``: how the caller's API spells the options, for the warnings
-    (``RecordMode.plan``; None: the config keys).
-    """
-    w = with_words(words)
-    steps = table["step"].to_numpy()
-    sketched = "a_exact" in table.columns
-    if sketched:
-        exact = np.isfinite(table["a_exact"].to_numpy())
-        a = table["a_exact"].to_numpy()
-    else:
-        if len(steps) == 0 or (steps == np.arange(len(steps))).all():
-            return {}  # every step measured: the estimates are exact
-        exact = np.ones(len(steps), dtype=bool)
-        a = table["a"].to_numpy()
-    b, s, lr = (table[c].to_numpy() for c in ("b", "s", "lr"))
-    m = exact & window
-    n = int(m.sum())
-    out: dict[str, Any] = {"n_sampled_window": n, "gamma_hat_ci": {}, "kappa_hat_ci": {}}
-    short = []
-    for e in eps:
-        key = str(float(e))
-        g = gamma_hat_interval(a[m], b[m], s[m], delta[m], e, confidence)
-        out["gamma_hat_ci"][key] = _interval(g)
-        out["kappa_hat_ci"][key] = _interval(kappa_hat_interval(a[m], b[m], s[m], lr[m], e,
-                                                                confidence))
-        if g.high is None or (e > 0 and g.low is None):
-            short.append(key)
-    out["gamma_bar_ci"] = _interval(gamma_bar_interval(a[m], b[m], s[m], delta[m], confidence))
-    if short and not sketched:  # a sketch's check sample is small by design
-        warnings.warn(f"insufficient samples: {n} exactly measured steps in the analysis "
-                      f"window cannot bound gamma_hat({', '.join(short)}) on both sides (null "
-                      f"in gamma_hat_ci); raise {w['min_steps']} or {w['rate']}, or train "
-                      "longer", UserWarning, stacklevel=2)
-    if sketched:
-        a_sketch = table["a"].to_numpy()
-        out["sketch_error"] = {"a_median_rel": _median_rel(a_sketch[exact], a[exact]),
-                               "D_median_rel": _median_rel(table["D"].to_numpy()[exact],
-                                                           table["D_exact"].to_numpy()[exact]),
-                               "n": int(exact.sum()),
-                               **sketch_check(a_sketch[m], a[m], b[m], s[m], delta[m], eps)}
-        _warn_sketch(out["sketch_error"], w)
-    return out
-
-
-def sketch_check(a_sketch: np.ndarray, a_exact: np.ndarray, b: np.ndarray, s: np.ndarray,
-                 delta: np.ndarray, eps: tuple[float, ...]) -> dict[str, Any]:
-    """The sketch's error at the level of gamma, on the check steps of the window (the
-    arrays): both gamma_hat(eps) of these steps, from the sketch's a_t and from the exact
-    a_t (b_t, s_t are exact in both), are estimates of the same step set's value, so
-    their difference is the sketch's doing alone, not the sample's. Keys ``n_window``,
-    ``gamma_rel`` and ``a_rel_at_quantile`` ``{eps: value}`` for each eps > 0 (None:
-    no finite exact value)."""
-    out: dict[str, Any] = {"n_window": len(a_exact), "gamma_rel": {}, "a_rel_at_quantile": {}}
-    r_sk, r_ex = ratio(a_sketch, b, s, delta), ratio(a_exact, b, s, delta)
-    upper = np.flatnonzero((b > 0) & np.isfinite(r_sk) & np.isfinite(r_ex))
-    for e in eps:
-        if e <= 0:
-            continue  # a minimum of noisy values: biased down at any k (docs)
-        key = str(float(e))
-        exact = gamma_hat(a_exact, b, s, delta, e) if len(a_exact) else math.nan
-        got = gamma_hat(a_sketch, b, s, delta, e) if len(a_exact) else math.nan
-        # None where no relative error exists (an exact value that is 0 or not finite);
-        # +inf where the sketch's is not finite and the exact one is
-        out["gamma_rel"][key] = (float(abs(got - exact) / abs(exact))
-                                 if math.isfinite(exact) and exact != 0 else None)
-        # the steps whose r_t is each gamma_hat (an upper breakpoint: b_t > 0)
-        deciding = {int(upper[np.argmin(np.abs(r[upper] - g))])
-                    for r, g in ((r_ex, exact), (r_sk, got)) if upper.size and math.isfinite(g)}
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a_rel = [abs(a_sketch[i] - a_exact[i]) / abs(a_exact[i]) for i in sorted(deciding)]
-        a_rel = [v for v in a_rel if math.isfinite(v)]
-        out["a_rel_at_quantile"][key] = float(max(a_rel)) if a_rel else None
-    return out
-
-
-def _warn_sketch(err: dict[str, Any], w: Mapping[str, str]) -> None:
-    """Warn when the sketch's gamma_hat on the check steps is more than 10% off."""
-    bad = {key: v for key, v in err.get("gamma_rel", {}).items()
-           if v is not None and v > SKETCH_ERROR_WARN}
-    if not bad:
-        return
-    worst = max(bad, key=lambda key: bad[key])
-    at = err["a_rel_at_quantile"].get(worst)
-    warnings.warn(f"sketch_error: on the {err['n_window']} exactly checked steps of the analysis "
-                  f"window the sketch's gamma_hat({worst}) is {100 * bad[worst]:.1f}% off the "
-                  f"exact value (more than {100 * SKETCH_ERROR_WARN:.0f}%"
-                  + ("" if at is None else f"; a_t's error at the deciding step "
-                     f"{100 * at:.1f}%") + "): the run's gamma_hat is likely off as much. "
-                  f"Raise {w['dim']} (the error falls as 1/sqrt(k): "
-                  f"{(bad[worst] / 0.05) ** 2:.0f}x k for about 5%), or record with mode "
-                  "store", UserWarning, stacklevel=3)
-
-
-def _median_rel(estimate: np.ndarray, exact: np.ndarray) -> float:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.abs(estimate - exact) / np.abs(exact)
-    rel = rel[np.isfinite(rel)]
-    return float(np.median(rel)) if rel.size else math.nan

@@ -15,7 +15,7 @@ The mode checks itself on an exact sample of steps (rate min(1, max(
 stored as mode ``sample`` stores its sample): metrics.parquet gets ``a_exact`` and
 ``D_exact`` (NaN off the sample), summary.json ``sketch_error`` (median relative error
 of a_t and D_t, and the error of gamma_hat itself on the check steps of the window,
-``onepass_summary``) and the exact sample's intervals (``gamma_hat_ci``, ...).
+``trajreg.principle.onepass_summary``) and the exact sample's intervals (``gamma_hat_ci``, ...).
 
 A model with d <= k parameters is not sketched: the mode keeps x_t itself (S = I, exact,
 d floats of the params' precision a step, as store mode); without an explicit
