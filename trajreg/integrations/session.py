@@ -551,10 +551,7 @@ class RegularitySession:
                 self.tmp, run, measured, self.mode, self.analysis,
                 model if self.shard is None else StateOnly(self._final),
                 figures=self.figures, tensorboard=self.tensorboard)
-        except BaseException as exc:
-            if ranks.single:
-                self.abort()
-                raise
+        except BaseException as exc:  # every rank raises it (agree): this one its own
             error = exc
         # rename only when every rank succeeded
         self._aborting(ranks.agree, "writing the run directory", error)
