@@ -7,11 +7,12 @@ torch.distributed's launcher. Each rank takes its contiguous part of every globa
 as a single process would; under FSDP2 every rank records its own shard and the
 per-step quantities are sums of per-rank partial sums. See docs/distributed.md.
 
-Modules: ``launch`` (the launching process), ``agent`` (torch.distributed's elastic
-agent), ``worker`` (one rank), ``train`` (the loop on a rank), ``shards`` (the sharded
-trajectory and its exact measurement: store, sample, sketch), ``measure`` (rank 0's
-measuring context: F evaluated as the ranks evaluate it), ``process`` (start and orderly
-end of a rank).
+``run`` runs any config (one process, or N when it says so): ``trajreg.run`` and the
+``trajreg run`` command call it. Modules: ``launch`` (the launching process, ``run``),
+``agent`` (torch.distributed's elastic agent), ``worker`` (one rank), ``train`` (the
+loop on a rank), ``shards`` (the sharded trajectory and its exact measurement: store,
+sample, sketch), ``measure`` (rank 0's measuring context: F evaluated as the ranks
+evaluate it), ``process`` (start and orderly end of a rank).
 Importing this package imports neither torch.distributed nor the launcher.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DistributedRunError", "run_distributed", "with_nproc"]
+__all__ = ["DistributedRunError", "run", "run_distributed", "with_nproc"]
 
 
 def __getattr__(name: str) -> Any:
