@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from trajreg.errors import ConfigError, UserError
+from trajreg.record.modes import get_mode
+from trajreg.record.modes.off import OffMode
 from trajreg.study.layout import read_study_file
 from trajreg.train.config import load_config, read_yaml
 
@@ -344,7 +346,7 @@ def _check_runs(study: Study) -> None:
     for block in study.blocks:
         for rid, _, _ in block.members:
             config = study.run(rid).config
-            if config["record"]["mode"] == "off":
+            if get_mode(config["record"]["mode"]) is OffMode:  # the class, not its name
                 raise ConfigError(f"block {block.name}: record.mode: a study's report needs "
                                   "the regularity analysis; 'off' records none")
             analysed = [float(e) for e in config["analysis"]["eps"]]
