@@ -21,6 +21,14 @@ def test_package_entry_is_lazy_and_exports_resolve():
          "assert 'torch' in sys.modules and all(names)")
 
 
+def test_the_package_run_is_the_one_that_runs_any_config():
+    """``trajreg.run`` runs distributed configs too: it is ``trajreg.distributed.run``,
+    above ``trajreg.run.runner.run`` (one process) in the layers. (Read before anything
+    imports the subpackage ``trajreg.run``, whose import binds the same name.)"""
+    _run("import trajreg; run = trajreg.run; from trajreg.distributed import launch; "
+         "assert run is launch.run, run")
+
+
 def test_the_study_command_loads_the_report_libraries_only_to_report():
     """``trajreg study`` checks a study file and its options before it loads scipy and
     matplotlib (the report's), and ``trajreg.run.summary`` (read by studies) needs no

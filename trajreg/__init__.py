@@ -29,7 +29,7 @@ _EXPORTS = {
     "Recorder": "trajreg.record",
     "TrajectoryStore": "trajreg.record",
     "analyze": "trajreg.run",
-    "run": "trajreg.run",
+    "run": "trajreg.distributed.launch",  # any config: trajreg.run.run or N processes
     "load_study": "trajreg.study",
     "run_study": "trajreg.study",
     "write_report": "trajreg.study",
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from trajreg.distributed.launch import run
     from trajreg.principle import (
         convergence_bound,
         converging_window,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
         trajectory_quantities,
     )
     from trajreg.record import Recorder, TrajectoryStore
-    from trajreg.run import analyze, run
+    from trajreg.run import analyze
     from trajreg.study import load_study, run_study, write_report
     from trajreg.train import RunConfig, load_config
 

@@ -200,20 +200,18 @@ _STATE = _State()
 
 
 def _run(args: argparse.Namespace) -> int:
+    from trajreg.distributed.launch import run, with_nproc
     from trajreg.run import rundir, runner
     from trajreg.train.config import load_config
 
     cfg = load_config(args.config)
     if args.nproc is not None:  # trajreg.distributed: --nproc N overrides the config's
-        from trajreg.distributed import with_nproc
-
         cfg = with_nproc(cfg, args.nproc)
     out = Path(args.out) if args.out is not None else runner.default_out(args.config)
     rundir.check_new_out(out)  # before the data are loaded; the rename checks again
     _STATE.out, _STATE.config = out, cfg.to_dict()
-    out, summary = runner.run(cfg, out, figures=not args.no_figures,
-                              tensorboard=args.tensorboard,
-                              progress=False if args.quiet else None)
+    out, summary = run(cfg, out, figures=not args.no_figures, tensorboard=args.tensorboard,
+                       progress=False if args.quiet else None)  # here, or on N processes
     _STATE.complete = True
     _print_summary(summary)
     print(f"run directory: {out}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny
+from trajreg.distributed import launch
 from trajreg.distributed.launch import describe_failure, with_nproc
 from trajreg.errors import ConfigError
 from trajreg.record.recorder import local_part
@@ -56,6 +57,29 @@ def test_nproc_override():
     assert (cfg.train.distributed.strategy, cfg.train.distributed.nproc) == ("fsdp", 1)
     with pytest.raises(ConfigError, match="not divisible"):
         with_nproc(load_config(tiny()), 5)
+
+
+def test_run_dispatches_on_the_distributed_section(monkeypatch, tmp_path):
+    """``trajreg.run`` (``launch.run``) trains a plain config in this process and launches
+    a distributed one (after the disk check ``runner.run`` makes); ``runner.run``, a
+    layer below ``trajreg.distributed``, refuses a distributed config."""
+    from trajreg.run import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run", lambda cfg, out, **kw: calls.append(("here", kw)))
+    monkeypatch.setattr(launch, "check_run_disk", lambda cfg, out: calls.append(("disk", {})))
+    monkeypatch.setattr(launch, "run_distributed",
+                        lambda cfg, out, **kw: calls.append(("ranks", kw)))
+    launch.run(load_config(tiny()), tmp_path / "a", figures=False, on_epoch=print)
+    launch.run(load_config(_dist()), tmp_path / "b", progress=False, tensorboard=True)
+    assert calls == [("here", {"figures": False, "progress": None, "on_epoch": print,
+                               "tensorboard": False}),
+                     ("disk", {}),
+                     ("ranks", {"figures": True, "progress": False, "tensorboard": True})]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="train.distributed runs through trajreg.run"):
+        runner.run(load_config(_dist()), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 def test_cli_nproc_argument():

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trajreg.distributed.launch import launch
+from trajreg.distributed.launch import launch, run
 from trajreg.record import shards
 from trajreg.record.modes.store import StoreMode
 from trajreg.record.recorder import flat_params
@@ -80,7 +80,7 @@ def runs(tmp_path_factory):
 
     def one(name: str):
         strategy = name.removesuffix("-sketch")
-        path, summary = runner.run(
+        path, summary = run(
             _config(None if strategy == "single" else strategy,
                     SKETCH if name.endswith("-sketch") else None),
             root / name, figures=False, progress=False)
@@ -325,8 +325,8 @@ def test_fsdp_run_without_its_trajectory(runs, tmp_path):
     once rank 0 has measured them; the run is finished, measures what the run that kept
     its trajectory measured, and is re-analysed from its metrics."""
     raw = {**BASE["record"], "keep_trajectory": False}
-    path, summary = runner.run(_config("fsdp", raw), tmp_path / "run", figures=False,
-                               progress=False)
+    path, summary = run(_config("fsdp", raw), tmp_path / "run", figures=False,
+                        progress=False)
     assert not (path / rundir.TRAJECTORY).exists()
     rundir.verify_run_dir(path)
     kept = runs["fsdp"][1]

@@ -7,12 +7,14 @@ torch.distributed's launcher. Each rank takes its contiguous part of every globa
 as a single process would; under FSDP2 every rank records its own shard and the
 per-step quantities are sums of per-rank partial sums. See docs/distributed.md.
 
-Modules: ``launch`` (the launching process), ``agent`` (torch.distributed's elastic
-agent), ``worker`` (one rank), ``train`` (the loop on a rank), ``measure`` (rank 0's
-measuring context: F evaluated as the ranks evaluate it), ``process`` (start and orderly
-end of a rank), ``ranks`` (the rank protocol of a session: one code path for one process
-and for many). The sharded trajectory and its exact measurement belong to the record
-modes (``trajreg.record.shards``).
+``run`` runs any config (one process, or N when it says so): ``trajreg.run`` and the
+``trajreg run`` command call it. Modules: ``launch`` (the launching process, ``run``),
+``agent`` (torch.distributed's elastic agent), ``worker`` (one rank), ``train`` (the
+loop on a rank), ``measure`` (rank 0's measuring context: F evaluated as the ranks
+evaluate it), ``process`` (start and orderly end of a rank), ``ranks`` (the rank
+protocol of a session: one code path for one process and for many). The sharded
+trajectory and its exact measurement belong to the record modes
+(``trajreg.record.shards``).
 Importing this package imports neither torch.distributed nor the launcher.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DistributedRunError", "run_distributed", "with_nproc"]
+__all__ = ["DistributedRunError", "run", "run_distributed", "with_nproc"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,10 +1,12 @@
 """``trajreg run`` with ``train.distributed``: launch N ranks, get one run directory.
 
-The launching process (the ``trajreg run`` command, or ``runner.run`` called from
-Python) creates the run's partial directory (``rundir.partial_dir``, owned by this
-process, so a killed run's leftovers are removed by the next run to the same
-``--out``), writes config.yaml there, and starts ``trajreg.distributed.agent``:
-torch.distributed's elastic agent, which starts the ranks
+``run`` runs any run config: one with ``train.distributed`` here, any other in this
+process (``trajreg.run.runner.run``, a layer below, which knows nothing of this one).
+The launching process (the ``trajreg run`` command, or ``trajreg.run`` and
+``trajreg.distributed.run`` called from Python) creates the run's partial directory
+(``rundir.partial_dir``, owned by this process, so a killed run's leftovers are removed
+by the next run to the same ``--out``), writes config.yaml there, and starts
+``trajreg.distributed.agent``: torch.distributed's elastic agent, which starts the ranks
 (``trajreg.distributed.worker``). Rank 0 writes the rest of the run directory. Only
 when every rank exited 0 and summary.json is there is the directory renamed to
 ``--out``; otherwise it is removed and a ``DistributedRunError`` names the failed rank
@@ -21,14 +23,16 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from trajreg.errors import UserError
 from trajreg.record.modes import get_mode
-from trajreg.run import rundir
+from trajreg.run import rundir, runner
 from trajreg.run.progress import phase
 from trajreg.run.summary import Summary, read_summary
 from trajreg.train.config import DistributedConfig, RunConfig
+from trajreg.train.size import check_run_disk
 
 STOP_SECONDS = 30.0  # how long a stopped launcher may take to stop its ranks
 
@@ -50,10 +54,8 @@ def with_nproc(cfg: RunConfig, nproc: int) -> RunConfig:
 
 
 def _env(nproc: int) -> dict[str, str]:
-    import trajreg
-
     env = dict(os.environ)
-    root = str(Path(trajreg.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # holds trajreg/, for the ranks
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return env
@@ -121,6 +123,21 @@ def launch(nproc: int, worker_args: list[str], launch_dir: Path,
             except ValueError:
                 pass
         raise DistributedRunError(describe_failure(failures, launch_dir, status))
+
+
+def run(cfg: RunConfig, out: str | Path, *, figures: bool = True,
+        progress: bool | None = None, on_epoch: Callable[[int], None] | None = None,
+        tensorboard: bool = False) -> tuple[Path, Summary]:
+    """Train, record, analyse any run config; return the finished run directory and its
+    summary (``trajreg.run``, the ``trajreg run`` command, a study's runs). With
+    ``train.distributed`` on its N processes (``run_distributed``; ``on_epoch`` is not
+    called), else in this process (``trajreg.run.runner.run``, the options as there)."""
+    if cfg.train.distributed is None:
+        return runner.run(cfg, out, figures=figures, progress=progress, on_epoch=on_epoch,
+                          tensorboard=tensorboard)
+    check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
+    return run_distributed(cfg, out, figures=figures, progress=progress,
+                           tensorboard=tensorboard)
 
 
 def run_distributed(cfg: RunConfig, out: str | Path, *, figures: bool = True,

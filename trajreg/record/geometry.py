@@ -162,14 +162,6 @@ class StagedRows:
         self.writer.close()
 
 
-def read_step_norms(path: Path, count: int) -> np.ndarray:
-    """The first ``count`` values written by ``SquaredNorms`` (float64)."""
-    values = np.fromfile(path, dtype=np.float64, count=count)
-    if len(values) < count:
-        raise RuntimeError(f"{path}: holds {len(values)} step norms, {count} needed")
-    return values
-
-
 def endpoint_summary(ctx: MeasureContext, k: int, x0: np.ndarray, x_star: np.ndarray,
                      step_norms: np.ndarray) -> dict[str, Any]:
     """``path_ratio`` = sum_{t < k} ||u_t|| / ||x_0 - x*|| (``step_norms`` are ||u_t|| of

@@ -40,8 +40,12 @@ from typing import Any
 import numpy as np
 
 from trajreg.errors import DamagedRun
-from trajreg.record.geometry import read_step_norms
-from trajreg.record.store import TrajectoryStore, overlapping_blocks, read_sidecar_json
+from trajreg.record.store import (
+    TrajectoryStore,
+    overlapping_blocks,
+    read_sidecar_json,
+    read_step_norms,
+)
 
 SHARDS = "shards.json"
 FORMAT = "trajreg-shards/1"

@@ -424,6 +424,15 @@ def verify_store(directory: Path, rows: int, checksums: bool = True,
     return store
 
 
+def read_step_norms(path: Path, count: int) -> np.ndarray:
+    """The first ``count`` values of a per-step float64 file (s.bin, g2.bin, su.bin:
+    ``geometry.SquaredNorms`` writes them)."""
+    values = np.fromfile(path, dtype=np.float64, count=count)
+    if len(values) < count:
+        raise RuntimeError(f"{path}: holds {len(values)} step norms, {count} needed")
+    return values
+
+
 def read_sidecar_json(path: Path) -> Any:
     """The JSON in the sidecar ``path``; ``DamagedRun`` ("PATH: missing", "PATH: not
     valid JSON (...)") when it is absent or does not parse."""

@@ -303,14 +303,15 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     ``trajreg analyze`` draws them later). ``progress`` shows tqdm bars (None: only on a terminal);
     ``on_epoch(epoch)`` is called after each training epoch. ``tensorboard`` mirrors
     the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
+    One process only: a config with ``train.distributed`` is a ``ValueError`` here;
+    ``trajreg.run`` (``trajreg.distributed.run``) runs any config.
     """
+    if cfg.train.distributed is not None:  # a layer above this one launches the ranks
+        raise ValueError("runner.run trains in this process: a config with "
+                         "train.distributed runs through trajreg.run or "
+                         "trajreg.distributed.run")
     out = Path(out)
     check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
-    if cfg.train.distributed is not None:  # N processes, one run dir (trajreg.distributed)
-        from trajreg.distributed.launch import run_distributed
-
-        return run_distributed(cfg, out, figures=figures, progress=progress,
-                               tensorboard=tensorboard)
     require_device(cfg.train.device)
     check_run_size(cfg)  # refuse a run that cannot fit before loading anything
     if tensorboard:

@@ -69,7 +69,7 @@ def execute_run(config: dict[str, Any], study_dir: str, run_id: str) -> dict[str
     Top-level and picklable: executors ship it to worker processes and Dask workers.
     The run applies its own ``train.threads``.
     """
-    from trajreg.run.runner import run
+    from trajreg.distributed.launch import run  # one process, or N (train.distributed)
     from trajreg.train.config import load_config
 
     out = run_path(study_dir, run_id)

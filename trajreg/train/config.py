@@ -1,18 +1,18 @@
 """Typed run configuration, loaded from YAML and validated once, at the edge.
 
 Every section is a dataclass; ``load_config`` turns a mapping or a YAML file into a
-validated ``RunConfig`` or raises ``ConfigError`` naming the offending key. The allowed
-names come from the registries that own them (``models``, ``optim``, ``data``); the
-builders there trust a validated config. ``read_yaml`` is the one YAML reader, for run
+validated ``RunConfig`` or raises ``ConfigError`` naming the offending key. The
+``data``, ``model`` and ``optim`` sections live with the registries that own their
+names (``data.DataConfig``, ``models.ModelConfig``, ``optim.OptimConfig``, re-exported
+here; those modules import nothing from this one) and the builders there trust a
+validated config. ``read_yaml`` is the one YAML reader, for run
 configs and studies alike (YAML 1.2 scalars, duplicate keys refused).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import reprlib
 import stat
 import types
 import typing
@@ -21,23 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from trajreg.errors import ConfigError
 from trajreg.record.modes import MODE_NAMES, MODES, get_mode
-from trajreg.train.data import DATASETS
-from trajreg.train.models import (
-    ACTIVATION_LAYERS,
-    DEFAULT_WIDTH,
-    INIT_SCHEMES,
-    MAX_DEPTH,
-    MODELS,
-    NORM_LAYERS,
-    VARIANTS,
-)
+from trajreg.train.checks import FLOAT32_MAX, choice, positive, quote, short
+from trajreg.train.checks import FLOAT32_TINY as FLOAT32_TINY  # re-exported, as before
+from trajreg.train.checks import QUOTE_CHARS as QUOTE_CHARS
+from trajreg.train.data import DATASETS, DataConfig
+from trajreg.train.models import ACTIVATION_LAYERS, INIT_SCHEMES, MODELS, NORM_LAYERS, ModelConfig
 from trajreg.train.optim import OPTIMIZERS as OPTIMIZER_SPECS
 from trajreg.train.optim import SCHEDULES as SCHEDULE_FACTORS
+from trajreg.train.optim import OptimConfig
 
 # The allowed values, derived from the registries (kept as tuples for importers).
 ACTIVATIONS = tuple(ACTIVATION_LAYERS)
@@ -53,118 +48,6 @@ REFERENCES = ("final", "best")
 
 
 @dataclass
-class DataConfig:
-    name: str = "digits"
-    batch_size: int = 64
-    subset: int | None = None  # keep the first N training examples
-    test_fraction: float = 0.2  # for data sets without their own test split
-    resize: int | None = None  # resize images to this side (bilinear; masks: nearest)
-    normalize: bool = True  # standardise with the training set's statistics
-    root: str | None = None  # directory holding mnist / fashion_mnist / cifar10 files
-
-    def validate(self) -> None:
-        _choice("data.name", self.name, DATASET_NAMES)
-        _positive("data.batch_size", self.batch_size)
-        if self.subset is not None:
-            _positive("data.subset", self.subset)
-        if self.resize is not None:
-            _positive("data.resize", self.resize)
-            if DATASETS[self.name].signal:
-                raise ConfigError(f"data.resize: {self.name} holds 1-D signals, not images; "
-                                  "resize applies to images only")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise ConfigError(f"data.test_fraction: must be in [0, 1), got "
-                              f"{_quote(self.test_fraction)}")
-
-
-@dataclass
-class ModelConfig:
-    name: str = "mlp"
-    variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the first
-    depth: int = 6  # mlp: number of linear layers (at most models.MAX_DEPTH)
-    # None: the family's default (models.DEFAULT_WIDTH), set by load_config. mlp: hidden
-    # units (64); cnn: its first block's channels (16; the second has twice as many);
-    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard)
-    width: float | None = None
-    activation: str = "relu"
-    norm: str = "none"
-    skip: bool = True  # resnet, unet: the skip connections
-    dropout: float = 0.0  # mlp, alexnet
-    init: str = "default"
-
-    def validate(self) -> None:
-        _choice("model.name", self.name, MODEL_NAMES)
-        if self.variant is not None:
-            if self.name not in VARIANTS:
-                raise ConfigError(f"model.variant: {self.name} has no variants (only "
-                                  f"{', '.join(VARIANTS)} have), got {_quote(self.variant)}")
-            _choice("model.variant", self.variant, VARIANTS[self.name])
-        _positive("model.depth", self.depth)
-        if self.depth > MAX_DEPTH:
-            raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {_quote(self.depth)}")
-        if self.width is not None:
-            _positive("model.width", self.width)
-            if self.name == "mlp" and self.width != int(self.width):
-                raise ConfigError(f"model.width: the mlp's hidden units must be a whole "
-                                  f"number, got {_quote(self.width)}")
-        _choice("model.activation", self.activation, ACTIVATIONS)
-        _choice("model.norm", self.norm, NORMS)
-        _choice("model.init", self.init, INITS)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout: must be in [0, 1), got {_quote(self.dropout)}")
-
-    def resolve(self) -> None:
-        if self.width is None:
-            self.width = DEFAULT_WIDTH[self.name]
-
-
-@dataclass
-class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.05
-    momentum: float | None = None  # None: 0.9 for momentum and nesterov, else 0
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
-    schedule: str = "constant"  # constant | step | cosine | warmup_cosine
-    step_epochs: int = 10  # step: decay the lr every this many epochs ...
-    decay: float = 0.1  # ... by this factor
-    warmup_epochs: int = 1  # warmup_cosine: linear warmup over this many epochs
-
-    def validate(self) -> None:
-        _choice("optim.name", self.name, OPTIMIZERS)
-        _positive("optim.lr", self.lr)
-        _float32("optim.lr", self.lr)
-        if self.momentum is not None:
-            if not 0.0 <= self.momentum < 1.0:
-                raise ConfigError(f"optim.momentum: must be in [0, 1), got {_quote(self.momentum)}")
-            _float32("optim.momentum", self.momentum, below_one=True)
-        if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay: must be >= 0, got {_quote(self.weight_decay)}")
-        _float32("optim.weight_decay", self.weight_decay)
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got "
-                              f"{_quote(self.betas)}")
-        for i, beta in enumerate(self.betas):
-            _float32(f"optim.betas[{i}]", beta, below_one=True)
-        _choice("optim.schedule", self.schedule, SCHEDULES)
-        _positive("optim.step_epochs", self.step_epochs)
-        if not 0.0 < self.decay <= 1.0:
-            raise ConfigError(f"optim.decay: must be in (0, 1], got {_quote(self.decay)}")
-        _float32("optim.decay", self.decay)
-        _positive("optim.warmup_epochs", self.warmup_epochs)
-        spec = OPTIMIZER_SPECS[self.name]
-        if spec.needs_momentum and self.momentum == 0.0:
-            raise ConfigError(f"optim.momentum: {self.name} needs momentum > 0")
-        if spec.momentum is None and self.momentum:
-            raise ConfigError(f"optim.momentum: {self.name} takes no momentum"
-                              + (" (set optim.betas)" if spec.betas else ""))
-
-    def resolve(self) -> None:
-        if self.momentum is None:
-            self.momentum = OPTIMIZER_SPECS[self.name].momentum or 0.0
-
-
-@dataclass
 class TrainConfig:
     epochs: int = 30
     device: str = "cpu"
@@ -176,16 +59,16 @@ class TrainConfig:
     distributed: DistributedConfig | None = None
 
     def validate(self) -> None:
-        _positive("train.epochs", self.epochs)
+        positive("train.epochs", self.epochs)
         if self.distributed is not None:  # trajreg.distributed
             self.distributed.validate()
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"train.device: must be 'cpu' or 'cuda[:N]', got "
-                              f"{_quote(self.device)}")
+                              f"{quote(self.device)}")
         if self.threads is not None:
-            _positive("train.threads", self.threads)
+            positive("train.threads", self.threads)
         if self.max_memory_gb is not None:
-            _positive("train.max_memory_gb", self.max_memory_gb)
+            positive("train.max_memory_gb", self.max_memory_gb)
 
 
 @dataclass
@@ -199,9 +82,9 @@ class DistributedConfig:
     backend: str = "gloo"  # gloo (CPU) | nccl (CUDA)
 
     def validate(self) -> None:
-        _choice("train.distributed.strategy", self.strategy, ("ddp", "fsdp"))
-        _positive("train.distributed.nproc", self.nproc)
-        _choice("train.distributed.backend", self.backend, ("gloo", "nccl"))
+        choice("train.distributed.strategy", self.strategy, ("ddp", "fsdp"))
+        positive("train.distributed.nproc", self.nproc)
+        choice("train.distributed.backend", self.backend, ("gloo", "nccl"))
 
     def check_run(self, cfg: RunConfig) -> None:
         """What the distributed run needs of the other sections (one-line ConfigErrors)."""
@@ -253,19 +136,19 @@ class RecordConfig:
     interpolation: bool = True
 
     def validate(self) -> None:
-        _choice("record.mode", self.mode, RECORD_MODES)
+        choice("record.mode", self.mode, RECORD_MODES)
         for key in ("sample_rate", "sketch_sample_rate"):
             value = getattr(self, key)
             if not 0.0 < value <= 1.0:
-                raise ConfigError(f"record.{key}: must be in (0, 1], got {_quote(value)}")
+                raise ConfigError(f"record.{key}: must be in (0, 1], got {quote(value)}")
         for key in ("sample_min_steps", "sketch_check_steps"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"record.{key}: must be a whole number of steps >= 0 (0: "
-                                  f"the rate alone), got {_quote(value)}")
+                                  f"the rate alone), got {quote(value)}")
         if self.sketch_dim is not None and not 1 <= self.sketch_dim < 2**31:
             raise ConfigError(f"record.sketch_dim: must be an integer in [1, 2^31), "
-                              f"got {_quote(self.sketch_dim)}")
+                              f"got {quote(self.sketch_dim)}")
         if self.gradients and not get_mode(self.mode).hooks:
             raise ConfigError(f"record.gradients: record mode {self.mode} records nothing")
 
@@ -282,24 +165,24 @@ class AnalysisConfig:
 
     def validate(self) -> None:
         if not self.eps or not all(0.0 <= e < 1.0 for e in self.eps):
-            raise ConfigError(f"analysis.eps: must be numbers in [0, 1), got {_quote(self.eps)}")
+            raise ConfigError(f"analysis.eps: must be numbers in [0, 1), got {quote(self.eps)}")
         if not 0.0 < self.tau < 1.0:
-            raise ConfigError(f"analysis.tau: must be in (0, 1), got {_quote(self.tau)}")
+            raise ConfigError(f"analysis.tau: must be in (0, 1), got {quote(self.tau)}")
         if not 0.0 < self.max_fraction <= 1.0:
             raise ConfigError(f"analysis.max_fraction: must be in (0, 1], got "
-                              f"{_quote(self.max_fraction)}")
-        _choice("analysis.reference", self.reference, REFERENCES)
+                              f"{quote(self.max_fraction)}")
+        choice("analysis.reference", self.reference, REFERENCES)
         if self.delta is not None:
             if self.delta < 0:
-                raise ConfigError(f"analysis.delta: must be >= 0, got {_quote(self.delta)}")
+                raise ConfigError(f"analysis.delta: must be >= 0, got {quote(self.delta)}")
             if self.delta > FLOAT32_MAX:
                 raise ConfigError(f"analysis.delta: must be at most {FLOAT32_MAX:.4g} (delta is "
                                   "on the scale of the learning rate, a float32), got "
-                                  f"{_quote(self.delta)}")
-        _positive("analysis.loss_threshold", self.loss_threshold)
+                                  f"{quote(self.delta)}")
+        positive("analysis.loss_threshold", self.loss_threshold)
         if not 0.0 <= self.train_margin < 1.0:
             raise ConfigError(f"analysis.train_margin: must be in [0, 1), got "
-                              f"{_quote(self.train_margin)}")
+                              f"{quote(self.train_margin)}")
 
 
 @dataclass
@@ -314,7 +197,7 @@ class RunConfig:
 
     def validate(self) -> None:
         if self.seed < 0:
-            raise ConfigError(f"seed: must be >= 0, got {_quote(self.seed)}")
+            raise ConfigError(f"seed: must be >= 0, got {quote(self.seed)}")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
@@ -458,7 +341,7 @@ def parse_yaml(text: str, where: str = "<string>", what: str = "config") -> dict
     except DuplicateKeyError as exc:
         assert exc.problem_mark is not None
         raise ConfigError(f"{where}: line {exc.problem_mark.line + 1}: duplicate key "
-                          f"{_short(exc.key, quoted=True)} (first given on line "
+                          f"{short(exc.key, quoted=True)} (first given on line "
                           f"{exc.first_line})") from None
     except AliasBombError as exc:
         raise ConfigError(f"{where}: refused: {exc}") from None
@@ -554,7 +437,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            raise ConfigError(f"{prefix}{_short(key)}: unknown key (allowed: "
+            raise ConfigError(f"{prefix}{short(key)}: unknown key (allowed: "
                               f"{', '.join(sorted(names))})")
     kwargs = {}
     for key, value in raw.items():
@@ -579,73 +462,25 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         return _coerce(key, value, inner)
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: must be a list, got {_quote(value)}")
+            raise ConfigError(f"{key}: must be a list, got {quote(value)}")
         return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {_quote(value)}")
+            raise ConfigError(f"{key}: must be true or false, got {quote(value)}")
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {_quote(value)}")
+            raise ConfigError(f"{key}: must be an integer, got {quote(value)}")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: must be a number, got {_quote(value)}")
+            raise ConfigError(f"{key}: must be a number, got {quote(value)}")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key}: must be a finite number, got {_quote(value)}")
+            raise ConfigError(f"{key}: must be a finite number, got {quote(value)}")
         return value
     if kind is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {_quote(value)}")
+            raise ConfigError(f"{key}: must be a string, got {quote(value)}")
         return value
     raise TypeError(f"unsupported config type {kind!r} for {key}")
-
-
-QUOTE_CHARS = 80  # the most of a value an error message quotes
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 8, 8, 6
-_REPR.maxstring = _REPR.maxother = QUOTE_CHARS
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38
-FLOAT32_TINY = float(np.finfo(np.float32).smallest_subnormal)  # 1.4e-45
-
-
-def _quote(value: Any) -> str:
-    """``repr(value)`` for an error message, cut to ``QUOTE_CHARS`` characters with
-    ``...`` (``reprlib``: a huge or deeply nested value is never expanded in full)."""
-    return _short(_REPR.repr(value), quoted=False)
-
-
-def _short(text: Any, quoted: bool = False) -> str:
-    text = repr(text) if quoted else str(text)
-    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
-
-
-def _float32(key: str, value: float, below_one: bool = False) -> None:
-    """Refuse a number that cannot work in the run's dtype, float32 (the parameters,
-    the optimizer's state and the scalars it multiplies them with): above float32's
-    largest value, nonzero but 0 in float32, or (``below_one``) below 1 but 1 in float32."""
-    if not math.isfinite(value):
-        return  # refused as not finite by _coerce; here for mappings built in code
-    if abs(value) > FLOAT32_MAX:
-        raise ConfigError(f"{key}: {_quote(value)} overflows float32, the run's dtype "
-                          f"(largest {FLOAT32_MAX:.4g})")
-    single = float(np.float32(value))
-    if value != 0 and single == 0:
-        raise ConfigError(f"{key}: {_quote(value)} is 0 in float32, the run's dtype "
-                          f"(smallest positive {FLOAT32_TINY:.2g})")
-    if below_one and value < 1 and single >= 1:
-        below = float(np.nextafter(np.float32(1), np.float32(0)))
-        raise ConfigError(f"{key}: {_quote(value)} is 1 in float32, the run's dtype (the "
-                          f"largest float32 below 1 is {below:.9g})")
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: unknown value {_quote(value)} (allowed: {', '.join(allowed)})")
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}: must be > 0, got {_quote(value)}")

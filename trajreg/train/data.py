@@ -11,8 +11,9 @@ the memory check (the float32 tensors it is about to make, against the machine's
 ``machine.memory_cap``), conversion to float32 (uint8 pixels are scaled to [0, 1]),
 ``resize`` and ``normalize``.
 
-``DATASETS`` is the registry that owns the names; ``config.py`` validates a ``DataConfig``
-against it, so the loaders trust their config.
+``DATASETS`` is the registry that owns the names; ``DataConfig`` (the config's ``data``
+section, re-exported by ``config.py``) validates against it, so the loaders trust
+their config.
 """
 
 from __future__ import annotations
@@ -26,17 +27,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from trajreg.errors import ConfigError, UserError
+from trajreg.train.checks import choice, positive, quote
 from trajreg.train.machine import fmt_bytes, memory_cap
-
-if TYPE_CHECKING:
-    from trajreg.train.config import DataConfig
 
 SPLIT_SEED = 0  # the train/test split is the same for every run seed
 SHAPES_SEED = 20240601  # the generated ``shapes`` set is the same everywhere
@@ -439,6 +438,34 @@ DATASETS: dict[str, DataSpec] = {
                         about="CIFAR-10 python batches under data.root"),
 }
 LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from cfg.root
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section of a run config (``config.RunConfig``), validated against
+    ``DATASETS``."""
+
+    name: str = "digits"
+    batch_size: int = 64
+    subset: int | None = None  # keep the first N training examples
+    test_fraction: float = 0.2  # for data sets without their own test split
+    resize: int | None = None  # resize images to this side (bilinear; masks: nearest)
+    normalize: bool = True  # standardise with the training set's statistics
+    root: str | None = None  # directory holding mnist / fashion_mnist / cifar10 files
+
+    def validate(self) -> None:
+        choice("data.name", self.name, tuple(DATASETS))
+        positive("data.batch_size", self.batch_size)
+        if self.subset is not None:
+            positive("data.subset", self.subset)
+        if self.resize is not None:
+            positive("data.resize", self.resize)
+            if DATASETS[self.name].signal:
+                raise ConfigError(f"data.resize: {self.name} holds 1-D signals, not images; "
+                                  "resize applies to images only")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction: must be in [0, 1), got "
+                              f"{quote(self.test_fraction)}")
 
 
 def _split_counts(n: int, test_fraction: float) -> tuple[int, int]:

@@ -83,7 +83,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, cast
+from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 import torch.fx
@@ -91,9 +92,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trajreg.errors import ConfigError
-
-if TYPE_CHECKING:
-    from trajreg.train.config import ModelConfig
+from trajreg.train.checks import choice, positive, quote
 
 ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -541,6 +540,50 @@ MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
     "mlp": _mlp, "cnn": _cnn, "alexnet": _alexnet, "vgg": _vgg, "resnet": _resnet,
     "unet": _unet,
 }
+
+
+@dataclass
+class ModelConfig:
+    """The ``model`` section of a run config (``config.RunConfig``), validated against
+    ``MODELS``, ``VARIANTS`` and the layer registries."""
+
+    name: str = "mlp"
+    variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the first
+    depth: int = 6  # mlp: number of linear layers (at most models.MAX_DEPTH)
+    # None: the family's default (models.DEFAULT_WIDTH), set by load_config. mlp: hidden
+    # units (64); cnn: its first block's channels (16; the second has twice as many);
+    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard)
+    width: float | None = None
+    activation: str = "relu"
+    norm: str = "none"
+    skip: bool = True  # resnet, unet: the skip connections
+    dropout: float = 0.0  # mlp, alexnet
+    init: str = "default"
+
+    def validate(self) -> None:
+        choice("model.name", self.name, tuple(MODELS))
+        if self.variant is not None:
+            if self.name not in VARIANTS:
+                raise ConfigError(f"model.variant: {self.name} has no variants (only "
+                                  f"{', '.join(VARIANTS)} have), got {quote(self.variant)}")
+            choice("model.variant", self.variant, VARIANTS[self.name])
+        positive("model.depth", self.depth)
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {quote(self.depth)}")
+        if self.width is not None:
+            positive("model.width", self.width)
+            if self.name == "mlp" and self.width != int(self.width):
+                raise ConfigError(f"model.width: the mlp's hidden units must be a whole "
+                                  f"number, got {quote(self.width)}")
+        choice("model.activation", self.activation, tuple(ACTIVATION_LAYERS))
+        choice("model.norm", self.norm, tuple(NORM_LAYERS))
+        choice("model.init", self.init, tuple(INIT_SCHEMES))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {quote(self.dropout)}")
+
+    def resolve(self) -> None:
+        if self.width is None:
+            self.width = DEFAULT_WIDTH[self.name]
 
 
 def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> None:

@@ -3,21 +3,22 @@
 The recorder reads each step's learning rate from the optimizer's param group at
 that step, so v_t = u_t / eta_t always uses the scheduled value.
 
-``OPTIMIZERS`` and ``SCHEDULES`` are the registries that own the names; ``config.py``
-derives its choices from them and validates, so the builders here trust their input.
+``OPTIMIZERS`` and ``SCHEDULES`` are the registries that own the names; ``OptimConfig``
+(the config's ``optim`` section, re-exported by ``config.py``) validates against them,
+so the builders here trust their input.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
-if TYPE_CHECKING:
-    from trajreg.train.config import OptimConfig
+from trajreg.errors import ConfigError
+from trajreg.train.checks import check_float32, choice, positive, quote
 
 Params = Iterable[torch.nn.Parameter]
 
@@ -111,6 +112,55 @@ def _warmup_cosine(cfg: OptimConfig, T: int, S: int) -> Callable[[int], float]:
 SCHEDULES: dict[str, Callable[[OptimConfig, int, int], Callable[[int], float]]] = {
     "constant": _constant, "step": _step, "cosine": _cosine, "warmup_cosine": _warmup_cosine,
 }
+
+
+@dataclass
+class OptimConfig:
+    """The ``optim`` section of a run config (``config.RunConfig``), validated against
+    ``OPTIMIZERS`` and ``SCHEDULES``."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float | None = None  # None: 0.9 for momentum and nesterov, else 0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    schedule: str = "constant"  # constant | step | cosine | warmup_cosine
+    step_epochs: int = 10  # step: decay the lr every this many epochs ...
+    decay: float = 0.1  # ... by this factor
+    warmup_epochs: int = 1  # warmup_cosine: linear warmup over this many epochs
+
+    def validate(self) -> None:
+        choice("optim.name", self.name, tuple(OPTIMIZERS))
+        positive("optim.lr", self.lr)
+        check_float32("optim.lr", self.lr)
+        if self.momentum is not None:
+            if not 0.0 <= self.momentum < 1.0:
+                raise ConfigError(f"optim.momentum: must be in [0, 1), got {quote(self.momentum)}")
+            check_float32("optim.momentum", self.momentum, below_one=True)
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay: must be >= 0, got {quote(self.weight_decay)}")
+        check_float32("optim.weight_decay", self.weight_decay)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas: must be two numbers in [0, 1), got "
+                              f"{quote(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            check_float32(f"optim.betas[{i}]", beta, below_one=True)
+        choice("optim.schedule", self.schedule, tuple(SCHEDULES))
+        positive("optim.step_epochs", self.step_epochs)
+        if not 0.0 < self.decay <= 1.0:
+            raise ConfigError(f"optim.decay: must be in (0, 1], got {quote(self.decay)}")
+        check_float32("optim.decay", self.decay)
+        positive("optim.warmup_epochs", self.warmup_epochs)
+        spec = OPTIMIZERS[self.name]
+        if spec.needs_momentum and self.momentum == 0.0:
+            raise ConfigError(f"optim.momentum: {self.name} needs momentum > 0")
+        if spec.momentum is None and self.momentum:
+            raise ConfigError(f"optim.momentum: {self.name} takes no momentum"
+                              + (" (set optim.betas)" if spec.betas else ""))
+
+    def resolve(self) -> None:
+        if self.momentum is None:
+            self.momentum = OPTIMIZERS[self.name].momentum or 0.0
 
 
 def lr_factor(cfg: OptimConfig, total_steps: int,

@@ -64,6 +64,7 @@ TRAJECTORY = "trajectory"
 SIDECAR = "sample.json"
 ROWS = "x.bin"
 GRADS = "g.bin"  # g_t of each kept step, in the order of the kept steps
+SKETCHES = "sketch"  # mode sketch's trajectory/sketch/ (no sample has one)
 STEP_NORMS = "su.bin"  # ||x_t - x_{t+1}||^2 of every step, float64
 FORMAT = "trajreg-sample/1"
 STREAM_SAMPLE = 3  # SeedSequence([seed, 3, block]) draws the sample of mode sample
@@ -473,8 +474,6 @@ class SampleMode(RecordMode):
     @classmethod
     def _verify_files(cls, directory: Path, steps: int, checksums: bool) -> dict[str, Any]:
         """One sample's files (a rank's, in an FSDP2 run); its sample.json."""
-        from trajreg.record.modes.sketch import SKETCHES
-
         foreign_sidecars(cls, directory, sub=SKETCHES)
         meta = check_sample(directory, steps)
         row = meta["d"] * np.dtype(meta["dtype"]).itemsize

@@ -55,6 +55,7 @@ from trajreg.record.modes.base import MeasureContext, Recording, RecordMode, gra
 from trajreg.record.modes.sample import (
     GRADS,
     ROWS,
+    SKETCHES,  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
     STREAM_CHECK,
     TRAJECTORY,
     SampleMode,
@@ -77,7 +78,6 @@ DEFAULT_DIM = 16384
 # steps it raised 0-6% false alarms in the measurements, with 16 up to 29% (docs)
 DEFAULT_CHECK_STEPS = 100
 
-SKETCHES = "sketch"  # trajectory/sketch/: S x_0 .. S x_T, a float64 row each, and eta_t
 S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
 GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
 G_FILE = "g2.bin"  # trajectory/g2.bin: ||g_t||^2 of every step, float64 (gradients on)
