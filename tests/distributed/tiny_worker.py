@@ -1,5 +1,6 @@
 """A tiny rank for launcher tests: a few DDP steps on a linear model, then (unless
-``--plain``) ``clean_shutdown``; ``--plain`` just returns, as a bare script would."""
+``--plain``) ``clean_shutdown`` and ``exit_rank``; ``--plain`` just returns, as a bare
+script would."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from trajreg.distributed.process import clean_shutdown, die_with_parent
+    from trajreg.distributed.process import clean_shutdown, die_with_parent, exit_rank
 
     die_with_parent()
     torch.set_num_threads(1)
@@ -26,6 +27,7 @@ def main(argv: list[str]) -> int:
         opt.step()
     if "--plain" not in argv:
         clean_shutdown()
+        exit_rank(0)  # as the worker leaves
     return 0
 
 

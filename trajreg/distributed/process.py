@@ -6,6 +6,9 @@ threads and its connection to the other rank) is still alive, and the C++ runtim
 aborts ("terminate called without an active exception"). ``clean_shutdown`` ends a
 rank in order instead: a barrier (no rank tears down while another still talks to
 it), ``destroy_process_group`` (the backend's threads joined), streams flushed.
+Even so the interpreter's teardown aborted a rank now and then on a loaded machine
+(the same message, SIGABRT; the launcher then stops the other ranks, and a finished run
+fails): ``exit_rank`` leaves a rank whose work is done without that teardown.
 
 ``die_with_parent`` ties a launched process to its launcher (Linux
 ``PR_SET_PDEATHSIG``), so a ``trajreg run`` killed with SIGKILL takes its agent and
@@ -43,3 +46,12 @@ def clean_shutdown() -> None:
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+def exit_rank(status: int = 0) -> None:
+    """Leave this rank's process at once with ``status``, its work done and its files
+    closed (after ``clean_shutdown``): streams flushed, no interpreter teardown, so no
+    C++ thread of torch's is destroyed while still joinable."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

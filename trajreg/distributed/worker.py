@@ -143,7 +143,7 @@ def _report(exc: BaseException, rank: int, launch_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trajreg.distributed.process import die_with_parent
+    from trajreg.distributed.process import die_with_parent, exit_rank
 
     die_with_parent()
     args = _args(argv)
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         # no orderly teardown after a failure: the other ranks may be blocked in a
         # collective; the launcher stops them
         os._exit(status)
+    exit_rank(0)  # done: no interpreter teardown (trajreg.distributed.process)
     return 0
 
 
