@@ -41,6 +41,22 @@ def sketch_mode():  # the sketch runs' mode, a fresh one each
     return SketchMode(dim=64, seed=7, check_rate=0.5, check_min_steps=0)
 
 
+def train(session, net, model, opt, loss_fn, data) -> None:
+    """Two epochs of micro-batches of 16 rows of every tensor of ``data``, one step each,
+    told to ``session`` (``net`` the module, ``model`` it wrapped for training)."""
+    session.start(net, opt)
+    for _ in range(2):
+        for i in range(0, 96, 16):
+            batch = tuple(t[i : i + 16] for t in data)
+            session.before_batch()
+            loss = loss_fn(model, batch)
+            session.after_batch(batch, loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        session.end_epoch()
+
+
 def single(tmp: Path) -> int:
     """The single-process reference (see the module's docstring)."""
     import torch
@@ -73,17 +89,7 @@ def single(tmp: Path) -> int:
             data += [torch.randn(96, 8, generator=g), torch.randint(0, 3, (96,), generator=g)]
         session = RegularitySession(tmp / name, source="plain", figures=False, mode=mode)
         try:
-            session.start(net, opt)
-            for _ in range(2):
-                for i in range(0, 96, 16):
-                    batch = tuple(t[i : i + 16] for t in data)
-                    session.before_batch()
-                    loss = loss_fn(net, batch)
-                    session.after_batch(batch, loss)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                session.end_epoch()
+            train(session, net, net, opt, loss_fn, data)
             summary = session.finish(net, loss_fn)
             outcome = ["ok", summary.n_steps, summary.loss_check]
         except Exception as exc:  # noqa: BLE001 - the test reads how it ended
@@ -134,17 +140,7 @@ def main() -> int:
                                     timeout=timeout)
         start = time.monotonic()
         try:
-            session.start(net, opt)
-            for _ in range(2):
-                for i in range(0, 96, 16):
-                    batch = (x[i : i + 16], y[i : i + 16])
-                    session.before_batch()
-                    loss = loss_fn(model, batch)
-                    session.after_batch(batch, loss)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                session.end_epoch()
+            train(session, net, model, opt, loss_fn, [x, y])
             if before_finish is not None:
                 before_finish(session)
             summary = session.finish(net, loss_fn)
