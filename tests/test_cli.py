@@ -107,7 +107,7 @@ def test_bad_study_exit_2_writes_nothing(change, message, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--executor", "slurm"], "unknown executor 'slurm'"),
     (["--jobs", "0"], "--jobs: must be >= 1"),
-    (["--preset", "quick"], "only the built-in 'paper' study has presets"),
+    (["--preset", "quick"], "only the built-in studies (paper, transformer) have presets"),
 ])
 def test_bad_study_options_exit_2(args, message, tmp_path):
     study = _study_file(tmp_path / "s.yaml")

@@ -34,9 +34,12 @@ def out_path(default: str) -> Callable[[str], str]:
 def add_study_parsers(subparsers: Any) -> None:
     """Add ``study`` and ``report`` to an ``argparse`` subparsers object."""
     st = subparsers.add_parser("study", help="run a study (grid x seeds) and write its report")
-    st.add_argument("study", help="study file (YAML), or 'paper' for the built-in paper study")
+    st.add_argument("study", help="study file (YAML), or a built-in study: 'paper' (the "
+                                  "paper's techniques) or 'transformer' (today's "
+                                  "transformer techniques)")
     st.add_argument("--preset", choices=["quick", "standard"],
-                    help="size of the paper study (default quick; only with 'paper')")
+                    help="size of a built-in study (default quick; only with 'paper' or "
+                         "'transformer')")
     st.add_argument("--out", type=out_path("studies/<study file name>"),
                     help="study directory (default: studies/<study file name>); "
                                   "running again with the same directory resumes")
@@ -58,13 +61,14 @@ def run_study_command(args: argparse.Namespace) -> int:
     """``trajreg study``: run the study, print what happened; 3 if runs failed."""
     # here, not at the top: the config's registries import torch, and building the
     # parser (``trajreg --help``) should not
-    from trajreg.study.spec import load_study, preset_path, with_data_root
+    from trajreg.study.spec import BUILT_IN, load_study, preset_path, with_data_root
     from trajreg.train.config import read_yaml
 
-    if args.study == "paper":
-        source = preset_path(args.preset or "quick")
+    if args.study in BUILT_IN:
+        source = preset_path(args.preset or "quick", args.study)
     elif args.preset:
-        raise UserError("--preset: only the built-in 'paper' study has presets")
+        raise UserError(f"--preset: only the built-in studies ({', '.join(BUILT_IN)}) have "
+                        "presets")
     else:
         source = Path(args.study)
     raw = read_yaml(source, "study")

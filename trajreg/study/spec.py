@@ -377,11 +377,18 @@ def label(value: Any) -> str:
     return str(value)
 
 
-def preset_path(preset: str) -> Path:
-    """The study file of the built-in paper study at a preset (quick, standard)."""
-    path = PRESETS / f"paper-{preset}.yaml"
+BUILT_IN = ("paper", "transformer")  # the studies shipped in presets/<name>-<preset>.yaml
+PRESETS_OF = ("quick", "standard")
+
+
+def preset_path(preset: str, study: str = "paper") -> Path:
+    """The study file of a built-in study (``paper``: the paper's; ``transformer``:
+    today's transformer techniques) at a preset (quick, standard)."""
+    if study not in BUILT_IN:
+        raise UserError(f"unknown built-in study {study!r} ({', '.join(BUILT_IN)})")
+    path = PRESETS / f"{study}-{preset}.yaml"
     if not path.is_file():
-        raise UserError(f"--preset: unknown preset {preset!r} (quick, standard)")
+        raise UserError(f"--preset: unknown preset {preset!r} ({', '.join(PRESETS_OF)})")
     return path
 
 
