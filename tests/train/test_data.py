@@ -59,7 +59,7 @@ def _raw(name: str, **kw) -> Dataset:
 
 def test_registry_and_config_names():
     assert set(DATASETS) == {"digits", "mnist1d", "mnist5k", "shapes", "mnist",
-                             "fashion_mnist", "cifar10"}
+                             "fashion_mnist", "cifar10", "text", "modular"}
     assert set(LOCAL_DATASETS) == {"mnist", "fashion_mnist", "cifar10"}
     for name in DATASETS:
         assert load_config(tiny(data={"name": name})).data.name == name

@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from trajreg.train.data import Dataset
 from trajreg.train.loop import (
     Scheduler,
     TrainLog,
     build,
+    eval_chunk,
     eval_mode,
     minibatch_loss,
+    objective,
     steps_per_epoch,
     total_steps,
     train,
@@ -90,8 +91,10 @@ def _part_loss_sum(cfg: RunConfig, module: torch.nn.Module, data: Dataset, rank:
                    world: int, chunk: int) -> torch.Tensor:
     """The summed losses of rank ``rank``'s contiguous part of the training set (float64,
     shape (1,)): ceil(ceil(n / world) / chunk) forward passes, the last ones possibly
-    empty, each pass's float32 sum added in float64."""
-    x, y = data.x_train, data.y_train
+    empty, each pass's float32 sum added in float64. The training set is the one
+    ``loop.full_loss`` evaluates (``Dataset.eval_train``), with the task's loss."""
+    x, y = data.eval_train
+    loss = objective(data).loss
     n = len(x)
     per = math.ceil(n / world)
     lo, hi = min(rank * per, n), min((rank + 1) * per, n)
@@ -101,26 +104,26 @@ def _part_loss_sum(cfg: RunConfig, module: torch.nn.Module, data: Dataset, rank:
         a = min(lo + i * chunk, hi)
         b = min(a + chunk, hi)
         xb, yb = x[a:b].to(device), y[a:b].to(device)
-        total += F.cross_entropy(module(xb), yb, reduction="sum").to(torch.float64)
+        total += loss(module(xb), yb, "sum").to(torch.float64)
     return total
 
 
 @torch.no_grad()
 def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, rank: int, world: int,
-              chunk: int = 1024) -> float:
+              chunk: int | None = None) -> float:
     """F(x), the mean training-set loss in eval mode: each rank sums the losses of its
     contiguous part of the training set, the sums are added over ranks. Every rank runs
     the same number of forward passes (FSDP2 gathers parameters collectively), the last
     ones possibly empty."""
     with eval_mode(unwrapped(model)) as module:
-        total = _part_loss_sum(cfg, module, data, rank, world, chunk)
+        total = _part_loss_sum(cfg, module, data, rank, world, chunk or eval_chunk(data))
     dist.all_reduce(total)
-    return total.item() / data.y_train.numel()
+    return total.item() / objective(data).counted(data.eval_train[1])
 
 
 @torch.no_grad()
 def full_loss_of_parts(cfg: RunConfig, model: torch.nn.Module, data: Dataset, world: int,
-                       chunk: int = 1024) -> float:
+                       chunk: int | None = None) -> float:
     """F(x) in one process (a plain model, after training), computed as ``full_loss``
     computes it on ``world`` ranks: every rank's part summed the same way, the parts
     added in rank order. With 2 ranks this is ``full_loss``'s value bit for bit (the
@@ -130,8 +133,9 @@ def full_loss_of_parts(cfg: RunConfig, model: torch.nn.Module, data: Dataset, wo
     total = torch.zeros(1, dtype=torch.float64, device=cfg.train.device)
     with eval_mode(unwrapped(model)) as module:
         for rank in range(world):
-            total += _part_loss_sum(cfg, module, data, rank, world, chunk)
-    return total.item() / data.y_train.numel()
+            total += _part_loss_sum(cfg, module, data, rank, world,
+                                    chunk or eval_chunk(data))
+    return total.item() / objective(data).counted(data.eval_train[1])
 
 
 def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,

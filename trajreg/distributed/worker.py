@@ -65,7 +65,8 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     if cfg.train.threads is None:  # the ranks share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(dcfg.backend)
-    data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
+    data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb,
+                     block_size=getattr(cfg.model, "block_size", None))
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
     steps = total_steps(cfg, data)
     # every rank plans: the one-pass modes fix their rate from T there, and every rank
@@ -119,6 +120,7 @@ def write_run(cfg, data, log, state, mode, run_dir: Path, *, world: int, progres
     facts = analysis.RunFacts(n_params=n_params(model), task=data.task,
                               evaluation=evaluate(cfg, model, data))
     phase("writing the run directory", progress)
+    rundir.write_data_facts(run_dir, data)
     write_analysis(run_dir, log, measured, mode=mode.name, reference=cfg.analysis.reference,
                    options=analysis.AnalysisOptions.from_config(cfg.analysis), facts=facts,
                    best=best, figures=figures, tensorboard=tensorboard)

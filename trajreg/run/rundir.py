@@ -5,6 +5,8 @@ Layout (the contract ``trajreg analyze``, reports and integrations rely on)::
     config.yaml        the resolved config, with trajreg and torch versions
     metrics.parquet    one row per measured optimizer step
     summary.json       the analysis and run facts (``trajreg.run.summary.Summary``)
+    data.json          token sets only: the corpus (source, size, SHA-256), vocabulary,
+                       split and windows (``Dataset.facts``, docs/data.md)
     *.png              figures (``figures.FIGURES``)
     final_state.pt     the model's state at the end (parameters and buffers)
     trajectory/        the record mode's files (store: every iterate x_t)
@@ -74,17 +76,18 @@ METRICS = "metrics.parquet"
 FINAL_STATE = "final_state.pt"
 TRAJECTORY = "trajectory"
 TRAINLOG = "trainlog.parquet"  # every step's loss, epoch, lr where metrics hold a sample
+DATA_FACTS = "data.json"  # Dataset.facts of a token set (the vocabulary, the corpus)
 MANIFEST = "checksums.json"  # size and CRC32 of every other file, written last
 MANIFEST_FORMAT = "trajreg-checksums/1"
 COMPLETE_MARK = SUMMARY  # the last file a run writes
 
-__all__ = ["COMPLETE_MARK", "MANIFEST", "RunDirConfig", "atomic_dir", "check_new_out",
-           "discard_trajectory", "finish_dir", "kept_trajectory", "partial_dir",
-           "read_config", "read_final_state", "read_metrics",
-           "read_summary", "remove_stale", "replace_outputs",
+__all__ = ["COMPLETE_MARK", "DATA_FACTS", "MANIFEST", "RunDirConfig", "atomic_dir",
+           "check_new_out", "discard_trajectory", "finish_dir", "kept_trajectory",
+           "partial_dir", "read_config", "read_data_facts", "read_final_state",
+           "read_metrics", "read_summary", "remove_stale", "replace_outputs",
            "require_run_dir", "verify_manifest", "verify_run_dir", "versions",
-           "write_config", "write_final_state", "write_manifest", "write_outputs",
-           "write_parquet", "write_summary"]
+           "write_config", "write_data_facts", "write_final_state", "write_manifest",
+           "write_outputs", "write_parquet", "write_summary"]
 
 PARTIAL = ".partial-"  # .NAME.partial-OWNER-*: a run being written
 ANALYZE_TMP = ".tmp-analyze-"  # .NAME.tmp-analyze-OWNER-*: a new analysis being swapped in
@@ -306,6 +309,32 @@ def read_config(run_dir: Path) -> RunDirConfig:
     except ConfigError as exc:
         raise DamagedRun(f"run directory damaged: {path}: {exc}") from None
     return RunDirConfig(cfg, cfg.analysis, cfg.record.mode)
+
+
+def write_data_facts(run_dir: Path, data: Any) -> None:
+    """data.json: the data set's ``facts`` (its name and task first), for a set that has
+    any (the token sets: the vocabulary as one string of characters, in id order, the
+    corpus' source, size and SHA-256); nothing for the others."""
+    facts = getattr(data, "facts", None)
+    if facts:
+        payload = {"name": data.name, "task": data.task, "n_classes": data.n_classes,
+                   **facts}
+        replace_atomic(Path(run_dir) / DATA_FACTS, lambda tmp: tmp.write_text(
+            json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"))
+
+
+def read_data_facts(run_dir: Path) -> dict[str, Any] | None:
+    """data.json read back (None: the run has none)."""
+    path = Path(run_dir) / DATA_FACTS
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _damaged(path, f"not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise _damaged(path, "not a mapping")
+    return payload
 
 
 def write_final_state(run_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:

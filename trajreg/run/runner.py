@@ -318,13 +318,15 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         from trajreg.run.tensorboard import require_tensorboard
 
         require_tensorboard()
-    data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
+    data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb,
+                     block_size=getattr(cfg.model, "block_size", None))
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
     mode.plan(total_steps(cfg, data), cfg.analysis)
     with atomic_dir(out) as tmp:
         rundir.write_config(tmp, cfg.to_dict())
+        rundir.write_data_facts(tmp, data)
         model, opt, sched = build(cfg, data)
-        capacity = cfg.train.epochs * (len(data.x_train) // cfg.data.batch_size) + 1
+        capacity = total_steps(cfg, data) + 1
         recorder = Recorder(opt, tmp / rundir.TRAJECTORY, mode=mode, capacity=capacity)
         try:
             phase(f"training {cfg.train.epochs} epochs ({total_steps(cfg, data)} steps)",
@@ -404,7 +406,8 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         cfg = conf.run
         if cfg is None:  # pragma: no cover - integrations refused above
             raise UserError(f"{run_dir}: no training config to re-measure with")
-        data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb)
+        data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb,
+                         block_size=getattr(cfg.model, "block_size", None))
         final_state = rundir.read_final_state(run_dir)
         model, _, _ = build(cfg, data)
         model.load_state_dict(final_state)

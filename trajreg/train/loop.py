@@ -1,18 +1,24 @@
 """The reference training loop: one short function, top to bottom.
 
 Everything random is derived from the run seed, so a run can be replayed exactly:
-the model init from (seed, 0), each epoch's data order from (seed, 1, epoch) and
-each step's dropout masks from (seed, 2, step), which also lets the loss of step
-t's minibatch be re-evaluated at another point x with the very same masks.
+the model init from (seed, 0), each epoch's data order from (seed, 1, epoch) (a data
+set sampled by windows: step t's window starts from (seed, 1, epoch, t)) and each
+step's dropout masks from (seed, 2, step), which also lets the loss of step t's
+minibatch be re-evaluated at another point x with the very same masks.
+
+The loss is the task's (``OBJECTIVES``, chosen once per data set): cross-entropy over
+the classes, per pixel for segmentation, per non-ignored token position for language
+(logits ``(B, T, V)``, targets ``IGNORE_INDEX`` where nothing is predicted), in nats.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -20,11 +26,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from trajreg.errors import UserError
-from trajreg.train.data import Dataset
+from trajreg.train.data import IGNORE_INDEX, LANGUAGE, SEGMENTATION, WINDOWS, Dataset
 from trajreg.train.metrics import accuracy, confusion_matrix, mean_iou
 from trajreg.train.models import build_model
 from trajreg.train.optim import build_optimizer, build_scheduler
-from trajreg.train.size import check_run_size
+from trajreg.train.size import EVAL_CHUNK, EVAL_TOKENS, check_run_size
 
 if TYPE_CHECKING:
     from trajreg.train.config import RunConfig
@@ -38,7 +44,7 @@ def derive_seed(*key: int) -> int:
 
 
 def steps_per_epoch(cfg: RunConfig, data: Dataset) -> int:
-    return len(data.x_train) // cfg.data.batch_size  # last partial batch dropped
+    return data.epoch_examples // cfg.data.batch_size  # last partial batch dropped
 
 
 def total_steps(cfg: RunConfig, data: Dataset) -> int:
@@ -46,15 +52,54 @@ def total_steps(cfg: RunConfig, data: Dataset) -> int:
 
 
 def batches(cfg: RunConfig, data: Dataset) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(step, epoch, indices) for every optimizer step of the run, in order."""
+    """(step, epoch, indices into ``x_train``) for every optimizer step of the run, in
+    order: a permutation of the examples each epoch, or (``data.sampling`` windows)
+    ``batch_size`` random window starts each step, drawn with replacement from a
+    generator of the step's own, so any step's windows follow from the seed alone."""
     n, bs = len(data.x_train), cfg.data.batch_size
+    per_epoch = steps_per_epoch(cfg, data)
     step = 0
     for epoch in range(1, cfg.train.epochs + 1):
+        if data.sampling == WINDOWS:
+            for _ in range(per_epoch):
+                g = torch.Generator().manual_seed(derive_seed(cfg.seed, 1, epoch, step))
+                yield step, epoch, torch.randint(n, (bs,), generator=g)
+                step += 1
+            continue
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, 1, epoch))
         order = torch.randperm(n, generator=g)
-        for i in range(n // bs):
+        for i in range(per_epoch):
             yield step, epoch, order[i * bs : (i + 1) * bs]
             step += 1
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def _token_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
+                         reduction: str) -> torch.Tensor:
+    """Mean (or sum) over the positions whose target is not ``IGNORE_INDEX``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+class Objective(NamedTuple):
+    """A task's loss of (logits, targets, reduction) and the targets its mean is over."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
+    counted: Callable[[torch.Tensor], int]
+
+
+OBJECTIVES = {
+    "classification": Objective(_cross_entropy, torch.Tensor.numel),
+    SEGMENTATION: Objective(_cross_entropy, torch.Tensor.numel),
+    LANGUAGE: Objective(_token_cross_entropy, lambda y: int((y != IGNORE_INDEX).sum())),
+}
+
+
+def objective(data: Dataset) -> Objective:
+    return OBJECTIVES[getattr(data, "task", "classification")]
 
 
 def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
@@ -62,6 +107,7 @@ def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: t
     """l_t(x): step t's minibatch, train mode, step t's random state."""
     device = cfg.train.device
     xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
+    loss = objective(data).loss
     # the default generators directly: torch.manual_seed also walks every
     # accelerator backend and cost ~100 us a step, more than a small model's step
     seed = derive_seed(cfg.seed, 2, step)
@@ -70,7 +116,7 @@ def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: t
         torch.cuda.manual_seed(seed)
     if not model.training:  # train() walks every module: a tenth of a small CNN's forward
         model.train()
-    return F.cross_entropy(model(xb), yb)
+    return loss(model(xb), yb, "mean")
 
 
 @contextmanager
@@ -85,43 +131,72 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+def eval_chunk(data: Dataset) -> int:
+    """Examples per evaluation forward: ``EVAL_CHUNK``, or for sequences as many as hold
+    about ``EVAL_TOKENS`` positions (a model's per-position activations grow with T)."""
+    if getattr(data, "task", "classification") != LANGUAGE:
+        return EVAL_CHUNK
+    return max(1, EVAL_TOKENS // data.x_train.shape[1])
+
+
+class Evaluation(NamedTuple):
+    loss: float  # mean over the counted targets, nats
+    confusion: np.ndarray | None  # with n_classes, not for language
+    correct: int  # language: argmax predictions equal to a counted target
+    counted: int  # the targets the mean is over
+
+
 @torch.no_grad()
-def _eval(cfg: RunConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int,
-          chunk: int = 1024) -> tuple[float, np.ndarray | None]:
-    """Mean loss (per sample, or per pixel for segmentation) in eval mode, so no BN
-    statistics are updated; with ``n_classes``, also the confusion matrix."""
-    total, confusion = 0.0, None
+def _eval(cfg: RunConfig, model: torch.nn.Module, data: Dataset, x: torch.Tensor,
+          y: torch.Tensor, n_classes: int) -> Evaluation:
+    """Mean loss (per sample, per pixel for segmentation, per counted token for
+    language) in eval mode, so no BN statistics are updated; with ``n_classes``, also
+    the confusion matrix (the correct tokens for language: a V x V matrix per position
+    would be most of the cost)."""
+    total, confusion, correct = 0.0, None, 0
+    task, (loss_of, counted) = getattr(data, "task", "classification"), objective(data)
+    chunk = eval_chunk(data)
     with eval_mode(model):
         for i in range(0, len(x), chunk):
             xb = x[i : i + chunk].to(cfg.train.device)
             yb = y[i : i + chunk].to(cfg.train.device)
             logits = model(xb)
-            total += F.cross_entropy(logits, yb, reduction="sum").item()
-            if n_classes:
+            total += loss_of(logits, yb, "sum").item()
+            if n_classes and task == LANGUAGE:
+                correct += int((logits.argmax(-1) == yb).sum())  # IGNORE_INDEX never equals
+            elif n_classes:
                 m = confusion_matrix(logits.argmax(1), yb, n_classes)
                 confusion = m if confusion is None else confusion + m
-    return total / y.numel(), confusion
+    n = counted(y)
+    return Evaluation(total / n if n else math.nan, confusion, correct, n)
 
 
 def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> float:
-    """F(x): mean training-set loss in eval mode."""
-    return _eval(cfg, model, data.x_train, data.y_train, 0)[0]
+    """F(x): mean training-set loss in eval mode (windows: the fixed non-overlapping
+    ones, ``Dataset.eval_train``)."""
+    x, y = data.eval_train
+    return _eval(cfg, model, data, x, y, 0).loss
 
 
 def evaluate(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> dict[str, float]:
-    """Loss and accuracy (classification) or pixel loss, pixel accuracy and mean IoU
-    (segmentation) on the training and test sets."""
+    """Loss and accuracy (classification), pixel loss, pixel accuracy and mean IoU
+    (segmentation), or token loss (nats), bits per token (``bpc``: bits per character
+    for text) and next-token accuracy (language), on the training and test sets."""
     out = {}
-    for split, x, y in (("train", data.x_train, data.y_train),
-                        ("test", data.x_test, data.y_test)):
+    task = getattr(data, "task", "classification")
+    for split, (x, y) in (("train", data.eval_train), ("test", (data.x_test, data.y_test))):
         if len(x) == 0:
             continue
-        loss, confusion = _eval(cfg, model, x, y, data.n_classes)
-        assert confusion is not None
-        out[f"{split}_loss"] = loss
-        out[f"{split}_accuracy"] = accuracy(confusion)
-        if getattr(data, "task", "classification") == "segmentation":
-            out[f"{split}_mean_iou"] = mean_iou(confusion)
+        ev = _eval(cfg, model, data, x, y, data.n_classes)
+        out[f"{split}_loss"] = ev.loss
+        if task == LANGUAGE:
+            out[f"{split}_bpc"] = ev.loss / math.log(2)
+            out[f"{split}_accuracy"] = ev.correct / ev.counted if ev.counted else math.nan
+            continue
+        assert ev.confusion is not None
+        out[f"{split}_accuracy"] = accuracy(ev.confusion)
+        if task == SEGMENTATION:
+            out[f"{split}_mean_iou"] = mean_iou(ev.confusion)
     return out
 
 
@@ -154,7 +229,7 @@ def build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, torch.optim.O
     default) and refuses a run above the memory cap (``size.check_run_size``)."""
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
-    check_run_size(cfg, data.size)
+    check_run_size(cfg, data.size, n_classes=data.n_classes)
     deterministic(cfg.train.device)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)

@@ -21,7 +21,11 @@ The estimate, in bytes (float32 throughout, P parameters):
   the evaluation, ``2 M`` with ``M`` the largest leaf output for a chunk of 1024
   examples (no_grad: one layer's input and output live at a time);
 * data: float32 inputs and int64 targets of the training and test sets after
-  ``resize``, plus the float32 copy at the original size while resizing.
+  ``resize``, plus the float32 copy at the original size while resizing; for the token
+  sets int64 token ids (``text``: one token stream, its windows are views of it).
+
+A language task's model takes int64 token ids ``(B, T)``: its input counts 8 bytes a
+position, and its evaluation forward holds about ``loop.EVAL_TOKENS`` positions.
 
 On cpu all three share the host's RAM; on cuda the data stays in host memory and the
 model's parameters and activations are held to the GPU's cap.
@@ -51,7 +55,7 @@ import torch
 from torch import fx, nn
 
 from trajreg.errors import ConfigError
-from trajreg.train.data import DATASETS, DataSize, planned_size
+from trajreg.train.data import DATASETS, DataSize, planned_classes, planned_size
 from trajreg.train.machine import fmt_bytes, memory_cap
 from trajreg.train.models import MODELS, TECHNIQUE_MODULES
 from trajreg.train.optim import optimizer_state_tensors
@@ -60,7 +64,8 @@ if TYPE_CHECKING:
     from trajreg.train.config import ModelConfig, RunConfig
 
 RUN_COPIES = 4  # copies of the parameters a run makes besides weights, grads, optimizer
-EVAL_CHUNK = 1024  # examples per evaluation forward (loop._eval)
+EVAL_CHUNK = 1024  # examples per evaluation forward (loop.eval_chunk)
+EVAL_TOKENS = 1 << 15  # a language task's positions per evaluation forward (loop.EVAL_TOKENS)
 FLOAT_BYTES = 4
 # host memory a run keeps per step, counted low: the training log's Python lists (a
 # loss float object and its pointer, 32 bytes; lr, epoch), the metrics table's 20-30
@@ -81,24 +86,27 @@ class ModelSize:
 
 
 def model_size(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int,
-               batch_size: int) -> ModelSize:
+               batch_size: int, dtype: torch.dtype = torch.float32) -> ModelSize:
     """Build ``cfg`` on the meta device (nothing is allocated) and size one forward of
-    ``batch_size`` inputs of ``input_shape``: every leaf module's output, float32.
-    ``ConfigError`` where the model cannot take that input (as ``build_model``)."""
+    ``batch_size`` inputs of ``input_shape`` and ``dtype`` (int64: token ids): every leaf
+    module's output, float32. ``ConfigError`` where the model cannot take that input
+    (as ``build_model``)."""
     with torch.device("meta"):
         model = MODELS[cfg.name](cfg, tuple(input_shape), n_classes)
     shape = (batch_size, *input_shape)
     shapes = leaf_output_shapes(model, shape)
     if shapes is None:
-        shapes = meta_leaf_output_shapes(model, shape)
-    sizes = [FLOAT_BYTES * math.prod(s) for s in [shape, *shapes]]
+        shapes = meta_leaf_output_shapes(model, shape, dtype)
+    input_bytes = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+    sizes = [input_bytes, *(FLOAT_BYTES * math.prod(s) for s in shapes)]
     n = sum(p.numel() for p in model.parameters())
     return ModelSize(n, sum(sizes), max(sizes))
 
 
-def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple]:
+def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...],
+                            dtype: torch.dtype = torch.float32) -> list[tuple]:
     """The output shape of every leaf module (one without children) in a train-mode
-    forward of a meta tensor of ``input_shape``, in call order. ``model`` must be on
+    forward of a meta tensor of ``input_shape`` and ``dtype``, in call order. ``model`` must be on
     the meta device. Exact for any model, but the first call in a process imports
     torch's meta kernels (seconds)."""
     shapes: list[tuple] = []
@@ -111,7 +119,7 @@ def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> l
              if next(m.children(), None) is None]
     try:
         with torch.no_grad():
-            model.train()(torch.empty(input_shape, device="meta"))
+            model.train()(torch.zeros(input_shape, dtype=dtype, device="meta"))
     finally:
         for h in hooks:
             h.remove()
@@ -171,6 +179,8 @@ def _module_rule(m: nn.Module, s: tuple) -> tuple | None:
         return s
     if isinstance(m, nn.Linear):
         return (*s[:-1], m.out_features)
+    if isinstance(m, nn.Embedding):
+        return (*s, m.embedding_dim)
     if isinstance(m, nn.Conv2d | nn.MaxPool2d) and not isinstance(m.padding, str):
         k, st, p, d = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size,
                                             m.padding, m.dilation))
@@ -260,12 +270,22 @@ class RunMemory:
                 f"data {fmt_bytes(self.data_bytes)}")
 
 
-def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
+def _block_size(cfg: RunConfig) -> int | None:
+    return getattr(cfg.model, "block_size", None)
+
+
+def _classes(cfg: RunConfig, n_classes: int | None) -> int:
+    return planned_classes(cfg.data, _block_size(cfg)) if n_classes is None else n_classes
+
+
+def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None,
+                        n_classes: int | None = None) -> RunMemory:
     """Size a validated run config without allocating anything (see the module docstring).
-    ``data``: the size of the data set when it is loaded already (``Dataset.size``);
-    None: its published size after ``subset`` and ``resize`` (``data.planned_size``).
+    ``data``, ``n_classes``: the size and classes of the data set when it is loaded
+    already (``Dataset.size``, ``Dataset.n_classes``); None: its published size after
+    ``subset`` and ``resize`` (``data.planned_size``, ``data.planned_classes``).
     ``ConfigError`` where the model cannot take the data set's input shape."""
-    size = planned_size(cfg.data) if data is None else data
+    size = planned_size(cfg.data, _block_size(cfg)) if data is None else data
     data_bytes = size.nbytes
     spec = DATASETS[cfg.data.name]
     if data is None and cfg.data.resize is not None and not spec.sized \
@@ -273,24 +293,28 @@ def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None) -> RunMemo
         data_bytes += DataSize(size.n_train, size.n_test, spec.shape,
                                tuple(spec.shape[1:]) if size.target_shape else ()).nbytes
     batch = min(cfg.data.batch_size, max(size.n_train, 1))
-    m = model_size(cfg.model, size.input_shape, spec.n_classes, batch)
+    tokens = size.input_bytes == 8  # int64 token ids: a language task
+    m = model_size(cfg.model, size.input_shape, _classes(cfg, n_classes), batch,
+                   torch.int64 if tokens else torch.float32)
     copies = 2 + optimizer_state_tensors(cfg.optim) + RUN_COPIES
     param_bytes = FLOAT_BYTES * m.n_params * copies
     train_act = 2 * m.train_activation_bytes
     per_example_largest = m.largest_output_bytes / batch
-    eval_act = 2 * per_example_largest * min(EVAL_CHUNK, max(size.n_train, size.n_test, 1))
+    chunk = max(1, EVAL_TOKENS // math.prod(size.input_shape)) if tokens else EVAL_CHUNK
+    eval_act = 2 * per_example_largest * min(chunk, max(size.n_train, size.n_test, 1))
     return RunMemory(m.n_params, param_bytes, int(max(train_act, eval_act)), data_bytes,
                      size, cfg.train.device)
 
 
-def check_run_size(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
-    """The run's ``estimate_run_memory(cfg, data)``, or ``ConfigError`` (one line, with
+def check_run_size(cfg: RunConfig, data: DataSize | None = None,
+                   n_classes: int | None = None) -> RunMemory:
+    """The run's ``estimate_run_memory(cfg, data, n_classes)``, or ``ConfigError`` (one line, with
     the figures) when it is above the cap: ``train.max_memory_gb`` if set, else 75% of
     the machine's RAM (and, for cuda, of the GPU's memory for the model's part), or when
     its per-step records alone are (``train.epochs``, with the steps and a lower bound
     on the time); a ``UserWarning`` before a run that cannot take less than
     ``LONG_RUN_SECONDS``."""
-    est = estimate_run_memory(cfg, data)
+    est = estimate_run_memory(cfg, data, n_classes)
     override = cfg.train.max_memory_gb
     host = memory_cap("cpu", override)
     checks = [(est.host_bytes, host)]
@@ -301,7 +325,7 @@ def check_run_size(cfg: RunConfig, data: DataSize | None = None) -> RunMemory:
             raise ConfigError(f"{_blame(cfg, est)}: the run needs about {fmt_bytes(needed)} "
                               f"({est.describe()}), above {cap.about}; set "
                               "train.max_memory_gb to override")
-    _check_steps(cfg, est)
+    _check_steps(cfg, est, n_classes)
     return est
 
 
@@ -322,7 +346,7 @@ def _blame(cfg: RunConfig, est: RunMemory) -> str:
 class RunSteps:
     """A run's length and what it costs by its number of steps."""
 
-    steps: int  # optimizer steps T = epochs * (training examples // batch size)
+    steps: int  # optimizer steps T = epochs * (epoch examples // batch size)
     memory_bytes: int  # host memory for the per-step records (STEP_BYTES a step)
     disk_bytes: int  # what the record mode and the metrics table write
     record_mode: str
@@ -360,22 +384,24 @@ def record_disk_bytes(cfg: RunConfig, steps: int, n_params: int) -> int:
 
 
 def estimate_run_steps(cfg: RunConfig, data: DataSize | None = None,
-                       n_params: int | None = None) -> RunSteps:
+                       n_params: int | None = None, n_classes: int | None = None) -> RunSteps:
     """The run's steps, their memory and disk (see the module docstring), from the
-    config alone (``data`` and ``n_params`` as ``estimate_run_memory`` finds them)."""
-    size = planned_size(cfg.data) if data is None else data
+    config alone (``data``, ``n_params`` and ``n_classes`` as ``estimate_run_memory``
+    finds them). ``data.n_train`` is an epoch's examples (windows for ``text``)."""
+    size = planned_size(cfg.data, _block_size(cfg)) if data is None else data
     steps = cfg.train.epochs * (size.n_train // cfg.data.batch_size)
     if n_params is None:
-        spec = DATASETS[cfg.data.name]
-        n_params = model_size(cfg.model, size.input_shape, spec.n_classes, 1).n_params
+        dtype = torch.int64 if size.input_bytes == 8 else torch.float32
+        n_params = model_size(cfg.model, size.input_shape, _classes(cfg, n_classes), 1,
+                              dtype).n_params
     return RunSteps(steps, STEP_BYTES * steps, record_disk_bytes(cfg, steps, n_params),
                     cfg.record.mode)
 
 
-def _check_steps(cfg: RunConfig, est: RunMemory) -> RunSteps:
+def _check_steps(cfg: RunConfig, est: RunMemory, n_classes: int | None = None) -> RunSteps:
     """Refuse a run whose per-step records alone exceed the host's memory cap; warn
     before one that cannot take less than ``LONG_RUN_SECONDS``."""
-    run = estimate_run_steps(cfg, est.data, est.n_params)
+    run = estimate_run_steps(cfg, est.data, est.n_params, n_classes)
     cap = memory_cap("cpu", cfg.train.max_memory_gb)
     if not cap.allows(run.memory_bytes):
         raise ConfigError(f"train.epochs: {cfg.train.epochs} epochs are {run.describe()}; "
