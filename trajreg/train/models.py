@@ -81,6 +81,7 @@ take raise ``ConfigError`` with a message starting ``"model.name: "``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ from torch import nn
 
 from trajreg.errors import ConfigError
 from trajreg.train.checks import choice, positive, quote
+from trajreg.train.transformer import GPT, POSITIONS, ViT, gpt2_init
+from trajreg.train.transformer import NORMS as TRANSFORMER_NORMS
 
 ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -106,7 +109,7 @@ ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
 
 # The module types each technique adds; tests strip them to compare forward graphs.
 TECHNIQUE_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
-    "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm),
+    "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm),
     "activation": (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity),
     "dropout": (nn.Dropout,),
 }
@@ -117,9 +120,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {  # the first is the family's default
 }
 
 # ``width`` when the config leaves it unset: the mlp's hidden units, the cnn's first-block
-# channels, the other conv nets' channel multiplier.
+# channels, the other conv nets' channel multiplier, the transformers' d_model.
 DEFAULT_WIDTH: dict[str, float] = {"mlp": 64, "cnn": 16, "alexnet": 1.0, "vgg": 1.0,
-                                   "resnet": 1.0, "unet": 1.0}
+                                   "resnet": 1.0, "unet": 1.0, "gpt": 64, "vit": 64}
+
+TRANSFORMERS = ("gpt", "vit")  # built from trajreg.train.transformer's Block
+# ModelConfig keys only the transformers read; other nets accept and ignore them, and
+# their configs leave them out of ``RunConfig.to_dict`` at the defaults (run ids unchanged)
+TRANSFORMER_KEYS = ("heads", "block_size", "norm_position", "qk_norm", "patch_size", "tie")
 
 MAX_DEPTH = 1000  # the mlp's depth limit: deeper is a typo, and slow to even build
 
@@ -152,13 +160,17 @@ def _kaiming(weight: torch.Tensor, activation: str) -> None:
 
 
 # init scheme -> how it sets a weight, given the activation; ``default`` (None) keeps
-# PyTorch's own initialisation.
+# the model's own initialisation (PyTorch's; GPT-2's for gpt and vit). The gpt2 schemes
+# are ``transformer.gpt2_init`` (embeddings and residual projections too, see GPT2_SCALED).
 INIT_SCHEMES: dict[str, Callable[[torch.Tensor, str], object] | None] = {
     "default": None,
     "kaiming": _kaiming,
     "xavier": lambda weight, activation: nn.init.xavier_normal_(weight),
     "orthogonal": lambda weight, activation: nn.init.orthogonal_(weight),
+    "gpt2": lambda weight, activation: nn.init.normal_(weight, 0.0, 0.02),
+    "gpt2_unscaled": lambda weight, activation: nn.init.normal_(weight, 0.0, 0.02),
 }
+GPT2_SCALED = {"gpt2": True, "gpt2_unscaled": False}  # scheme -> scaled residual init
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -536,9 +548,31 @@ def _unet(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.
     return UNet(c, n_classes, model_width(cfg), cfg.activation, cfg.norm, cfg.skip)
 
 
+def _gpt(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ConfigError(f"model.name: gpt needs token sequences (T,), got input shape "
+                          f"{tuple(input_shape)}; use a language data set")
+    if input_shape[0] > cfg.block_size:
+        raise ConfigError(f"model.block_size: {cfg.block_size} is shorter than the data's "
+                          f"sequence length {input_shape[0]}; set model.block_size to "
+                          f"{input_shape[0]} or more")
+    return GPT(n_classes, cfg.block_size, int(model_width(cfg)), cfg.depth, cfg.heads,
+               cfg.dropout, cfg.norm, cfg.norm_position, cfg.skip, cfg.qk_norm, cfg.tie)
+
+
+def _vit(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    c, h, w = _image_shape("vit", input_shape)
+    p = cfg.patch_size
+    if h % p or w % p:
+        raise ConfigError(f"model.patch_size: {p} does not divide the images' height and "
+                          f"width {h}x{w}; choose a divisor of both or set data.resize")
+    return ViT(c, (h, w), p, n_classes, int(model_width(cfg)), cfg.depth, cfg.heads,
+               cfg.dropout, cfg.norm, cfg.norm_position, cfg.skip, cfg.qk_norm)
+
+
 MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
     "mlp": _mlp, "cnn": _cnn, "alexnet": _alexnet, "vgg": _vgg, "resnet": _resnet,
-    "unet": _unet,
+    "unet": _unet, "gpt": _gpt, "vit": _vit,
 }
 
 
@@ -549,16 +583,26 @@ class ModelConfig:
 
     name: str = "mlp"
     variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the first
-    depth: int = 6  # mlp: number of linear layers (at most models.MAX_DEPTH)
+    # mlp: number of linear layers; gpt, vit: number of transformer blocks (both at most
+    # models.MAX_DEPTH)
+    depth: int = 6
     # None: the family's default (models.DEFAULT_WIDTH), set by load_config. mlp: hidden
     # units (64); cnn: its first block's channels (16; the second has twice as many);
-    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard)
+    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard);
+    # gpt, vit: d_model (64)
     width: float | None = None
-    activation: str = "relu"
-    norm: str = "none"
-    skip: bool = True  # resnet, unet: the skip connections
-    dropout: float = 0.0  # mlp, alexnet
-    init: str = "default"
+    activation: str = "relu"  # not gpt, vit (their MLPs use GELU)
+    norm: str = "none"  # gpt, vit: none, layer or rms
+    skip: bool = True  # resnet, unet, gpt, vit: the skip (residual) connections
+    dropout: float = 0.0  # mlp, alexnet, gpt, vit
+    init: str = "default"  # default: PyTorch's own; GPT-2's (scaled) for gpt, vit
+    # gpt and vit only (TRANSFORMER_KEYS; the other nets ignore them)
+    heads: int = 4  # attention heads; must divide the width
+    block_size: int = 64  # gpt: the longest sequence (positions embedded)
+    norm_position: str = "pre"  # pre or post: where a block's norms sit
+    qk_norm: bool = False  # normalise each head's queries and keys (needs a norm)
+    patch_size: int = 4  # vit: patch side; must divide the images' height and width
+    tie: bool = True  # gpt: the output head shares the token embedding
 
     def validate(self) -> None:
         choice("model.name", self.name, tuple(MODELS))
@@ -570,16 +614,44 @@ class ModelConfig:
         positive("model.depth", self.depth)
         if self.depth > MAX_DEPTH:
             raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {quote(self.depth)}")
+        transformer = self.name in TRANSFORMERS
         if self.width is not None:
             positive("model.width", self.width)
-            if self.name == "mlp" and self.width != int(self.width):
-                raise ConfigError(f"model.width: the mlp's hidden units must be a whole "
-                                  f"number, got {quote(self.width)}")
+            if (self.name == "mlp" or transformer) and self.width != int(self.width):
+                what = "the mlp's hidden units" if self.name == "mlp" else f"{self.name}'s d_model"
+                raise ConfigError(f"model.width: {what} must be a whole number, got "
+                                  f"{quote(self.width)}")
         choice("model.activation", self.activation, tuple(ACTIVATION_LAYERS))
-        choice("model.norm", self.norm, tuple(NORM_LAYERS))
+        norms = tuple(TRANSFORMER_NORMS if transformer else NORM_LAYERS)
+        if transformer and self.norm in NORM_LAYERS and self.norm not in norms:
+            raise ConfigError(f"model.norm: {self.name} takes {', '.join(norms)} ({self.norm} "
+                              f"is for the conv nets and the mlp), got {quote(self.norm)}")
+        choice("model.norm", self.norm, norms)
         choice("model.init", self.init, tuple(INIT_SCHEMES))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {quote(self.dropout)}")
+        positive("model.heads", self.heads)
+        positive("model.block_size", self.block_size)
+        positive("model.patch_size", self.patch_size)
+        choice("model.norm_position", self.norm_position, POSITIONS)
+        if transformer:
+            width = int(DEFAULT_WIDTH[self.name] if self.width is None else self.width)
+            if width % self.heads:
+                raise ConfigError(f"model.heads: {self.heads} does not divide model.width "
+                                  f"{width} (each head takes width / heads features)")
+            if self.qk_norm and self.norm == "none":
+                raise ConfigError("model.qk_norm: needs model.norm layer or rms (q and k are "
+                                  "normalised with the blocks' norm type), got norm none")
+
+    def to_dict(self) -> dict[str, object]:
+        """The fields as a dict, without the transformer keys for the other nets where
+        they are at their defaults (so their run ids predate those keys unchanged)."""
+        out = dataclasses.asdict(self)
+        if self.name not in TRANSFORMERS:
+            for f in dataclasses.fields(self):
+                if f.name in TRANSFORMER_KEYS and out[f.name] == f.default:
+                    del out[f.name]
+        return out
 
     def resolve(self) -> None:
         if self.width is None:
@@ -591,6 +663,9 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
     set_weight = INIT_SCHEMES[scheme]
     if set_weight is None:
         return
+    if scheme in GPT2_SCALED:
+        gpt2_init(model, scaled=GPT2_SCALED[scheme])
+        return
     weighted = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     norms = TECHNIQUE_MODULES["norm"]
     with torch.no_grad():
@@ -601,7 +676,8 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
                     nn.init.zeros_(m.bias)
             elif isinstance(m, norms) and getattr(m, "weight", None) is not None:
                 nn.init.ones_(cast(torch.Tensor, m.weight))
-                nn.init.zeros_(cast(torch.Tensor, m.bias))
+                if getattr(m, "bias", None) is not None:  # RMSNorm has none
+                    nn.init.zeros_(cast(torch.Tensor, m.bias))
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
