@@ -216,10 +216,11 @@ def gpt2_init(model: nn.Module, scaled: bool = True) -> None:
                     nn.init.zeros_(bias)
             elif isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d,
                                 nn.GroupNorm)):
-                if getattr(m, "weight", None) is not None:
-                    nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+                weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+                if isinstance(weight, torch.Tensor):  # absent without affine parameters
+                    nn.init.ones_(weight)
+                if isinstance(bias, torch.Tensor):  # RMSNorm has no bias
+                    nn.init.zeros_(bias)
         outs = residual_outputs(model)
         if scaled and outs:
             scale = residual_scale(len(outs) // 2)
