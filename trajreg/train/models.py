@@ -48,6 +48,32 @@ per family (``DEFAULT_WIDTH`` when unset, ``model_width``):
   features' shape are concatenated instead, so every layer keeps its size.
   Needs H and W to be multiples of 8. Default (width 1) with 1 input channel and 4
   classes (``shapes``): 481,796 parameters.
+* ``gpt`` -- a decoder-only transformer (``transformer.GPT``): int64 token ids (B, T) ->
+  logits (B, T, n_classes), n_classes being the data set's vocabulary; input shape (T,)
+  with T <= ``block_size`` (else ``ConfigError`` naming model.block_size). Token and learned
+  position embeddings (-> dropout), ``depth`` causal blocks of ``heads`` heads over
+  ``width`` = d_model features, a final norm (the blocks' type), a bias-free head tied to
+  the token embedding (``tie: true``; one Parameter). Default (width 64, depth 6, heads 4,
+  block_size 64, no norm) with a 64-token vocabulary: 306,560 parameters.
+* ``vit`` -- a vision transformer (``transformer.ViT``) on (C, H, W) images -> (B,
+  n_classes): a strided ``patch_size`` x ``patch_size`` Conv2d patch embedding
+  (``patch_size`` must divide H and W), learned position embeddings, the same blocks
+  without the causal mask, a final norm, mean pooling over the patches (no class token)
+  and a Linear head. Default on CIFAR's 3x32x32 (64 patches of 4x4): 306,250 parameters.
+
+  Both share one ``transformer.Block``: attention (one Linear to q, k, v;
+  ``F.scaled_dot_product_attention``, causal for gpt; an output projection) and an MLP
+  (Linear to 4 ``width``, GELU, Linear back; ``activation`` does not apply), each a
+  residual branch ending in dropout when ``dropout > 0`` (which also drops attention
+  weights in train mode). Their switches, each changing nothing else:
+  ``norm`` (none, layer: LayerNorm, rms: RMSNorm; batch and group are refused),
+  ``norm_position`` (pre: x + f(norm(x)), post: norm(x + f(x)), Xiong et al. 2020; the
+  final norm is there either way), ``skip`` (false: x is replaced by f(...), no
+  addition), ``qk_norm`` (a norm of the chosen type over each head's queries and keys,
+  shared by the heads; needs a norm). The keys ``heads``, ``block_size``,
+  ``norm_position``, ``qk_norm``, ``patch_size`` and ``tie`` (``TRANSFORMER_KEYS``) are
+  accepted and ignored by the other nets, which leave them out of ``RunConfig.to_dict``
+  at their defaults, so the run ids of earlier configs hold.
 
 Switches, shared by every model:
 
@@ -56,7 +82,7 @@ Switches, shared by every model:
   piecewise linear, so they are linear only between pooling decisions (as in the
   paper's "without nonlinear activation"); batch norm in train mode also mixes the
   batch. ``nn.Identity`` is used for nothing else, so every activation is a module.
-* ``norm`` -- ``none`` adds no module at all; for conv features ``batch`` is BatchNorm2d,
+* ``norm`` -- ``none`` adds no module at all (gpt and vit: see above); for conv features ``batch`` is BatchNorm2d,
   ``layer`` GroupNorm(1, C) and ``group`` GroupNorm(gcd(C, 8), C) (``group_count``); for
   the mlp's (N, width) features BatchNorm1d, LayerNorm and GroupNorm(gcd(width, 8), width).
   AlexNet and VGG normalise their conv layers only (as torchvision's ``*_bn`` models).
@@ -65,12 +91,18 @@ Switches, shared by every model:
 * ``width`` -- per family, default ``DEFAULT_WIDTH``: the mlp's hidden units (64); the
   cnn's first-block channels (16); for alexnet, vgg, resnet and unet a multiplier (1.0,
   the standard size): every layer's channels are ``max(1, round(base * width))``
-  (``channels``), hidden FC sizes included.
-* ``init`` -- ``default`` keeps PyTorch's initialisation. ``kaiming``
+  (``channels``), hidden FC sizes included; gpt's and vit's d_model (64).
+* ``init`` -- ``default`` keeps the model's own initialisation: PyTorch's, GPT-2's
+  (``gpt2``) for gpt and vit. ``kaiming``
   (``kaiming_normal_``, fan_in, gain of the activation: relu for relu/elu/gelu,
   leaky_relu with slope 0.01, tanh, sigmoid, linear for identity), ``xavier``
   (``xavier_normal_``) and ``orthogonal`` (``orthogonal_``) set the weight of every
   Linear, conv and transposed conv and zero its bias; norm layers get weight 1, bias 0.
+  ``gpt2`` (``transformer.gpt2_init``): every Linear, conv and transposed conv weight,
+  embedding and position embedding ~ N(0, 0.02), biases 0, norms 1/0, and GPT-2's scaled
+  residual init: the blocks' residual output projections (attention's and the MLP's
+  ``proj``) multiplied by 1/sqrt(2 depth); ``gpt2_unscaled`` leaves out that scaling. The
+  other nets take both (they have no residual projections to scale).
 
 Classifier input sizes are computed analytically from ``input_shape`` (no dry forward),
 so building consumes the global torch RNG only through the layers' own initialisation
