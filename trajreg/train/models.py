@@ -82,7 +82,8 @@ Switches, shared by every model:
   piecewise linear, so they are linear only between pooling decisions (as in the
   paper's "without nonlinear activation"); batch norm in train mode also mixes the
   batch. ``nn.Identity`` is used for nothing else, so every activation is a module.
-* ``norm`` -- ``none`` adds no module at all (gpt and vit: see above); for conv features ``batch`` is BatchNorm2d,
+* ``norm`` -- ``none`` adds no module at all (gpt and vit: see above); for conv features
+  ``batch`` is BatchNorm2d,
   ``layer`` GroupNorm(1, C) and ``group`` GroupNorm(gcd(C, 8), C) (``group_count``); for
   the mlp's (N, width) features BatchNorm1d, LayerNorm and GroupNorm(gcd(width, 8), width).
   AlexNet and VGG normalise their conv layers only (as torchvision's ``*_bn`` models).
