@@ -225,3 +225,24 @@ def test_train_threads_and_memory_cap_keys():
     assert load_config(tiny()).train.threads is None
     assert load_config(tiny(optim={"name": "nesterov"})).optim.momentum == 0.9
     assert load_config(tiny(optim={"name": "adam"})).optim.momentum == 0.0
+
+
+# ----------------------------------------------------------------------------- serialization
+
+def test_the_transformer_keys_leave_the_other_nets_configs_and_run_ids_unchanged():
+    """The model section of an mlp config serialises as before gpt and vit existed (the
+    dict its run id hashes); a transformer's config holds every key, and both round-trip."""
+    cfg = load_config(tiny(model={"name": "mlp", "depth": 3, "width": 64, "norm": "none"}))
+    assert cfg.to_dict()["model"] == {"name": "mlp", "variant": None, "depth": 3, "width": 64,
+                                      "activation": "relu", "norm": "none", "skip": True,
+                                      "dropout": 0.0, "init": "default"}
+    gpt = load_config(tiny(model={"name": "gpt", "depth": 6, "width": 64, "norm": "layer",
+                                  "heads": 2}))
+    assert gpt.to_dict()["model"] == {**cfg.to_dict()["model"], "name": "gpt", "depth": 6,
+                                      "norm": "layer", "heads": 2, "block_size": 64,
+                                      "norm_position": "pre", "qk_norm": False,
+                                      "patch_size": 4, "tie": True}
+    odd = load_config(tiny(model={"name": "mlp", "heads": 3}))  # set: kept, though ignored
+    assert odd.to_dict()["model"]["heads"] == 3 and "tie" not in odd.to_dict()["model"]
+    for c in (cfg, gpt, odd):
+        assert load_config(c.to_dict()).to_dict() == c.to_dict()

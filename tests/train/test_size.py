@@ -17,7 +17,7 @@ from trajreg.train import machine, size
 from trajreg.train.config import DataConfig, ModelConfig, load_config
 from trajreg.train.data import DATASETS, DataSize, load_data, planned_size
 from trajreg.train.loop import build
-from trajreg.train.models import MODELS, VARIANTS
+from trajreg.train.models import MODELS, TRANSFORMERS, VARIANTS
 from trajreg.train.optim import OPTIMIZERS, optimizer_state_tensors
 
 GB = 1e9
@@ -83,20 +83,23 @@ def test_load_data_refuses_before_converting(monkeypatch):
 def _zoo() -> list[tuple[str, str | None, str, bool]]:
     out = []
     for name in MODELS:
+        norms = ("none", "layer", "rms") if name in TRANSFORMERS else ("none", "batch", "group")
         for variant in VARIANTS.get(name, (None,)):
-            for norm in ("none", "batch", "group"):
+            for norm in norms:
                 out.append((name, variant, norm, True))
-        if name in ("resnet", "unet"):
-            out.append((name, None, "batch", False))
+        if name in ("resnet", "unet", "gpt", "vit"):
+            out.append((name, None, "layer" if name in TRANSFORMERS else "batch", False))
     return out
 
 
 @pytest.mark.parametrize(("name", "variant", "norm", "skip"), _zoo(),
                          ids=["-".join(map(str, case)) for case in _zoo()])
 def test_fx_shape_rules_agree_with_a_meta_forward(name, variant, norm, skip):
-    shape = (2, 1, 32, 32) if name == "unet" else (2, 3, 32, 32)
-    cfg = ModelConfig(name=name, variant=variant, norm=norm, skip=skip, width=0.5
-                      if name != "mlp" else 32, dropout=0.2 if name in ("mlp", "alexnet") else 0)
+    shape = {"unet": (2, 1, 32, 32), "gpt": (2, 32)}.get(name, (2, 3, 32, 32))
+    width = {"mlp": 32, "gpt": 32, "vit": 32}.get(name, 0.5)
+    cfg = ModelConfig(name=name, variant=variant, norm=norm, skip=skip, width=width,
+                      dropout=0.2 if name in ("mlp", "alexnet", "gpt", "vit") else 0,
+                      depth=2 if name in TRANSFORMERS else 6, qk_norm=norm != "none")
     with torch.device("meta"):
         model = MODELS[name](cfg, shape[1:], 10)
     fast = size.leaf_output_shapes(model, shape)

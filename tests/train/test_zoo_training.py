@@ -24,12 +24,14 @@ DATA = {
     "resnet": {"name": "digits", "subset": 32, "batch_size": 8, "resize": 16},
     "unet": {"name": "shapes", "subset": 32, "batch_size": 8, "resize": 16},
 }
-WIDTH = {"mlp": 16, "cnn": 4, "alexnet": 0.125, "vgg": 0.125, "resnet": 0.25, "unet": 0.25}
+TRANSFORMER_DATA = {"vit": {"name": "digits", "subset": 32, "batch_size": 8}}  # 8x8: 4 patches
+WIDTH = {"mlp": 16, "cnn": 4, "alexnet": 0.125, "vgg": 0.125, "resnet": 0.25, "unet": 0.25,
+         "vit": 16}
 
 
 @functools.cache
 def _data(model: str):
-    return load_data(load_config(tiny(data=DATA[model])).data)
+    return load_data(load_config(tiny(data={**DATA, **TRANSFORMER_DATA}[model])).data)
 
 
 def _cases():
@@ -45,13 +47,18 @@ def _cases():
     yield "alexnet", {"dropout": 0.5}
     yield "mlp", {"dropout": 0.5}
     yield "vgg", {"variant": "vgg16"}
+    for switch in ({"norm": "layer", "qk_norm": True}, {"norm": "rms", "skip": False},
+                   {"norm": "layer", "norm_position": "post", "dropout": 0.2}):
+        yield "vit", switch  # gpt needs a language data set: tests/train/test_transformer.py
 
 
 @pytest.mark.parametrize("model, switch", list(_cases()),
                          ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
 def test_trains_two_recorded_steps(model, switch, tmp_path, one_thread):
-    cfg = load_config(tiny(data=DATA[model], model={"name": model, "width": WIDTH[model],
-                                                     **switch},
+    spec = {**DATA, **TRANSFORMER_DATA}[model]
+    extra = {"depth": 2, "heads": 2} if model in TRANSFORMER_DATA else {}
+    cfg = load_config(tiny(data=spec, model={"name": model, "width": WIDTH[model], **extra,
+                                             **switch},
                            optim={"name": "momentum", "lr": 0.01}))
     data = _data(model)
     net, opt, sched = build(cfg, data)

@@ -207,6 +207,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["model"] = self.model.to_dict()  # the transformer keys only where they matter
         if self.train.distributed is None:  # trajreg.distributed: absent unless set, so
             del out["train"]["distributed"]  # single-process configs (and run ids) are unchanged
         return out

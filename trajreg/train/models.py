@@ -48,6 +48,32 @@ per family (``DEFAULT_WIDTH`` when unset, ``model_width``):
   features' shape are concatenated instead, so every layer keeps its size.
   Needs H and W to be multiples of 8. Default (width 1) with 1 input channel and 4
   classes (``shapes``): 481,796 parameters.
+* ``gpt`` -- a decoder-only transformer (``transformer.GPT``): int64 token ids (B, T) ->
+  logits (B, T, n_classes), n_classes being the data set's vocabulary; input shape (T,)
+  with T <= ``block_size`` (else ``ConfigError`` naming model.block_size). Token and learned
+  position embeddings (-> dropout), ``depth`` causal blocks of ``heads`` heads over
+  ``width`` = d_model features, a final norm (the blocks' type), a bias-free head tied to
+  the token embedding (``tie: true``; one Parameter). Default (width 64, depth 6, heads 4,
+  block_size 64, no norm) with a 64-token vocabulary: 306,560 parameters.
+* ``vit`` -- a vision transformer (``transformer.ViT``) on (C, H, W) images -> (B,
+  n_classes): a strided ``patch_size`` x ``patch_size`` Conv2d patch embedding
+  (``patch_size`` must divide H and W), learned position embeddings, the same blocks
+  without the causal mask, a final norm, mean pooling over the patches (no class token)
+  and a Linear head. Default on CIFAR's 3x32x32 (64 patches of 4x4): 306,250 parameters.
+
+  Both share one ``transformer.Block``: attention (one Linear to q, k, v;
+  ``F.scaled_dot_product_attention``, causal for gpt; an output projection) and an MLP
+  (Linear to 4 ``width``, GELU, Linear back; ``activation`` does not apply), each a
+  residual branch ending in dropout when ``dropout > 0`` (which also drops attention
+  weights in train mode). Their switches, each changing nothing else:
+  ``norm`` (none, layer: LayerNorm, rms: RMSNorm; batch and group are refused),
+  ``norm_position`` (pre: x + f(norm(x)), post: norm(x + f(x)), Xiong et al. 2020; the
+  final norm is there either way), ``skip`` (false: x is replaced by f(...), no
+  addition), ``qk_norm`` (a norm of the chosen type over each head's queries and keys,
+  shared by the heads; needs a norm). The keys ``heads``, ``block_size``,
+  ``norm_position``, ``qk_norm``, ``patch_size`` and ``tie`` (``TRANSFORMER_KEYS``) are
+  accepted and ignored by the other nets, which leave them out of ``RunConfig.to_dict``
+  at their defaults, so the run ids of earlier configs hold.
 
 Switches, shared by every model:
 
@@ -56,7 +82,8 @@ Switches, shared by every model:
   piecewise linear, so they are linear only between pooling decisions (as in the
   paper's "without nonlinear activation"); batch norm in train mode also mixes the
   batch. ``nn.Identity`` is used for nothing else, so every activation is a module.
-* ``norm`` -- ``none`` adds no module at all; for conv features ``batch`` is BatchNorm2d,
+* ``norm`` -- ``none`` adds no module at all (gpt and vit: see above); for conv features
+  ``batch`` is BatchNorm2d,
   ``layer`` GroupNorm(1, C) and ``group`` GroupNorm(gcd(C, 8), C) (``group_count``); for
   the mlp's (N, width) features BatchNorm1d, LayerNorm and GroupNorm(gcd(width, 8), width).
   AlexNet and VGG normalise their conv layers only (as torchvision's ``*_bn`` models).
@@ -65,12 +92,18 @@ Switches, shared by every model:
 * ``width`` -- per family, default ``DEFAULT_WIDTH``: the mlp's hidden units (64); the
   cnn's first-block channels (16); for alexnet, vgg, resnet and unet a multiplier (1.0,
   the standard size): every layer's channels are ``max(1, round(base * width))``
-  (``channels``), hidden FC sizes included.
-* ``init`` -- ``default`` keeps PyTorch's initialisation. ``kaiming``
+  (``channels``), hidden FC sizes included; gpt's and vit's d_model (64).
+* ``init`` -- ``default`` keeps the model's own initialisation: PyTorch's, GPT-2's
+  (``gpt2``) for gpt and vit. ``kaiming``
   (``kaiming_normal_``, fan_in, gain of the activation: relu for relu/elu/gelu,
   leaky_relu with slope 0.01, tanh, sigmoid, linear for identity), ``xavier``
   (``xavier_normal_``) and ``orthogonal`` (``orthogonal_``) set the weight of every
   Linear, conv and transposed conv and zero its bias; norm layers get weight 1, bias 0.
+  ``gpt2`` (``transformer.gpt2_init``): every Linear, conv and transposed conv weight,
+  embedding and position embedding ~ N(0, 0.02), biases 0, norms 1/0, and GPT-2's scaled
+  residual init: the blocks' residual output projections (attention's and the MLP's
+  ``proj``) multiplied by 1/sqrt(2 depth); ``gpt2_unscaled`` leaves out that scaling. The
+  other nets take both (they have no residual projections to scale).
 
 Classifier input sizes are computed analytically from ``input_shape`` (no dry forward),
 so building consumes the global torch RNG only through the layers' own initialisation
@@ -81,6 +114,7 @@ take raise ``ConfigError`` with a message starting ``"model.name: "``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +127,8 @@ from torch import nn
 
 from trajreg.errors import ConfigError
 from trajreg.train.checks import choice, positive, quote
+from trajreg.train.transformer import GPT, POSITIONS, ViT, gpt2_init
+from trajreg.train.transformer import NORMS as TRANSFORMER_NORMS
 
 ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -106,7 +142,7 @@ ACTIVATION_LAYERS: dict[str, Callable[[], nn.Module]] = {
 
 # The module types each technique adds; tests strip them to compare forward graphs.
 TECHNIQUE_MODULES: dict[str, tuple[type[nn.Module], ...]] = {
-    "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm),
+    "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm),
     "activation": (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Identity),
     "dropout": (nn.Dropout,),
 }
@@ -117,9 +153,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {  # the first is the family's default
 }
 
 # ``width`` when the config leaves it unset: the mlp's hidden units, the cnn's first-block
-# channels, the other conv nets' channel multiplier.
+# channels, the other conv nets' channel multiplier, the transformers' d_model.
 DEFAULT_WIDTH: dict[str, float] = {"mlp": 64, "cnn": 16, "alexnet": 1.0, "vgg": 1.0,
-                                   "resnet": 1.0, "unet": 1.0}
+                                   "resnet": 1.0, "unet": 1.0, "gpt": 64, "vit": 64}
+
+TRANSFORMERS = ("gpt", "vit")  # built from trajreg.train.transformer's Block
+# ModelConfig keys only the transformers read; other nets accept and ignore them, and
+# their configs leave them out of ``RunConfig.to_dict`` at the defaults (run ids unchanged)
+TRANSFORMER_KEYS = ("heads", "block_size", "norm_position", "qk_norm", "patch_size", "tie")
 
 MAX_DEPTH = 1000  # the mlp's depth limit: deeper is a typo, and slow to even build
 
@@ -152,13 +193,17 @@ def _kaiming(weight: torch.Tensor, activation: str) -> None:
 
 
 # init scheme -> how it sets a weight, given the activation; ``default`` (None) keeps
-# PyTorch's own initialisation.
+# the model's own initialisation (PyTorch's; GPT-2's for gpt and vit). The gpt2 schemes
+# are ``transformer.gpt2_init`` (embeddings and residual projections too, see GPT2_SCALED).
 INIT_SCHEMES: dict[str, Callable[[torch.Tensor, str], object] | None] = {
     "default": None,
     "kaiming": _kaiming,
     "xavier": lambda weight, activation: nn.init.xavier_normal_(weight),
     "orthogonal": lambda weight, activation: nn.init.orthogonal_(weight),
+    "gpt2": lambda weight, activation: nn.init.normal_(weight, 0.0, 0.02),
+    "gpt2_unscaled": lambda weight, activation: nn.init.normal_(weight, 0.0, 0.02),
 }
+GPT2_SCALED = {"gpt2": True, "gpt2_unscaled": False}  # scheme -> scaled residual init
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -536,9 +581,31 @@ def _unet(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.
     return UNet(c, n_classes, model_width(cfg), cfg.activation, cfg.norm, cfg.skip)
 
 
+def _gpt(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    if len(input_shape) != 1:
+        raise ConfigError(f"model.name: gpt needs token sequences (T,), got input shape "
+                          f"{tuple(input_shape)}; use a language data set")
+    if input_shape[0] > cfg.block_size:
+        raise ConfigError(f"model.block_size: {cfg.block_size} is shorter than the data's "
+                          f"sequence length {input_shape[0]}; set model.block_size to "
+                          f"{input_shape[0]} or more")
+    return GPT(n_classes, cfg.block_size, int(model_width(cfg)), cfg.depth, cfg.heads,
+               cfg.dropout, cfg.norm, cfg.norm_position, cfg.skip, cfg.qk_norm, cfg.tie)
+
+
+def _vit(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    c, h, w = _image_shape("vit", input_shape)
+    p = cfg.patch_size
+    if h % p or w % p:
+        raise ConfigError(f"model.patch_size: {p} does not divide the images' height and "
+                          f"width {h}x{w}; choose a divisor of both or set data.resize")
+    return ViT(c, (h, w), p, n_classes, int(model_width(cfg)), cfg.depth, cfg.heads,
+               cfg.dropout, cfg.norm, cfg.norm_position, cfg.skip, cfg.qk_norm)
+
+
 MODELS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
     "mlp": _mlp, "cnn": _cnn, "alexnet": _alexnet, "vgg": _vgg, "resnet": _resnet,
-    "unet": _unet,
+    "unet": _unet, "gpt": _gpt, "vit": _vit,
 }
 
 
@@ -549,16 +616,26 @@ class ModelConfig:
 
     name: str = "mlp"
     variant: str | None = None  # vgg11/13/16/19, resnet20/32/56/18/34; None: the first
-    depth: int = 6  # mlp: number of linear layers (at most models.MAX_DEPTH)
+    # mlp: number of linear layers; gpt, vit: number of transformer blocks (both at most
+    # models.MAX_DEPTH)
+    depth: int = 6
     # None: the family's default (models.DEFAULT_WIDTH), set by load_config. mlp: hidden
     # units (64); cnn: its first block's channels (16; the second has twice as many);
-    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard)
+    # alexnet, vgg, resnet, unet: a multiplier on every layer's channels (1.0: standard);
+    # gpt, vit: d_model (64)
     width: float | None = None
-    activation: str = "relu"
-    norm: str = "none"
-    skip: bool = True  # resnet, unet: the skip connections
-    dropout: float = 0.0  # mlp, alexnet
-    init: str = "default"
+    activation: str = "relu"  # not gpt, vit (their MLPs use GELU)
+    norm: str = "none"  # gpt, vit: none, layer or rms
+    skip: bool = True  # resnet, unet, gpt, vit: the skip (residual) connections
+    dropout: float = 0.0  # mlp, alexnet, gpt, vit
+    init: str = "default"  # default: PyTorch's own; GPT-2's (scaled) for gpt, vit
+    # gpt and vit only (TRANSFORMER_KEYS; the other nets ignore them)
+    heads: int = 4  # attention heads; must divide the width
+    block_size: int = 64  # gpt: the longest sequence (positions embedded)
+    norm_position: str = "pre"  # pre or post: where a block's norms sit
+    qk_norm: bool = False  # normalise each head's queries and keys (needs a norm)
+    patch_size: int = 4  # vit: patch side; must divide the images' height and width
+    tie: bool = True  # gpt: the output head shares the token embedding
 
     def validate(self) -> None:
         choice("model.name", self.name, tuple(MODELS))
@@ -570,16 +647,44 @@ class ModelConfig:
         positive("model.depth", self.depth)
         if self.depth > MAX_DEPTH:
             raise ConfigError(f"model.depth: must be <= {MAX_DEPTH}, got {quote(self.depth)}")
+        transformer = self.name in TRANSFORMERS
         if self.width is not None:
             positive("model.width", self.width)
-            if self.name == "mlp" and self.width != int(self.width):
-                raise ConfigError(f"model.width: the mlp's hidden units must be a whole "
-                                  f"number, got {quote(self.width)}")
+            if (self.name == "mlp" or transformer) and self.width != int(self.width):
+                what = "the mlp's hidden units" if self.name == "mlp" else f"{self.name}'s d_model"
+                raise ConfigError(f"model.width: {what} must be a whole number, got "
+                                  f"{quote(self.width)}")
         choice("model.activation", self.activation, tuple(ACTIVATION_LAYERS))
-        choice("model.norm", self.norm, tuple(NORM_LAYERS))
+        norms = tuple(TRANSFORMER_NORMS if transformer else NORM_LAYERS)
+        if transformer and self.norm in NORM_LAYERS and self.norm not in norms:
+            raise ConfigError(f"model.norm: {self.name} takes {', '.join(norms)} ({self.norm} "
+                              f"is for the conv nets and the mlp), got {quote(self.norm)}")
+        choice("model.norm", self.norm, norms)
         choice("model.init", self.init, tuple(INIT_SCHEMES))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {quote(self.dropout)}")
+        positive("model.heads", self.heads)
+        positive("model.block_size", self.block_size)
+        positive("model.patch_size", self.patch_size)
+        choice("model.norm_position", self.norm_position, POSITIONS)
+        if transformer:
+            width = int(DEFAULT_WIDTH[self.name] if self.width is None else self.width)
+            if width % self.heads:
+                raise ConfigError(f"model.heads: {self.heads} does not divide model.width "
+                                  f"{width} (each head takes width / heads features)")
+            if self.qk_norm and self.norm == "none":
+                raise ConfigError("model.qk_norm: needs model.norm layer or rms (q and k are "
+                                  "normalised with the blocks' norm type), got norm none")
+
+    def to_dict(self) -> dict[str, object]:
+        """The fields as a dict, without the transformer keys for the other nets where
+        they are at their defaults (so their run ids predate those keys unchanged)."""
+        out = dataclasses.asdict(self)
+        if self.name not in TRANSFORMERS:
+            for f in dataclasses.fields(self):
+                if f.name in TRANSFORMER_KEYS and out[f.name] == f.default:
+                    del out[f.name]
+        return out
 
     def resolve(self) -> None:
         if self.width is None:
@@ -591,6 +696,9 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
     set_weight = INIT_SCHEMES[scheme]
     if set_weight is None:
         return
+    if scheme in GPT2_SCALED:
+        gpt2_init(model, scaled=GPT2_SCALED[scheme])
+        return
     weighted = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     norms = TECHNIQUE_MODULES["norm"]
     with torch.no_grad():
@@ -601,7 +709,8 @@ def init_weights(model: nn.Module, scheme: str, activation: str = "relu") -> Non
                     nn.init.zeros_(m.bias)
             elif isinstance(m, norms) and getattr(m, "weight", None) is not None:
                 nn.init.ones_(cast(torch.Tensor, m.weight))
-                nn.init.zeros_(cast(torch.Tensor, m.bias))
+                if getattr(m, "bias", None) is not None:  # RMSNorm has none
+                    nn.init.zeros_(cast(torch.Tensor, m.bias))
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from trajreg.errors import ConfigError
@@ -106,8 +107,8 @@ def model_size(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int,
 def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...],
                             dtype: torch.dtype = torch.float32) -> list[tuple]:
     """The output shape of every leaf module (one without children) in a train-mode
-    forward of a meta tensor of ``input_shape`` and ``dtype``, in call order. ``model`` must be on
-    the meta device. Exact for any model, but the first call in a process imports
+    forward of a meta tensor of ``input_shape`` and ``dtype``, in call order. ``model``
+    must be on the meta device. Exact for any model, but the first call in a process imports
     torch's meta kernels (seconds)."""
     shapes: list[tuple] = []
 
@@ -226,10 +227,28 @@ def _function_rule(node: fx.Node, env: dict[fx.Node, tuple]) -> tuple | None:
         shape = list(parts[0])
         shape[dim] = sum(p[dim] for p in parts)
         return tuple(shape)
-    if target in ("flatten", torch.flatten) and isinstance(args[0], tuple):
+    if not args or not isinstance(args[0], tuple):
+        return None
+    s = args[0]
+    if target == "unflatten":  # the transformers' heads
+        dim, sizes = args[1] % len(s), tuple(args[2])
+        return (*s[:dim], *sizes, *s[dim + 1 :])
+    if target == "permute":
+        return tuple(s[d] for d in args[1:])
+    if target == "transpose":
+        t = list(s)
+        t[args[1]], t[args[2]] = s[args[2]], s[args[1]]
+        return tuple(t)
+    if target is operator.getitem and isinstance(args[1], int):
+        return s[1:]
+    if target is F.scaled_dot_product_attention and isinstance(args[2], tuple):
+        return (*s[:-1], args[2][-1])
+    if target == "mean" and len(args) == 2 and isinstance(args[1], int) \
+            and not node.kwargs:
+        return tuple(n for i, n in enumerate(s) if i != args[1] % len(s))
+    if target in ("flatten", torch.flatten):
         start: Any = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
         end: Any = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
-        s = args[0]
         end = end % len(s)
         return (*s[:start], math.prod(s[start : end + 1]), *s[end + 1 :])
     return None
