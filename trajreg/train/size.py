@@ -272,7 +272,8 @@ def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None) -> RunMemo
             and size.input_shape != spec.shape:
         data_bytes += DataSize(size.n_train, size.n_test, spec.shape,
                                tuple(spec.shape[1:]) if size.target_shape else ()).nbytes
-    batch = min(cfg.data.batch_size, max(size.n_train, 1))
+    # a step's activations are held for one micro-batch at a time (train.accumulate)
+    batch = min(cfg.data.batch_size // cfg.train.accumulate, max(size.n_train, 1))
     m = model_size(cfg.model, size.input_shape, spec.n_classes, batch)
     copies = 2 + optimizer_state_tensors(cfg.optim) + RUN_COPIES
     param_bytes = FLOAT_BYTES * m.n_params * copies
