@@ -77,7 +77,7 @@ def test_loss_gap_uses_the_steps_own_batch_mode_and_masks(tmp_path):
     with torch.no_grad():
         for step, _, idx in batches(cfg, data):
             if step % 7 == 0:
-                load_flat(model, store.row(step))
+                load_flat(cfg, model, store.row(step))
                 assert minibatch_loss(cfg, model, data, idx, step).item() == table["loss"][step]
     # replay evaluates at x* during training; its model must end exactly where training did
     out_r, _ = _run(tmp_path, "r", model={"dropout": 0.3}, record={"mode": "replay"})

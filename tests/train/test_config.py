@@ -246,3 +246,59 @@ def test_the_transformer_keys_leave_the_other_nets_configs_and_run_ids_unchanged
     assert odd.to_dict()["model"]["heads"] == 3 and "tie" not in odd.to_dict()["model"]
     for c in (cfg, gpt, odd):
         assert load_config(c.to_dict()).to_dict() == c.to_dict()
+
+
+# ------------------------------------------- train.grad_clip, train.accumulate, new keys
+
+# A config written before train.grad_clip, train.accumulate, optim.warmup_steps and
+# optim.decay_exclude existed, its run id computed by that code (commit fc4c99d)
+OLD_CONFIG = {"seed": 0, "data": {"name": "digits", "batch_size": 64, "subset": 512},
+              "model": {"name": "mlp", "depth": 3, "width": 32, "norm": "batch"},
+              "optim": {"name": "adamw", "lr": 0.001, "weight_decay": 0.01,
+                        "schedule": "warmup_cosine"},
+              "train": {"epochs": 3}, "record": {"mode": "store"}}
+OLD_RUN_ID = "85987fdd9dcc"
+
+
+def test_new_keys_leave_an_old_configs_dict_and_run_id_unchanged():
+    from trajreg.study.spec import run_id
+
+    d = load_config(OLD_CONFIG).to_dict()
+    assert set(d["train"]) == {"epochs", "device", "threads", "max_memory_gb"}
+    assert set(d["optim"]) == {"name", "lr", "momentum", "weight_decay", "betas", "schedule",
+                               "step_epochs", "decay", "warmup_epochs"}
+    assert run_id(d) == OLD_RUN_ID
+    given = {**OLD_CONFIG, "train": {"epochs": 3, "grad_clip": 1.0, "accumulate": 2},
+             "optim": {**OLD_CONFIG["optim"], "schedule": "cosine", "warmup_steps": 5,
+                       "decay_exclude": ["norm", "bias"]}}
+    d = load_config(given).to_dict()
+    assert d["train"]["grad_clip"] == 1.0 and d["train"]["accumulate"] == 2
+    assert d["optim"]["warmup_steps"] == 5 and d["optim"]["decay_exclude"] == ["norm", "bias"]
+    assert load_config(d).to_dict() == d  # round trip, as a run directory reads it back
+    explicit = {**OLD_CONFIG, "train": {"epochs": 3, "grad_clip": None, "accumulate": 1},
+                "optim": {**OLD_CONFIG["optim"], "warmup_steps": 0, "decay_exclude": []}}
+    assert run_id(load_config(explicit).to_dict()) == OLD_RUN_ID  # the defaults, spelled out
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train": {"grad_clip": 0.0}}, "train.grad_clip: must be > 0"),
+    ({"train": {"grad_clip": -1}}, "train.grad_clip: must be > 0"),
+    ({"train": {"grad_clip": "1"}}, "train.grad_clip: must be a number"),
+    ({"train": {"grad_clip": 1e39}}, "train.grad_clip: 1e+39 overflows float32"),
+    ({"train": {"accumulate": 0}}, "train.accumulate: must be > 0"),
+    ({"train": {"accumulate": 2.0}}, "train.accumulate: must be an integer"),
+    ({"train": {"accumulate": 3}}, "data.batch_size: 64 is not divisible by train.accumulate 3"),
+    ({"train": {"accumulate": 4, "distributed": {"nproc": 32}}},
+     "data.batch_size: 64 is not divisible by train.distributed.nproc 32 times "
+     "train.accumulate 4"),
+])
+def test_bad_grad_clip_and_accumulate(change, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(tiny(**change))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_accumulate_dividing_the_batch_loads():
+    cfg = load_config(tiny(train={"accumulate": 4, "grad_clip": 0.5,
+                                  "distributed": {"nproc": 2}}))
+    assert cfg.train.accumulate == 4 and cfg.train.grad_clip == 0.5

@@ -243,3 +243,16 @@ def test_cuda_runs_hold_the_model_to_the_gpu_and_the_data_to_the_host(monkeypatc
         size.check_run_size(cfg)
     cfg.train.max_memory_gb = 1.0  # the override applies to both
     assert size.check_run_size(cfg) == est
+
+
+def test_accumulation_holds_one_micro_batch_of_activations():
+    from tests.conftest import tiny
+    from trajreg.train.config import load_config
+    from trajreg.train.size import estimate_run_memory
+
+    def act(batch_size, accumulate):
+        return estimate_run_memory(load_config(tiny(
+            data={"batch_size": batch_size}, model={"width": 256},
+            train={"accumulate": accumulate}))).activation_bytes
+
+    assert act(256, 4) == act(64, 1) < act(256, 1)

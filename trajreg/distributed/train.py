@@ -8,6 +8,12 @@ same model init on every rank (from (seed, 0)), the same global batches (from
 forward pass. What differs from one process: a rank draws dropout masks for its part
 only (so masks are not the single process's), and batch norm normalises with its
 part's statistics (as plain DDP does).
+
+With ``train.accumulate`` k, each rank takes its part of each of the step's k
+micro-batches, and every micro-batch's backward averages the gradients over the ranks
+(DDP's all-reduce, FSDP2's reduce-scatter: correct, though not the fewest collectives);
+``train.grad_clip`` then clips the averaged gradients (under FSDP2 the sharded DTensor
+gradients, whose global norm ``clip_grad_norm_`` reduces over the ranks).
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ from trajreg.train.loop import (
     build,
     eval_chunk,
     eval_mode,
-    minibatch_loss,
+    microbatch_loss,
     objective,
     steps_per_epoch,
     total_steps,
     train,
 )
-from trajreg.train.optim import build_optimizer, build_scheduler
+from trajreg.train.optim import build_optimizer, build_scheduler, parameter_groups
 
 if TYPE_CHECKING:
     from trajreg.train.config import RunConfig
@@ -69,7 +75,7 @@ def build_distributed(cfg: RunConfig, data: Dataset, strategy: str, world: int
     and schedule built over the wrapped parameters (FSDP2 replaces them by DTensors)."""
     model, _, _ = build(cfg, data)
     model = wrap(model, strategy, world, cfg.train.device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    optimizer = build_optimizer(cfg.optim, parameter_groups(cfg.optim, model))
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps(cfg, data),
                                 steps_per_epoch(cfg, data))
     return model, optimizer, scheduler
@@ -146,12 +152,12 @@ def train_distributed(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
     numbers: l_t(x_t) is the mean of the ranks' part means (the global batch's mean), F_k
     the summed losses over the ranks' parts of the training set; so every rank stops at
     the same step on a non-finite loss. ``eval_full=False`` skips F_k (benchmarks)."""
-    def step_loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
-        loss = minibatch_loss(cfg, model, data, part_of(idx, rank, world), step)
+    def micro_loss(idx: torch.Tensor, step: int, micro: int) -> tuple[torch.Tensor, float]:
+        loss = microbatch_loss(cfg, model, data, part_of(idx, rank, world), step, micro)
         return loss, mean_over_ranks(loss, world)
 
     return train(cfg, data, model, optimizer, scheduler, eval_full=eval_full, progress=False,
-                 on_epoch=on_epoch, step_loss=step_loss,
+                 on_epoch=on_epoch, micro_loss=micro_loss,
                  evaluate=lambda: full_loss(cfg, model, data, rank, world))
 
 

@@ -42,6 +42,7 @@ from trajreg.train.loop import (
     train,
 )
 from trajreg.train.models import n_params
+from trajreg.train.optim import trained_parameters
 from trajreg.train.size import check_run_disk, check_run_size
 
 
@@ -50,9 +51,11 @@ def default_out(config_path: str | Path | None) -> Path:
     return Path("runs") / f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def load_flat(model: torch.nn.Module, x: np.ndarray | torch.Tensor) -> None:
-    """Copy a flat parameter vector into ``model`` (parameter order of ``build``)."""
-    set_flat_params([p for p in model.parameters() if p.requires_grad], x)
+def load_flat(cfg: RunConfig, model: torch.nn.Module, x: np.ndarray | torch.Tensor) -> None:
+    """Copy a flat parameter vector (a row of the trajectory) into ``model``, in the
+    optimizer's parameter order (``trained_parameters``: with optim.decay_exclude not
+    ``model.parameters()``'s)."""
+    set_flat_params(trained_parameters(cfg.optim, model), x)
 
 
 def reference_step(log: TrainLog, reference: str) -> int:
@@ -119,7 +122,7 @@ class RunContext:
         return self._star
 
     def load(self, x: np.ndarray) -> None:
-        load_flat(self.star, x)
+        load_flat(self.cfg, self.star, x)
 
     @torch.inference_mode()  # forward passes only: no autograd bookkeeping (about 15% less)
     def step_losses(self, steps: Sequence[int]) -> np.ndarray:
@@ -169,7 +172,7 @@ class RunContext:
         initial, _, _ = build(self.cfg, self.data)  # x_0 and its buffers, from the seed
         start = dict(initial.named_buffers())
         model = copy.deepcopy(self.model)  # leaves the trained model and ``star`` alone
-        params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+        params: list[torch.Tensor] = list(trained_parameters(self.cfg.optim, model))
         x0_t, x_star_t = torch.from_numpy(np.array(x0)), torch.from_numpy(np.array(x_star))
         end = {name: b.detach().clone() for name, b in model.named_buffers()}
         known = self._logged_ends(initial, params, x0_t, x_star_t)
@@ -197,7 +200,7 @@ class RunContext:
             flat = flat_params(ps).detach().cpu()
             return x.shape == flat.shape and torch.equal(x, flat.to(x.dtype))
 
-        if log.full_loss and same(x0, [p for p in initial.parameters() if p.requires_grad]):
+        if log.full_loss and same(x0, list(trained_parameters(self.cfg.optim, initial))):
             known[0.0] = log.full_loss[0]
         if (log.diverged_step is None and log.epoch_ends and log.epoch_ends[-1] == log.steps
                 and len(log.full_loss) == len(log.epoch_ends) + 1
@@ -235,7 +238,7 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
         star, opt, sched = build(cfg, data)
         train(cfg, data, star, opt, sched, max_steps=k, eval_full=False, desc="to x*",
               progress=progress)
-    x_star = flat_params([p for p in star.parameters() if p.requires_grad]).cpu()
+    x_star = flat_params(list(trained_parameters(cfg.optim, star))).cpu()
     model, opt, sched = build(cfg, data)
     x0 = flat_params(optimizer_params(opt)).cpu().numpy()  # rebuilt from the seed
     star_copy = copy.deepcopy(star)  # train-mode forwards there must not touch ``star``
@@ -248,8 +251,9 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
             raise ReplayMismatch(f"replay departed from the recorded run at step {t}: "
                                  f"loss {u!r} != recorded {v!r}")
     x_end = flat_params(optimizer_params(opt)).cpu()
-    recorded = torch.cat([final_state[n].reshape(-1) for n, p in model.named_parameters()
-                          if p.requires_grad])
+    names = {id(p): n for n, p in model.named_parameters()}
+    recorded = torch.cat([final_state[names[id(p)]].reshape(-1)
+                          for p in trained_parameters(cfg.optim, model)])
     if replay.steps != T or not _same_bits(x_end, recorded):
         raise ReplayMismatch("replay did not reproduce the recorded final parameters "
                              "bit for bit; the run is not deterministic on this machine")

@@ -61,3 +61,8 @@ def choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 def positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{key}: must be > 0, got {quote(value)}")
+
+
+# keys left out of RunConfig.to_dict at their defaults, so configs written before the
+# key existed keep their serialized dict and run id (config.omitted_at_default)
+OMIT_AT_DEFAULT = {"omit_at_default": True}

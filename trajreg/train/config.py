@@ -25,7 +25,15 @@ import yaml
 
 from trajreg.errors import ConfigError
 from trajreg.record.modes import MODE_NAMES, MODES, get_mode
-from trajreg.train.checks import FLOAT32_MAX, choice, positive, quote, short
+from trajreg.train.checks import (
+    FLOAT32_MAX,
+    OMIT_AT_DEFAULT,
+    check_float32,
+    choice,
+    positive,
+    quote,
+    short,
+)
 from trajreg.train.checks import FLOAT32_TINY as FLOAT32_TINY  # re-exported, as before
 from trajreg.train.checks import QUOTE_CHARS as QUOTE_CHARS
 from trajreg.train.data import DATASETS, DataConfig
@@ -57,9 +65,18 @@ class TrainConfig:
     max_memory_gb: float | None = None
     # trajreg.distributed: N processes (DDP or FSDP2) training one run; None: one process
     distributed: DistributedConfig | None = None
+    # the largest global gradient norm an optimizer step sees (clip_grad_norm_); None: off
+    grad_clip: float | None = field(default=None, metadata=OMIT_AT_DEFAULT)
+    # micro-batches per optimizer step (gradient accumulation); data.batch_size stays the
+    # step's batch size
+    accumulate: int = field(default=1, metadata=OMIT_AT_DEFAULT)
 
     def validate(self) -> None:
         positive("train.epochs", self.epochs)
+        if self.grad_clip is not None:
+            positive("train.grad_clip", self.grad_clip)
+            check_float32("train.grad_clip", self.grad_clip)
+        positive("train.accumulate", self.accumulate)
         if self.distributed is not None:  # trajreg.distributed
             self.distributed.validate()
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -88,11 +105,13 @@ class DistributedConfig:
 
     def check_run(self, cfg: RunConfig) -> None:
         """What the distributed run needs of the other sections (one-line ConfigErrors)."""
-        n, bs = self.nproc, cfg.data.batch_size
-        if bs % n:
-            raise ConfigError(f"data.batch_size: {bs} is not divisible by "
-                              f"train.distributed.nproc {n} (each process takes an equal "
-                              "part of every global batch)")
+        n, bs, k = self.nproc, cfg.data.batch_size, cfg.train.accumulate
+        if bs % (n * k):
+            by = f"train.distributed.nproc {n}" + (f" times train.accumulate {k}" if k > 1
+                                                   else "")
+            what = "micro-batch" if k > 1 else "global batch"
+            raise ConfigError(f"data.batch_size: {bs} is not divisible by {by} (each "
+                              f"process takes an equal part of every {what})")
         mode = get_mode(cfg.record.mode)
         if mode.reexecutes:
             raise ConfigError(f"record.mode: {mode.name} cannot measure a distributed run (a "
@@ -202,6 +221,10 @@ class RunConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 typing.cast(Any, section).validate()
+        bs, k = self.data.batch_size, self.train.accumulate
+        if bs % k:
+            raise ConfigError(f"data.batch_size: {bs} is not divisible by train.accumulate "
+                              f"{k} (every micro-batch of a step has the same size)")
         if self.train.distributed is not None:  # trajreg.distributed: cross-section checks
             self.train.distributed.check_run(self)
 
@@ -210,7 +233,26 @@ class RunConfig:
         out["model"] = self.model.to_dict()  # the transformer keys only where they matter
         if self.train.distributed is None:  # trajreg.distributed: absent unless set, so
             del out["train"]["distributed"]  # single-process configs (and run ids) are unchanged
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                for key in omitted_at_default(section):
+                    del out[f.name][key]
         return out
+
+
+def omitted_at_default(section: Any) -> list[str]:
+    """The keys of a config section that ``RunConfig.to_dict`` leaves out: those added
+    after runs were first written (``checks.OMIT_AT_DEFAULT``), while at their defaults,
+    so an older config's dict, and the run id studies derive from it, stay the same."""
+    out = []
+    for f in dataclasses.fields(section):
+        if not f.metadata.get("omit_at_default"):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(section, f.name) == default:
+            out.append(f.name)
+    return out
 
 
 # ----------------------------------------------------------------------------- YAML

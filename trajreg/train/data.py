@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from trajreg.errors import ConfigError, UserError
-from trajreg.train.checks import choice, positive, quote
+from trajreg.train.checks import OMIT_AT_DEFAULT, choice, positive, quote
 from trajreg.train.machine import fmt_bytes, memory_cap
 
 SPLIT_SEED = 0  # the train/test split is the same for every run seed
@@ -694,9 +694,12 @@ class DataConfig:
     resize: int | None = None  # resize images to this side (bilinear; masks: nearest)
     normalize: bool = True  # standardise with the training set's statistics
     root: str | None = None  # directory holding mnist / fashion_mnist / cifar10 files
-    file: str | None = None  # text: a UTF-8 file (None: pydoc_data's text)
-    p: int | None = None  # modular: the modulus (None: MODULAR_P)
-    train_fraction: float | None = None  # modular: the training share of the p^2 pairs
+    # keys of the token sets, left out of a run's dict at their defaults (run ids of the
+    # other sets unchanged)
+    file: str | None = field(default=None, metadata=OMIT_AT_DEFAULT)  # text: a UTF-8 file
+    p: int | None = field(default=None, metadata=OMIT_AT_DEFAULT)  # modular (None: MODULAR_P)
+    # modular: the training share of the p^2 pairs
+    train_fraction: float | None = field(default=None, metadata=OMIT_AT_DEFAULT)
 
     def validate(self) -> None:
         choice("data.name", self.name, tuple(DATASETS))

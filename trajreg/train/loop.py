@@ -9,16 +9,24 @@ minibatch be re-evaluated at another point x with the very same masks.
 The loss is the task's (``OBJECTIVES``, chosen once per data set): cross-entropy over
 the classes, per pixel for segmentation, per non-ignored token position for language
 (logits ``(B, T, V)``, targets ``IGNORE_INDEX`` where nothing is predicted), in nats.
+
+With ``train.accumulate`` k > 1 a step's minibatch is k contiguous micro-batches, each
+forward and backward on its own (its loss divided by k, so the summed gradient is the
+whole minibatch's mean) with its own random state (seed, 2, step, j); l_t is the mean of
+the k micro-batch losses (``minibatch_loss``), each evaluated on its own micro-batch, so
+batch norm sees the micro-batch statistics training saw. ``train.grad_clip`` clips the
+global gradient norm after the last backward and before ``optimizer.step``, so the
+recorder (optimizer step hooks) sees the clipped gradient and the clipped update.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +37,7 @@ from trajreg.errors import UserError
 from trajreg.train.data import IGNORE_INDEX, LANGUAGE, SEGMENTATION, WINDOWS, Dataset
 from trajreg.train.metrics import accuracy, confusion_matrix, mean_iou
 from trajreg.train.models import build_model
-from trajreg.train.optim import build_optimizer, build_scheduler
+from trajreg.train.optim import build_optimizer, build_scheduler, parameter_groups
 from trajreg.train.size import EVAL_CHUNK, EVAL_TOKENS, check_run_size
 
 if TYPE_CHECKING:
@@ -102,21 +110,62 @@ def objective(data: Dataset) -> Objective:
     return OBJECTIVES[getattr(data, "task", "classification")]
 
 
-def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
-                   step: int) -> torch.Tensor:
-    """l_t(x): step t's minibatch, train mode, step t's random state."""
+def micro_batches(cfg: RunConfig, idx: torch.Tensor) -> list[torch.Tensor]:
+    """A step's minibatch as its ``train.accumulate`` contiguous micro-batches."""
+    k = cfg.train.accumulate
+    n = len(idx) // k  # data.batch_size is divisible by accumulate (RunConfig.validate)
+    return [idx[j * n : (j + 1) * n] for j in range(k)]
+
+
+def step_seed(cfg: RunConfig, step: int, micro: int = 0) -> int:
+    """The random state of step ``step``'s micro-batch ``micro``: (seed, 2, step), as
+    before accumulation existed, when a step is one batch; (seed, 2, step, micro) else."""
+    if cfg.train.accumulate == 1:
+        return derive_seed(cfg.seed, 2, step)
+    return derive_seed(cfg.seed, 2, step, micro)
+
+
+def mean_loss(losses: Sequence[Any]) -> Any:
+    """The step loss of its micro-batch losses (floats, or tensors: a float64 tensor):
+    summed in order in float64, then divided by their count; one loss is itself. The
+    same float64 operations either way, so a logged value (floats) and a recomputed one
+    (tensors) agree bit for bit."""
+    if len(losses) == 1:
+        return losses[0]
+    total = losses[0] if isinstance(losses[0], float) else losses[0].double()
+    for loss in losses[1:]:
+        total = total + (loss if isinstance(loss, float) else loss.double())
+    return total / len(losses)
+
+
+def microbatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
+                    step: int, micro: int = 0) -> torch.Tensor:
+    """The loss on the micro-batch ``idx`` of step ``step``: train mode, the micro-batch's
+    own random state (``step_seed``)."""
     device = cfg.train.device
     xb, yb = data.x_train[idx].to(device), data.y_train[idx].to(device)
     loss = objective(data).loss
     # the default generators directly: torch.manual_seed also walks every
     # accelerator backend and cost ~100 us a step, more than a small model's step
-    seed = derive_seed(cfg.seed, 2, step)
+    seed = step_seed(cfg, step, micro)
     torch.default_generator.manual_seed(seed)
     if xb.is_cuda:
         torch.cuda.manual_seed(seed)
     if not model.training:  # train() walks every module: a tenth of a small CNN's forward
         model.train()
     return loss(model(xb), yb, "mean")
+
+
+def minibatch_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset, idx: torch.Tensor,
+                   step: int) -> torch.Tensor:
+    """l_t(x): step t's minibatch ``idx``, train mode, step t's random state; with
+    ``train.accumulate`` > 1 the mean of its micro-batches' losses (``mean_loss``, float64),
+    each on its own micro-batch with its own random state."""
+    parts = micro_batches(cfg, idx)
+    if len(parts) == 1:
+        return microbatch_loss(cfg, model, data, idx, step)
+    return mean_loss([microbatch_loss(cfg, model, data, part, step, j)
+                      for j, part in enumerate(parts)])
 
 
 @contextmanager
@@ -233,7 +282,7 @@ def build(cfg: RunConfig, data: Dataset) -> tuple[torch.nn.Module, torch.optim.O
     deterministic(cfg.train.device)
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(cfg.train.device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    optimizer = build_optimizer(cfg.optim, parameter_groups(cfg.optim, model))
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps(cfg, data),
                                 steps_per_epoch(cfg, data))
     return model, optimizer, scheduler
@@ -256,12 +305,22 @@ class TrainLog:
         return len(self.loss)
 
 
+def clip_gradients(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> None:
+    """``train.grad_clip``: scale the gradients of every parameter the optimizer updates
+    so that their global norm is at most grad_clip (``torch.nn.utils.clip_grad_norm_``:
+    under DDP after the ranks' gradients are averaged, under FSDP2 the norm of the
+    sharded (DTensor) gradients, reduced over the ranks)."""
+    if cfg.train.grad_clip is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+
+
 def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
           optimizer: torch.optim.Optimizer, scheduler: Scheduler, *, max_steps: int | None = None,
           star_model: torch.nn.Module | None = None, eval_full: bool = True,
           desc: str = "train", progress: bool | None = None,
           on_epoch: Callable[[int], None] | None = None,
-          step_loss: Callable[[torch.Tensor, int], tuple[torch.Tensor, float]] | None = None,
+          micro_loss: Callable[[torch.Tensor, int, int], tuple[torch.Tensor, float]] | None = None,
           evaluate: Callable[[], float] | None = None) -> TrainLog:
     """Train ``model`` for ``cfg.train.epochs`` (or ``max_steps``) and log every step.
 
@@ -269,14 +328,15 @@ def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
     logged too, with the step's own batch, mode and random state. A non-finite loss
     stops training before the step is taken, with ``diverged_step`` set.
     ``progress``: show a tqdm bar (None: only on a terminal); ``on_epoch(epoch)`` is
-    called after each epoch (studies report progress through it). ``step_loss(idx,
-    step)`` (the loss to differentiate and the value logged as l_t) and ``evaluate()``
-    (F_k) replace the single-process ones: a distributed rank differentiates its part
-    of the batch and logs the global batch's loss (``trajreg.distributed.train``).
+    called after each epoch (studies report progress through it). ``micro_loss(idx,
+    step, micro)`` (the loss of a micro-batch to differentiate, and its value that
+    ``mean_loss`` makes the logged l_t of) and ``evaluate()`` (F_k) replace the
+    single-process ones: a distributed rank differentiates its part of the micro-batch
+    and logs the global micro-batch's loss (``trajreg.distributed.train``).
     """
-    if step_loss is None:
-        def step_loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
-            loss = minibatch_loss(cfg, model, data, idx, step)
+    if micro_loss is None:
+        def micro_loss(idx: torch.Tensor, step: int, micro: int) -> tuple[torch.Tensor, float]:
+            loss = microbatch_loss(cfg, model, data, idx, step, micro)
             return loss, loss.item()
     if evaluate is None:
         def evaluate() -> float:
@@ -285,23 +345,35 @@ def train(cfg: RunConfig, data: Dataset, model: torch.nn.Module,
     if eval_full:
         log.full_loss.append(evaluate())
     stop = total_steps(cfg, data) if max_steps is None else max_steps
+    k = cfg.train.accumulate
     bar = tqdm(total=stop, desc=desc, disable=None if progress is None else not progress,
                leave=False)
     for step, epoch, idx in batches(cfg, data):
         if step >= stop:
             break
-        loss, value = step_loss(idx, step)
+        values: list[float] = []
+        star: list[torch.Tensor] = []
+        for j, part in enumerate(micro_batches(cfg, idx)):
+            loss, value = micro_loss(part, step, j)
+            values.append(value)
+            if not math.isfinite(value):
+                break  # the step's loss is not finite whatever the others are
+            if star_model is not None:
+                with torch.no_grad():
+                    star.append(microbatch_loss(cfg, star_model, data, part, step, j))
+            if j == 0:
+                optimizer.zero_grad(set_to_none=True)
+            (loss if k == 1 else loss / k).backward()  # the sum over j: the minibatch mean
+        value = mean_loss(values)
         if not np.isfinite(value):
             log.diverged_step = step
             break
         if star_model is not None:
-            with torch.no_grad():
-                log.loss_star.append(minibatch_loss(cfg, star_model, data, idx, step).item())
+            log.loss_star.append(mean_loss(star).item())
         log.loss.append(value)
         log.epoch.append(epoch)
         log.lr.append(float(optimizer.param_groups[0]["lr"]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        clip_gradients(cfg, optimizer)
         optimizer.step()
         scheduler.step()
         bar.update(1)

@@ -6,6 +6,11 @@ that step, so v_t = u_t / eta_t always uses the scheduled value.
 ``OPTIMIZERS`` and ``SCHEDULES`` are the registries that own the names; ``OptimConfig``
 (the config's ``optim`` section, re-exported by ``config.py``) validates against them,
 so the builders here trust their input.
+
+``parameter_groups`` splits a model's parameters into the decayed and the not decayed
+(``optim.decay_exclude``); the optimizer's param-group order is the order of the flat
+parameter vector x_t, so everything that reads or writes x as a vector takes the
+parameters from ``trained_parameters`` (that order), never from ``model.parameters()``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from trajreg.errors import ConfigError
-from trajreg.train.checks import check_float32, choice, positive, quote
+from trajreg.train.checks import OMIT_AT_DEFAULT, check_float32, choice, positive, quote
+from trajreg.train.models import TECHNIQUE_MODULES
 
-Params = Iterable[torch.nn.Parameter]
+Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]  # tensors or param groups
+
+# Modules whose parameters ``decay_exclude: [norm]`` exempts from weight decay: torch's
+# normalisation layers (batch, instance, layer, group, RMS) and any listed as the model
+# zoo's norm technique. Embeddings stay decayed (the GPT-2 / nanoGPT convention).
+NORM_MODULES: tuple[type[torch.nn.Module], ...] = (
+    torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm,
+    torch.nn.RMSNorm, *TECHNIQUE_MODULES["norm"])
+DECAY_EXCLUSIONS = ("norm", "bias")  # optim.decay_exclude's values
+
 
 
 @dataclass(frozen=True)
@@ -79,8 +94,47 @@ def optimizer_state_tensors(cfg: OptimConfig) -> int:
 
 
 def build_optimizer(cfg: OptimConfig, params: Params) -> torch.optim.Optimizer:
-    """sgd, momentum (heavy ball), nesterov, adam, adamw, rmsprop or adagrad."""
+    """sgd, momentum (heavy ball), nesterov, adam, adamw, rmsprop or adagrad, over
+    ``params`` (tensors, or ``parameter_groups(cfg, model)``)."""
     return OPTIMIZERS[cfg.name].build(cfg, params, cfg.momentum or 0.0)
+
+
+def _not_decayed(cfg: OptimConfig, model: torch.nn.Module) -> set[int]:
+    """ids of the parameters ``cfg.decay_exclude`` exempts: every parameter of a norm
+    module (``NORM_MODULES``), and 1-D parameters named ``bias``."""
+    out: set[int] = set()
+    for module in model.modules():
+        is_norm = "norm" in cfg.decay_exclude and isinstance(module, NORM_MODULES)
+        for name, p in module.named_parameters(recurse=False):
+            if is_norm or ("bias" in cfg.decay_exclude and name == "bias" and p.dim() == 1):
+                out.add(id(p))
+    return out
+
+
+def parameter_groups(cfg: OptimConfig, model: torch.nn.Module
+                     ) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """What ``build_optimizer`` takes for ``model``: its parameters as they are (one
+    group, ``model.parameters()``'s order) without ``decay_exclude``; with it, two groups
+    in ``model.parameters()``'s order each, the decayed then the exempt (weight_decay 0),
+    an empty one left out. The order of x_t is then the groups' (``trained_parameters``)."""
+    params = list(model.parameters())
+    if not cfg.decay_exclude:
+        return params
+    exempt = _not_decayed(cfg, model)
+    decayed = [p for p in params if id(p) not in exempt]
+    other = [p for p in params if id(p) in exempt]
+    groups: list[dict[str, Any]] = [{"params": decayed}, {"params": other, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def trained_parameters(cfg: OptimConfig, model: torch.nn.Module) -> list[torch.Tensor]:
+    """The trainable parameters in the optimizer's order (``parameter_groups``): the
+    order of the flat vector x_t the recorder writes, and the order to load such a vector
+    back into ``model`` (``model.parameters()``'s order only without ``decay_exclude``)."""
+    groups = parameter_groups(cfg, model)
+    params = [p for g in groups for p in g["params"]] if groups and isinstance(
+        groups[0], dict) else cast("list[torch.nn.Parameter]", groups)
+    return [p for p in params if p.requires_grad]
 
 
 def _constant(cfg: OptimConfig, T: int, S: int) -> Callable[[int], float]:
@@ -128,6 +182,11 @@ class OptimConfig:
     step_epochs: int = 10  # step: decay the lr every this many epochs ...
     decay: float = 0.1  # ... by this factor
     warmup_epochs: int = 1  # warmup_cosine: linear warmup over this many epochs
+    # a linear warmup over this many optimizer steps, times any schedule; 0: none
+    warmup_steps: int = field(default=0, metadata=OMIT_AT_DEFAULT)
+    # parameters exempt from weight_decay: norm (every parameter of a norm layer), bias
+    # (1-D parameters named bias); []: all decayed, as before the key existed
+    decay_exclude: list[str] = field(default_factory=list, metadata=OMIT_AT_DEFAULT)
 
     def validate(self) -> None:
         choice("optim.name", self.name, tuple(OPTIMIZERS))
@@ -151,6 +210,17 @@ class OptimConfig:
             raise ConfigError(f"optim.decay: must be in (0, 1], got {quote(self.decay)}")
         check_float32("optim.decay", self.decay)
         positive("optim.warmup_epochs", self.warmup_epochs)
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps: must be >= 0 (0: no warmup), got "
+                              f"{quote(self.warmup_steps)}")
+        if self.warmup_steps and self.schedule == "warmup_cosine":
+            raise ConfigError("optim.warmup_steps: schedule warmup_cosine warms up already "
+                              "(warmup_epochs); use schedule cosine with warmup_steps")
+        for i, kind in enumerate(self.decay_exclude):
+            choice(f"optim.decay_exclude[{i}]", kind, DECAY_EXCLUSIONS)
+        if len(set(self.decay_exclude)) != len(self.decay_exclude):
+            raise ConfigError(f"optim.decay_exclude: a value given twice: "
+                              f"{quote(self.decay_exclude)}")
         spec = OPTIMIZERS[self.name]
         if spec.needs_momentum and self.momentum == 0.0:
             raise ConfigError(f"optim.momentum: {self.name} needs momentum > 0")
@@ -165,7 +235,9 @@ class OptimConfig:
 
 def lr_factor(cfg: OptimConfig, total_steps: int,
               steps_per_epoch: int) -> Callable[[int], float]:
-    """The multiplier of the base lr at step t (0-based), for ``cfg.schedule``:
+    """The multiplier of the base lr at step t (0-based), for ``cfg.schedule``,
+    times min(1, (t + 1) / ``cfg.warmup_steps``) when ``warmup_steps`` > 0 (a linear
+    warmup over the first optimizer steps, composed with any schedule):
 
     - constant:       1
     - step:           decay ** floor(t / (step_epochs * S))
@@ -179,7 +251,11 @@ def lr_factor(cfg: OptimConfig, total_steps: int,
     >>> [round(f(t), 4) for t in range(4)]
     [1.0, 0.8536, 0.5, 0.1464]
     """
-    return SCHEDULES[cfg.schedule](cfg, max(total_steps, 1), steps_per_epoch)
+    factor = SCHEDULES[cfg.schedule](cfg, max(total_steps, 1), steps_per_epoch)
+    W = getattr(cfg, "warmup_steps", 0)
+    if not W:
+        return factor
+    return lambda t: factor(t) * min(1.0, (t + 1) / W)
 
 
 def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int,

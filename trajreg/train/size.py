@@ -120,6 +120,7 @@ def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...],
              if next(m.children(), None) is None]
     try:
         with torch.no_grad():
+            dtype = getattr(model, "input_dtype", dtype)  # gpt: token ids, whatever asked
             model.train()(torch.zeros(input_shape, dtype=dtype, device="meta"))
     finally:
         for h in hooks:
@@ -311,7 +312,8 @@ def estimate_run_memory(cfg: RunConfig, data: DataSize | None = None,
             and size.input_shape != spec.shape:
         data_bytes += DataSize(size.n_train, size.n_test, spec.shape,
                                tuple(spec.shape[1:]) if size.target_shape else ()).nbytes
-    batch = min(cfg.data.batch_size, max(size.n_train, 1))
+    # a step's activations are held for one micro-batch at a time (train.accumulate)
+    batch = min(cfg.data.batch_size // cfg.train.accumulate, max(size.n_train, 1))
     tokens = size.input_bytes == 8  # int64 token ids: a language task
     m = model_size(cfg.model, size.input_shape, _classes(cfg, n_classes), batch,
                    torch.int64 if tokens else torch.float32)
