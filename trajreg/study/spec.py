@@ -45,6 +45,11 @@ DEFAULT_COMPARE: dict[str, tuple[str, Any]] = {
     "model.skip": ("with", True),
     "model.dropout": ("without", 0.0),
     "optim.name": ("without", "sgd"),
+    "model.norm_position": ("with", "pre"),
+    "model.qk_norm": ("with", True),
+    "optim.warmup_steps": ("without", 0),
+    "train.grad_clip": ("without", None),
+    "optim.weight_decay": ("without", 0.0),
 }
 # Comparisons along these axes change the step size's meaning, so they use the
 # learning-rate-free kappa_hat = eta * gamma_hat (docs/principle.md)

@@ -49,11 +49,19 @@ from trajreg.study.spec import ReportOptions, Study, label, uses_kappa
 FINISHED = ("done", "diverged")
 SPEED = "auc_log_loss"
 # the networks that have the skip connections model.skip switches (ModelConfig.skip)
-SKIP_NETS = ("resnet", "unet")
-# the paper's techniques: only comparisons along these axes are evidence for its claim
+SKIP_NETS = ("resnet", "unet", "gpt", "vit")
+# the techniques: only comparisons along these axes are evidence for the claim (each
+# technique raises gamma, and a larger gamma goes with faster training)
 CLAIM_AXES = {"model.activation": "activation", "model.norm": "normalization",
               "model.skip": "skip connections", "optim.name": "optimizer",
-              "optim": "optimizer"}
+              "optim": "optimizer",
+              # the transformer study's techniques (presets/transformer-*.yaml): the
+              # paper's question asked of today's training techniques
+              "model.norm_position": "normalization position",
+              "model.qk_norm": "QK normalization",
+              "optim.warmup_steps": "learning-rate warmup",
+              "train.grad_clip": "gradient clipping",
+              "optim.weight_decay": "weight decay"}
 AXIS_NAMES = {"optim.lr": "learning rate", "model.width": "width",
               "data.batch_size": "batch size", "model.dropout": "dropout",
               "model.depth": "depth", "model.init": "initialisation", "data": "data",
@@ -68,7 +76,7 @@ RUN_COLUMNS = ["run_id", "block", "status", "trained", "reason", "architecture",
                "activation", "norm", "skip", "optimizer", "lr", "threads", "seed"]
 RUN_METRIC_COLUMNS = ["gamma_hat_ci_halfwidth", "kappa_hat_ci_halfwidth", "gamma_bar",
                       "window_end", "final_loss", "steps_to_threshold", "auc_log_loss",
-                      "diverged", "run_dir"]
+                      "diverged", "train_accuracy", "test_accuracy", "run_dir"]
 # (short name in techniques.csv, runs.csv column; "{eps}" is the comparison's eps): each
 # is compared by paired differences like gamma, each its own Holm family
 GEOMETRY_COMPARED = (("mu", "mu_hat_{eps}"), ("L", "L_hat_{eps}"),
@@ -200,6 +208,9 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
             "steps_to_threshold": s.steps_to_threshold if s is not None else None,
             "auc_log_loss": s.auc_log_loss if s is not None else math.nan,
             "diverged": s.diverged if s is not None else None,
+            # the generalization gap (the modular task's stratum in the transformer study)
+            **{key: (s.evaluation or {}).get(key, math.nan) if s is not None else math.nan
+               for key in ("train_accuracy", "test_accuracy")},
             "run_dir": f"runs/{spec.run_id}" if s is not None else "",
         })
         rows.append(row)
