@@ -125,7 +125,7 @@ def bench_parts(d: int, model, steps: int) -> dict[str, float]:
     import torch
 
     from trajreg.record.geometry import SquaredNorms
-    from trajreg.record.modes.sketch import DEFAULT_DIM, SketchMode, TorchCountSketch
+    from trajreg.record.modes.sketch import DEFAULT_DIM, TorchCountSketch
 
     w = model.weight.detach().reshape(-1)
     x = w.clone()
@@ -133,8 +133,6 @@ def bench_parts(d: int, model, steps: int) -> dict[str, float]:
     k = min(DEFAULT_DIM, d)
     sk = TorchCountSketch(d, k, 12345)
     row = torch.empty(k, dtype=torch.float64)
-    call = getattr(SketchMode, "sketch_pair", None)
-    rows2 = torch.empty(2, k, dtype=torch.float64)
     tmp = Path(tempfile.mkdtemp(prefix="bench-parts-"))
     out: dict[str, float] = {}
     try:
@@ -146,8 +144,6 @@ def bench_parts(d: int, model, steps: int) -> dict[str, float]:
             "part:push_next": lambda: s_norms.push_next(x, 0.1),
             "part:push(g)": lambda: g_norms.push(g),
         }
-        if call is not None:  # S x_t and S g_t in one pass (after issue 22)
-            pieces["part:sketch(x,g)"] = lambda: call(sk, x, g, rows2)
         for name, fn in pieces.items():
             times = []
             for _ in range(steps + 1):

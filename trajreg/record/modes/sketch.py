@@ -83,9 +83,9 @@ GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gr
 G_FILE = "g2.bin"  # trajectory/g2.bin: ||g_t||^2 of every step, float64 (gradients on)
 _M32 = 0xFFFFFFFF
 # Entries cast to float64 at a time by a sketch and by the mode's one pass over x_t and
-# g_t: its float64 chunks (three of 512 KiB) stay in cache, and the per-chunk calls cost
-# about 0.3 ns a parameter (benchmarks/bench_sketch_hooks.py); on an accelerator,
-# ``DEVICE_CHUNK``, where the calls, not the memory, are what costs
+# g_t: its float64 chunks (three of 512 KiB) stay in cache, and its dozen torch calls a
+# chunk cost a few tenths of a ns a parameter (2^18 measured no faster, 2^20 slower:
+# out of cache); on an accelerator ``DEVICE_CHUNK``, where the calls, not the memory, cost
 CHUNK = 1 << 16
 DEVICE_CHUNK = 1 << 22
 
