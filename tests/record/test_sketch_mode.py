@@ -15,11 +15,16 @@ from trajreg.principle import countsketch, hash_buckets, hash_signs
 from trajreg.record.modes import MODE_NAMES, get_mode
 from trajreg.record.modes.sample import SampleStore, StepSampler
 from trajreg.record.modes.sketch import (
+    CHUNK,
     DEFAULT_DIM,
+    G_FILE,
+    GRAD_SKETCHES,
     S_FILE,
     SKETCHES,
+    RangesCountSketch,
     SketchMode,
     TorchCountSketch,
+    hash_seed,
     torch_buckets,
     torch_signs,
 )
@@ -52,6 +57,82 @@ def test_torch_countsketch_equals_numpy_countsketch(dtype):
         got = TorchCountSketch(len(x), 1000, 5, offset=offset, chunk=4096)(x).numpy()
         want = countsketch(x.numpy(), 1000, 5, offset=offset)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(x.numpy()).sum())
+
+
+def _sketch_tolerance(x, k, seed, offset=0):
+    """Per bucket, the bound on |S x - countsketch(x)| from float64 rounding alone.
+
+    Bucket j sums its n_j entries sigma(i) x_i (exact in float64, float32 or float64
+    x): countsketch in index order, TorchCountSketch positives and negatives apart and
+    then their difference, in chunks and in another order. Recursive summation of n
+    terms errs by at most (n - 1) u sum |x_i| (u = 2^-53, to first order), so each
+    side is within n_j u sum_{h(i)=j} |x_i| of the exact sum and the two within
+    n_j 2^-52 sum_{h(i)=j} |x_i|. Summing in float32 would err by about 2^-24 of the
+    same: 2^29 times more."""
+    idx = np.arange(offset, offset + len(x), dtype=np.int64)
+    buckets = hash_buckets(idx, k, seed)
+    mass = np.bincount(buckets, weights=np.abs(np.asarray(x, dtype=np.float64)), minlength=k)
+    return np.bincount(buckets, minlength=k) * 2.0**-52 * mass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_sketch_equals_countsketch_to_float64_rounding(dtype, one_thread):
+    """Several chunks and a ragged last one, offsets past 2^32, and a shard's runs."""
+    g = torch.Generator().manual_seed(3)
+    d = 2 * CHUNK + 12_347  # a multiple of nothing in sight
+    x = (torch.randn(d, generator=g, dtype=torch.float64) * 1e3).to(dtype)
+    xn = x.numpy()
+    for k, offset in ((1000, 0), (4093, 777), (16384, (3 << 32) - 5000)):
+        got = TorchCountSketch(d, k, 5, offset=offset, chunk=4096)(x).numpy()
+        want = countsketch(xn, k, 5, offset=offset)
+        assert np.all(np.abs(got - want) <= _sketch_tolerance(xn, k, 5, offset))
+    # a shard: runs of the global index in the shard's order, not contiguous
+    runs = [(5_000_000, 40_000), (17, 100_000), (300_000, d - 140_000)]
+    got = RangesCountSketch(runs, 2048, 9)(x).numpy()
+    parts, pos = [], 0
+    for start, n in runs:
+        parts.append(countsketch(xn[pos : pos + n], 2048, 9, offset=start))
+        pos += n
+    bound = sum(_sketch_tolerance(xn[p : p + n], 2048, 9, s)
+                for (s, n), p in zip(runs, np.cumsum([0] + [n for _, n in runs]), strict=False))
+    assert np.all(np.abs(got - sum(parts)) <= bound + 4 * 2.0**-53 * np.abs(sum(parts)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_recorded_sketches_and_norms_equal_the_references(tmp_path, dtype, one_thread):
+    """What the mode's one pass stores (S x_t, S g_t, s_t, ||g_t||^2) against
+    countsketch and numpy's float64 norms of the exact iterates and gradients it also
+    kept (check rate 1): the sketches within ``_sketch_tolerance``, the norms, sums of
+    d non-negative float64 terms each, within d 2^-52 relative."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(331, 223, dtype=dtype)  # d = 74036: two chunks, ragged
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mode = SketchMode(dim=1024, check_rate=1.0, seed=6)
+    rec = Recorder(opt, tmp_path, mode=mode)
+    lrs = [0.05, 0.02, 0.04, 0.01, 0.03]
+    for lr in lrs:
+        opt.param_groups[0]["lr"] = lr
+        loss = model(torch.randn(8, 331, dtype=dtype)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rec.close()
+    d, T, seed = 331 * 223 + 223, len(lrs), hash_seed(6)
+    assert d > CHUNK and d % CHUNK
+    sample = SampleStore(tmp_path)
+    xs = [sample.row(t).astype(np.float64) for t in range(T + 1)]
+    gs = [sample.grad(t).astype(np.float64) for t in range(T)]
+    for name, vectors in ((SKETCHES, xs), (GRAD_SKETCHES, gs)):
+        store = TrajectoryStore(tmp_path / name)
+        assert store.rows == len(vectors)
+        for t, v in enumerate(vectors):
+            assert np.all(np.abs(store.row(t) - countsketch(v, 1024, seed))
+                          <= _sketch_tolerance(v, 1024, seed)), (name, t)
+    s = np.fromfile(tmp_path / S_FILE)
+    g2 = np.fromfile(tmp_path / G_FILE)
+    want_s = [float((xs[t] - xs[t + 1]) @ (xs[t] - xs[t + 1])) / lrs[t] ** 2 for t in range(T)]
+    np.testing.assert_allclose(s, want_s, rtol=d * 2.0**-52, atol=0)
+    np.testing.assert_allclose(g2, [float(v @ v) for v in gs], rtol=d * 2.0**-52, atol=0)
 
 
 def test_sketch_of_a_concatenation_is_the_sum_of_the_parts():

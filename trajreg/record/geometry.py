@@ -61,14 +61,17 @@ class SquaredNorms:
     exact in float64 from float32 or float64 rows), written to ``path`` as raw float64,
     4096 at a time: O(d) memory, 8 bytes a step on disk. ``scratch``: a float64 vector of
     d entries to use as the difference's buffer (a caller's shared scratch), else one is
-    made."""
+    made when first needed. ``push_value`` takes a norm the caller computed (mode sketch
+    computes its norms in its own pass over the vectors)."""
 
     def __init__(self, path: Path, d: int, device: torch.device | str,
                  scratch: torch.Tensor | None = None) -> None:
         self.path = Path(path)
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._diff = (torch.empty(d, dtype=torch.float64, device=device) if scratch is None
-                      else scratch)
+        self.d, self.device = int(d), device
+        # made on first use (``_diff``): a caller that pushes its own values
+        # (``push_value``) needs no vector of d float64s
+        self._scratch = scratch
         self._buf = torch.empty(_FLUSH, dtype=torch.float64, device=device)
         # 0-d views of the buffer, each made once, on first use (all 4096 up front took
         # 24 ms): torch.dot writes each norm into its slot (out=), where an indexed
@@ -98,10 +101,28 @@ class SquaredNorms:
         self._diff.copy_(v)
         self._append(None)
 
-    def _append(self, lr: float | None) -> None:
+    def push_value(self, value: torch.Tensor, lr: float | None = None) -> None:
+        """A squared norm the caller computed: a 0-d float64 tensor on the device
+        (over ``lr``^2 when given, as ``push_next``)."""
+        self._slot().copy_(value)
+        self._advance(lr)
+
+    @property
+    def _diff(self) -> torch.Tensor:
+        if self._scratch is None:
+            self._scratch = torch.empty(self.d, dtype=torch.float64, device=self.device)
+        return self._scratch
+
+    def _slot(self) -> torch.Tensor:
         if self._n == len(self._slots):
             self._slots.append(self._buf[self._n])
-        torch.dot(self._diff, self._diff, out=self._slots[self._n])
+        return self._slots[self._n]
+
+    def _append(self, lr: float | None) -> None:
+        torch.dot(self._diff, self._diff, out=self._slot())
+        self._advance(lr)
+
+    def _advance(self, lr: float | None) -> None:
         if lr is not None:
             self._lrs.append(lr)
         self._n += 1

@@ -82,6 +82,12 @@ S_FILE = "s.bin"  # trajectory/s.bin: s_t of every step, float64
 GRAD_SKETCHES = "sketch-grad"  # trajectory/sketch-grad/: S g_0 .. S g_{T-1} (gradients on)
 G_FILE = "g2.bin"  # trajectory/g2.bin: ||g_t||^2 of every step, float64 (gradients on)
 _M32 = 0xFFFFFFFF
+# Entries cast to float64 at a time by a sketch and by the mode's one pass over x_t and
+# g_t: its float64 chunks (three of 512 KiB) stay in cache, and its dozen torch calls a
+# chunk cost a few tenths of a ns a parameter (2^18 measured no faster, 2^20 slower:
+# out of cache); on an accelerator ``DEVICE_CHUNK``, where the calls, not the memory, cost
+CHUNK = 1 << 16
+DEVICE_CHUNK = 1 << 22
 
 
 def default_dim(d: int) -> int:
@@ -126,72 +132,92 @@ def torch_signs(index: torch.Tensor, seed: int) -> torch.Tensor:
 class TorchCountSketch:
     """S x for flat vectors of d entries whose first has global index ``offset``.
 
-    Buckets (int64) and signs (int8) are computed once, in chunks, on ``device``; each
-    sketch is then one multiply and one ``scatter_add_`` in float64: O(d) a vector. The
-    result equals ``trajreg.principle.countsketch(x, k, seed, offset)`` to float64
-    rounding (each bucket's sum may be added in another order).
+    The bucket and sign of every coordinate are computed once, in chunks, on ``device``,
+    and kept folded into one index (``index``: bucket h(i), or k + h(i) where sigma(i) =
+    -1; int32 when 2 k fits, 4 bytes a parameter to read): a sketch is then a
+    ``scatter_add_`` of the entries, in float64, into 2 k sums, and S x = positives -
+    negatives. Entries (and their index, to int64) are cast to float64 a chunk of
+    ``CHUNK`` at a time (exact: every float32 is a float64), so nothing of d entries is
+    written in float64 and the chunk stays in cache. Each bucket is summed
+    in float64 in index order, positives and negatives apart: the result equals
+    ``trajreg.principle.countsketch(x, k, seed, offset)`` to float64 rounding, |error|
+    <= n_j 2^-52 sum_{h(i)=j} |x_i| in bucket j of n_j entries (bit for bit when every
+    partial sum is exact).
     """
 
     def __init__(self, d: int, k: int, seed: int, device: torch.device | str = "cpu",
-                 offset: int = 0, chunk: int = 1 << 20, tmp: torch.Tensor | None = None) -> None:
+                 offset: int = 0, chunk: int = 1 << 20) -> None:
         self.d, self.k, self.seed, self.offset = int(d), int(k), int(seed), int(offset)
-        self.buckets = torch.empty(self.d, dtype=torch.int64, device=device)
-        self.signs = torch.empty(self.d, dtype=torch.int8, device=device)
-        for i in range(0, self.d, chunk):
-            n = min(chunk, self.d - i)
-            idx = torch.arange(self.offset + i, self.offset + i + n, dtype=torch.int64,
-                               device=device)
-            self.buckets[i : i + n] = torch_buckets(idx, self.k, self.seed)
-            self.signs[i : i + n] = torch_signs(idx, self.seed)
-        # float64 scratch of d entries (a caller may share its own)
-        self._tmp = torch.empty(self.d, dtype=torch.float64, device=device) if tmp is None else tmp
+        self.index = self._fold([(self.offset, self.d)], device, chunk)
+
+    def _fold(self, ranges: Sequence[Sequence[int]], device: torch.device | str,
+              chunk: int) -> torch.Tensor:
+        """The folded index of the global flat indices of the runs ``ranges`` ((start,
+        length) pairs), in their order."""
+        dtype = torch.int32 if 2 * self.k <= 2**31 - 1 else torch.int64
+        index = torch.empty(sum(int(n) for _, n in ranges), dtype=dtype, device=device)
+        pos = 0
+        for start, n in ranges:
+            for i in range(0, int(n), chunk):
+                m = min(chunk, int(n) - i)
+                idx = torch.arange(int(start) + i, int(start) + i + m, dtype=torch.int64,
+                                   device=device)
+                neg = torch_hash32(idx, self.seed, STREAM_SIGN) >> 31  # sigma = -1
+                index[pos : pos + m] = torch_buckets(idx, self.k, self.seed) + self.k * neg
+                pos += m
+        return index
+
+    def accumulator(self, device: torch.device | str) -> torch.Tensor:
+        """The 2 k float64 sums that ``add`` adds into and ``finish`` turns into S x."""
+        return torch.zeros(2 * self.k, dtype=torch.float64, device=device)
+
+    def chunk_index(self, pos: int, out: torch.Tensor) -> torch.Tensor:
+        """The folded index of entries pos .. pos + len(out) - 1 into ``out`` (int64, as
+        ``scatter_add_`` takes it: measured 0.5 ns an entry against ``index_add_``'s 0.85
+        with an int32 index)."""
+        return out.copy_(self.index[pos : pos + len(out)])
+
+    @staticmethod
+    def add(acc: torch.Tensor, index: torch.Tensor, x64: torch.Tensor) -> None:
+        """A chunk's entries, in float64, into ``acc`` at their ``chunk_index``."""
+        acc.scatter_add_(0, index, x64)
+
+    def finish(self, acc: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """S x into ``out`` (k numbers, any float dtype) from the sums, which it zeroes."""
+        if out.device == acc.device:
+            torch.sub(acc[: self.k], acc[self.k :], out=out)
+        else:  # a host row of sums on an accelerator (not staged)
+            out.copy_(acc[: self.k] - acc[self.k :])
+        acc.zero_()
+        return out
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The sketch of the flat vector x (float64, shape (k,)), into ``out`` if given."""
         if out is None:
             out = torch.empty(self.k, dtype=torch.float64, device=x.device)
-        torch.mul(x.reshape(-1), self.signs, out=self._tmp)
-        out.zero_()
-        out.scatter_add_(0, self.buckets, self._tmp)
-        return out
+        flat = x.reshape(-1)
+        acc = self.accumulator(x.device)
+        tmp = torch.empty(min(CHUNK, self.d), dtype=torch.float64, device=x.device)
+        idx = torch.empty(len(tmp), dtype=torch.int64, device=x.device)
+        for i in range(0, self.d, CHUNK):
+            n = min(CHUNK, self.d - i)
+            self.add(acc, self.chunk_index(i, idx[:n]), tmp[:n].copy_(flat[i : i + n]))
+        return self.finish(acc, out)
 
 
 class RangesCountSketch(TorchCountSketch):
     """S x of a process's flat vector whose entries are the runs ``ranges`` of the global
-    flat index (``(start, length)`` pairs in the vector's order: a ``Shard``'s): one
-    ``TorchCountSketch`` per run, at its global offset, their sketches added in float64.
-    Every coordinate is hashed by its global index, so the sum over ranks of their
-    sketches is the sketch of the whole vector (``trajreg.principle.countsketch`` of x),
-    up to the order of the float64 additions in each bucket."""
+    flat index (``(start, length)`` pairs in the vector's order: a ``Shard``'s). Every
+    coordinate is hashed by its global index, so the sum over ranks of their sketches is
+    the sketch of the whole vector (``trajreg.principle.countsketch`` of x), up to the
+    order of the float64 additions in each bucket."""
 
     def __init__(self, ranges: Sequence[Sequence[int]], k: int, seed: int,
-                 device: torch.device | str = "cpu", tmp: torch.Tensor | None = None) -> None:
-        # no TorchCountSketch.__init__: the runs' sketches hold the buckets and signs
+                 device: torch.device | str = "cpu", chunk: int = 1 << 20) -> None:
         self.k, self.seed = int(k), int(seed)
         self.d = sum(int(n) for _, n in ranges)
         self.offset = int(ranges[0][0]) if ranges else 0
-        self.parts: list[tuple[int, int, TorchCountSketch]] = []
-        pos = 0
-        for start, n in ranges:
-            scratch = None if tmp is None else tmp[pos : pos + int(n)]
-            self.parts.append((pos, int(n), TorchCountSketch(int(n), self.k, self.seed, device,
-                                                             offset=int(start), tmp=scratch)))
-            pos += int(n)
-        self._part = torch.empty(self.k, dtype=torch.float64, device=device)
-
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        if out is None:
-            out = torch.empty(self.k, dtype=torch.float64, device=x.device)
-        flat = x.reshape(-1)
-        if not self.parts:
-            return out.zero_()
-        for i, (pos, n, sketch) in enumerate(self.parts):
-            if i == 0:
-                sketch(flat[pos : pos + n], out=out)
-            else:
-                sketch(flat[pos : pos + n], out=self._part)
-                out.add_(self._part)
-        return out
+        self.index = self._fold(ranges, device, chunk)
 
 
 def hash_seed(seed: int) -> int:
@@ -207,6 +233,11 @@ class SketchMode(SampleMode):
     # set by open, released (None) by close
     _diff: torch.Tensor | None
     _snorms: SquaredNorms | None
+    _chunks: torch.Tensor | None  # hashed: (3, chunk) float64, x_t, x_{t-1}, g_t
+    _chunk_index: torch.Tensor | None  # hashed: a chunk's folded index, int64
+    _sq: torch.Tensor | None  # hashed: s_{t-1} eta^2 and ||g_t||^2 of the last pass
+    _sums: list[torch.Tensor]  # hashed: the 2 k sums of S x_t and of S g_t
+    _partials: list[tuple[torch.Tensor, list[torch.Tensor]]]  # per-chunk norms, 0-d views
 
     def __init__(self, dim: int | None = None, check_rate: float = 0.02, seed: int = 0,
                  stage: bool | None = None, gradients: bool | None = None,
@@ -243,8 +274,8 @@ class SketchMode(SampleMode):
         shard's entries' global indices (so the ranks' sketches add up to the whole's)."""
         seed = hash_seed(self.sampler.seed)
         if shard is None:
-            return TorchCountSketch(d, self.k, seed, device, tmp=self._diff)
-        return RangesCountSketch(shard.ranges, self.k, seed, device, tmp=self._diff)
+            return TorchCountSketch(d, self.k, seed, device)
+        return RangesCountSketch(shard.ranges, self.k, seed, device)
 
     def plan(self, steps: int | None, analysis: Any, *,
              words: Mapping[str, str] | None = None) -> None:
@@ -282,9 +313,19 @@ class SketchMode(SampleMode):
         self.k = d if self.identity else k
         device = rec.params[0].device
         self._bufs = [self._x, torch.empty_like(self._x)]
-        self._diff = torch.empty(d, dtype=torch.float64, device=device)  # shared scratch
+        # S = I: s_t and ||g_t||^2 after training, from the rows, on a shared d-vector;
+        # hashed: in ``_pass``, a chunk at a time, with nothing of d float64s
+        self._diff = torch.empty(d, dtype=torch.float64, device=device) if self.identity else None
         if not self.identity:
             self.sketch = self.count_sketch(d, device, shard)
+            chunk = min(CHUNK if device.type == "cpu" else DEVICE_CHUNK, max(1, d))
+            self._chunks = torch.empty((3, chunk), dtype=torch.float64, device=device)
+            self._chunk_index = torch.empty(chunk, dtype=torch.int64, device=device)
+            self._sums = [self.sketch.accumulator(device) for _ in range(2)]  # S x_t, S g_t
+            parts = torch.zeros((2, -(-d // chunk)), dtype=torch.float64, device=device)
+            # per-chunk squared norms (0-d views made once) and their totals
+            self._partials = [(row, list(row)) for row in parts]
+            self._sq = torch.zeros(2, dtype=torch.float64, device=device)
         self._lr_prev = math.nan
         self._dir = Path(directory)
         # s_t = ||x_t - x_{t+1}||^2 / eta_t^2, in float64 (exact from float32 rows); with
@@ -307,43 +348,91 @@ class SketchMode(SampleMode):
             self._gnorms = SquaredNorms(Path(directory) / G_FILE, d, device, scratch=self._diff)
             self._gstage = staged_rows(GRAD_SKETCHES)
 
-    def _push_sketch(self, x: torch.Tensor, lr: float | None) -> None:
-        """S x_t (S = I: x_t itself) as the next row of trajectory/sketches/."""
-        assert self._xstage is not None
+    def _pass(self, x: torch.Tensor, prev: torch.Tensor | None,
+              g: torch.Tensor | None) -> None:
+        """One pass over x = x_t (with ``prev`` = x_{t-1}, and g = g_t when given), a
+        chunk at a time: each chunk cast to float64 (exact), added into the sums of S x_t
+        (and S g_t), ||x_{t-1} - x_t||^2 (and ||g_t||^2) a partial sum a chunk, their
+        totals into ``_sq``. Every float64 intermediate is a chunk's, still in cache
+        when the next operation reads it: in memory, each vector is read once."""
+        assert self.sketch is not None and self._chunks is not None and self._sq is not None
+        assert self._chunk_index is not None
+        sk, chunks, (sx, sg) = self.sketch, self._chunks, self._sums
+        (ps, p_slots), (pg, g_slots) = self._partials
+        step = chunks.shape[1]
+        for c, i in enumerate(range(0, sk.d, step)):
+            n = min(step, sk.d - i)
+            idx = sk.chunk_index(i, self._chunk_index[:n])
+            xc = chunks[0, :n].copy_(x[i : i + n])
+            sk.add(sx, idx, xc)
+            if prev is not None:
+                pc = chunks[1, :n].copy_(prev[i : i + n])
+                torch.sub(pc, xc, out=pc)
+                torch.dot(pc, pc, out=p_slots[c])
+            if g is not None:
+                gc = chunks[2, :n].copy_(g[i : i + n])
+                torch.dot(gc, gc, out=g_slots[c])
+                sk.add(sg, idx, gc)
+        if prev is not None:
+            torch.sum(ps, dim=0, out=self._sq[0])
+        if g is not None:
+            torch.sum(pg, dim=0, out=self._sq[1])
 
-        def fill(row: torch.Tensor) -> torch.Tensor:
-            if self.identity:
-                return row.copy_(x)
-            assert self.sketch is not None
-            return self.sketch(x, out=row)
-
-        self._xstage.push(fill, lr)
+    def _push_sketch(self, x: torch.Tensor, prev: torch.Tensor | None,
+                     lr: float | None) -> None:
+        """S x_t (S = I: x_t itself) as the next row of trajectory/sketches/ and, with
+        ``prev`` = x_{t-1} (hashed), s_{t-1}."""
+        assert self._xstage is not None and self._snorms is not None
+        if self.identity:
+            self._xstage.push(lambda row: row.copy_(x), lr)
+            return
+        assert self.sketch is not None and self._sq is not None
+        sk = self.sketch
+        self._pass(x, prev, None)
+        if prev is not None:
+            self._snorms.push_value(self._sq[0], self._lr_prev)
+        self._xstage.push(lambda row: sk.finish(self._sums[0], row), lr)
 
     def pre_step(self, rec: Recording, step: int, lr: float) -> None:
         assert self._snorms is not None
         x = self._bufs[step % 2]
         rec.flat(out=x)
         self._sample_rows(step, lr, x)
-        if not self.identity:  # s_{t-1} from x_{t-1} and x_t (t > 0)
-            self._snorms.push_next(x, self._lr_prev)
-        self._push_sketch(x, lr)
+        prev = self._bufs[(step - 1) % 2] if step > 0 else None  # s_{t-1} (t > 0)
+        if self._gstage is not None and not self.identity:
+            self._push_both(rec, step, lr, x, prev)
+        else:
+            self._push_sketch(x, prev, lr)
+            if self._gstage is not None:
+                self._push_grad(rec, step, lr)
         self._lr_prev = lr
-        if self._gstage is not None:
-            self._push_grad(rec, step, lr)
+
+    def _push_both(self, rec: Recording, step: int, lr: float, x: torch.Tensor,
+                   prev: torch.Tensor | None) -> None:
+        """Hashed, with gradients: S x_t, S g_t, s_{t-1} and ||g_t||^2 from one pass, and
+        g_t itself on the check sample."""
+        assert self.writer is not None and self._gstage is not None
+        assert self._xstage is not None and self._snorms is not None
+        assert self.sketch is not None and self._g is not None and self._sq is not None
+        sk = self.sketch
+        g = rec.grad_flat(out=self._g)
+        self._pass(x, prev, g)
+        if prev is not None:
+            self._snorms.push_value(self._sq[0], self._lr_prev)
+        self._gnorms.push_value(self._sq[1])
+        self._xstage.push(lambda row: sk.finish(self._sums[0], row), lr)
+        self._gstage.push(lambda row: sk.finish(self._sums[1], row), lr)
+        if self.sampler.keep(step):
+            self.writer.write_grad(g)
 
     def _push_grad(self, rec: Recording, step: int, lr: float) -> None:
-        """g_t: its sketch, its squared norm, and g_t itself on the check sample."""
+        """S = I: g_t straight into its row (no copy of it; ||g_t||^2 from the rows at
+        close), and g_t itself on the check sample."""
         assert self.writer is not None and self._gstage is not None
         writer, kept = self.writer, self.sampler.keep(step)
 
         def fill(row: torch.Tensor) -> torch.Tensor:
-            if self.identity:  # S = I: g_t straight into its row, no copy of it
-                g = rec.grad_flat(out=row)
-            else:
-                assert self.sketch is not None
-                g = rec.grad_flat(out=self._g)
-                self.sketch(g, out=row)
-                self._gnorms.push(g)  # S = I: from the rows at close
+            g = rec.grad_flat(out=row)
             if kept:
                 writer.write_grad(g)
             return row
@@ -380,13 +469,11 @@ class SketchMode(SampleMode):
         T = rec.steps
         x_end = self._bufs[T % 2]
         rec.flat(out=x_end)
-        if T >= 1:
-            x_last = self._bufs[(T - 1) % 2]
-            if not self.identity:
-                self._snorms.push_next(x_end, self._lr_prev)
+        x_last = self._bufs[(T - 1) % 2] if T >= 1 else None
+        if x_last is not None:
             self.writer.write(T - 1, x_last)
         self.writer.write(T, x_end)
-        self._push_sketch(x_end, None)
+        self._push_sketch(x_end, x_last, None)
         self._xstage.close()
         if self._gstage is not None:
             self._gstage.close()
@@ -401,6 +488,8 @@ class SketchMode(SampleMode):
         self._bufs = []
         self._x = self._diff = self._snorms = self._xstage = None
         self.sketch = None
+        self._chunks = self._sq = self._chunk_index = None
+        self._sums, self._partials = [], []
 
     # ------------------------------------------------------------ a finished run's files
     @classmethod
