@@ -9,7 +9,9 @@ count. When the Trainer passes ``num_items_in_batch`` the model's micro-batch
 losses are already normalised by the whole step's token count and the step's loss
 is their sum; otherwise their mean. See ``trajreg.integrations.session`` for what
 is exact and what is not; x* is the end of training. Models must return a loss
-(pass labels), as the Trainer requires anyway.
+(pass labels), as the Trainer requires anyway. Every optimizer step needs a learning
+rate above 0 (eta_t divides the quantities): Hugging Face's warmups start at 0, which
+is refused (a UserError) before that step is taken.
 
 Data-parallel training (``torchrun --nproc_per_node N script.py``; the Trainer wraps
 the model in DDP): every rank keeps its own micro-batches, rank 0 alone records the
@@ -115,6 +117,23 @@ class RegularityCallback(TrainerCallback):
                     self.session.rank_combine = "sum"
             self.session.after_batch(self._inputs, loss)
             self._inputs = None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        # eta_t divides a_t and s_t: a step at lr 0 (the first step of every Hugging Face
+        # warmup) would fail the analysis only after training; say so before it is taken
+        lr = self.session.optimizer.param_groups[self.session.lr_group]["lr"]
+        if not lr > 0:
+            self.session.abort()
+            for h in self._hooks:
+                h.remove()
+            self._hooks = []
+            raise UserError(
+                f"RegularityCallback: optimizer step {state.global_step} has learning rate "
+                f"{lr} (param group {self.session.lr_group}); trajreg needs eta_t > 0 at "
+                "every step: Hugging Face's warmup (warmup_steps or warmup_ratio > 0) starts "
+                "at 0, so start it above 0 with your own scheduler, Trainer(..., "
+                "optimizers=(optimizer, LambdaLR(optimizer, lambda t: min(1, (t + 1) / "
+                "(warmup + 1))))), or train without warmup")
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.session.end_epoch()
