@@ -2,17 +2,15 @@
 lowest epoch loss F_k is not at its last epoch: the analysis looks for the best
 reference too, and, with no training config to re-measure with, stops with
 ``RUN: no training config to re-measure with`` (runner.py marks that line unreachable).
-Found with examples/hf_gpt2_text.py (20 steps, an epoch every 2 steps). The fix
-belongs in trajreg/run/runner.py (no best reference for integration runs, whose
-``--reference`` is final only); strict xfail until then."""
+Found with examples/hf_gpt2_text.py (20 steps, an epoch every 2 steps). Now a run
+without a training config has no best reference in the analysis (its ``--reference``
+is final only)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from trajreg.errors import UserError
 from trajreg.integrations import RegularitySession
 from trajreg.run import analyze
 
@@ -22,8 +20,6 @@ def _loss(model, batch):
     return F.mse_loss(model(x), y)
 
 
-@pytest.mark.xfail(strict=True, raises=UserError,
-                   reason="runner.analyze seeks the best reference of integration runs")
 def test_analyze_session_run_whose_last_epoch_is_not_best(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)

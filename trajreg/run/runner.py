@@ -405,7 +405,10 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
             # the path and the interpolation depend on x* only
             summary={key: getattr(old, key) for key in ("path_ratio", "mli")
                      if getattr(old, key) is not None})
-    k_best = reference_step(log, "best") if mode.can_reanalyse("best") and kept else None
+    # a run trained by other code (an integration) has no config to re-measure with: its
+    # sensitivity analysis has no best reference
+    k_best = (reference_step(log, "best")
+              if mode.can_reanalyse("best") and kept and conf.run is not None else None)
     if measured is None or k_best not in (None, k):
         cfg = conf.run
         if cfg is None:  # pragma: no cover - integrations refused above
