@@ -269,9 +269,12 @@ def test_a_bad_file_exits_2_with_one_line(tmp_path, capsys, content, message):
 def test_a_corpus_shorter_than_a_batch_of_windows(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("abcdefgh" * 10)
-    with pytest.raises(ConfigError, match=r"^data\.batch_size: 64 exceeds the 0 training "
-                                          r"windows of 64 characters of text \(64 "):
+    with pytest.raises(ConfigError, match=r"^model\.block_size: 64 is too long for the "
+                                          r"text's training split of 64 characters "):
         load_data(DataConfig(name="text", file=str(path)))
+    with pytest.raises(ConfigError, match=r"^data\.batch_size: 64 exceeds the 1 training "
+                                          r"windows of 32 characters of text \(64 "):
+        load_data(DataConfig(name="text", file=str(path)), block_size=32)
 
 
 # ---------------------------------------------------------------- loss and metrics

@@ -50,9 +50,21 @@ def part_of(idx: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return idx[rank * n : (rank + 1) * n]
 
 
+def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules FSDP2 shards one by one before the root: those the model declares by a
+    ``shard_units()`` method (a transformer: its blocks, each gathered whole for its
+    forward and freed after), else every module owning parameters, children first."""
+    declared = getattr(model, "shard_units", None)
+    if callable(declared):
+        return list(declared())
+    return [m for m in reversed(list(model.modules()))  # children before their parents
+            if m is not model and any(True for _ in m.parameters(recurse=False))]
+
+
 def wrap(model: torch.nn.Module, strategy: str, world: int, device: str) -> torch.nn.Module:
-    """The model under DDP, or sharded with FSDP2's ``fully_shard`` (every module owning
-    parameters, then the root, so one module's parameters are gathered at a time)."""
+    """The model under DDP, or sharded with FSDP2's ``fully_shard``: each of its
+    ``shard_units``, then the root (which holds every parameter no unit holds), so one
+    unit's parameters are gathered at a time."""
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -62,9 +74,8 @@ def wrap(model: torch.nn.Module, strategy: str, world: int, device: str) -> torc
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
-    for module in reversed(list(model.modules())):  # children before their parents
-        if module is not model and any(True for _ in module.parameters(recurse=False)):
-            fully_shard(module, mesh=mesh)
+    for module in shard_units(model):
+        fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 

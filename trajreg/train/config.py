@@ -36,7 +36,7 @@ from trajreg.train.checks import (
 )
 from trajreg.train.checks import FLOAT32_TINY as FLOAT32_TINY  # re-exported, as before
 from trajreg.train.checks import QUOTE_CHARS as QUOTE_CHARS
-from trajreg.train.data import DATASETS, DataConfig
+from trajreg.train.data import DATASETS, DataConfig, check_tokens
 from trajreg.train.models import ACTIVATION_LAYERS, INIT_SCHEMES, MODELS, NORM_LAYERS, ModelConfig
 from trajreg.train.optim import OPTIMIZERS as OPTIMIZER_SPECS
 from trajreg.train.optim import SCHEDULES as SCHEDULE_FACTORS
@@ -225,6 +225,7 @@ class RunConfig:
         if bs % k:
             raise ConfigError(f"data.batch_size: {bs} is not divisible by train.accumulate "
                               f"{k} (every micro-batch of a step has the same size)")
+        check_tokens(self.data, self.model.block_size)  # the token sets' windows fit
         if self.train.distributed is not None:  # trajreg.distributed: cross-section checks
             self.train.distributed.check_run(self)
 

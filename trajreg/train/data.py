@@ -578,10 +578,13 @@ def encode(text: str, vocab: str) -> torch.Tensor:
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def _text(cfg: DataConfig, block_size: int | None, max_memory_gb: float | None) -> Dataset:
-    block = _block(block_size)
-    text, facts = _text_corpus(cfg)
-    n_train, n_test, windows, test_windows = _text_counts(cfg, len(text), block)
+def _check_text_windows(cfg: DataConfig, chars: int, block: int) -> None:
+    """A batch of training windows and one test window fit a text of ``chars``
+    characters (the check is monotone in ``chars``: an upper bound may be given)."""
+    n_train, n_test, windows, test_windows = _text_counts(cfg, chars, block)
+    if not windows:  # a window of T tokens reads T + 1 characters
+        raise ConfigError(f"model.block_size: {block} is too long for the text's training "
+                          f"split of {n_train} characters (a window reads block_size + 1)")
     if windows < cfg.batch_size:
         raise ConfigError(f"data.batch_size: {cfg.batch_size} exceeds the {windows} "
                           f"training windows of {block} characters of text "
@@ -589,6 +592,40 @@ def _text(cfg: DataConfig, block_size: int | None, max_memory_gb: float | None) 
     if n_test and not test_windows:
         raise ConfigError(f"data.test_fraction: the test split's {n_test} characters hold "
                           f"no window of {block} characters (model.block_size)")
+
+
+def check_tokens(cfg: DataConfig, block_size: int | None) -> None:
+    """The token sets' checks that involve ``model.block_size`` (``RunConfig.validate``),
+    made before anything is loaded, so a study refuses the config before it runs:
+    ``text``'s windows against pydoc's known length, or against a file's size in bytes
+    (at least its characters: only a file too short even by its bytes is read and
+    refused here, ``load_data`` checks the others); ``modular``'s sequences against the
+    block."""
+    if cfg.name == "modular":
+        _check_block(block_size, MODULAR_LENGTH, "modular")
+        return
+    if cfg.name != "text":
+        return
+    if cfg.file is None:
+        _check_text_windows(cfg, len(_pydoc_text()[0]), _block(block_size))
+        return
+    block = _block(block_size)
+    try:
+        size = _text_path(cfg).stat().st_size
+    except (OSError, UserError):  # missing or a directory: load_data's message, at run time
+        return
+    try:
+        _check_text_windows(cfg, size, block)
+    except ConfigError:  # too short even by its bytes: read it (its own errors first), so
+        text, _ = _file_text(cfg)  # the message gives its characters
+        _check_text_windows(cfg, len(text), block)
+
+
+def _text(cfg: DataConfig, block_size: int | None, max_memory_gb: float | None) -> Dataset:
+    block = _block(block_size)
+    text, facts = _text_corpus(cfg)
+    n_train, n_test, windows, test_windows = _text_counts(cfg, len(text), block)
+    _check_text_windows(cfg, len(text), block)
     train_chars = text[: len(text) - n_test]
     vocab = "".join(sorted(set(train_chars)))  # the whole training split's, before subset
     check_data_size(cfg, DataSize(windows, test_windows, (block,), (block,), 8, True),

@@ -156,6 +156,11 @@ class GPT(nn.Module):
             self.head.weight = self.tok.weight  # one Parameter
         gpt2_init(self)
 
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP2's units (``trajreg.distributed.train.wrap``): one per block; the
+        embeddings, the final norm and the (tied) head stay with the root."""
+        return list(self.blocks)
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.pos(self.tok(idx))
         if self.drop is not None:
@@ -184,6 +189,10 @@ class ViT(nn.Module):
         self.norm = _norm(norm, width)
         self.head = nn.Linear(width, n_classes)
         gpt2_init(self)
+
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP2's units, as ``GPT.shard_units``: one per block."""
+        return list(self.blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pos(self.patch(x).flatten(2).transpose(1, 2))  # (B, patches, width)
