@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import operator
 import shutil
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +129,11 @@ def meta_leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...],
     return shapes
 
 
+# torch.fx patches nn.Module.__call__ for the whole process while it traces: two traces
+# at once (two runs started in threads of one process) broke each other's graphs
+_TRACING = threading.Lock()
+
+
 class _LeafTracer(fx.Tracer):
     """Every module without children is a leaf (torch.fx's default traces into modules
     defined outside torch.nn)."""
@@ -141,7 +147,8 @@ def leaf_output_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[t
     in milliseconds; None where the graph holds an op without a rule (or does not
     trace). A custom leaf module gives its rule as an ``output_shape(shape)`` method."""
     try:
-        graph = _LeafTracer().trace(model)
+        with _TRACING:
+            graph = _LeafTracer().trace(model)
     except Exception:  # noqa: BLE001 -- untraceable control flow: use the meta forward
         return None
     modules = dict(model.named_modules())
