@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from tests.train.graphs import graph_without
 from trajreg.errors import ConfigError
 from trajreg.train.config import ACTIVATIONS, INITS, NORMS, ModelConfig
 from trajreg.train.models import (
@@ -159,23 +160,8 @@ def _is_technique(node: fx.Node, modules: dict[str, nn.Module], technique: str) 
 
 
 def _graph(model: nn.Module, technique: str) -> tuple[list, list]:
-    """(all nodes, nodes without the technique's own) as (op, kind) pairs; a module's kind
-    is its type and settings, so a resized layer would show."""
-    gm = fx.symbolic_trace(model)
-    modules = dict(gm.named_modules())
-    full, stripped = [], []
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            mod = modules[node.target]
-            kind = f"{type(mod).__name__}({mod.extra_repr()})"
-        elif node.op in ("call_function", "call_method"):
-            kind = getattr(node.target, "__name__", str(node.target))
-        else:
-            kind = node.op
-        full.append((node.op, kind))
-        if not _is_technique(node, modules, technique):
-            stripped.append((node.op, kind))
-    return full, stripped
+    return graph_without(model, lambda node, modules: _is_technique(node, modules,
+                                                                    technique))
 
 
 def _technique_params(model: nn.Module, technique: str) -> int:

@@ -55,6 +55,12 @@ def test_schedules_match_their_formula_and_drive_the_optimizer(schedule):
     for t in range(T):
         assert f(t) == pytest.approx(_brute(schedule, t, T, S), rel=1e-12, abs=1e-15)
         assert f(t) > 0
+    seen = _lrs(cfg, T, S)
+    assert seen == pytest.approx([0.1 * f(t) for t in range(T)], rel=1e-12)
+
+
+def _lrs(cfg, T: int, S: int) -> list[float]:
+    """The learning rate of each of T steps, read off an optimizer and its scheduler."""
     opt = build_optimizer(cfg.optim, torch.nn.Linear(2, 2).parameters())
     sched = build_scheduler(cfg.optim, opt, T, S)
     seen = []
@@ -62,7 +68,7 @@ def test_schedules_match_their_formula_and_drive_the_optimizer(schedule):
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert seen == pytest.approx([0.1 * f(t) for t in range(T)], rel=1e-12)
+    return seen
 
 
 @pytest.mark.parametrize("optim, key", [
@@ -87,13 +93,7 @@ def test_warmup_steps_multiply_any_schedule(schedule):
     W, T, S = 7, 30, 5
     cfg = load_config(tiny(optim={"schedule": schedule, "step_epochs": 2, "decay": 0.5,
                                   "lr": 0.1, "warmup_steps": W}))
-    opt = build_optimizer(cfg.optim, torch.nn.Linear(2, 2).parameters())
-    sched = build_scheduler(cfg.optim, opt, T, S)
-    seen = []
-    for _ in range(T):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    seen = _lrs(cfg, T, S)
     expected = [0.1 * _brute(schedule, t, T, S) * ((t + 1) / W if t < W else 1.0)
                 for t in range(T)]
     assert seen == pytest.approx(expected, rel=1e-12)

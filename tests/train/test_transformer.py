@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from tests.train.graphs import graph_without
 from trajreg.errors import ConfigError
 from trajreg.train.models import ModelConfig, build_model, init_weights, n_params
 from trajreg.train.transformer import GPT, GPT2_STD, ViT, residual_outputs, residual_scale
@@ -191,26 +192,6 @@ def _is_dropout(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules[node.target], nn.Dropout)
 
 
-def _graph(model: nn.Module, own) -> tuple[list, list]:
-    """(all nodes, nodes without the switch's own) as (op, kind); a module's kind is its
-    type and settings, so a resized layer would show."""
-    gm = fx.symbolic_trace(model)
-    modules = dict(gm.named_modules())
-    full, stripped = [], []
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            mod = modules[node.target]
-            kind = f"{type(mod).__name__}({mod.extra_repr()})"
-        elif node.op in ("call_function", "call_method"):
-            kind = getattr(node.target, "__name__", str(node.target))
-        else:
-            kind = node.op
-        full.append((node.op, kind))
-        if not own(node, modules):
-            stripped.append((node.op, kind))
-    return full, stripped
-
-
 def _own_params(model: nn.Module, types: tuple[type, ...] = (), names: tuple[str, ...] = ()):
     return sum(p.numel() for name, m in model.named_modules()
                if isinstance(m, types) or name.split(".")[-1] in names
@@ -243,8 +224,8 @@ def test_a_switch_changes_only_its_own_parameters_and_nodes(name, technique, on,
         assert _own_params(model_off, (nn.LayerNorm, nn.RMSNorm)) == 0
     if technique.startswith("qk_norm"):
         assert _own_params(model_on, names=("q_norm", "k_norm")) == params
-    full_on, stripped_on = _graph(model_on, own)
-    full_off, stripped_off = _graph(model_off, own)
+    full_on, stripped_on = graph_without(model_on, own)
+    full_off, stripped_off = graph_without(model_off, own)
     assert full_on != full_off
     assert stripped_on == stripped_off
     if technique == "skip":  # two residual additions a block
@@ -258,8 +239,8 @@ def test_post_norm_differs_from_pre_norm_only_in_norm_placement(name, norm):
     assert n_params(pre) == n_params(post)
     assert [(k, v.shape) for k, v in pre.state_dict().items()] == \
         [(k, v.shape) for k, v in post.state_dict().items()]
-    full_pre, stripped_pre = _graph(pre, _is_norm)
-    full_post, stripped_post = _graph(post, _is_norm)
+    full_pre, stripped_pre = graph_without(pre, _is_norm)
+    full_post, stripped_post = graph_without(post, _is_norm)
     assert full_pre != full_post and sorted(full_pre) == sorted(full_post)
     assert stripped_pre == stripped_post
     # pre: a block's norm comes before its attention's qkv; post: after its addition
