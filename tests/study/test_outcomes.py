@@ -120,7 +120,7 @@ def test_other_axes_never_produce_a_claim_verdict(grid):
     assert row["role"] == "stratum" and row["outcome_gamma"] == "larger"
     assert technique_verdicts(tech) == []
     [text] = strata_descriptions(tech)
-    assert "not evidence about the paper's techniques" in text
+    assert "not evidence about the claim's techniques" in text
 
 
 def test_the_optimizer_axis_is_a_claim_when_the_optimizers_differ():

@@ -109,6 +109,9 @@ def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
         "version": trajreg_version(), "options": options,
         "forest": html.image(forest_png),
         "technique_verdicts": verdicts.technique_verdicts(tech),
+        # the techniques the claim is asked of: the paper's, and the transformer
+        # study's (tables.CLAIM_AXES)
+        "claim_techniques": ", ".join(dict.fromkeys(tables.CLAIM_AXES.values())),
         "strata": verdicts.strata_descriptions(tech),
         "power": verdicts.power_note(tech, options),
         "comparison_verdicts": [verdicts.verdict(r) for _, r in tech.iterrows()],

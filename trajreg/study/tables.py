@@ -23,9 +23,10 @@ without) give a median, a bootstrap interval of the median and an exact sign tes
    interval half-widths);
 
 otherwise it is "inconclusive"; with no comparable pair it is "not comparable".
-Verdicts about the paper's claim are drawn only along the paper's techniques
-(activation, normalization, skip connections, optimizer); any other axis is a
-stratum whose effect is described, never counted as support.
+Verdicts about the claim (a technique raises gamma and speeds convergence) are drawn
+only along its techniques (``CLAIM_AXES``: the paper's activation, normalization, skip
+connections and optimizer, and the transformer study's); any other axis is a stratum
+whose effect is described, never counted as support.
 """
 
 from __future__ import annotations
@@ -548,7 +549,7 @@ def _note(c: Comparison, g: Evaluation, s: Evaluation) -> str:
         parts.append("unpaired seeds: " + "; ".join(f"seed {seed} ({why})"
                                                     for seed, why in c.missing))
     if not c.claim:
-        parts.append("a stratum, not one of the paper's techniques: described, not "
+        parts.append("a stratum, not one of the claim's techniques: described, not "
                      "evidence for the claim")
     return ". ".join(parts)
 
@@ -702,7 +703,7 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
     compared setting and the seed (no rho below 4 runs), and the same rho for each
     trajectory-geometry metric (mu_hat, L_hat, cos_g_positive, path_ratio; nan without
     recorded gradients); then the n-weighted mean of
-    the paper's techniques' within-stratum rhos, bootstrapped over strata; then the
+    the claim's techniques' within-stratum rhos, bootstrapped over strata; then the
     rho over all trained runs, with a warning when they differ in learning rate."""
     ok = runs[runs["status"].isin(FINISHED) & runs["trained"].map(_true)]
     members = {b.name: b.members for b in study.blocks}
@@ -727,7 +728,7 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
             elif c.claim and math.isfinite(corr.rho):
                 pooled.append((corr.rho, corr.n))
             if not c.claim:
-                notes.append("not one of the paper's techniques: not pooled")
+                notes.append("not one of the claim's techniques: not pooled")
             rows.append({"scope": "stratum", "technique": c.technique, "block": c.block,
                          "architecture": c.architecture, "dataset": c.dataset,
                          "optimizer": _one(part["optimizer"]) if len(part) else "",
@@ -737,7 +738,7 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
                          "ci_low": corr.low, "ci_high": corr.high,
                          "note": "; ".join(notes)})
     p = stats.pooled_rho([r for r, _ in pooled], [n for _, n in pooled])
-    rows.append({"scope": "pooled", "technique": "paper's techniques", "block": "",
+    rows.append({"scope": "pooled", "technique": "the claim's techniques", "block": "",
                  "architecture": "", "dataset": "", "optimizer": "", "lr": "",
                  "context": "", "varies": "within strata only", "metric": "",
                  "n": p.n, "spearman_rho": p.rho, "ci_low": p.low, "ci_high": p.high,

@@ -128,7 +128,7 @@ def strata_descriptions(tech: pd.DataFrame) -> list[str]:
                    f"{_signed(row['diff_median'])}), convergence {row['outcome_speed']} "
                    f"(median auc difference {_signed(row['speed_diff_median'])}). "
                    "A description of this setting's effect, not evidence about the "
-                   "paper's techniques.")
+                   "claim's techniques.")
     return out
 
 
