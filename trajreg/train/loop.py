@@ -92,17 +92,48 @@ def _token_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
                            ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
+def _confusion(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> np.ndarray:
+    return confusion_matrix(logits.argmax(1), y, n_classes)
+
+
+def _correct_tokens(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> int:
+    # a V x V confusion matrix per position would be most of the evaluation's cost;
+    # IGNORE_INDEX never equals a prediction
+    return int((logits.argmax(-1) == y).sum())
+
+
+def _classification_metrics(loss: float, confusion: Any, counted: int) -> dict[str, float]:
+    return {"loss": loss, "accuracy": accuracy(confusion)}
+
+
+def _segmentation_metrics(loss: float, confusion: Any, counted: int) -> dict[str, float]:
+    return {"loss": loss, "accuracy": accuracy(confusion), "mean_iou": mean_iou(confusion)}
+
+
+def _language_metrics(loss: float, correct: Any, counted: int) -> dict[str, float]:
+    """Loss in nats, bits per token (per character for text), next-token accuracy."""
+    return {"loss": loss, "bpc": loss / math.log(2),
+            "accuracy": correct / counted if counted else math.nan}
+
+
 class Objective(NamedTuple):
-    """A task's loss of (logits, targets, reduction) and the targets its mean is over."""
+    """A task's loss of (logits, targets, reduction), the targets its mean is over, a
+    forward chunk's score (added over chunks) and the metrics of (loss, score, count)."""
 
     loss: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
     counted: Callable[[torch.Tensor], int]
+    score: Callable[[torch.Tensor, torch.Tensor, int], Any]
+    metrics: Callable[[float, Any, int], dict[str, float]]
+    chunk_tokens: bool = False  # evaluation chunks sized by positions (sequences)
 
 
 OBJECTIVES = {
-    "classification": Objective(_cross_entropy, torch.Tensor.numel),
-    SEGMENTATION: Objective(_cross_entropy, torch.Tensor.numel),
-    LANGUAGE: Objective(_token_cross_entropy, lambda y: int((y != IGNORE_INDEX).sum())),
+    "classification": Objective(_cross_entropy, torch.Tensor.numel, _confusion,
+                                _classification_metrics),
+    SEGMENTATION: Objective(_cross_entropy, torch.Tensor.numel, _confusion,
+                            _segmentation_metrics),
+    LANGUAGE: Objective(_token_cross_entropy, lambda y: int((y != IGNORE_INDEX).sum()),
+                        _correct_tokens, _language_metrics, chunk_tokens=True),
 }
 
 
@@ -183,15 +214,14 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 def eval_chunk(data: Dataset) -> int:
     """Examples per evaluation forward: ``EVAL_CHUNK``, or for sequences as many as hold
     about ``EVAL_TOKENS`` positions (a model's per-position activations grow with T)."""
-    if getattr(data, "task", "classification") != LANGUAGE:
+    if not objective(data).chunk_tokens:
         return EVAL_CHUNK
     return max(1, EVAL_TOKENS // data.x_train.shape[1])
 
 
 class Evaluation(NamedTuple):
     loss: float  # mean over the counted targets, nats
-    confusion: np.ndarray | None  # with n_classes, not for language
-    correct: int  # language: argmax predictions equal to a counted target
+    score: Any  # the objective's score summed over chunks (None without n_classes)
     counted: int  # the targets the mean is over
 
 
@@ -200,10 +230,9 @@ def _eval(cfg: RunConfig, model: torch.nn.Module, data: Dataset, x: torch.Tensor
           y: torch.Tensor, n_classes: int) -> Evaluation:
     """Mean loss (per sample, per pixel for segmentation, per counted token for
     language) in eval mode, so no BN statistics are updated; with ``n_classes``, also
-    the confusion matrix (the correct tokens for language: a V x V matrix per position
-    would be most of the cost)."""
-    total, confusion, correct = 0.0, None, 0
-    task, (loss_of, counted) = getattr(data, "task", "classification"), objective(data)
+    the task's score (a confusion matrix; the correct tokens for language)."""
+    total, score = 0.0, None
+    loss_of, counted, score_of = objective(data)[:3]
     chunk = eval_chunk(data)
     with eval_mode(model):
         for i in range(0, len(x), chunk):
@@ -211,13 +240,11 @@ def _eval(cfg: RunConfig, model: torch.nn.Module, data: Dataset, x: torch.Tensor
             yb = y[i : i + chunk].to(cfg.train.device)
             logits = model(xb)
             total += loss_of(logits, yb, "sum").item()
-            if n_classes and task == LANGUAGE:
-                correct += int((logits.argmax(-1) == yb).sum())  # IGNORE_INDEX never equals
-            elif n_classes:
-                m = confusion_matrix(logits.argmax(1), yb, n_classes)
-                confusion = m if confusion is None else confusion + m
+            if n_classes:
+                part = score_of(logits, yb, n_classes)
+                score = part if score is None else score + part
     n = counted(y)
-    return Evaluation(total / n if n else math.nan, confusion, correct, n)
+    return Evaluation(total / n if n else math.nan, score, n)
 
 
 def full_loss(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> float:
@@ -232,20 +259,13 @@ def evaluate(cfg: RunConfig, model: torch.nn.Module, data: Dataset) -> dict[str,
     (segmentation), or token loss (nats), bits per token (``bpc``: bits per character
     for text) and next-token accuracy (language), on the training and test sets."""
     out = {}
-    task = getattr(data, "task", "classification")
+    metrics = objective(data).metrics
     for split, (x, y) in (("train", data.eval_train), ("test", (data.x_test, data.y_test))):
         if len(x) == 0:
             continue
         ev = _eval(cfg, model, data, x, y, data.n_classes)
-        out[f"{split}_loss"] = ev.loss
-        if task == LANGUAGE:
-            out[f"{split}_bpc"] = ev.loss / math.log(2)
-            out[f"{split}_accuracy"] = ev.correct / ev.counted if ev.counted else math.nan
-            continue
-        assert ev.confusion is not None
-        out[f"{split}_accuracy"] = accuracy(ev.confusion)
-        if task == SEGMENTATION:
-            out[f"{split}_mean_iou"] = mean_iou(ev.confusion)
+        out.update({f"{split}_{key}": value
+                    for key, value in metrics(ev.loss, ev.score, ev.counted).items()})
     return out
 
 
