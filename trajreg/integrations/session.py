@@ -348,6 +348,7 @@ class RegularitySession:
                                      capacity=self._capacity())
         # after the recorder's own hook: the step just taken closes its micro-batches
         self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
+        self._lr_hook = optimizer.register_step_pre_hook(lambda *_: self._check_lr())
         if not sharded:  # FSDP2 assigns sharded gradients outside autograd's accumulation
             self.batches.watch_clears(optimizer_params(optimizer))
         self.info = {"source": self.source, "model": type(model).__name__,
@@ -389,6 +390,19 @@ class RegularitySession:
         what they will, even while the run writes them), else 4096."""
         return 4096 if self.expected_steps is None else self.expected_steps + 1
 
+    def _check_lr(self) -> None:
+        """Before a step: eta_t divides a_t and s_t, so a step at learning rate 0 (the
+        first step of a warmup that starts at 0) would fail the measurement only after
+        training; refuse it now, before it is taken (the partial directory removed)."""
+        lr = self.optimizer.param_groups[self.lr_group]["lr"]
+        if not lr > 0:
+            self.abort()
+            raise UserError(
+                f"{self._api}: optimizer step {self.steps} has learning rate {lr} (param "
+                f"group {self.lr_group}); trajreg needs eta_t > 0 at every step (a_t and s_t "
+                "divide by it): start a warmup above 0, e.g. LambdaLR(optimizer, lambda t: "
+                "min(1, (t + 1) / (warmup + 1))), or train without it")
+
     def _step_taken(self) -> None:
         assert self.batches is not None
         self.batches.step_taken()
@@ -407,9 +421,10 @@ class RegularitySession:
     # ------------------------------------------------------------------ after training
 
     def _unhook(self) -> None:
-        hook = getattr(self, "_hook", None)
-        if hook is not None:
-            hook.remove()
+        for name in ("_hook", "_lr_hook"):
+            hook = getattr(self, name, None)
+            if hook is not None:
+                hook.remove()
         if self.batches is not None:
             self.batches.unhook()
 
