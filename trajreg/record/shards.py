@@ -127,13 +127,6 @@ class Shard:
         return cls(int(rank), int(world), tuple((a, n) for a, n in ranges), offset)
 
 
-def local_ranges(params: Sequence[Any], rank: int, world: int) -> tuple[list[list[int]], int]:
-    """Rank ``rank``'s runs of the global flat index as ``[start, length]`` pairs, and
-    the global d (``Shard.of``)."""
-    shard = Shard.of(params, rank, world)
-    return [[a, n] for a, n in shard.ranges], shard.d
-
-
 def write_index(trajectory: Path, d: int, shards: list[dict]) -> None:
     """``trajectory/shards.json`` from every rank's ``{"rank", "dir", "d", "ranges"}``."""
     shards = sorted(shards, key=lambda s: s["rank"])
@@ -225,18 +218,15 @@ class Parts:
             total = total + read_step_norms(d / name, count)
         return total
 
-    def rows(self, name: str | None = None) -> TrajectoryStore | CombinedRows:
+    def rows(self, name: str | None = None, *, assemble: bool = True
+             ) -> TrajectoryStore | CombinedRows:
         """The trajectory stores ``name`` (None: the parts' directories themselves) as
         the whole run's rows: one part's store as it is, or the parts' stores put
-        together (``CombinedRows`` with ``assemble``)."""
+        together by their ranges (``assemble``: every rank kept its entries of x) or
+        summed (sketches of the parts: S x = sum_r S x^r)."""
         stores = [TrajectoryStore(d if name is None else d / name) for d in self.dirs]
-        return stores[0] if self.index is None else CombinedRows(self.index, stores, True)
-
-    def sketch_rows(self, name: str, identity: bool) -> TrajectoryStore | CombinedRows:
-        """The sketch stores ``name``: their sum over parts (S x = sum_r S x^r), or, for
-        S = I, the parts' rows put together."""
-        stores = [TrajectoryStore(d / name) for d in self.dirs]
-        return stores[0] if self.index is None else CombinedRows(self.index, stores, identity)
+        return stores[0] if self.index is None else CombinedRows(self.index, stores,
+                                                                   assemble)
 
 
 class CombinedRows:
@@ -266,7 +256,6 @@ class CombinedRows:
                 raise DamagedRun(f"{store.dir}: {store.d} entries a row, rank 0's "
                                  f"{stores[0].d}")
         self.d: int = index["d"] if assemble else stores[0].d
-        self.closed = all(store.closed for store in stores)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1 of the whole run."""

@@ -532,9 +532,9 @@ class SketchMode(SampleMode):
         T = ctx.steps
         grads = None
         if all((d / GRAD_SKETCHES / SIDECAR).is_file() for d in parts.dirs):  # gradients
-            grads = (parts.sketch_rows(GRAD_SKETCHES, identity), parts.summed(G_FILE, T))
+            grads = (parts.rows(GRAD_SKETCHES, assemble=identity), parts.summed(G_FILE, T))
         return measure_sketched(
-            ctx, k, parts.sketch_rows(SKETCHES, identity), parts.summed(S_FILE, T), grads,
+            ctx, k, parts.rows(SKETCHES, assemble=identity), parts.summed(S_FILE, T), grads,
             samples, x0=parts.assemble([sample.row(0) for sample in samples]),
             x_star=parts.assemble([sample.row(k) for sample in samples]).astype(np.float64))
 
