@@ -39,6 +39,7 @@ FLOORS = {
     "trajreg.run": 4,           # one run: runner, analysis, figures, the run directory
     "trajreg.distributed": 5,   # one run on N processes
     "trajreg.integrations": 6,  # sessions, Lightning and Hugging Face callbacks
+    "trajreg.checkpoints": 6,   # a finished run measured from its checkpoints
     "trajreg.study": 7,         # grids of runs and their report
     "trajreg.cli": 8, "trajreg.demo": 8, "trajreg.__main__": 8, "trajreg": 8,  # entries
 }

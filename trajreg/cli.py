@@ -104,6 +104,37 @@ def _delta(text: str) -> float:
     return value + 0.0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {_quoted(text)}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {_quoted(text)}")
+    return value
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {_quoted(text)}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {_quoted(text)}")
+    return value
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"steps must be whole numbers like 0,500,1000, got {_quoted(text)}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"steps must be >= 0, got {_quoted(text)}")
+    return values
+
+
 def _nproc(text: str) -> int:  # trajreg run --nproc (trajreg.distributed)
     try:
         value = int(text)
@@ -146,9 +177,45 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", type=_eps, help="comma-separated violation fractions, e.g. 0,0.05")
     a.add_argument("--delta", type=_delta, help="constant delta (default: eta_t / 2)")
     a.add_argument("--window", type=_window, help="START:END steps (default: converging phase)")
+    c = sub.add_parser("checkpoints", help="measure a finished run from its checkpoints")
+    c.add_argument("paths", nargs="+", metavar="PATH",
+                   help="checkpoints, or directories of them (Hugging Face checkpoint-N "
+                        "folders, Lightning .ckpt, torch.save files, .safetensors)")
+    c.add_argument("--out", required=True, type=out_path("--out"),
+                   help="run directory to create")
+    how = c.add_mutually_exclusive_group()
+    how.add_argument("--config", help="run config (YAML) whose model and data sections "
+                                      "name trajreg's net and its training set")
+    how.add_argument("--entry", metavar="MODULE:FUNCTION",
+                     help="a function returning (model, loss_fn, batches)")
+    data = c.add_mutually_exclusive_group()
+    data.add_argument("--text", help="Hugging Face: a UTF-8 text file, tokenized with the "
+                                     "checkpoint's tokenizer")
+    data.add_argument("--tokens", help="Hugging Face: token ids (.npy, or integers as text)")
+    c.add_argument("--batches", type=_positive, metavar="N",
+                   help="evaluation batches (default: all; 16 for Hugging Face)")
+    c.add_argument("--batch-size", type=_positive, default=8,
+                   help="Hugging Face: windows per batch (default 8)")
+    c.add_argument("--block-size", type=_positive,
+                   help="Hugging Face: tokens per window (default: the context, <= 256)")
+    c.add_argument("--steps", type=_steps, help="comma-separated steps, one per PATH")
+    c.add_argument("--reference", choices=["final", "last", "best"], default="final",
+                   help="x*: the last checkpoint (final, last) or the lowest F (best)")
+    c.add_argument("--eps", type=_eps, default=[0.0, 0.05],
+                   help="comma-separated violation fractions (default 0,0.05)")
+    c.add_argument("--sketch-dim", type=_positive, metavar="K",
+                   help="CountSketch the vectors to K numbers (each checkpoint read once)")
+    c.add_argument("--buffers", action="store_true",
+                   help="floating-point buffers (batch-norm statistics) are part of x")
+    c.add_argument("--interval-points", type=_nonnegative, default=1, metavar="M",
+                   help="F at M points inside each interval (default 1; 0: none)")
+    c.add_argument("--no-mli", action="store_true",
+                   help="skip the interpolation from the first checkpoint to x*")
+    c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    c.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     add_study_parsers(sub)
     for name, command in sub.choices.items():
-        _common(command, quiet=name in ("run", "analyze"))
+        _common(command, quiet=name in ("run", "analyze", "checkpoints"))
     return p
 
 
@@ -229,9 +296,39 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoints(args: argparse.Namespace) -> int:
+    from trajreg.checkpoints import CheckpointOptions, measure_checkpoints
+
+    options = CheckpointOptions(
+        reference=args.reference, eps=tuple(args.eps), sketch_dim=args.sketch_dim,
+        buffers=args.buffers, interval_points=args.interval_points, mli=not args.no_mli,
+        device=args.device)
+    _STATE.out = Path(args.out)
+    out, summary = measure_checkpoints(
+        args.paths, args.out, steps=args.steps, config=args.config, entry=args.entry,
+        text=args.text, tokens=args.tokens, n_batches=args.batches,
+        batch_size=args.batch_size, block_size=args.block_size, options=options,
+        figures=not args.no_figures, progress=False if args.quiet else None)
+    _STATE.complete = True
+    facts = summary.checkpoints or {}
+    start, end = summary.window or (0, 0)
+    print(f"{facts.get('n_checkpoints')} checkpoints, steps {facts['steps'][0]} to "
+          f"{summary.n_steps}; x* at step {summary.reference_step} ({summary.reference}); "
+          f"window: checkpoints [{start}, {end})")
+    for key, value in (summary.gamma_hat or {}).items():
+        disp = facts.get("gamma_hat_disp", {}).get(key, float("nan"))
+        print(f"gamma_hat(eps={key}) = {value:.6g} (epochwise)   {disp:.6g} (displacement)")
+    print(f"star-convex fraction = {summary.star_convex_fraction:.3g}   path ratio = "
+          f"{summary.path_ratio:.4g}   F: {summary.full_loss[0]:.4g} -> {summary.final_loss:.4g}")
+    print(f"run directory: {out}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "checkpoints":
+        return _checkpoints(args)
     if args.command == "analyze":
         return _analyze(args)
     from trajreg.study import cli as study_cli
@@ -243,8 +340,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _unchanged(args: argparse.Namespace) -> str:
     """What a failed command left behind, for the one-line message."""
-    return {"run": "nothing was written", "analyze": "the run directory is unchanged"
-            }.get(args.command, "")
+    return {"run": "nothing was written", "checkpoints": "nothing was written",
+            "analyze": "the run directory is unchanged"}.get(args.command, "")
 
 
 def _interrupted_message() -> str:

@@ -124,7 +124,7 @@ def test_figures_drawn_only_when_present(tmp_path):
     # nan and inf ratios (D_t = 0 at the reference, an infinite loss) draw without error
     table.loc[3, "rsi"], table.loc[4, "eb"] = math.nan, math.inf
     figures._geometry(tmp_path / "c" / "geometry.png", table, summary.to_dict(), (0, 0))
-    figures._mli(tmp_path / "c" / "mli.png", {"mli": {
+    figures.mli_figure(tmp_path / "c" / "mli.png", {"mli": {
         "alpha": [0.0, 1.0], "loss": [math.inf, 1.0], "monotone": False, "max_bump": None}})
     assert (tmp_path / "c" / "mli.png").is_file()
 

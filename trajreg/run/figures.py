@@ -234,7 +234,7 @@ def _geometry(path: Path, table: pd.DataFrame, summary: dict,
     save_png(fig, path)
 
 
-def _mli(path: Path, summary: dict) -> None:
+def mli_figure(path: Path, summary: dict) -> None:
     """F(x_0 + alpha (x* - x_0)) against alpha, its largest bump named."""
     fig, ax = _axes()
     mli = summary["mli"]
@@ -276,5 +276,5 @@ def _write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[
         _geometry(paths[-1], table, summary, window)
     if summary.get("mli"):
         paths.append(directory / GEOMETRY_FIGURES[1])
-        _mli(paths[-1], summary)
+        mli_figure(paths[-1], summary)
     return paths

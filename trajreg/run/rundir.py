@@ -75,6 +75,7 @@ CONFIG = "config.yaml"
 METRICS = "metrics.parquet"
 FINAL_STATE = "final_state.pt"
 TRAJECTORY = "trajectory"
+CHECKPOINTS = "checkpoints"  # train.checkpoints: the model's state at step 0 and epoch ends
 TRAINLOG = "trainlog.parquet"  # every step's loss, epoch, lr where metrics hold a sample
 DATA_FACTS = "data.json"  # Dataset.facts of a token set (the vocabulary, the corpus)
 MANIFEST = "checksums.json"  # size and CRC32 of every other file, written last
@@ -87,7 +88,7 @@ __all__ = ["COMPLETE_MARK", "DATA_FACTS", "MANIFEST", "RunDirConfig", "atomic_di
            "read_metrics", "read_summary", "remove_stale", "replace_outputs",
            "require_run_dir", "verify_manifest", "verify_run_dir", "versions",
            "write_config", "write_data_facts", "write_final_state", "write_manifest",
-           "write_outputs", "write_parquet", "write_summary"]
+           "write_outputs", "write_parquet", "write_state", "write_summary"]
 
 PARTIAL = ".partial-"  # .NAME.partial-OWNER-*: a run being written
 ANALYZE_TMP = ".tmp-analyze-"  # .NAME.tmp-analyze-OWNER-*: a new analysis being swapped in
@@ -337,15 +338,20 @@ def read_data_facts(run_dir: Path) -> dict[str, Any] | None:
     return payload
 
 
-def write_final_state(run_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """final_state.pt: a CPU copy of the model's parameters and buffers (returned)."""
+def write_state(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's parameters and buffers (returned), saved to ``path``."""
     state = {name: v.detach().cpu().clone() for name, v in model.state_dict().items()}
     # serialised in memory, then written by Python: torch.save straight to a file
     # reports a full disk as an opaque RuntimeError, a write an OSError(ENOSPC)
     buf = io.BytesIO()
     torch.save(state, buf)
-    replace_atomic(Path(run_dir) / FINAL_STATE, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+    replace_atomic(Path(path), lambda tmp: tmp.write_bytes(buf.getbuffer()))
     return state
+
+
+def write_final_state(run_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """final_state.pt: a CPU copy of the model's parameters and buffers (returned)."""
+    return write_state(Path(run_dir) / FINAL_STATE, model)
 
 
 def read_final_state(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -406,10 +412,22 @@ def require_run_dir(path: Path) -> Path:
         if PARTIAL in path.name or not (path / CONFIG).is_file():
             raise UserError(f"{path} is not a complete trajreg run (no {COMPLETE_MARK})")
         raise DamagedRun(f"run directory damaged: {path / COMPLETE_MARK}: missing")
+    if _measured_from_checkpoints(path):
+        raise UserError(f"{path} was measured from checkpoints (trajreg checkpoints), not "
+                        "recorded: measure the checkpoints again for other options")
     for name in (CONFIG, METRICS, FINAL_STATE):
         if not (path / name).is_file():
             raise DamagedRun(f"run directory damaged: {path / name}: missing")
     return path
+
+
+def _measured_from_checkpoints(path: Path) -> bool:
+    """Whether config.yaml is a checkpoint series' (its ``checkpoints`` section)."""
+    try:
+        raw = yaml.safe_load((path / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # read_config names what is wrong with it
+    return isinstance(raw, dict) and "checkpoints" in raw
 
 
 def _metric_columns(summary: Summary) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from trajreg.train.loop import (
     full_loss,
     minibatch_loss,
     require_device,
+    steps_per_epoch,
     total_steps,
     train,
 )
@@ -298,6 +299,26 @@ def write_analysis(run_dir: Path, log: TrainLog, measured: Measured | None, *, m
     return summary
 
 
+def _saving_checkpoints(cfg: RunConfig, data: Dataset, model: torch.nn.Module, run_dir: Path,
+                        on_epoch: Callable[[int], None] | None) -> Callable[[int], None]:
+    """``train.checkpoints``: the model's state at step 0 now and after every epoch
+    (``checkpoints/step-NNNNNNNN.pt``); then ``on_epoch``."""
+    folder = run_dir / rundir.CHECKPOINTS
+    folder.mkdir()
+    per_epoch = steps_per_epoch(cfg, data)
+
+    def save(step: int) -> None:
+        rundir.write_state(folder / f"step-{step:08d}.pt", model)
+
+    save(0)
+
+    def after(epoch: int) -> None:
+        save(epoch * per_epoch)  # epochs count from 1
+        if on_epoch is not None:
+            on_epoch(epoch)
+    return after
+
+
 def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool | None = None,
         on_epoch: Callable[[int], None] | None = None,
         tensorboard: bool = False) -> tuple[Path, Summary]:
@@ -335,6 +356,8 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         try:
             phase(f"training {cfg.train.epochs} epochs ({total_steps(cfg, data)} steps)",
                   progress)
+            if cfg.train.checkpoints:
+                on_epoch = _saving_checkpoints(cfg, data, model, tmp, on_epoch)
             log = train(cfg, data, model, opt, sched, progress=progress, on_epoch=on_epoch)
         finally:
             recorder.close()

@@ -89,6 +89,9 @@ class Summary:
     # epochs (end_epoch, epoch_steps or none), eval_batches, loss_rtol, skipped_steps,
     # discarded_batches, steps_without_batch (trajreg.integrations.session)
     session: dict[str, Any] | None = _opt()
+    # --- a run measured from its checkpoints (trajreg.checkpoints): the series, the
+    # displacement form's gamma_hat_disp, the identity check, the evaluation set
+    checkpoints: dict[str, Any] | None = _opt()
     format: int = FORMAT
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,9 +70,18 @@ class TrainConfig:
     # micro-batches per optimizer step (gradient accumulation); data.batch_size stays the
     # step's batch size
     accumulate: int = field(default=1, metadata=OMIT_AT_DEFAULT)
+    # save the model's state (torch.save) at step 0 and every epoch end into the run
+    # directory's checkpoints/ (trajreg checkpoints measures them)
+    checkpoints: bool = field(default=False, metadata=OMIT_AT_DEFAULT)
 
     def validate(self) -> None:
         positive("train.epochs", self.epochs)
+        if not isinstance(self.checkpoints, bool):
+            raise ConfigError(f"train.checkpoints: must be true or false, got "
+                              f"{quote(self.checkpoints)}")
+        if self.checkpoints and self.distributed is not None:
+            raise ConfigError("train.checkpoints: one process only (a distributed run's "
+                              "checkpoints are the training script's to save)")
         if self.grad_clip is not None:
             positive("train.grad_clip", self.grad_clip)
             check_float32("train.grad_clip", self.grad_clip)

@@ -1,0 +1,81 @@
+"""The figures of a checkpoint series: F over steps, the epochwise a_k and b_k with the
+displacement's a_disp_k, r per checkpoint and per interval, and the MLI segment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from trajreg.run.figures import mark_infinities, mli_figure, save_png
+
+FIGURES = ("loss.png", "a_k.png", "gamma_per_interval.png")
+
+
+def _axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(6, 4))
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
+    ax = fig.add_subplot()
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    return fig, ax
+
+
+def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
+    """The series' PNGs in ``directory``; the paths written."""
+    with np.errstate(all="ignore"):
+        return _write(Path(directory), table, summary)
+
+
+def _write(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
+    steps = table["step"].to_numpy(dtype=np.float64)
+    paths = [directory / name for name in FIGURES]
+    ref = summary.get("reference_step")
+
+    fig, ax = _axes("F at the checkpoints", "F (evaluation loss)")
+    F = table["F"].to_numpy(dtype=np.float64)
+    ax.plot(steps, np.where(np.isfinite(F), F, np.nan), "o-", ms=3)
+    mark_infinities(ax, steps, F, "tab:red", "F")
+    if ref is not None:
+        ax.axvline(ref, color="grey", ls=":", label="x*")
+        ax.legend()
+    if np.all(np.isfinite(F)) and np.all(F > 0) and F.max() > 10 * F.min():
+        ax.set_yscale("log")
+    save_png(fig, paths[0])
+
+    fig, ax = _axes("Alignment with x*: gradient (a_k) and displacement (a_disp)",
+                    "value")
+    for column, label in (("a", "a_k = <x_k - x*, grad F>"), ("b", "b_k = F_k - F*"),
+                          ("a_disp", "a_disp = <x_k - x*, x_k - x_k+1>")):
+        y = table[column].to_numpy(dtype=np.float64)
+        ax.plot(steps, np.where(np.isfinite(y), y, np.nan), "o-", ms=3, label=label)
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.legend(fontsize=8)
+    save_png(fig, paths[1])
+
+    fig, ax = _axes("r per checkpoint (gradient) and per interval (displacement)",
+                    "r")
+    for column, label in (("r", "r_k = a_k / b_k"),
+                          ("r_disp", "r_disp = (a_disp - s_disp / 2) / b_k")):
+        y = table[column].to_numpy(dtype=np.float64)
+        ax.plot(steps, np.where(np.isfinite(y), y, np.nan), "o-", ms=3, label=label)
+        mark_infinities(ax, steps, y, "tab:red", label.split(" ")[0])
+    gamma = (summary.get("gamma_hat") or {}).get("0.0")
+    if gamma is not None and np.isfinite(gamma):
+        ax.axhline(gamma, color="tab:blue", ls="--", lw=0.8, label=f"gamma_hat_0 {gamma:.3g}")
+    window = summary.get("window")
+    if window and window[1] > window[0]:
+        last = min(int(window[1]), len(steps)) - 1
+        ax.axvspan(steps[int(window[0])], steps[last], color="grey", alpha=0.1,
+                   label="window")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.legend(fontsize=8)
+    save_png(fig, paths[2])
+
+    if summary.get("mli"):
+        paths.append(directory / "mli.png")
+        mli_figure(paths[-1], summary)
+    return paths
