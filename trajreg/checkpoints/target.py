@@ -135,8 +135,9 @@ def from_config(config: str | Path | dict[str, Any], n_batches: int | None = Non
     cfg = load_config(raw)
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb,
                      block_size=getattr(cfg.model, "block_size", None))
-    torch.manual_seed(0)  # the init is replaced by every checkpoint; fixed for buffers
-    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # the init is replaced by every checkpoint
+        torch.manual_seed(0)
+        model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
     x, y = data.eval_train
     chunk = eval_chunk(data)
     starts = list(range(0, len(x), chunk))
