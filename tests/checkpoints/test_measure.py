@@ -23,14 +23,12 @@ from trajreg import principle as P
 from trajreg.checkpoints import CheckpointOptions, measure_checkpoints
 from trajreg.checkpoints.measure import SeriesMeasurement, series_table, summarize_series
 from trajreg.checkpoints.series import Checkpoint
-from trajreg.checkpoints.target import Target
-from trajreg.checkpoints.target import from_config
+from trajreg.checkpoints.target import Target, from_config
 from trajreg.cli import main
 from trajreg.record.modes import get_mode
 from trajreg.run import rundir
 from trajreg.run.runner import run
 from trajreg.train.config import load_config
-
 
 STEPS = [0, 8, 16, 24, 32]  # 4 epochs of 8 steps (512 digits, 80% training, batch 64)
 

@@ -187,19 +187,42 @@ def _evaluate(target: Target, grad: bool) -> float:
 # ---------------------------------------------------------------------- the pass
 
 class _Points:
-    """The open checkpoints and how a point (a checkpoint, or the segment between two)
-    reads a tensor of x or a buffer."""
+    """The series' checkpoints, opened on demand, and how a point (a checkpoint, or the
+    segment between two) reads a tensor of x or a buffer.
 
-    def __init__(self, states: list[CheckpointState], names: list[str]) -> None:
-        self.states, self.names = states, names
+    At most ``OPEN`` checkpoints are open at once (the first and x* stay; the others in
+    the order used): a memory-mapped checkpoint keeps the pages it was read from mapped
+    into the process while it is open, so holding every one would grow with the series.
+    """
+
+    OPEN = 4  # x_0, x*, x_k, x_{k+1}
+
+    def __init__(self, checkpoints: list[Checkpoint], names: list[str],
+                 prefixes: list[str]) -> None:
+        self.checkpoints, self.names, self.prefixes = checkpoints, names, prefixes
+        self.keep: set[int] = {0}
+        self._open: dict[int, CheckpointState] = {}
+
+    def state(self, k: int) -> CheckpointState:
+        state = self._open.pop(k, None)
+        if state is None:
+            state = open_state(self.checkpoints[k])
+            state.prefix = self.prefixes[k]
+        self._open[k] = state  # most recently used last
+        for other in list(self._open):
+            if len(self._open) <= self.OPEN:
+                break
+            if other not in self.keep and other != k:
+                del self._open[other]
+        return state
 
     def load(self, model: torch.nn.Module, k: int) -> None:
-        state = self.states[k]
+        state = self.state(k)
         _load(model, self.names, state.tensor,
               lambda n: state.tensor(n) if state.has(n) else None)
 
     def load_between(self, model: torch.nn.Module, i: int, j: int, alpha: float) -> None:
-        a, b = self.states[i], self.states[j]
+        a, b = self.state(i), self.state(j)
 
         def buffer(name: str) -> torch.Tensor | None:
             if not (a.has(name) and b.has(name)):
@@ -213,18 +236,23 @@ class _Points:
               buffer)
 
 
-def _check_shapes(states: list[CheckpointState], model: torch.nn.Module,
-                  names: list[str]) -> int:
+def _check_series(checkpoints: list[Checkpoint], model: torch.nn.Module,
+                  names: list[str]) -> tuple[int, list[str]]:
+    """Open every checkpoint once, before anything is measured: each must be readable
+    and hold every name of x with the model's shape. d and each checkpoint's prefix."""
     params, buffers = _named(model)
     shapes = {n: tuple((params[n] if n in params else buffers[n]).shape) for n in names}
-    for state in states:
+    prefixes = []
+    for ck in checkpoints:
+        state = open_state(ck)
         state.resolve(names)
+        prefixes.append(state.prefix)
         for name in names:
             got = state.shape(name)
             if got != shapes[name]:
                 raise UserError(f"{state.path}: {name} has shape {got} in the checkpoint, "
                                 f"{shapes[name]} in the model")
-    return sum(math.prod(s) for s in shapes.values())
+    return sum(math.prod(s) for s in shapes.values()), prefixes
 
 
 def _grads(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor | None]:
@@ -240,9 +268,8 @@ def measure_series(checkpoints: list[Checkpoint], target: Target, options: Check
     names = parameter_names(model, options.buffers)
     if not names:
         raise UserError("the model has no trainable parameters")
-    states = [open_state(ck) for ck in checkpoints]
-    d = _check_shapes(states, model, names)
-    points = _Points(states, names)
+    d, prefixes = _check_series(checkpoints, model, names)
+    points = _Points(checkpoints, names, prefixes)
     K = len(checkpoints)
     F = np.full(K, np.nan)
     say = (lambda msg: phase(msg, progress)) if progress is not False else (lambda msg: None)
@@ -257,7 +284,7 @@ def measure_series(checkpoints: list[Checkpoint], target: Target, options: Check
             with torch.no_grad():
                 F[k] = _evaluate(target, grad=False)
     k_star = _reference(F, options.reference)
-    star, first = states[k_star], states[0]
+    points.keep.add(k_star)
     D, a, s, dist0 = (np.zeros(K) for _ in range(4))
     a_disp, s_disp = np.zeros(K - 1), np.zeros(K - 1)
     say(f"measuring {K} checkpoints ({d} parameters)")
@@ -265,14 +292,15 @@ def measure_series(checkpoints: list[Checkpoint], target: Target, options: Check
         points.load(model, k)
         value = _evaluate(target, grad=True)
         if options.reference == "best" and not _same(value, F[k]):
-            warnings.warn(f"F at {states[k].path} was {F[k]!r}, then {value!r}: the "
+            warnings.warn(f"F at {checkpoints[k].path} was {F[k]!r}, then {value!r}: the "
                           "evaluation is not deterministic (a loss_fn in training mode?)",
                           RuntimeWarning, stacklevel=2)
         F[k] = value
         grads = _grads(model, names)
-        nxt = states[k + 1] if k + 1 < K else None
+        here, star, first = points.state(k), points.state(k_star), points.state(0)
+        nxt = points.state(k + 1) if k + 1 < K else None
         for name in names:
-            xk = states[k].float64(name)
+            xk = here.float64(name)
             diff = xk - star.float64(name)
             g = grads[name]
             g64 = (torch.zeros_like(xk) if g is None
@@ -358,10 +386,11 @@ def _measure_sketched(checkpoints: list[Checkpoint], target: Target,
         points.load(model, k)
         F[k] = _evaluate(target, grad=True)
         grads = _grads(model, points.names)
+        here = points.state(k)
         x_acc, g_acc = sketch.accumulator("cpu"), sketch.accumulator("cpu")
         pos = 0
         for name in points.names:
-            xk = points.states[k].float64(name)
+            xk = here.float64(name)
             g = grads[name]
             g64 = (torch.zeros_like(xk) if g is None
                    else g.detach().to("cpu", torch.float64).reshape(-1))
