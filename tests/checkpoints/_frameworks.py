@@ -110,9 +110,12 @@ def gpt2_brute_force(folders: list[Path], ids: np.ndarray, n_batches: int, batch
 # ---------------------------------------------------------------- Lightning
 
 def mlp() -> torch.nn.Module:
+    """Dropout and batch norm: F only in eval mode with the checkpoint's running
+    statistics (buffers under the same ``model.`` prefix) is the brute force's."""
     torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
-                               torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16),
+                               torch.nn.Tanh(), torch.nn.Dropout(0.2),
+                               torch.nn.Linear(16, 1))
 
 
 def regression_data() -> tuple[torch.Tensor, torch.Tensor]:

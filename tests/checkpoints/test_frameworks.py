@@ -110,3 +110,25 @@ def test_lightning_ckpt_series_with_entry(tmp_path, one_thread):
     assert max(errors.values()) < RTOL, errors
     # the weights moved between checkpoints (a series, not four copies of one state)
     assert (table["D"].to_numpy()[:-1] > 1e-4).all()
+
+
+def test_sharded_checkpoint_folders_measure_as_unsharded(gpt2_series, tmp_path, one_thread):
+    """Each checkpoint saved again by ``save_pretrained`` in shards of 40 KB
+    (model.safetensors.index.json): the same measurement, number for number."""
+    import shutil
+
+    import transformers
+
+    trainer, corpus, _ = gpt2_series
+    sharded = tmp_path / "sharded"
+    for n in (4, 8, 12):
+        src, dst = trainer / f"checkpoint-{n}", sharded / f"checkpoint-{n}"
+        transformers.GPT2LMHeadModel.from_pretrained(str(src)).save_pretrained(
+            str(dst), max_shard_size="40KB")
+        for name in ("trainer_state.json", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(src / name, dst / name)
+    assert len(list((sharded / "checkpoint-4").glob("model-*.safetensors"))) > 1
+    args = ["--text", str(corpus), "--batches", "2", "--batch-size", str(BATCH_SIZE)]
+    whole, _ = _measure([str(trainer), *args], tmp_path / "whole")
+    shards, _ = _measure([str(sharded), *args], tmp_path / "shards")
+    pd.testing.assert_frame_equal(shards.drop(columns="path"), whole.drop(columns="path"))

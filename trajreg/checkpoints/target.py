@@ -230,9 +230,13 @@ def from_huggingface(folder: str | Path, *, text: str | Path | None = None,
         model = cls(config)
     model = model.to(device)
     ids = _tokens(folder, text, tokens)
-    context = getattr(config, "n_positions", None) or getattr(
-        config, "max_position_embeddings", None) or 256
-    length = int(block_size or min(int(context), 256))
+    known = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None)
+    context = int(known or 256)
+    length = int(block_size or min(context, 256))
+    if known and length > context:  # the position embeddings' index error otherwise
+        raise UserError(f"--block-size: {length} tokens is more than the model's context "
+                        f"({context} positions, config.json)")
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab and len(ids) and (ids.min() < 0 or ids.max() >= vocab):
         raise UserError(f"token ids must be in [0, {vocab}) (the model's vocabulary), got "
