@@ -5,12 +5,14 @@ A checkpoint is any of:
 - a Hugging Face folder (``checkpoint-N/``: ``model.safetensors``, a sharded
   ``model.safetensors.index.json``, or ``pytorch_model.bin`` [``.index.json``]); its step
   is ``global_step`` of its ``trainer_state.json``, else the N of its name;
-- a Lightning ``.ckpt`` (its ``state_dict``; its step is the file's ``global_step``);
+- a Lightning ``.ckpt`` (its ``state_dict``; its step is the file's ``global_step``;
+  objects in its ``hyper_parameters`` are read as inert placeholders);
 - a ``torch.save`` file (``.pt``, ``.pth``, ``.bin``): a state dict, or a dict holding one
   under ``state_dict``, ``model_state_dict``, ``model`` or ``module``;
 - a ``.safetensors`` file.
 
-A PATH is one checkpoint or a directory of them (its checkpoint folders, or else its
+A PATH is one checkpoint or a directory of them (its checkpoint folders, even where it
+holds a model itself, as a Trainer's output_dir after ``save_model()``; or else its
 checkpoint files). Without a step in the file, the step is the number in the name
 (``step=120``, ``step-120``, ``checkpoint-120``, ``epoch_3``: the last number). An
 explicit list of steps (one per PATH, each PATH one checkpoint) overrides all of that.
@@ -96,16 +98,62 @@ def _trainer_state_step(folder: Path) -> int | None:
     return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
 
 
+class _Opaque:
+    """A Python object of a checkpoint that is no tensor (a Lightning hyper-parameter
+    holding a module or an optimizer's ``functools.partial``), read as this inert
+    placeholder: its class is never imported, none of its code runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+def _foreign_globals(path: Path) -> list[str]:
+    """The classes and functions the file names beyond ``weights_only``'s allowlist
+    (none where this torch cannot tell, before 2.6, or the file is not a zip)."""
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if find is None:
+        return []
+    try:
+        return list(find(path))
+    except Exception:  # noqa: BLE001 - a legacy or damaged file: the load's error stands
+        return []
+
+
+def _weights_only(path: Path, mmap: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except pickle.UnpicklingError:
+        # Lightning's save_hyperparameters() keeps whatever __init__ got (an nn.Module,
+        # a partial): the tensors are still read, those objects become placeholders
+        names = _foreign_globals(path)
+        if not names:
+            raise
+        try:
+            with torch.serialization.safe_globals([(_Opaque, name) for name in names]):
+                return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+        except pickle.UnpicklingError:  # torch refuses some (os.system) even so
+            raise UserError(f"{path}: holds {', '.join(names[:3])}, which cannot be read "
+                            "without running code (trajreg reads tensors and plain data; "
+                            "no code in a checkpoint runs)") from None
+
+
 def _load_torch(path: Path) -> Any:
     """``torch.load`` of a checkpoint file, memory-mapped where the format allows, tensors
-    only (``weights_only``: no code in the file runs)."""
+    only (``weights_only``: no code in the file runs; objects of other classes are read
+    as inert placeholders)."""
     try:
         try:
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            return _weights_only(path, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped
                 raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _weights_only(path, mmap=False)
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
@@ -146,7 +194,12 @@ def _one(path: Path, step: int | None) -> Checkpoint:
 
 
 def _members(path: Path) -> list[Path]:
-    """The checkpoints a PATH names: itself, or the checkpoints in a directory."""
+    """The checkpoints a PATH names: itself, or the checkpoints in a directory (its
+    checkpoint folders first: a Trainer's output_dir also holds the final model once
+    ``save_model()`` ran, the same weights as its last checkpoint-N)."""
+    folders = sorted(p for p in path.iterdir() if _is_hf_folder(p)) if path.is_dir() else []
+    if folders:
+        return folders
     if _is_hf_folder(path) or _is_weight_file(path):
         return [path]
     if path.is_file():
@@ -155,9 +208,6 @@ def _members(path: Path) -> list[Path]:
                         f"{', '.join(FILE_SUFFIXES)} file)")
     if not path.is_dir():
         raise UserError(f"{path}: no such file or directory")
-    folders = sorted(p for p in path.iterdir() if _is_hf_folder(p))
-    if folders:
-        return folders
     files = sorted(p for p in path.iterdir() if _is_weight_file(p))
     if not files:
         raise UserError(f"{path}: no checkpoints found (looked for folders with "
@@ -324,18 +374,25 @@ class CheckpointState:
     def resolve(self, names: Sequence[str]) -> None:
         """Find the prefix under which the file holds every one of ``names`` (the model's
         parameter names): none, or the part of a key before the first name (a Lightning
-        module's ``model.``, DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``)."""
+        module's ``model.``, DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``); the
+        shortest that holds them all (``model.`` before ``ema_model.``), two of the same
+        length (``student.``, ``teacher.``) a ``UserError``."""
         keys = set(self.keys())
         if not names or all(n in keys for n in names):
             self.prefix = ""
             return
         first = names[0]
-        prefixes = sorted({k[: -len(first)] for k in keys if k.endswith("." + first)},
-                          key=len)
-        for prefix in prefixes:
-            if all(prefix + n in keys for n in names):
-                self.prefix = prefix
-                return
+        prefixes = sorted({k[: -len(first)] for k in keys if k.endswith("." + first)})
+        whole = sorted((p for p in prefixes if all(p + n in keys for n in names)), key=len)
+        if len(whole) > 1 and len(whole[1]) == len(whole[0]):
+            same = [p for p in whole if len(p) == len(whole[0])]
+            raise UserError(f"{self.path}: the model's parameters are there under "
+                            f"{' and '.join(repr(p) for p in same)}: ambiguous; give a model "
+                            "whose parameter names are the checkpoint's (e.g. the whole "
+                            "LightningModule)")
+        if whole:
+            self.prefix = whole[0]
+            return
         missing = [n for n in names if n not in keys]
         sample = ", ".join(sorted(keys)[:3])
         raise UserError(f"{self.path}: no parameter {missing[0]!r} ({len(missing)} of the "

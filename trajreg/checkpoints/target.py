@@ -32,6 +32,9 @@ from trajreg.errors import UserError
 __all__ = ["Target", "from_config", "from_entry", "from_huggingface", "from_objects"]
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+# the files a saved Hugging Face tokenizer has at least one of
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 @dataclass
@@ -178,14 +181,25 @@ def _tokens(folder: Path, text: str | Path | None, tokens: str | Path | None) ->
         corpus = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"--text: {path}: not readable as UTF-8 text ({exc})") from None
+    # without its files, AutoTokenizer builds the config's tokenizer class empty (GPT-2's
+    # with a vocabulary of 0), which turns any text into no tokens
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{folder}: no tokenizer saved with the checkpoint (none of "
+                        f"{', '.join(TOKENIZER_FILES)}; the Trainer saves one given "
+                        "processing_class=tokenizer); give --tokens FILE (the token ids, .npy)")
     try:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - no tokenizer files in the folder
-        raise UserError(f"{folder}: no tokenizer saved with the checkpoint ({exc}); give "
-                        "--tokens FILE (the token ids, .npy)") from None
-    return np.asarray(tokenizer(corpus)["input_ids"], dtype=np.int64)
+    except Exception as exc:  # noqa: BLE001 - damaged or incomplete tokenizer files
+        raise UserError(f"{folder}: the tokenizer saved with the checkpoint cannot be "
+                        f"loaded ({exc}); give --tokens FILE (the token ids, .npy)") from None
+    ids = np.asarray(tokenizer(corpus)["input_ids"], dtype=np.int64).reshape(-1)
+    if corpus and not len(ids):
+        raise UserError(f"{folder}: its tokenizer turned the {len(corpus)} characters of "
+                        f"--text {path} into no tokens; give --tokens FILE (the token ids, "
+                        ".npy)")
+    return ids
 
 
 def from_huggingface(folder: str | Path, *, text: str | Path | None = None,
@@ -217,9 +231,13 @@ def from_huggingface(folder: str | Path, *, text: str | Path | None = None,
         model = cls(config)
     model = model.to(device)
     ids = _tokens(folder, text, tokens)
-    context = getattr(config, "n_positions", None) or getattr(
-        config, "max_position_embeddings", None) or 256
-    length = int(block_size or min(int(context), 256))
+    known = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None)
+    context = int(known or 256)
+    length = int(block_size or min(context, 256))
+    if known and length > context:  # the position embeddings' index error otherwise
+        raise UserError(f"--block-size: {length} tokens is more than the model's context "
+                        f"({context} positions, config.json)")
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab and len(ids) and (ids.min() < 0 or ids.max() >= vocab):
         raise UserError(f"token ids must be in [0, {vocab}) (the model's vocabulary), got "
