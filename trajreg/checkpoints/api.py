@@ -69,6 +69,18 @@ def _target(first: Checkpoint, *, config: Any, entry: str | None,
                     "--text FILE or --tokens FILE")
 
 
+def _names(how: dict[str, Any], target: Target) -> dict[str, str]:
+    """The network and the data by name (a study's runs.csv shows them)."""
+    if "config" in how:
+        model, data = how["config"]["model"], how["config"]["data"]
+        return {"architecture": model.get("variant") or model["name"], "dataset": data["name"]}
+    if "huggingface" in how:
+        facts = how["huggingface"]
+        return {"architecture": facts["huggingface"], "dataset": Path(facts["data"]).name}
+    return {"architecture": type(target.model).__name__,
+            "dataset": how.get("entry", "batches")}
+
+
 def measure_checkpoints(paths: Sequence[str | Path] | str | Path, out: str | Path, *,
                         steps: Sequence[int] | None = None,
                         config: str | Path | dict[str, Any] | None = None,
@@ -108,7 +120,8 @@ def measure_checkpoints(paths: Sequence[str | Path] | str | Path, out: str | Pat
                           device=options.device)
     m = measure_series(checkpoints, target, options, progress)
     table = series_table(m)
-    summary = summarize_series(m, table, options, target, {"named_by": sorted(how)[0]})
+    summary = summarize_series(m, table, options, target,
+                               {"named_by": sorted(how)[0], **_names(how, target)})
     phase(f"writing {out}", progress)
     with rundir.atomic_dir(out) as tmp:
         rundir.write_config(tmp, {SECTION: {

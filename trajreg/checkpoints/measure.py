@@ -103,7 +103,7 @@ class CheckpointOptions:
             return cls(**raw)
         except ConfigError as exc:
             raise ConfigError(f"{where}.{exc}") from None
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # eps: ["a"] fails in float()
             raise ConfigError(f"{where}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     raw = read_yaml(source, "study")
     if args.data_root:
         raw = with_data_root(raw, args.data_root)
-    study = load_study(raw)
+    study = load_study(raw, root=Path(source).parent)  # series' relative paths
     out = Path(args.out) if args.out else Path("studies") / Path(source).stem
     from trajreg.study.execute import run_study  # torch and the report's libraries
 

@@ -7,8 +7,10 @@ the partial ones, and runs the rest. A run directory that is there but damaged (
 truncated summary.json, a missing metrics.parquet) is moved aside to
 ``runs/<run_id>.damaged-<time>`` and run again; nothing is deleted.
 
-Every run's config sets ``train.threads`` (the study's default is 1), so a run's
-id and numbers do not depend on ``--jobs``; executors never change it.
+Every run's config sets ``train.threads`` (a checkpoint series' ``series.threads``;
+the study's default is 1), so a run's id and numbers do not depend on ``--jobs``;
+executors never change it. A checkpoint series is measured (``trajreg checkpoints``)
+into its run directory as a run is trained into its own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from trajreg.atomic import replace_atomic
 from trajreg.errors import UserError
+from trajreg.run.summary import Summary
 from trajreg.study.executors import Executor, make_executor
 from trajreg.study.layout import (
     PROGRESS,
@@ -43,7 +46,7 @@ from trajreg.study.layout import (
     runs_dir,
     write_study_file,
 )
-from trajreg.study.spec import Study, load_study
+from trajreg.study.spec import Study, is_series, load_study
 
 
 @dataclass
@@ -62,12 +65,30 @@ class StudyResult:
     report: dict[str, Path] | None = None  # the report's files, when written
 
 
+def measure_series(config: dict[str, Any], out: Path) -> Summary:
+    """Measure one checkpoint series of a study (its run config's ``series`` section,
+    ``spec._series_config``) into the run directory ``out``, on its own threads."""
+    import torch
+
+    from trajreg.checkpoints import CheckpointOptions, measure_checkpoints
+
+    s = config["series"]
+    torch.set_num_threads(s["threads"])  # as a run applies train.threads
+    _, summary = measure_checkpoints(
+        s["paths"], out, steps=s.get("steps"), config=s.get("config"), entry=s.get("entry"),
+        text=s.get("text"), tokens=s.get("tokens"), n_batches=s["batches"],
+        batch_size=s["batch_size"], block_size=s["block_size"],
+        options=CheckpointOptions.from_dict(s["options"]), progress=False)
+    return summary
+
+
 def execute_run(config: dict[str, Any], study_dir: str, run_id: str) -> dict[str, Any]:
-    """Train and analyse one run of a study into ``runs/<run_id>``; never raises for
-    the run's own failure: it is written to ``runs/<run_id>.failed.json`` instead.
+    """Train and analyse one run of a study (or measure a checkpoint series) into
+    ``runs/<run_id>``; never raises for the run's own failure: it is written to
+    ``runs/<run_id>.failed.json`` instead.
 
     Top-level and picklable: executors ship it to worker processes and Dask workers.
-    The run applies its own ``train.threads``.
+    The run applies its own ``train.threads`` (a series its ``threads``).
     """
     from trajreg.distributed.launch import run  # one process, or N (train.distributed)
     from trajreg.train.config import load_config
@@ -77,14 +98,21 @@ def execute_run(config: dict[str, Any], study_dir: str, run_id: str) -> dict[str
     me = f"{socket.gethostname()}:{os.getpid()}"
     if inspect_run(study_dir, run_id).state == "done":  # finished by an earlier attempt
         return {"run_id": run_id, "status": "done", "worker": me}
-    cfg = load_config(config)
 
-    def on_epoch(epoch: int) -> None:
-        with contextlib.suppress(OSError):
-            replace_atomic(progress, lambda tmp: tmp.write_text(f"{epoch} {cfg.train.epochs}"))
+    def work() -> Summary:
+        if is_series(config):
+            return measure_series(config, out)
+        cfg = load_config(config)
+
+        def on_epoch(epoch: int) -> None:
+            with contextlib.suppress(OSError):
+                replace_atomic(progress,
+                               lambda tmp: tmp.write_text(f"{epoch} {cfg.train.epochs}"))
+
+        return run(cfg, out, progress=False, on_epoch=on_epoch)[1]
 
     try:
-        _, summary = run(cfg, out, progress=False, on_epoch=on_epoch)
+        summary = work()
     except Exception as exc:  # noqa: BLE001 - the study records it and goes on
         if inspect_run(study_dir, run_id).state == "done":  # a concurrent attempt won
             return {"run_id": run_id, "status": "done", "worker": me}
@@ -188,7 +216,9 @@ def run_study(study: Study | str | Path | dict[str, Any], out: str | Path, *,
     if not executor.startswith("dask://"):  # local runs: this machine's devices
         from trajreg.train.loop import require_device
 
-        for device in sorted({spec.config["train"]["device"] for spec in study.runs}):
+        for device in sorted({spec.config["series"]["options"]["device"]
+                              if is_series(spec.config) else spec.config["train"]["device"]
+                              for spec in study.runs}):
             require_device(device)
     # before anything is written: a bad executor or an unreachable cluster stops here
     pool = make_executor(executor, jobs)

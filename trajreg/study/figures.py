@@ -199,14 +199,23 @@ def comparison_figure(comp: Comparison, summaries: dict[str, Summary], eps: str,
                 f", {ninf} at -inf" if ninf else "")
             _edge_markers(ax_gamma, x, y, color, "y", None)
             ax_gamma.plot([], [], "v", color=color, label=text)
-    ax_loss.set(yscale="log", xlabel="epoch", ylabel="full training loss F_k",
+    # checkpoint series: F at each checkpoint, and one gamma_hat a run (no epochs)
+    series = all(summaries[i].checkpoints is not None for side in sides for i in side[2])
+    unit = "checkpoint" if series else "epoch"
+    ax_loss.set(yscale="log", xlabel=unit,
+                ylabel="F at checkpoint k" if series else "full training loss F_k",
                 title="Training loss (mean, min-max over seeds)")
-    ax_gamma.set(xlabel="epoch", ylabel=f"gamma_hat per epoch (eps={eps})",
+    ax_gamma.set(xlabel=unit, ylabel=f"gamma_hat per epoch (eps={eps})",
                  title="Gamma per epoch (mean, min-max over seeds)")
     ax_gamma.axhline(0, color="k", lw=0.5)
+    if series:
+        ax_gamma.text(0.5, 0.5, "checkpoint series: one gamma_hat over the window\n"
+                      "(runs.csv), none per interval", ha="center", va="center",
+                      transform=ax_gamma.transAxes, fontsize=9)
     for ax in (ax_loss, ax_gamma):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{comp.technique}: {label(comp.with_value)} vs {label(comp.without_value)} "
                  f"[{comp.block}{'; ' if comp.context else ''}"
                  f"{', '.join(f'{k}={label(v)}' for k, v in comp.context.items())}]",

@@ -22,7 +22,7 @@ from trajreg.run.rundir import read_metrics
 from trajreg.run.summary import Summary
 from trajreg.study import figures, html, tables, verdicts
 from trajreg.study.layout import RunRecord, inspect_run, run_path, trajreg_version
-from trajreg.study.spec import Study
+from trajreg.study.spec import Block, Study
 
 
 def load_records(study_dir: str | Path, study: Study) -> dict[str, RunRecord]:
@@ -47,6 +47,17 @@ def _block_value(value: object) -> str:
     if isinstance(value, list):
         return " / ".join(_block_value(v) for v in value)
     return str(value)
+
+
+def _series_text(block: Block) -> str:
+    """How a block of checkpoint series was measured, for the report ("" for a grid
+    block): its runs were not trained by the study but measured from checkpoints."""
+    if block.series is None:
+        return ""
+    measure = _block_text(block.measure) if block.measure else "each series' own"
+    return (f"{len(block.series)} checkpoint series, measured from their checkpoints (not "
+            f"trained by the study; runs.csv's checkpoints column names them); measure: "
+            f"{measure}")
 
 
 def build_tables(study_dir: str | Path, study: Study,
@@ -132,8 +143,10 @@ def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
                     "data": _block_text(b.base.get("data", {})),
                     "optim": _block_text(b.base.get("optim", {})),
                     "train": _block_text(b.base.get("train", {})),
-                    "grid": _block_text(b.grid), "seeds": b.seeds, "note": b.note}
+                    "series": _series_text(b), "grid": _block_text(b.grid),
+                    "seeds": b.seeds, "note": b.note}
                    for b in study.blocks],
+        "any_series": any(b.series is not None for b in study.blocks),
         "comparison_figures": comparison_figures,
         "runs": html.table(runs.drop(columns=["reason"]), links=("run_id",)),
         "trouble": html.table(trouble[["run_id", "block", "status", "reason"]])

@@ -5,8 +5,10 @@ Comparisons. In each block, for each grid axis with a comparison direction
 (``spec.DEFAULT_COMPARE`` or the study's ``compare``), runs are paired that differ
 *only* in that axis: same values of every other axis, the same seed. The metric is
 gamma_hat at the report's eps, or kappa_hat = eta * gamma_hat along optimizer axes
-(``optim``, ``optim.*``), whose runs take steps of different sizes. Speed is
-``auc_log_loss``, the mean log full training loss (lower is faster).
+(``optim``, ``optim.*``), whose runs take steps of different sizes; a block of
+checkpoint series compares gamma_hat along every axis (the epochwise gamma, measured
+at the checkpoints, involves no step size). Speed is ``auc_log_loss``, the mean log
+full training loss (lower is faster; for a series, over its checkpoints).
 
 A pair in which either run did not train (``Summary.trained``: diverged, or the final
 loss not below (1 - train_margin) times the initial one) is *not comparable*: it is
@@ -45,7 +47,14 @@ from trajreg.errors import DamagedRun
 from trajreg.run.summary import Summary, trained
 from trajreg.study import stats
 from trajreg.study.layout import RunRecord
-from trajreg.study.spec import ReportOptions, Study, label, uses_kappa
+from trajreg.study.spec import (
+    ReportOptions,
+    Study,
+    analysed_eps,
+    is_series,
+    label,
+    uses_kappa,
+)
 
 FINISHED = ("done", "diverged")
 SPEED = "auc_log_loss"
@@ -74,7 +83,9 @@ LARGER, SMALLER, FASTER, SLOWER = "larger", "smaller", "faster", "slower"
 INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
 
 RUN_COLUMNS = ["run_id", "block", "status", "trained", "reason", "architecture", "dataset",
-               "activation", "norm", "skip", "optimizer", "lr", "threads", "seed"]
+               "activation", "norm", "skip", "optimizer", "lr", "threads", "seed",
+               "checkpoints"]
+SERIES = "checkpoints"  # architecture and dataset of a series whose measure says neither
 RUN_METRIC_COLUMNS = ["gamma_hat_ci_halfwidth", "kappa_hat_ci_halfwidth", "gamma_bar",
                       "window_end", "final_loss", "steps_to_threshold", "auc_log_loss",
                       "diverged", "train_accuracy", "test_accuracy", "run_dir"]
@@ -115,7 +126,7 @@ def eps_keys(study: Study) -> list[str]:
     """Every eps the study's runs analyse, as summary keys ("0.0", "0.05")."""
     keys: list[str] = []
     for spec in study.runs:
-        for e in spec.config["analysis"]["eps"]:
+        for e in analysed_eps(spec.config):
             k = str(float(e))
             if k not in keys:
                 keys.append(k)
@@ -137,11 +148,13 @@ def _dotted(config: Mapping[str, Any], key: str) -> Any:
 
 
 def extra_axes(study: Study) -> list[str]:
-    """Grid axes (dotted keys into a section) runs.csv shows in columns of their own."""
+    """Grid axes (dotted keys into a section, and a series block's every axis: its
+    free labels too) runs.csv shows in columns of their own."""
     out: list[str] = []
     for block in study.blocks:
         for axis in block.grid:
-            if "." in axis and axis not in SHOWN_AXES and axis not in out:
+            shown = "." in axis or block.series is not None
+            if shown and axis not in SHOWN_AXES and axis not in out:
                 out.append(axis)
     return out
 
@@ -179,12 +192,14 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "run_id": spec.run_id, "block": " ".join(spec.blocks), "status": status,
             "trained": run_trained(s, margin) if s is not None else None,
-            "reason": rec.reason, "architecture": architecture(c),
-            "dataset": c["data"]["name"], "activation": c["model"]["activation"],
-            "norm": c["model"]["norm"],
-            "skip": c["model"]["skip"] if c["model"]["name"] in SKIP_NETS else "",
-            "optimizer": c["optim"]["name"], "lr": c["optim"]["lr"],
-            "threads": c["train"].get("threads"), "seed": c["seed"]}
+            "reason": rec.reason, **(_series_columns(c, s) if is_series(c) else {
+                "architecture": architecture(c),
+                "dataset": c["data"]["name"], "activation": c["model"]["activation"],
+                "norm": c["model"]["norm"],
+                "skip": c["model"]["skip"] if c["model"]["name"] in SKIP_NETS else "",
+                "optimizer": c["optim"]["name"], "lr": c["optim"]["lr"],
+                "threads": c["train"].get("threads"), "checkpoints": ""}),
+            "seed": c["seed"]}
         for axis in axes:
             value = _dotted(c, axis)
             row[axis] = label(value) if value is not None else ""
@@ -219,6 +234,24 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
     geometry = [f"{n}_{k}" for n in ("mu_hat", "L_hat") for k in keys] + GEOMETRY_RUN_COLUMNS
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes + metric_cols + RUN_METRIC_COLUMNS
                         + geometry)
+
+
+def _series_columns(c: Mapping[str, Any], s: Summary | None) -> dict[str, Any]:
+    """runs.csv's description of a checkpoint series: the network and data its measure
+    named (``checkpoints`` until measured), the technique columns its axes set, and the
+    checkpoints measured."""
+    facts = (s.checkpoints or {}) if s is not None else {}
+
+    def axis(key: str) -> Any:
+        value = _dotted(c, key)
+        return "" if value is None else value
+
+    lr = _dotted(c, "optim.lr")
+    return {"architecture": facts.get("architecture") or SERIES,
+            "dataset": facts.get("dataset") or SERIES, "activation": axis("model.activation"),
+            "norm": axis("model.norm"), "skip": axis("model.skip"),
+            "optimizer": axis("optim.name"), "lr": math.nan if lr is None else lr,
+            "threads": c["series"]["threads"], "checkpoints": "; ".join(c["series"]["paths"])}
 
 
 def claim_technique(axis: str, with_value: Any, without_value: Any) -> str | None:
@@ -297,22 +330,27 @@ def comparisons(study: Study, runs: pd.DataFrame) -> list[Comparison]:
     """Every comparison the study's blocks define, with its pairs of finished runs
     (and the seeds left unpaired, with the status that kept them out)."""
     status = dict(zip(runs["run_id"], runs["status"], strict=True))
+    described = runs.set_index("run_id")[["architecture", "dataset"]]
     eps = primary_eps(study)
     out = []
     for block in study.blocks:
         for axis, (role, value) in block.compare.items():
             others = [v for v in block.grid[axis] if v != value]
             pairs_of = [(value, o) if role == "with" else (o, value) for o in others]
-            contexts: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (values, a run)
+            contexts: dict[str, tuple[dict[str, Any], list[str]]] = {}  # key -> values, runs
             index: dict[tuple[str, str, int], str] = {}
             for rid, axes, seed in block.members:
                 ctx = {k: v for k, v in axes.items() if k != axis}
                 key = repr(sorted(ctx.items(), key=lambda kv: kv[0]))
-                contexts.setdefault(key, (ctx, rid))
+                contexts.setdefault(key, (ctx, []))[1].append(rid)
                 index[(key, repr(axes[axis]), seed)] = rid
-            for key, (ctx, some_run) in contexts.items():
-                first = study.run(some_run).config
-                metric = f"{'kappa' if uses_kappa(axis) else 'gamma'}_hat_{eps}"
+            # a series' gamma is the epochwise one, free of the step size: never kappa
+            kappa = uses_kappa(axis) and block.series is None
+            metric = f"{'kappa' if kappa else 'gamma'}_hat_{eps}"
+            for key, (ctx, rids) in contexts.items():
+                # a series is described once measured: the first that is
+                known = [r for r in rids if described.at[r, "architecture"] != SERIES]
+                arch, data = described.loc[(known or rids)[0]]
                 for w, wo in pairs_of:
                     pairs, missing = [], []
                     for seed in block.seeds:
@@ -326,8 +364,7 @@ def comparisons(study: Study, runs: pd.DataFrame) -> list[Comparison]:
                                    if s not in FINISHED]
                             missing.append((seed, ", ".join(why)))
                     out.append(Comparison(block.name, axis, w, wo, ctx, pairs, metric,
-                                          architecture(first), first["data"]["name"],
-                                          missing))
+                                          arch, data, missing))
     return out
 
 
@@ -584,6 +621,19 @@ def window_value(metrics: pd.DataFrame, end: int, kind: str, eps: float) -> floa
     return float(P.gamma_hat(a, b, s, P.default_delta(lr), eps))
 
 
+def series_window_value(metrics: pd.DataFrame, end: int, eps: float) -> float:
+    """gamma_hat of a checkpoint series over its checkpoint rows [0, end), as the series
+    was measured (epochwise, delta 0, x* itself left out); nan without a, b or s."""
+    part = metrics.iloc[:end]
+    part = part[part["D"] > 0]  # x*: D = b = 0, nothing to measure
+    if not len(part):
+        return math.nan
+    a, b, s = (part[col].to_numpy(float) for col in ("a", "b", "s"))
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(s).all()):
+        return math.nan
+    return float(P.gamma_hat(a, b, s, 0.0, eps))
+
+
 SENSITIVITY_COLUMNS = ["technique", "role", "block", "architecture", "dataset", "context",
                        "with", "without", "metric", "outcome_gamma", "window",
                        "window_diff_median", *(f"eps_{e}" for e in SENSITIVITY_EPS),
@@ -597,8 +647,9 @@ def sensitivity_table(tech: pd.DataFrame, comps: list[Comparison], runs: pd.Data
                       read_metrics: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
     """Each comparison's metric outcome recomputed (a) on one window shared by the two
     runs of a pair (the shorter of their converging windows, gamma_hat recomputed from
-    metrics.parquet), (b) at eps 0, 0.05, 0.1, (c) against the best iterate as the
-    reference ("n/a" when the runs' record mode cannot do it without retraining);
+    metrics.parquet; a checkpoint series' over its checkpoint rows), (b) at eps 0,
+    0.05, 0.1, (c) against the best iterate as the reference ("n/a" when the runs'
+    record mode cannot do it without retraining);
     ``survives`` says whether the decided outcome is the same under every variant."""
     rv = RunValues(runs)
     eps = options.eps_key
@@ -619,6 +670,12 @@ def sensitivity_table(tech: pd.DataFrame, comps: list[Comparison], runs: pd.Data
             if not wa or not wb or ma is None or mb is None:
                 return math.nan, math.nan
             end = min(wa[1], wb[1])
+            series = [summaries[r].checkpoints is not None for r in (a, b)]
+            if any(series):  # windows in checkpoint rows, not steps
+                if not all(series):
+                    return math.nan, math.nan
+                return (series_window_value(ma, end, options.eps),
+                        series_window_value(mb, end, options.eps))
             return (window_value(ma, end, kind, options.eps),
                     window_value(mb, end, kind, options.eps))
         return values
