@@ -23,6 +23,18 @@ def _axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def _scale(ax: Axes, values: list[np.ndarray]) -> None:
+    """A log axis when every finite nonzero value is positive (the reference's own row
+    is 0: left off the axis), else symlog linear within 1e-3 of the largest magnitude."""
+    finite = np.concatenate([v[np.isfinite(v) & (v != 0)] for v in values])
+    if finite.size == 0:
+        return
+    if np.all(finite > 0):
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=max(1e-3 * float(np.abs(finite).max()), 1e-300))
+
+
 def write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
     """The series' PNGs in ``directory``; the paths written."""
     with np.errstate(all="ignore"):
@@ -47,31 +59,38 @@ def _write(directory: Path, table: pd.DataFrame, summary: dict) -> list[Path]:
 
     fig, ax = _axes("Alignment with x*: gradient (a_k) and displacement (a_disp)",
                     "value")
+    drawn = []
     for column, label in (("a", "a_k = <x_k - x*, grad F>"), ("b", "b_k = F_k - F*"),
                           ("a_disp", "a_disp = <x_k - x*, x_k - x_k+1>")):
         y = table[column].to_numpy(dtype=np.float64)
-        ax.plot(steps, np.where(np.isfinite(y), y, np.nan), "o-", ms=3, label=label)
-    ax.axhline(0.0, color="black", lw=0.5)
-    ax.set_yscale("symlog", linthresh=1e-6)
+        drawn.append(y)
+        ax.plot(steps, np.where(np.isfinite(y) & (y != 0), y, np.nan), "o-", ms=3,
+                label=label)
+    _scale(ax, drawn)
     ax.legend(fontsize=8)
     save_png(fig, paths[1])
 
     fig, ax = _axes("r per checkpoint (gradient) and per interval (displacement)",
                     "r")
-    for column, label in (("r", "r_k = a_k / b_k"),
-                          ("r_disp", "r_disp = (a_disp - s_disp / 2) / b_k")):
+    drawn = []
+    gammas = ((summary.get("gamma_hat") or {}).get("0.0"),
+              ((summary.get("checkpoints") or {}).get("gamma_hat_disp") or {}).get("0.0"))
+    for (column, label), gamma, color in zip(
+            (("r", "r_k = a_k / b_k"), ("r_disp", "r_disp = (a_disp - s_disp / 2) / b_k")),
+            gammas, ("tab:blue", "tab:orange"), strict=True):
         y = table[column].to_numpy(dtype=np.float64)
-        ax.plot(steps, np.where(np.isfinite(y), y, np.nan), "o-", ms=3, label=label)
+        drawn.append(y)
+        ax.plot(steps, np.where(np.isfinite(y), y, np.nan), "o-", ms=3, label=label,
+                color=color)
         mark_infinities(ax, steps, y, "tab:red", label.split(" ")[0])
-    gamma = (summary.get("gamma_hat") or {}).get("0.0")
-    if gamma is not None and np.isfinite(gamma):
-        ax.axhline(gamma, color="tab:blue", ls="--", lw=0.8, label=f"gamma_hat_0 {gamma:.3g}")
+        if gamma is not None and np.isfinite(gamma):
+            ax.axhline(gamma, color=color, ls="--", lw=0.8, label=f"gamma_hat_0 {gamma:.3g}")
     window = summary.get("window")
     if window and window[1] > window[0]:
         last = min(int(window[1]), len(steps)) - 1
         ax.axvspan(steps[int(window[0])], steps[last], color="grey", alpha=0.1,
                    label="window")
-    ax.set_yscale("symlog", linthresh=1.0)
+    _scale(ax, drawn)
     ax.legend(fontsize=8)
     save_png(fig, paths[2])
 
