@@ -29,6 +29,7 @@ _EXPORTS = {
     "Recorder": "trajreg.record",
     "TrajectoryStore": "trajreg.record",
     "analyze": "trajreg.run",
+    "measure_checkpoints": "trajreg.checkpoints",
     "run": "trajreg.distributed.launch",  # any config: trajreg.run.run or N processes
     "load_study": "trajreg.study",
     "run_study": "trajreg.study",
@@ -40,10 +41,11 @@ _EXPORTS = {
 __all__ = [
     "Recorder", "RunConfig", "TrajectoryStore", "analyze", "convergence_bound",
     "converging_window", "gamma_bar", "gamma_hat", "kappa_hat", "load_config", "load_study",
-    "rp_holds", "run", "run_study", "trajectory_quantities", "write_report",
+    "measure_checkpoints", "rp_holds", "run", "run_study", "trajectory_quantities", "write_report",
 ]
 
 if TYPE_CHECKING:
+    from trajreg.checkpoints import measure_checkpoints
     from trajreg.distributed.launch import run
     from trajreg.principle import (
         convergence_bound,

@@ -22,7 +22,7 @@ import sys
 import threading
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -104,24 +104,23 @@ def _delta(text: str) -> float:
     return value + 0.0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {_quoted(text)}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {_quoted(text)}")
-    return value
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number, got {_quoted(text)}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {_quoted(text)}")
+        return value
+    return check
 
 
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {_quoted(text)}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {_quoted(text)}")
-    return value
+_positive = _at_least(1)
+_nonnegative = _at_least(0)
+_nproc = _positive  # trajreg run --nproc (trajreg.distributed)
 
 
 def _steps(text: str) -> list[int]:
@@ -133,16 +132,6 @@ def _steps(text: str) -> list[int]:
     if any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"steps must be >= 0, got {_quoted(text)}")
     return values
-
-
-def _nproc(text: str) -> int:  # trajreg run --nproc (trajreg.distributed)
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {_quoted(text)}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {_quoted(text)}")
-    return value
 
 
 def _common(p: argparse.ArgumentParser, top: bool = False, quiet: bool = False) -> None:

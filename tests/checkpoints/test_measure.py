@@ -285,39 +285,35 @@ def test_bad_series_fail_in_one_line_with_nothing_written(store_run: Path, tmp_p
     _fails([str(empty), *cfg], capsys, out, "no checkpoints found")
     _fails([str(tmp_path / "nowhere"), *cfg], capsys, out, "no such file or directory")
 
-    truncated = tmp_path / "truncated"
-    truncated.mkdir()
-    for file in files:
-        (truncated / file.name).write_bytes(file.read_bytes())
-    cut = truncated / files[2].name
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    _fails([str(truncated), *cfg], capsys, out, "not a readable checkpoint")
+    def series(name: str, change) -> str:
+        """A copy of the series with ``change(state)`` applied to one checkpoint's state
+        (``change`` None: that file's bytes cut in half)."""
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in files:
+            if file != files[2]:
+                (folder / file.name).write_bytes(file.read_bytes())
+            elif change is None:
+                (folder / file.name).write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+            else:
+                state = torch.load(file, weights_only=True)
+                change(state)
+                torch.save(state, folder / file.name)
+        return str(folder)
 
-    garbage = tmp_path / "garbage"
-    garbage.mkdir()
-    for file in files:
-        (garbage / file.name).write_bytes(file.read_bytes())
-    (garbage / files[1].name).write_bytes(b"\x00not a checkpoint" * 100)
-    _fails([str(garbage), *cfg], capsys, out, "not a readable checkpoint")
+    def drop(state: dict) -> None:
+        del state[next(iter(state))]
 
-    missing = tmp_path / "missing"
-    missing.mkdir()
-    for file in files:
-        state = torch.load(file, weights_only=True)
-        if file == files[3]:
-            del state["net.0.weight" if "net.0.weight" in state else next(iter(state))]
-        torch.save(state, missing / file.name)
-    _fails([str(missing), *cfg], capsys, out, "no parameter")
+    def reshape(state: dict) -> None:
+        key = next(k for k, v in state.items() if v.dim() == 2)
+        state[key] = state[key][:, :-1].clone()
 
-    shaped = tmp_path / "shaped"
-    shaped.mkdir()
-    for file in files:
-        state = torch.load(file, weights_only=True)
-        if file == files[1]:
-            key = next(k for k, v in state.items() if v.dim() == 2)
-            state[key] = state[key][:, :-1].clone()
-        torch.save(state, shaped / file.name)
-    _fails([str(shaped), *cfg], capsys, out, "in the checkpoint")
+    _fails([series("truncated", None), *cfg], capsys, out, "not a readable checkpoint")
+    garbage = series("garbage", drop)
+    (Path(garbage) / files[1].name).write_bytes(b"\x00not a checkpoint" * 100)
+    _fails([garbage, *cfg], capsys, out, "not a readable checkpoint")
+    _fails([series("missing", drop), *cfg], capsys, out, "no parameter")
+    _fails([series("shaped", reshape), *cfg], capsys, out, "in the checkpoint")
 
     safetensors = tmp_path / "step-0.safetensors"
     from safetensors.torch import save_file
