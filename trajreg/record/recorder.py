@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajreg.record.curvature import CurvatureRows
 from trajreg.record.modes import MODE_NAMES, RecordMode, StepStream, get_mode
 from trajreg.record.shards import Shard, write_shard_index
 
@@ -113,13 +114,16 @@ class Recorder:
         sync_seconds: how often the store's sidecar is brought up to date.
         shard: the entries of x this process holds (FSDP2: ``shard_recorder``); None:
             the optimizer's parameters are all of x.
+        curvature: ``(rate, seed)``: keep the rows ``record.curvature`` measures at a
+            seeded sample of steps (``trajreg.record.curvature``) under ``directory``.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, directory: str | Path | None = None,
                  *, mode: str | RecordMode = "store",
                  x_star: np.ndarray | torch.Tensor | None = None,
                  capacity: int = 4096, lr_group: int = 0, sync_seconds: float = 5.0,
-                 shard: Shard | None = None) -> None:
+                 shard: Shard | None = None,
+                 curvature: tuple[float, int] | None = None) -> None:
         if isinstance(mode, str):
             if mode == "replay" and x_star is None:
                 raise ValueError("mode 'replay' needs x_star, the reference point")
@@ -152,7 +156,13 @@ class Recorder:
         options: dict[str, Any] = {} if shard is None else {"shard": shard}
         mode.open(self, Path(directory) if directory is not None else None, x_star=x_star,
                   capacity=capacity, sync_seconds=sync_seconds, **options)
-        if mode.hooks:
+        self.curvature: CurvatureRows | None = None
+        if curvature is not None:
+            if directory is None:
+                raise ValueError("curvature rows need a directory")
+            self.curvature = CurvatureRows(Path(directory), *curvature,
+                                           keep=mode.keep if mode.sampled else None)
+        if mode.hooks or self.curvature is not None:
             self._handles = [optimizer.register_step_pre_hook(self._pre_step),
                              optimizer.register_step_post_hook(self._post_step)]
 
@@ -204,11 +214,17 @@ class Recorder:
 
     @torch.no_grad()  # autograd bookkeeping doubled the cost of the copy
     def _pre_step(self, optimizer, args, kwargs) -> None:
-        self.mode.pre_step(self, self.steps, self._lr())
+        if self.curvature is not None:
+            self.curvature.pre_step(self, self.steps, self._lr())
+        if self.mode.hooks:
+            self.mode.pre_step(self, self.steps, self._lr())
 
     @torch.no_grad()
     def _post_step(self, optimizer, args, kwargs) -> None:
-        self.mode.post_step(self, self.steps)
+        if self.mode.hooks:
+            self.mode.post_step(self, self.steps)
+        if self.curvature is not None:
+            self.curvature.post_step(self, self.steps)
         self.steps += 1
 
     def close(self) -> None:

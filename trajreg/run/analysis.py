@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from trajreg import principle as P
+from trajreg.principle import curvature as CV
 from trajreg.record.measured import Measured
 from trajreg.record.modes import MODES
 from trajreg.record.modes.base import with_words
@@ -280,6 +281,9 @@ def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: s
         else:
             fields["sensitivity"]["reference_best"] = None
         fields.update(measured.summary)
+        if "lambda_max" in table:
+            fields["curvature"] = curvature_summary(table, fields["window"],
+                                                    fields.get("curvature"))
     summary = Summary(
         n_steps=log.steps, **speed, task=facts.task, evaluation=facts.evaluation,
         record_mode=mode, reference=reference, n_params=facts.n_params, diverged=diverged,
@@ -287,6 +291,41 @@ def analyse(log: TrainLog, measured: Measured | None, *, mode: str, reference: s
         trained=trained(log.full_loss, diverged, options.train_margin),
         source=facts.source, loss_check=facts.loss_check, session=facts.session, **fields)
     return table, summary
+
+
+def curvature_summary(table: pd.DataFrame, window: Sequence[int],
+                      known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``record.curvature`` over the analysis window: how many sampled steps, the
+    fraction of them above the edge of stability (lambda_max against (2 + 2 momentum) /
+    eta; Adam family: lambda_max_precond against (2 + 2 beta_1) / ((1 - beta_1) eta)), the
+    medians of the four quantities and how often Lanczos converged. ``known``: what the
+    measurement added (lambda_max at x*)."""
+    steps = table["step"].to_numpy()
+    lam = table["lambda_max"].to_numpy(dtype=np.float64)
+    sampled = np.isfinite(lam)
+    w = sampled & (steps >= window[0]) & (steps < window[1])
+    precond = table["lambda_max_precond"].to_numpy(dtype=np.float64)
+    adam = bool(np.isfinite(precond[sampled]).any())
+    threshold = table["eos_threshold"].to_numpy(dtype=np.float64)
+    compared = precond if adam else lam
+
+    def median(column: str) -> float:
+        values = table[column].to_numpy(dtype=np.float64)[w]
+        values = values[np.isfinite(values)]
+        return float(np.median(values)) if values.size else math.nan
+
+    converged = table["lambda_max_converged"].to_numpy(dtype=np.float64)[sampled]
+    return {
+        **dict(known or {}),
+        "steps": int(sampled.sum()), "steps_window": int(w.sum()),
+        "compared": "lambda_max_precond" if adam else "lambda_max",
+        "threshold": ("(2 + 2 beta1) / ((1 - beta1) eta)" if adam
+                      else "(2 + 2 momentum) / eta"),
+        "above_fraction": CV.fraction_above(compared[w], threshold[w]),
+        "median": {c: median(c) for c in ("lambda_max", "curv_update", "critical_sharpness",
+                                          "lambda_max_precond", "eos_threshold")},
+        "converged_fraction": float(converged.mean()) if converged.size else math.nan,
+    }
 
 
 def speed_summary(full_loss: list[float], epoch_ends: list[int], threshold: float) -> dict:

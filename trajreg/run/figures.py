@@ -29,6 +29,7 @@ from trajreg.atomic import replace_atomic
 
 FIGURES = ("loss.png", "gamma_per_epoch.png", "r_distribution.png", "distance.png")
 GEOMETRY_FIGURES = ("geometry.png", "mli.png")  # with recorded gradients; with an mli
+CURVATURE_FIGURE = "sharpness.png"  # with record.curvature
 MAX_LOG_TICKS = 8  # labelled ticks on a log axis spanning many decades
 # the largest magnitude drawn as a number: an axis from -1e307 to 1e307 overflows
 # matplotlib's tick arithmetic (its steps times ten); beyond it, a value is drawn as inf
@@ -155,6 +156,49 @@ def _gamma_per_epoch(path: Path, summary: dict) -> None:
     save_png(fig, path)
 
 
+def _sharpness(path: Path, table: pd.DataFrame, summary: dict) -> None:
+    """record.curvature: lambda_max (Adam: the preconditioned one), the curvature along
+    the update and the critical sharpness at the sampled steps against the edge of
+    stability; beside it gamma_hat per epoch, to read the two together."""
+    fig = Figure(figsize=(11, 4))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.25)
+    ax, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    rows = table[np.isfinite(table["lambda_max"].to_numpy(dtype=np.float64))]
+    steps = rows["step"].to_numpy(dtype=np.float64)
+    adam = bool(np.isfinite(rows["lambda_max_precond"].to_numpy(dtype=np.float64)).any())
+    drawn = []
+    for column, label, style in (
+            ("lambda_max", "lambda_max", "o-"),
+            ("lambda_max_precond", "lambda_max of P^-1 H (Adam)", "s-"),
+            ("curv_update", "curvature along the update", "^:"),
+            ("critical_sharpness", "critical sharpness", "v:")):
+        y = rows[column].to_numpy(dtype=np.float64)
+        if np.isfinite(y).any():
+            ax.plot(steps, np.where(np.isfinite(y) & (y > 0), y, np.nan), style, ms=3,
+                    label=label)
+            drawn.append(y[np.isfinite(y) & (y > 0)])
+    threshold = rows["eos_threshold"].to_numpy(dtype=np.float64)
+    name = "(2 + 2 beta1) / ((1 - beta1) eta)" if adam else "(2 + 2 momentum) / eta"
+    ax.plot(steps, threshold, "k--", lw=1, label=f"edge of stability {name}")
+    values = np.concatenate([*drawn, threshold[np.isfinite(threshold)]])
+    if values.size and np.all(values > 0):
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="curvature", title="Sharpness at the sampled steps")
+    ax.legend(fontsize=7)
+    for key, ys in (summary.get("gamma_hat_per_epoch") or {}).items():
+        y = _floats(ys)
+        x = np.arange(1, len(y) + 1, dtype=float)
+        (line,) = right.plot(x, np.where(np.isfinite(y), y, np.nan), "o-", ms=3,
+                             label=f"gamma_hat, eps={key}")
+        mark_infinities(right, x, y, line.get_color(), "gamma_hat")
+    right.axhline(0, color="k", lw=0.5)
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set(xlabel="epoch", ylabel="gamma", title="Gamma per epoch")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7)
+    save_png(fig, path)
+
+
 def _r_distribution(path: Path, table: pd.DataFrame, summary: dict,
                     window: tuple[int, int]) -> None:
     fig, ax = _axes()
@@ -277,4 +321,7 @@ def _write_figures(directory: Path, table: pd.DataFrame, summary: dict) -> list[
     if summary.get("mli"):
         paths.append(directory / GEOMETRY_FIGURES[1])
         mli_figure(paths[-1], summary)
+    if "lambda_max" in table and np.isfinite(table["lambda_max"].to_numpy(dtype=float)).any():
+        paths.append(directory / CURVATURE_FIGURE)
+        _sharpness(paths[-1], table, summary)
     return paths

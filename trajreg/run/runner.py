@@ -13,12 +13,14 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from trajreg.errors import ReplayMismatch, UserError
+from trajreg.record import curvature
 from trajreg.record.geometry import endpoint_summary, interpolate
 from trajreg.record.measured import Measured
 from trajreg.record.modes import RecordMode, get_mode
@@ -141,6 +143,19 @@ class RunContext:
                 if step in wanted:
                     out[step] = minibatch_loss(self.cfg, self.star, self.data, idx, step).item()
         return np.asarray([out[int(t)] for t in steps], dtype=np.float64)
+
+    def curvature_parameters(self) -> list[torch.Tensor]:
+        """The evaluation copy's parameters in the flat order (``record.curvature``)."""
+        return list(trained_parameters(self.cfg.optim, self.star))
+
+    def step_loss(self, t: int) -> torch.Tensor:
+        """l_t at the loaded parameters, with a graph (``record.curvature``): step t's
+        minibatch, mode and random state, as ``step_losses``."""
+        idx = next((i for step, _, i in batches(self.cfg, self.data) if step == t), None)
+        if idx is None:
+            raise ValueError(f"no step {t} in the run")
+        with running_statistics_frozen(self.star):
+            return minibatch_loss(self.cfg, self.star, self.data, idx, t)
 
     def f_star(self, k: int) -> float:
         log = self.log
@@ -272,6 +287,21 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
                                              q["lr"] * np.sqrt(q["s"])))
 
 
+def add_curvature(ctx: RunContext, directory: Path, options: Any, seed: int,
+                  model: torch.nn.Module, measured: list[Measured]) -> None:
+    """``record.curvature``: the kept rows measured, as columns of each measurement, and
+    lambda_max at the trained model (x_T, the last step's minibatch) in its summary when
+    it is the reference."""
+    T = ctx.log.steps
+    x_end = flat_params(list(trained_parameters(ctx.cfg.optim, model))).detach().cpu().numpy()
+    found, at_end = curvature.measure_rows(ctx, directory, options, seed, x_star=x_end,
+                                           last_step=T - 1 if T else None)
+    for m in measured:
+        m.columns.update(curvature.columns(m.steps, found))
+        m.summary["curvature"] = {"lambda_max_star": at_end if m.reference_step == T
+                                  else None}
+
+
 def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: Summary) -> TrainLog:
     """The training log of a finished run: from its per-step log when the metrics hold
     only the measured steps of a sample, else from the metrics."""
@@ -352,7 +382,9 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         rundir.write_data_facts(tmp, data)
         model, opt, sched = build(cfg, data)
         capacity = total_steps(cfg, data) + 1
-        recorder = Recorder(opt, tmp / rundir.TRAJECTORY, mode=mode, capacity=capacity)
+        curvature = cfg.record.curvature
+        recorder = Recorder(opt, tmp / rundir.TRAJECTORY, mode=mode, capacity=capacity,
+                            curvature=None if curvature is None else (curvature.rate, cfg.seed))
         try:
             phase(f"training {cfg.train.epochs} epochs ({total_steps(cfg, data)} steps)",
                   progress)
@@ -365,6 +397,10 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
         ctx = RunContext(cfg, data, log, model, final_state, tmp, progress)
         phase(f"measuring ({mode.name})", progress)
         measured, best = measure(mode, ctx, cfg.analysis.reference)
+        if curvature is not None and measured is not None:
+            phase("measuring curvature", progress)
+            add_curvature(ctx, tmp / rundir.TRAJECTORY, curvature, cfg.seed, model,
+                          [m for m in (measured, best) if m is not None])
         facts = analysis.RunFacts(n_params=n_params(model), task=data.task,
                                   evaluation=evaluate(cfg, model, data))
         phase(f"writing {out}", progress)
@@ -425,9 +461,11 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         measured = Measured.from_table(
             table, f_star=math.nan if old.f_star is None else old.f_star, reference_step=k,
             derived=[*analysis.METRIC_COLUMNS, *analysis.GEOMETRY_COLUMNS],
-            # the path and the interpolation depend on x* only
+            # the path, the interpolation and the curvature at x* depend on x* only
             summary={key: getattr(old, key) for key in ("path_ratio", "mli")
-                     if getattr(old, key) is not None})
+                     if getattr(old, key) is not None}
+            | ({"curvature": {"lambda_max_star": old.curvature.get("lambda_max_star")}}
+               if old.curvature else {}))
     # a run trained by other code (an integration) has no config to re-measure with: its
     # sensitivity analysis has no best reference
     k_best = (reference_step(log, "best")

@@ -83,6 +83,8 @@ class Summary:
     cos_v_positive: float | None = _opt()
     path_ratio: float | None = _opt()
     mli: dict[str, Any] | None = _opt()  # alpha, loss (F along x_0 -> x*), monotone, max_bump
+    # --- record.curvature: sampled steps, fraction above the edge of stability, medians
+    curvature: dict[str, Any] | None = _opt()
     # --- runs recorded by an integration
     source: str | None = _opt()
     loss_check: dict[str, Any] | None = _opt()

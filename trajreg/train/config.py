@@ -135,6 +135,34 @@ class DistributedConfig:
 
 
 @dataclass
+class CurvatureConfig:
+    """``record.curvature`` (docs/principle.md, section 15): at a seeded sample of steps
+    (each with probability ``rate``), the top Hessian eigenvalue of the step's minibatch
+    loss at x_t by Lanczos (at most ``iterations`` Hessian-vector products, stopped at
+    relative change ``tol``), the curvature along the update, the critical sharpness
+    (``critical``: a few forward passes) and, for Adam-family optimizers, the
+    preconditioned sharpness."""
+
+    rate: float = 0.002
+    iterations: int = 20
+    tol: float = 1e-3
+    critical: bool = True
+
+    def validate(self) -> None:
+        if isinstance(self.rate, bool) or not 0.0 < self.rate <= 1.0:
+            raise ConfigError(f"record.curvature.rate: must be in (0, 1], got {quote(self.rate)}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
+                or self.iterations < 1:
+            raise ConfigError(f"record.curvature.iterations: must be a whole number >= 1, got "
+                              f"{quote(self.iterations)}")
+        if not self.tol > 0:
+            raise ConfigError(f"record.curvature.tol: must be > 0, got {quote(self.tol)}")
+        if not isinstance(self.critical, bool):
+            raise ConfigError(f"record.curvature.critical: must be true or false, got "
+                              f"{quote(self.critical)}")
+
+
+@dataclass
 class RecordConfig:
     """How the trajectory is recorded (docs/record-modes.md).
 
@@ -162,9 +190,15 @@ class RecordConfig:
     gradients: bool | None = None
     keep_trajectory: bool = True
     interpolation: bool = True
+    curvature: CurvatureConfig | None = field(default=None, metadata=OMIT_AT_DEFAULT)
 
     def validate(self) -> None:
         choice("record.mode", self.mode, RECORD_MODES)
+        if self.curvature is not None:
+            self.curvature.validate()
+            if not get_mode(self.mode).measures:
+                raise ConfigError(f"record.curvature: record mode {self.mode} measures "
+                                  "nothing to put curvature beside")
         for key in ("sample_rate", "sketch_sample_rate"):
             value = getattr(self, key)
             if not 0.0 < value <= 1.0:

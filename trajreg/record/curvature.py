@@ -1,0 +1,332 @@
+"""Curvature along the path (``record.curvature``, docs/principle.md section 15).
+
+During training, at a seeded sample of steps (``CurvatureRows``, driven by the
+recorder's step hooks), the rows the measurement needs are kept: x_t, the update
+u_t = x_t - x_{t+1} and, for Adam-family optimizers, the preconditioner
+P_t = sqrt(v_hat_t) + eps of their second-moment estimate, in
+``trajectory/curvature/step-NNNNNNNN.npz`` (the recorder's flat order; a rank's shard
+under FSDP2). After training, the context that rebuilds step t's loss (the same
+minibatch, model mode and random state as b_t) measures at x_t (``measure_step``):
+
+- ``lambda_max``: the top eigenvalue of H_t by Lanczos on Hessian-vector products
+  (double backward), ``iterations`` at most, stopped at relative change ``tol``;
+- ``curv_update``: u_t^T H_t u_t / ||u_t||^2, one product;
+- ``critical_sharpness``: 2 / alpha*, alpha* the smallest step along -v_t (v_t =
+  u_t / eta_t) at which l_t rises above l_t(x_t), from a few forward passes;
+- ``lambda_max_precond``: the top eigenvalue of P_t^-1 H_t (Lanczos on
+  P^-1/2 H P^-1/2), Adam family only.
+
+Every vector is a list of tensors shaped as the parameters, and every inner product
+goes through ``reduce`` (the sum over ranks of a sharded vector; the identity on one
+process), so no rank holds more than its parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from trajreg.atomic import replace_atomic
+from trajreg.principle.curvature import critical_step, lanczos
+from trajreg.principle.sketch import hash32
+
+__all__ = ["COLUMNS", "CurvatureContext", "CurvatureRows", "CurvatureStep", "columns",
+           "curvature_steps", "measure_rows", "measure_step", "read_rows"]
+
+DIRECTORY = "curvature"
+COLUMNS = ("lambda_max", "lambda_max_iterations", "lambda_max_converged", "curv_update",
+           "critical_sharpness", "lambda_max_precond", "eos_threshold")
+_STREAM = 9  # the hash stream of the curvature sample (the sketch uses 0-2)
+ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+
+
+def sampled(step: int, rate: float, seed: int) -> bool:
+    """Whether step ``step`` is in the curvature sample: a hash of (seed, step) below
+    ``rate`` (the same steps whatever else the run does)."""
+    if rate >= 1.0:
+        return True
+    h = int(hash32(np.asarray([step], dtype=np.int64), seed, _STREAM)[0])
+    return h < rate * 2.0**32
+
+
+def curvature_steps(T: int, rate: float, seed: int) -> list[int]:
+    """The sampled steps of a run of T steps."""
+    return [t for t in range(T) if sampled(t, rate, seed)]
+
+
+def optimizer_facts(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[str, Any]:
+    """What the edge of stability depends on: the optimizer's class and its momentum
+    (heavy ball) or betas (Adam family)."""
+    g = optimizer.param_groups[group]
+    facts: dict[str, Any] = {"optimizer": type(optimizer).__name__}
+    if "betas" in g:
+        facts["beta1"], facts["beta2"] = float(g["betas"][0]), float(g["betas"][1])
+        facts["eps"] = float(g.get("eps", 1e-8))
+    facts["momentum"] = float(g.get("momentum", 0.0) or 0.0)
+    return facts
+
+
+def _preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                    local: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """sqrt(v_hat) + eps of an Adam-family optimizer after its step (bias-corrected
+    exp_avg_sq), flat in the recorder's order; None for other optimizers."""
+    if type(optimizer).__name__ not in ADAM_FAMILY:
+        return None
+    parts = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+        beta2, eps = float(group["betas"][1]), float(group.get("eps", 1e-8))
+        if "exp_avg_sq" not in state:
+            return None
+        step = float(state["step"]) if "step" in state else 1.0
+        v = local(state["exp_avg_sq"]).detach().to(torch.float64).reshape(-1)
+        parts.append((v / (1.0 - beta2**step)).sqrt() + eps)
+    return torch.cat(parts) if parts else None
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2), any other tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class CurvatureRows:
+    """Keeps x_t, u_t and the preconditioner of each sampled step (the recorder calls
+    ``pre_step`` and ``post_step``). ``keep``: the record mode's own sample (a step the
+    mode does not measure has no row in metrics.parquet to put curvature in)."""
+
+    def __init__(self, directory: Path, rate: float, seed: int,
+                 keep: Callable[[int], bool] | None = None) -> None:
+        self.directory = Path(directory) / DIRECTORY
+        self.rate, self.seed, self.keep = float(rate), int(seed), keep
+        self._x: torch.Tensor | None = None
+        self._lr = math.nan
+        self.kept: list[int] = []
+
+    def wanted(self, step: int) -> bool:
+        return sampled(step, self.rate, self.seed) and (self.keep is None or self.keep(step))
+
+    def pre_step(self, rec: Any, step: int, lr: float) -> None:
+        if self.wanted(step):
+            self._x = rec.flat().detach().to("cpu", torch.float64, copy=True)
+            self._lr = lr
+
+    def post_step(self, rec: Any, step: int) -> None:
+        if self._x is None:
+            return
+        x, self._x = self._x, None
+        u = x - rec.flat().detach().to("cpu", torch.float64)
+        precond = _preconditioner(rec.optimizer, rec.params, _local)
+        arrays = {"x": x.numpy().astype(np.float32 if rec.dtype != torch.float64 else np.float64),
+                  "u": u.numpy()}
+        if precond is not None:
+            arrays["precond"] = precond.cpu().numpy()
+        meta = {"step": step, "lr": self._lr, **optimizer_facts(rec.optimizer, rec.lr_group)}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step-{step:08d}.npz"
+        replace_atomic(path, lambda tmp: _savez(tmp, arrays, meta))
+        self.kept.append(step)
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
+
+
+@dataclass
+class CurvatureRow:
+    step: int
+    lr: float
+    x: np.ndarray
+    u: np.ndarray
+    precond: np.ndarray | None
+    facts: dict[str, Any]
+
+
+def read_rows(directory: Path) -> list[CurvatureRow]:
+    """The kept rows of a run's ``trajectory/`` (or a rank's part), by step."""
+    folder = Path(directory) / DIRECTORY
+    rows = []
+    for path in sorted(folder.glob("step-*.npz")) if folder.is_dir() else []:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            rows.append(CurvatureRow(int(meta["step"]), float(meta["lr"]), z["x"], z["u"],
+                                     z["precond"] if "precond" in z else None, meta))
+    return rows
+
+
+# ---------------------------------------------------------------------- measuring
+
+Vec = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CurvatureStep:
+    """The curvature of one sampled step (nan where not measured)."""
+
+    lambda_max: float
+    iterations: int
+    converged: bool
+    curv_update: float
+    critical_sharpness: float
+    lambda_max_precond: float
+    eos_threshold: float
+
+
+def _split(flat: np.ndarray, like: Sequence[torch.Tensor]) -> Vec:
+    out, at = [], 0
+    t = torch.from_numpy(np.asarray(flat, dtype=np.float64))
+    for p in like:
+        n = p.numel()
+        out.append(t[at : at + n].view(p.shape).to(p.device, p.dtype))
+        at += n
+    return out
+
+
+def measure_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Tensor],
+                 row: CurvatureRow, *, iterations: int, tol: float, seed: int,
+                 critical: bool = True,
+                 reduce: Callable[[float], float] = lambda v: v,
+                 average: Callable[[float], float] = lambda v: v,
+                 average_vector: Callable[[Vec], Vec] = lambda v: v) -> CurvatureStep:
+    """The curvature of step ``row.step`` at the loaded point x_t (``params`` hold it,
+    in the recorder's order). ``loss_fn()`` is l_t there, with a graph (under DDP the
+    rank's part of the minibatch). ``reduce`` sums a scalar over ranks whose vectors are
+    shards (FSDP2); ``average`` and ``average_vector`` average a loss and a
+    Hessian-vector product over ranks that each hold a part of the minibatch (DDP). One
+    process: all three the identity."""
+    params = list(params)
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+
+    def hvp(v: Vec) -> Vec:
+        out = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        return average_vector([o.detach() for o in out])
+
+    def dot(a: Vec, b: Vec) -> float:
+        return reduce(float(sum((x.double() * y.double()).sum() for x, y in
+                                zip(a, b, strict=True))))
+
+    def axpby(a: float, x: Vec, b: float, y: Vec) -> Vec:
+        return [a * xi + b * yi for xi, yi in zip(x, y, strict=True)]
+
+    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + row.step)
+    start = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.device, p.dtype)
+             for p in params]
+    top = lanczos(hvp, start, dot=dot, axpby=axpby, iterations=iterations, tol=tol)
+    u = _split(row.u, params)
+    uu = dot(u, u)
+    curv = dot(u, hvp(u)) / uu if uu > 0 else math.nan
+    precond = math.nan
+    if row.precond is not None:
+        inv_sqrt = [1.0 / torch.sqrt(p) for p in _split(row.precond, params)]
+
+        def scaled(v: Vec) -> Vec:  # P^-1/2 H P^-1/2: symmetric, the spectrum of P^-1 H
+            return [s * h for s, h in zip(inv_sqrt, hvp([s * w for s, w in
+                                                          zip(inv_sqrt, v, strict=True)]),
+                                          strict=True)]
+
+        precond = lanczos(scaled, start, dot=dot, axpby=axpby, iterations=iterations,
+                          tol=tol).value
+    sharp = math.nan
+    if critical and uu > 0 and row.lr > 0:
+        sharp = _critical(params, loss_fn, average(float(loss.detach())), u, row.lr, average)
+    facts = row.facts
+    if facts.get("optimizer") in ADAM_FAMILY:
+        beta1 = float(facts.get("beta1", 0.9))
+        eos = (2.0 + 2.0 * beta1) / ((1.0 - beta1) * row.lr)
+    else:
+        eos = (2.0 + 2.0 * float(facts.get("momentum", 0.0))) / row.lr
+    return CurvatureStep(top.value, top.iterations, top.converged, curv, sharp, precond, eos)
+
+
+@torch.no_grad()
+def _critical(params: Vec, loss_fn: Callable[[], torch.Tensor], base: float, u: Vec,
+              lr: float, average: Callable[[float], float]) -> float:
+    """2 / alpha*, alpha* the smallest step along -v_t = -u_t / eta_t at which l_t rises
+    (``principle.critical_step`` from alpha = eta_t, the step taken); the parameters
+    are restored after."""
+    saved = [p.detach().clone() for p in params]
+
+    def loss_at(alpha: float) -> float:
+        for p, x, d in zip(params, saved, u, strict=True):
+            p.copy_(x - (alpha / lr) * d)
+        return average(float(loss_fn().detach()))
+
+    try:
+        step = critical_step(loss_at, base, lr)
+    finally:
+        for p, x in zip(params, saved, strict=True):
+            p.copy_(x)
+    return step.sharpness
+
+
+# ---------------------------------------------------------------------- a run's sample
+
+class CurvatureContext(Protocol):
+    """What the measurement asks of the code that trained the run (a ``MeasureContext``
+    that also rebuilds a step's loss with a graph): ``load(x)`` puts a flat vector into
+    the evaluation model, ``curvature_parameters()`` are its parameters in the flat
+    order, ``step_loss(t)`` is l_t at them with step t's minibatch, model mode and random
+    state (batch norm's running statistics untouched)."""
+
+    def load(self, x: np.ndarray) -> None: ...
+
+    def curvature_parameters(self) -> list[torch.Tensor]: ...
+
+    def step_loss(self, t: int) -> torch.Tensor: ...
+
+
+def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int,
+                 x_star: np.ndarray | None = None, last_step: int | None = None,
+                 **reduction: Any) -> tuple[dict[int, CurvatureStep], float]:
+    """Every kept row of ``directory`` measured (``options``: ``record.curvature``), and
+    lambda_max at ``x_star`` on step ``last_step``'s minibatch (nan without them).
+    ``reduction``: ``measure_step``'s ``reduce``, ``average``, ``average_vector``."""
+    out: dict[int, CurvatureStep] = {}
+    rows = read_rows(directory)
+    for row in rows:
+        ctx.load(row.x)
+        out[row.step] = measure_step(
+            ctx.curvature_parameters(), _loss_of(ctx, row.step), row,
+            iterations=options.iterations, tol=options.tol, seed=seed,
+            critical=options.critical, **reduction)
+    at_star = math.nan
+    if x_star is not None and last_step is not None:
+        ctx.load(x_star)
+        params = ctx.curvature_parameters()
+        star_row = CurvatureRow(last_step, math.nan, x_star, np.zeros_like(x_star), None, {})
+        at_star = measure_step(params, lambda: ctx.step_loss(last_step), star_row,
+                               iterations=options.iterations, tol=options.tol, seed=seed,
+                               critical=False, **reduction).lambda_max
+    return out, at_star
+
+
+def _loss_of(ctx: CurvatureContext, t: int) -> Callable[[], torch.Tensor]:
+    return lambda: ctx.step_loss(t)
+
+
+def columns(steps: np.ndarray, measured: dict[int, CurvatureStep]) -> dict[str, np.ndarray]:
+    """metrics.parquet's curvature columns for the measured ``steps`` (nan where a step
+    was not in the curvature sample)."""
+    n = len(steps)
+    out = {name: np.full(n, np.nan) for name in COLUMNS}
+    for i, t in enumerate(np.asarray(steps).tolist()):
+        c = measured.get(int(t))
+        if c is None:
+            continue
+        out["lambda_max"][i] = c.lambda_max
+        out["lambda_max_iterations"][i] = c.iterations
+        out["lambda_max_converged"][i] = float(c.converged)
+        out["curv_update"][i] = c.curv_update
+        out["critical_sharpness"][i] = c.critical_sharpness
+        out["lambda_max_precond"][i] = c.lambda_max_precond
+        out["eos_threshold"][i] = c.eos_threshold
+    return out
