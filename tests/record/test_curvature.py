@@ -18,7 +18,7 @@ from trajreg.run import rundir
 from trajreg.run.runner import run
 from trajreg.train.config import load_config
 from trajreg.train.data import load_data
-from trajreg.train.loop import batches, build, minibatch_loss
+from trajreg.train.loop import batches, build, step_seed
 from trajreg.train.optim import trained_parameters
 
 
@@ -72,8 +72,7 @@ def _flat_hessian_top(model: torch.nn.Module, loss_of_model) -> float:
             n = math.prod(shape)
             params[name] = flat[at : at + n].view(shape).float()
             at += n
-        return torch.func.functional_call(model, params, ()) if False else \
-            loss_of_model(lambda *a: torch.func.functional_call(model, params, a))
+        return loss_of_model(lambda *a: torch.func.functional_call(model, params, a))
 
     H = torch.autograd.functional.hessian(f, flat0)
     return float(torch.linalg.eigvalsh((H + H.T) / 2)[-1])
@@ -171,8 +170,6 @@ def test_a_runs_curvature_is_the_hessian_of_the_steps_own_loss(curved_run: Path)
 
         def loss_of(forward, t=t) -> torch.Tensor:
             idx = index[t]
-            from trajreg.train.loop import step_seed
-
             torch.manual_seed(step_seed(cfg, t))
             return torch.nn.functional.cross_entropy(forward(data.x_train[idx]),
                                                      data.y_train[idx])
@@ -182,8 +179,8 @@ def test_a_runs_curvature_is_the_hessian_of_the_steps_own_loss(curved_run: Path)
         converged = bool(sampled.loc[sampled["step"] == t, "lambda_max_converged"].iloc[0])
         assert converged
         # Lanczos stops at a relative change of tol (1e-3): the value is within a few tol
-        assert got == pytest.approx(exact, rel=5e-3)
-        assert minibatch_loss is not None
+        # the residual bound at tol 1e-3 puts an eigenvalue within 0.1%; the top one here
+        assert got == pytest.approx(exact, rel=2e-3)
     summary = rundir.read_summary(curved_run)
     assert summary.curvature is not None
     assert summary.curvature["steps"] == len(sampled)
