@@ -214,3 +214,27 @@ def test_every_record_mode_measures_the_same_curvature(curved_run: Path, mode: s
     assert set(got.index) == in_store & set(other.index)
     if mode != "sample":
         assert set(other.index) >= in_store
+
+
+def test_reanalysis_against_another_reference_keeps_the_curvature(tmp_path: Path) -> None:
+    """The curvature at x_t does not depend on x*: ``trajreg analyze --reference best``
+    re-measures the run against its best epoch end (here epoch 1: lr 8 makes the loss
+    rise again) and keeps every curvature column; lambda_max at x* is known only when
+    x* is x_T again."""
+    from trajreg.run.runner import analyze
+
+    raw = tiny(model={"width": 8, "depth": 2}, optim={"name": "sgd", "lr": 8.0},
+               train={"epochs": 4}, record={"mode": "store", "curvature": {"rate": 0.3}})
+    out = tmp_path / "run"
+    run(load_config(raw), out, figures=False, progress=False)
+    before = rundir.read_metrics(out).set_index("step")
+    end = rundir.read_summary(out).curvature["lambda_max_end"]
+    best = analyze(out, reference="best", progress=False)
+    assert best.reference_step == 8 and best.reference_step != best.n_steps
+    after = rundir.read_metrics(out).set_index("step")
+    for name in ("lambda_max", "curv_update", "critical_sharpness", "eos_threshold"):
+        np.testing.assert_array_equal(after[name].to_numpy(),
+                                      before.loc[after.index, name].to_numpy())
+    assert best.curvature["lambda_max_star"] is None and best.curvature["lambda_max_end"] == end
+    final = analyze(out, reference="final", progress=False)
+    assert final.curvature["lambda_max_star"] == end

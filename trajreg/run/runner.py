@@ -298,8 +298,23 @@ def add_curvature(ctx: RunContext, directory: Path, options: Any, seed: int,
                                            last_step=T - 1 if T else None)
     for m in measured:
         m.columns.update(curvature.columns(m.steps, found))
-        m.summary["curvature"] = {"lambda_max_star": at_end if m.reference_step == T
-                                  else None}
+        m.summary["curvature"] = _at_end(at_end, m.reference_step == T)
+
+
+def _carry_curvature(table: pd.DataFrame, m: Measured, old: dict | None, steps: int) -> None:
+    """The curvature columns of a run's metrics onto a new measurement of it (another
+    reference point: the curvature at x_t does not depend on x*; lambda_max at x* is
+    known only for x* = x_T, the reference it was measured at)."""
+    by_step = table.set_index("step")
+    for name in curvature.COLUMNS:
+        m.columns[name] = by_step[name].reindex(m.steps).to_numpy(dtype=np.float64)
+    m.summary["curvature"] = _at_end((old or {}).get("lambda_max_end"),
+                                     m.reference_step == steps)
+
+
+def _at_end(value: float | None, star_is_end: bool) -> dict[str, float | None]:
+    """lambda_max at x_T on the last step's minibatch, and at x* when x* is x_T."""
+    return {"lambda_max_end": value, "lambda_max_star": value if star_is_end else None}
 
 
 def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: Summary) -> TrainLog:
@@ -464,7 +479,7 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
             # the path, the interpolation and the curvature at x* depend on x* only
             summary={key: getattr(old, key) for key in ("path_ratio", "mli")
                      if getattr(old, key) is not None}
-            | ({"curvature": {"lambda_max_star": old.curvature.get("lambda_max_star")}}
+            | ({"curvature": _at_end(old.curvature.get("lambda_max_end"), k == log.steps)}
                if old.curvature else {}))
     # a run trained by other code (an integration) has no config to re-measure with: its
     # sensitivity analysis has no best reference
@@ -487,6 +502,10 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         if ctx is not None:
             ctx.mli = False  # the interpolation is the reference's only
         best = measured if k_best == k or ctx is None else mode.measure(ctx, k_best)
+    if "lambda_max" in table:  # record.curvature: measured at x_t, whatever x* is
+        for m in (measured, best):
+            if m is not None and "lambda_max" not in m.columns:
+                _carry_curvature(table, m, old.curvature, log.steps)
     options = analysis.AnalysisOptions.from_config(acfg, window=window)
     facts = analysis.RunFacts(n_params=old.n_params, task=old.task, evaluation=old.evaluation,
                               source=old.source, loss_check=old.loss_check,
