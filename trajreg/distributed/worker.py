@@ -6,7 +6,9 @@ RUN_DIR is the run's partial directory, holding config.yaml (written by the laun
 process). Every rank trains on its part of every global batch; then:
 
 - DDP: every rank holds every parameter, so rank 0 alone records (any record mode but
-  replay), exactly as a single process records.
+  replay), exactly as a single process records; with ``record.curvature`` every rank
+  then measures the curvature together (each rank's part of the minibatch,
+  ``trajreg.distributed.measure.measure_curvature``) before the ranks part.
 - FSDP2: every rank records its own shard with store, sample or sketch mode into
   ``trajectory/rank-NNNNN/`` (sketch: hashed by the entries' global flat indices);
   rank 0 writes ``trajectory/shards.json`` (``trajreg.record.shards``).
@@ -79,9 +81,12 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     capacity = steps + 1
     trajectory = run_dir / rundir.TRAJECTORY
     recorder = None
+    curvature = cfg.record.curvature  # DDP only (config.py): rank 0 keeps the rows
     if dcfg.strategy == "ddp":
         if rank == 0:
-            recorder = Recorder(opt, trajectory, mode=mode, capacity=capacity)
+            recorder = Recorder(opt, trajectory, mode=mode, capacity=capacity,
+                                curvature=None if curvature is None
+                                else (curvature.rate, cfg.seed))
     elif mode.hooks:  # fsdp (a shardable mode, config.py): every rank its shard
         recorder = shard_recorder(opt, trajectory, mode=mode, rank=rank, world=world,
                                   capacity=capacity)
@@ -92,21 +97,28 @@ def run_rank(args: argparse.Namespace, rank: int, world: int) -> None:
     finally:
         if recorder is not None:
             recorder.close()
+    curved = None
+    if curvature is not None:
+        from trajreg.distributed.measure import measure_curvature
+
+        phase("measuring curvature on every rank", progress)
+        curved = measure_curvature(cfg, data, log, model, run_dir, rank=rank, world=world)
     state = full_state(model, dcfg.strategy, rank)
     clean_shutdown()  # every collective is done: the rest is rank 0's, in one process
     if rank == 0:
         write_run(cfg, data, log, state, mode, run_dir, world=world, progress=progress,
-                  figures=not args.no_figures, tensorboard=args.tensorboard)
+                  figures=not args.no_figures, tensorboard=args.tensorboard, curved=curved)
 
 
 def write_run(cfg, data, log, state, mode, run_dir: Path, *, world: int, progress,
-              figures: bool, tensorboard: bool) -> None:
+              figures: bool, tensorboard: bool, curved=None) -> None:
     """Rank 0 after training: what ``runner.run`` does after its loop, on a plain model
-    holding the final state."""
+    holding the final state. ``curved``: ``record.curvature`` as the ranks measured it
+    (``measure.measure_curvature``)."""
     from trajreg.distributed.measure import DistributedRunContext
     from trajreg.run import analysis, rundir
     from trajreg.run.progress import phase
-    from trajreg.run.runner import measure, write_analysis
+    from trajreg.run.runner import measure, put_curvature, write_analysis
     from trajreg.train.loop import build, evaluate
     from trajreg.train.models import n_params
 
@@ -117,6 +129,10 @@ def write_run(cfg, data, log, state, mode, run_dir: Path, *, world: int, progres
     ctx = DistributedRunContext(cfg, data, log, model, final_state, run_dir, progress,
                                 world=world)
     measured, best = measure(mode, ctx, cfg.analysis.reference)
+    if curved is not None and measured is not None:
+        found, at_end = curved
+        put_curvature([m for m in (measured, best) if m is not None], found, at_end,
+                      log.steps)
     facts = analysis.RunFacts(n_params=n_params(model), task=data.task,
                               evaluation=evaluate(cfg, model, data))
     phase("writing the run directory", progress)

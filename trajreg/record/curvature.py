@@ -19,6 +19,13 @@ minibatch, model mode and random state as b_t) measures at x_t (``measure_step``
 Every vector is a list of tensors shaped as the parameters, and every inner product
 goes through ``reduce`` (the sum over ranks of a sharded vector; the identity on one
 process), so no rank holds more than its parameters.
+
+Under DDP (``measure_rows`` with the run's ``Ranks``) every rank holds the whole x and
+its part of each minibatch: rank 0 keeps the rows and hands each to the other ranks, every
+rank differentiates its part of l_t, and each Hessian-vector product and loss is averaged
+over the ranks (float64 all_reduce), so H is the Hessian of the global minibatch's loss
+(the mean of the ranks' equal parts). On one process the same code runs with ``Ranks()``,
+whose collectives return this process's values.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -37,8 +44,11 @@ from trajreg.atomic import replace_atomic
 from trajreg.principle.curvature import critical_step, lanczos
 from trajreg.principle.sketch import hash32
 
+if TYPE_CHECKING:
+    from trajreg.distributed.ranks import Ranks
+
 __all__ = ["COLUMNS", "CurvatureContext", "CurvatureRows", "CurvatureStep", "columns",
-           "curvature_steps", "measure_rows", "measure_step", "read_rows"]
+           "curvature_steps", "data_parallel", "measure_rows", "measure_step", "read_rows"]
 
 DIRECTORY = "curvature"
 COLUMNS = ("lambda_max", "lambda_max_iterations", "lambda_max_converged", "curv_update",
@@ -150,16 +160,22 @@ class CurvatureRow:
     facts: dict[str, Any]
 
 
+def row_paths(directory: Path) -> list[Path]:
+    """The files of the kept rows of a run's ``trajectory/`` (or a rank's part), by step."""
+    folder = Path(directory) / DIRECTORY
+    return sorted(folder.glob("step-*.npz")) if folder.is_dir() else []
+
+
+def read_row(path: Path) -> CurvatureRow:
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        return CurvatureRow(int(meta["step"]), float(meta["lr"]), z["x"], z["u"],
+                            z["precond"] if "precond" in z else None, meta)
+
+
 def read_rows(directory: Path) -> list[CurvatureRow]:
     """The kept rows of a run's ``trajectory/`` (or a rank's part), by step."""
-    folder = Path(directory) / DIRECTORY
-    rows = []
-    for path in sorted(folder.glob("step-*.npz")) if folder.is_dir() else []:
-        with np.load(path) as z:
-            meta = json.loads(str(z["meta"]))
-            rows.append(CurvatureRow(int(meta["step"]), float(meta["lr"]), z["x"], z["u"],
-                                     z["precond"] if "precond" in z else None, meta))
-    return rows
+    return [read_row(path) for path in row_paths(directory)]
 
 
 # ---------------------------------------------------------------------- measuring
@@ -284,15 +300,52 @@ class CurvatureContext(Protocol):
     def step_loss(self, t: int) -> torch.Tensor: ...
 
 
+def data_parallel(ranks: Ranks) -> dict[str, Any]:
+    """``measure_step``'s ``average`` and ``average_vector`` over ranks that each hold an
+    equal part of every minibatch (DDP): the mean of the ranks' values, added in float64
+    (one process: its own values, unchanged)."""
+    world = ranks.world
+
+    def average(value: float) -> float:
+        return float(ranks.allsum("averaging a loss over the ranks",
+                                  np.asarray([value]))[0]) / world
+
+    def average_vector(v: Vec) -> Vec:
+        flat = torch.cat([t.detach().reshape(-1).to("cpu", torch.float64) for t in v])
+        total = torch.from_numpy(ranks.allsum("averaging a Hessian-vector product over "
+                                              "the ranks", flat.numpy())) / world
+        out, at = [], 0
+        for t in v:
+            out.append(total[at : at + t.numel()].view(t.shape).to(t.device, t.dtype))
+            at += t.numel()
+        return out
+
+    return {"average": average, "average_vector": average_vector}
+
+
 def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int,
                  x_star: np.ndarray | None = None, last_step: int | None = None,
-                 **reduction: Any) -> tuple[dict[int, CurvatureStep], float]:
+                 ranks: Ranks | None = None) -> tuple[dict[int, CurvatureStep], float]:
     """Every kept row of ``directory`` measured (``options``: ``record.curvature``), and
     lambda_max at ``x_star`` on step ``last_step``'s minibatch (nan without them).
-    ``reduction``: ``measure_step``'s ``reduce``, ``average``, ``average_vector``."""
+
+    ``ranks``: the ranks of a DDP run, every one calling this in lockstep with its own
+    ``ctx`` (whose ``step_loss`` is its part of l_t) and the same ``x_star``: the leader
+    reads the rows from ``directory`` and hands each to the others, and losses and
+    Hessian-vector products are averaged over the ranks (``data_parallel``). Every rank
+    gets the same results (the averages are identical on every rank, so every rank takes
+    the same Lanczos and critical-step decisions). None: one process."""
+    if ranks is None:
+        from trajreg.distributed.ranks import Ranks
+
+        ranks = Ranks()
+    reduction = data_parallel(ranks)
     out: dict[int, CurvatureStep] = {}
-    rows = read_rows(directory)
-    for row in rows:
+    paths = row_paths(directory) if ranks.leader else []
+    n = ranks.broadcast_object("counting the curvature rows", len(paths))
+    for i in range(n):
+        row = ranks.broadcast_object("handing on a curvature row",
+                                     read_row(paths[i]) if ranks.leader else None)
         ctx.load(row.x)
         out[row.step] = measure_step(
             ctx.curvature_parameters(), _loss_of(ctx, row.step), row,

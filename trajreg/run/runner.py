@@ -148,12 +148,17 @@ class RunContext:
         """The evaluation copy's parameters in the flat order (``record.curvature``)."""
         return list(trained_parameters(self.cfg.optim, self.star))
 
-    def step_loss(self, t: int) -> torch.Tensor:
-        """l_t at the loaded parameters, with a graph (``record.curvature``): step t's
-        minibatch, mode and random state, as ``step_losses``."""
+    def step_batch(self, t: int) -> torch.Tensor:
+        """Step t's minibatch (indices into the training set)."""
         idx = next((i for step, _, i in batches(self.cfg, self.data) if step == t), None)
         if idx is None:
             raise ValueError(f"no step {t} in the run")
+        return idx
+
+    def step_loss(self, t: int) -> torch.Tensor:
+        """l_t at the loaded parameters, with a graph (``record.curvature``): step t's
+        minibatch, mode and random state, as ``step_losses``."""
+        idx = self.step_batch(t)
         with running_statistics_frozen(self.star):
             return minibatch_loss(self.cfg, self.star, self.data, idx, t)
 
@@ -287,15 +292,22 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
                                              q["lr"] * np.sqrt(q["s"])))
 
 
-def add_curvature(ctx: RunContext, directory: Path, options: Any, seed: int,
-                  model: torch.nn.Module, measured: list[Measured]) -> None:
-    """``record.curvature``: the kept rows measured, as columns of each measurement, and
-    lambda_max at the trained model (x_T, the last step's minibatch) in its summary when
-    it is the reference."""
+def measure_curvature(ctx: RunContext, directory: Path, options: Any, seed: int,
+                      model: torch.nn.Module, ranks: Any = None
+                      ) -> tuple[dict[int, curvature.CurvatureStep], float]:
+    """``record.curvature``: the kept rows under ``directory`` measured, and lambda_max at
+    the trained ``model`` (x_T, the last step's minibatch). ``ranks``: a DDP run's, every
+    rank calling this with its own context (``curvature.measure_rows``)."""
     T = ctx.log.steps
     x_end = flat_params(list(trained_parameters(ctx.cfg.optim, model))).detach().cpu().numpy()
-    found, at_end = curvature.measure_rows(ctx, directory, options, seed, x_star=x_end,
-                                           last_step=T - 1 if T else None)
+    return curvature.measure_rows(ctx, directory, options, seed, x_star=x_end,
+                                  last_step=T - 1 if T else None, ranks=ranks)
+
+
+def put_curvature(measured: list[Measured], found: dict[int, curvature.CurvatureStep],
+                  at_end: float, T: int) -> None:
+    """The curvature as columns of each measurement, and lambda_max at x_T in its summary
+    when x_T is its reference."""
     for m in measured:
         m.columns.update(curvature.columns(m.steps, found))
         m.summary["curvature"] = _at_end(at_end, m.reference_step == T)
@@ -315,6 +327,14 @@ def _carry_curvature(table: pd.DataFrame, m: Measured, old: dict | None, steps: 
 def _at_end(value: float | None, star_is_end: bool) -> dict[str, float | None]:
     """lambda_max at x_T on the last step's minibatch, and at x* when x* is x_T."""
     return {"lambda_max_end": value, "lambda_max_star": value if star_is_end else None}
+
+
+def add_curvature(ctx: RunContext, directory: Path, options: Any, seed: int,
+                  model: torch.nn.Module, measured: list[Measured]) -> None:
+    """``record.curvature`` of a run trained in this process: ``measure_curvature``,
+    then ``put_curvature``."""
+    found, at_end = measure_curvature(ctx, directory, options, seed, model)
+    put_curvature(measured, found, at_end, ctx.log.steps)
 
 
 def _log_from_run(run_dir: Path, table: pd.DataFrame, summary: Summary) -> TrainLog:

@@ -129,9 +129,21 @@ class DistributedConfig:
             able = ", ".join(n for n, m in MODES.items() if m.shardable)
             raise ConfigError(f"record.mode: {mode.name} is not supported with "
                               f"train.distributed.strategy fsdp ({able} are)")
+        if self.strategy == "fsdp" and cfg.record.curvature is not None:
+            raise ConfigError(
+                "record.curvature: not supported with train.distributed.strategy fsdp: "
+                "its Hessian-vector products need double backward, which FSDP2's "
+                f"fully_shard does not support in torch {_torch_version()} (the gathered "
+                "parameters are not in the autograd graph of the sharded ones); use ddp")
         if self.backend == "nccl" and not cfg.train.device.startswith("cuda"):
             raise ConfigError("train.distributed.backend: nccl needs train.device cuda; "
                               "use gloo on the CPU")
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 @dataclass
