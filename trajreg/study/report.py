@@ -131,6 +131,10 @@ def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
         "sensitivity": html.table(t["sensitivity"]),
         "correlations": html.table(t["correlations"]),
         "correlation_image": html.image(corr_png),
+        # record.curvature: absent (no section) when no run measured it
+        "sharpness": ({"techniques": verdicts.sharpness_verdicts(tech),
+                       "correlations": verdicts.sharpness_correlations(t["correlations"])}
+                      if runs[tables.CURVATURE_CORRELATED].notna().any() else None),
         "not_comparable": html.table(
             tech.loc[tech["n_not_trained"] > 0,
                      ["technique", "with", "without", "architecture", "block",

@@ -25,6 +25,10 @@ without) give a median, a bootstrap interval of the median and an exact sign tes
    interval half-widths);
 
 otherwise it is "inconclusive"; with no comparable pair it is "not comparable".
+The curvature along the path (``record.curvature``: the run's median lambda_max and
+the others of ``CURVATURE_COMPARED``) is compared the same way, each its own Holm
+family; where the comparable pairs' runs did not measure it the outcome is "not
+measured".
 Verdicts about the claim (a technique raises gamma and speeds convergence) are drawn
 only along its techniques (``CLAIM_AXES``: the paper's activation, normalization, skip
 connections and optimizer, and the transformer study's); any other axis is a stratum
@@ -81,6 +85,7 @@ SHOWN_AXES = {"model.activation", "model.norm", "model.skip", "optim.name", "opt
 SENSITIVITY_EPS = ("0.0", "0.05", "0.1")
 LARGER, SMALLER, FASTER, SLOWER = "larger", "smaller", "faster", "slower"
 INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
+NOT_MEASURED = "not measured"  # a curvature measure no comparable pair's runs recorded
 
 RUN_COLUMNS = ["run_id", "block", "status", "trained", "reason", "architecture", "dataset",
                "activation", "norm", "skip", "optimizer", "lr", "threads", "seed",
@@ -93,6 +98,22 @@ RUN_METRIC_COLUMNS = ["gamma_hat_ci_halfwidth", "kappa_hat_ci_halfwidth", "gamma
 # is compared by paired differences like gamma, each its own Holm family
 GEOMETRY_COMPARED = (("mu", "mu_hat_{eps}"), ("L", "L_hat_{eps}"),
                      ("cos_g", "cos_g_positive"), ("path", "path_ratio"))
+# record.curvature: runs.csv column -> its place in summary.json's curvature (the medians
+# over the window, the fraction of sampled steps above the edge of stability, lambda_max
+# at x*, the sampled steps in the window); nan for a run without curvature
+CURVATURE_RUN = {"lambda_max": "median.lambda_max",
+                 "lambda_max_precond": "median.lambda_max_precond",
+                 "curv_update": "median.curv_update",
+                 "critical_sharpness": "median.critical_sharpness",
+                 "above_fraction": "above_fraction", "lambda_max_star": "lambda_max_star",
+                 "curvature_steps": "steps_window"}
+# compared like the geometry, each its own Holm family (the name is the runs.csv column
+# and the techniques.csv prefix): does the technique lower sharpness?
+# lambda_max_precond only between Adam-family runs (not measured elsewhere)
+CURVATURE_COMPARED = ("lambda_max", "lambda_max_precond", "curv_update",
+                      "critical_sharpness", "above_fraction", "lambda_max_star")
+# the curvature correlated within strata with speed and with the comparison's metric
+CURVATURE_CORRELATED = "lambda_max"
 TECHNIQUE_COLUMNS = [
     "technique", "role", "axis", "block", "architecture", "dataset", "context", "with",
     "without", "metric", "n_pairs", "n_not_trained", "n",
@@ -111,7 +132,12 @@ TECHNIQUE_COLUMNS = [
       for part in ("with", "without", "diff_median", "diff_low", "diff_high", "p_holm")],
     *[f"outcome_{short}" for short, _ in GEOMETRY_COMPARED],
     # fraction of the trained runs whose loss falls monotonically from x_0 to x*
-    "mli_monotone_with", "mli_monotone_without"]
+    "mli_monotone_with", "mli_monotone_without",
+    # the curvature compared the same way (CURVATURE_COMPARED), e.g. lambda_max_with ...
+    # outcome_lambda_max: does the technique lower sharpness? ("not measured" without)
+    *[f"{short}_{part}" for short in CURVATURE_COMPARED
+      for part in ("with", "without", "diff_median", "diff_low", "diff_high", "p_holm")],
+    *[f"outcome_{short}" for short in CURVATURE_COMPARED]]
 # trajectory geometry (README "Trajectory geometry"); mu_hat, L_hat per eps; nan when absent
 GEOMETRY_RUN_COLUMNS = ["cos_g_positive", "path_ratio", "mli_monotone"]
 
@@ -215,6 +241,7 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
             "path_ratio": s.path_ratio if s is not None and s.path_ratio is not None
             else math.nan,
             "mli_monotone": mli.get("monotone") if mli else None})
+        row.update(curvature_columns(s))
         row.update({
             "gamma_hat_ci_halfwidth": _ci_halfwidth(s.gamma_hat_ci, eps) if s else math.nan,
             "kappa_hat_ci_halfwidth": _ci_halfwidth(s.kappa_hat_ci, eps) if s else math.nan,
@@ -233,7 +260,18 @@ def runs_table(study: Study, records: Mapping[str, RunRecord]) -> pd.DataFrame:
     metric_cols = [f"{n}_{k}" for n in ("gamma_hat", "kappa_hat") for k in keys]
     geometry = [f"{n}_{k}" for n in ("mu_hat", "L_hat") for k in keys] + GEOMETRY_RUN_COLUMNS
     return pd.DataFrame(rows, columns=RUN_COLUMNS + axes + metric_cols + RUN_METRIC_COLUMNS
-                        + geometry)
+                        + geometry + list(CURVATURE_RUN))
+
+
+def curvature_columns(s: Summary | None) -> dict[str, float]:
+    """runs.csv's curvature columns of one run (``CURVATURE_RUN``); nan for a run
+    without ``record.curvature`` or a value it lacks (lambda_max_precond: Adam only)."""
+    curv = (s.curvature if s is not None else None) or {}
+    out = {}
+    for column, key in CURVATURE_RUN.items():
+        value = _dotted(curv, key)
+        out[column] = math.nan if value is None else float(value)
+    return out
 
 
 def _series_columns(c: Mapping[str, Any], s: Summary | None) -> dict[str, Any]:
@@ -515,6 +553,13 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
     decide(speed, options, (SLOWER, FASTER))  # a larger auc is slower
     for evaluations in geometry.values():
         decide(evaluations, options, (LARGER, SMALLER))
+    curvature = {short: [evaluate(c, rv.pair(short), rv.trained, options) for c in comps]
+                 for short in CURVATURE_COMPARED}
+    for evaluations in curvature.values():
+        decide(evaluations, options, (LARGER, SMALLER))
+        for ev in evaluations:
+            if ev.test.n == 0 and len(ev.not_trained) < ev.n_pairs:
+                ev.outcome = NOT_MEASURED  # comparable pairs, but no curvature recorded
     steps: list[Evaluation | None] = [None] * len(comps)
     if curves is not None:
         steps = [evaluate(c, steps_values(curves), rv.trained, options) for c in comps]
@@ -554,6 +599,8 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
                for key, value in _geometry_row(short, evaluations[i]).items()},
             "mli_monotone_with": _fraction(rv, [p[1] for p in c.pairs], "mli_monotone"),
             "mli_monotone_without": _fraction(rv, [p[2] for p in c.pairs], "mli_monotone"),
+            **{key: value for short, evaluations in curvature.items()
+               for key, value in _geometry_row(short, evaluations[i]).items()},
         })
     return pd.DataFrame(rows, columns=TECHNIQUE_COLUMNS)
 
@@ -742,9 +789,10 @@ def sensitivity_table(tech: pd.DataFrame, comps: list[Comparison], runs: pd.Data
 # ----------------------------------------------------------------------------- correlation
 
 CORRELATION_COLUMNS = ["scope", "technique", "block", "architecture", "dataset", "optimizer",
-                       "lr", "context", "varies", "metric", "n", "spearman_rho", "ci_low",
-                       "ci_high", "note"]
+                       "lr", "context", "varies", "metric", "against", "n", "spearman_rho",
+                       "ci_low", "ci_high", "note"]
 MIN_STRATUM = 4
+SPEED_AGAINST = "speed"  # -auc_log_loss: rho > 0, the larger the metric the faster
 
 
 def _one(values: pd.Series) -> str:
@@ -761,10 +809,21 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
     trajectory-geometry metric (mu_hat, L_hat, cos_g_positive, path_ratio; nan without
     recorded gradients); then the n-weighted mean of
     the claim's techniques' within-stratum rhos, bootstrapped over strata; then the
-    rho over all trained runs, with a warning when they differ in learning rate."""
+    rho over all trained runs, with a warning when they differ in learning rate.
+    ``against`` names the other variable. Where some run measured ``record.curvature``,
+    each stratum also has the rho of the median lambda_max with speed and with the
+    comparison's metric (rho < 0: lower sharpness goes with faster convergence, or with
+    larger gamma), each pooled like gamma's."""
     ok = runs[runs["status"].isin(FINISHED) & runs["trained"].map(_true)]
     members = {b.name: b.members for b in study.blocks}
-    rows, pooled = [], []
+    sharp = CURVATURE_CORRELATED
+    curvature = sharp in ok.columns and bool(np.isfinite(ok[sharp].to_numpy(float)).any())
+    rows = []
+    # pooled family -> (rho, n) of the claim's strata: gamma's (or kappa's) with speed,
+    # and with curvature lambda_max's with speed and with the comparison's metric
+    pooled: dict[str, list[tuple[float, int]]] = {"metric": [], "sharp~speed": [],
+                                                  "sharp~metric": []}
+    metrics_pooled: list[str] = []  # the metrics lambda_max was pooled against
     seen: set[tuple[str, str, str]] = set()
     for c in comps:
         if c.stratum_key in seen:
@@ -774,16 +833,22 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
                if all(axes.get(k) == v for k, v in c.context.items())]
         part = ok[ok["run_id"].isin(ids)]
         eps = c.metric.rsplit("_", 1)[-1]
-        # gamma's rho first (the one pooled), then the geometry's, like gamma's
-        for metric in [c.metric, *(column.format(eps=eps) for _, column in GEOMETRY_COMPARED)]:
-            values = (part[metric].to_numpy(float) if metric in part.columns
-                      else np.full(len(part), np.nan))
-            corr = stats.spearman_ci(values, -part[SPEED].to_numpy(float), min_n=MIN_STRATUM)
+        # gamma's rho first, then the geometry's (not pooled), then the curvature's
+        wanted: list[tuple[str, str, str | None]] = [(c.metric, SPEED_AGAINST, "metric")]
+        wanted += [(column.format(eps=eps), SPEED_AGAINST, None)
+                   for _, column in GEOMETRY_COMPARED]
+        if curvature:
+            wanted += [(sharp, SPEED_AGAINST, "sharp~speed"), (sharp, c.metric, "sharp~metric")]
+        for metric, against, family in wanted:
+            corr = stats.spearman_ci(_column(part, metric), _column(part, against),
+                                     min_n=MIN_STRATUM)
             notes = [] if corr.n >= MIN_STRATUM else [f"n < {MIN_STRATUM}: no rho"]
-            if metric != c.metric:
+            if family is None:
                 notes.append("trajectory geometry: not pooled")
             elif c.claim and math.isfinite(corr.rho):
-                pooled.append((corr.rho, corr.n))
+                pooled[family].append((corr.rho, corr.n))
+                if family == "sharp~metric" and against not in metrics_pooled:
+                    metrics_pooled.append(against)
             if not c.claim:
                 notes.append("not one of the claim's techniques: not pooled")
             rows.append({"scope": "stratum", "technique": c.technique, "block": c.block,
@@ -791,16 +856,23 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
                          "optimizer": _one(part["optimizer"]) if len(part) else "",
                          "lr": _one(part["lr"]) if len(part) else "",
                          "context": context_text(c.context), "varies": f"{c.axis}, seed",
-                         "metric": metric, "n": corr.n, "spearman_rho": corr.rho,
-                         "ci_low": corr.low, "ci_high": corr.high,
+                         "metric": metric, "against": against, "n": corr.n,
+                         "spearman_rho": corr.rho, "ci_low": corr.low, "ci_high": corr.high,
                          "note": "; ".join(notes)})
-    p = stats.pooled_rho([r for r, _ in pooled], [n for _, n in pooled])
-    rows.append({"scope": "pooled", "technique": "the claim's techniques", "block": "",
-                 "architecture": "", "dataset": "", "optimizer": "", "lr": "",
-                 "context": "", "varies": "within strata only", "metric": "",
-                 "n": p.n, "spearman_rho": p.rho, "ci_low": p.low, "ci_high": p.high,
-                 "note": f"n-weighted mean of {len(pooled)} within-stratum rhos; interval: "
-                         "bootstrap over strata"})
+    families = [("metric", "", SPEED_AGAINST)]
+    if curvature:
+        families += [("sharp~speed", sharp, SPEED_AGAINST),
+                     ("sharp~metric", sharp, " or ".join(metrics_pooled) or "the metric")]
+    for family, metric, against in families:
+        found = pooled[family]
+        p = stats.pooled_rho([r for r, _ in found], [n for _, n in found])
+        rows.append({"scope": "pooled", "technique": "the claim's techniques", "block": "",
+                     "architecture": "", "dataset": "", "optimizer": "", "lr": "",
+                     "context": "", "varies": "within strata only", "metric": metric,
+                     "against": against, "n": p.n, "spearman_rho": p.rho, "ci_low": p.low,
+                     "ci_high": p.high,
+                     "note": f"n-weighted mean of {len(found)} within-stratum rhos; "
+                             "interval: bootstrap over strata"})
     metric = f"gamma_hat_{options.eps_key}"
     corr = stats.spearman_ci(ok[metric].to_numpy(float), -ok[SPEED].to_numpy(float),
                              min_n=MIN_STRATUM)
@@ -808,7 +880,8 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
     rows.append({"scope": "all runs", "technique": "", "block": "", "architecture": "",
                  "dataset": "", "optimizer": _one(ok["optimizer"]) if len(ok) else "",
                  "lr": _one(ok["lr"]) if len(ok) else "", "context": "",
-                 "varies": "everything", "metric": metric, "n": corr.n,
+                 "varies": "everything", "metric": metric, "against": SPEED_AGAINST,
+                 "n": corr.n,
                  "spearman_rho": corr.rho, "ci_low": corr.low, "ci_high": corr.high,
                  "note": ("WARNING: the runs differ in learning rate (which scales gamma and "
                           "speed alike) and in network and data: this pooled rho mixes "
@@ -816,6 +889,15 @@ def correlation_table(study: Study, runs: pd.DataFrame, comps: list[Comparison],
                           if lrs > 1 else "mixes networks and data sets; see the "
                           "within-stratum rows")})
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+def _column(part: pd.DataFrame, name: str) -> np.ndarray:
+    """A runs-table column as floats (speed: -auc_log_loss); nan where it is absent."""
+    if name == SPEED_AGAINST:
+        return -part[SPEED].to_numpy(float)
+    if name not in part.columns:
+        return np.full(len(part), np.nan)
+    return part[name].to_numpy(float)
 
 
 def _true(v: Any) -> bool:

@@ -1,5 +1,7 @@
 """The report's sentences: one per comparison, one per technique of the paper's claim,
-one per stratum (other settings), and what the number of seeds allows. Pure: rows
+one per stratum (other settings), what the number of seeds allows, and with
+``record.curvature`` what the techniques do to sharpness and whether lower sharpness
+goes with larger gamma. Pure: rows
 of techniques.csv in, strings out; the outcomes themselves are decided in tables.py.
 """
 
@@ -14,12 +16,16 @@ import pandas as pd
 from trajreg.study import stats
 from trajreg.study.spec import ReportOptions
 from trajreg.study.tables import (
+    CURVATURE_CORRELATED,
     FASTER,
     INCONCLUSIVE,
     LARGER,
+    MIN_STRATUM,
     NOT_COMPARABLE,
+    NOT_MEASURED,
     SLOWER,
     SMALLER,
+    SPEED_AGAINST,
 )
 
 
@@ -72,7 +78,24 @@ def verdict(row: pd.Series) -> str:
     undecided = INCONCLUSIVE in (row["outcome_gamma"], row["outcome_speed"])
     tail = f" {'Why not decided' if undecided else 'Notes'}: {row['note']}." \
         if row["note"] else ""
-    return f"{head}: {g}; {s}.{tail}"
+    return f"{head}: {g}; {s}.{sharpness(row)}{tail}"
+
+
+def sharpness(row: pd.Series) -> str:
+    """The comparison's sharpness (median lambda_max, record.curvature) as a sentence
+    to append ("" where no pair measured it)."""
+    outcome = row.get("outcome_lambda_max", NOT_MEASURED)
+    if outcome in (NOT_MEASURED, NOT_COMPARABLE):
+        return ""
+    decided = outcome in (LARGER, SMALLER)
+    return (f" Sharpness (median lambda_max) {outcome}"
+            + (f" with {row['with']}" if decided else "")
+            + f": median paired difference {_signed(row['lambda_max_diff_median'])} (95% "
+            f"interval {fmt(row['lambda_max_diff_low'])} to {fmt(row['lambda_max_diff_high'])}"
+            f"; Holm p {fmt(row['lambda_max_p_holm'])}); fraction of sampled steps above the "
+            f"edge of stability {fmt(row['above_fraction_with'])} with vs "
+            f"{fmt(row['above_fraction_without'])} without "
+            f"({row['outcome_above_fraction']}).")
 
 
 def _count(part: pd.DataFrame, column: str, word: str) -> int:
@@ -154,3 +177,67 @@ def power_note(tech: pd.DataFrame, options: ReportOptions) -> str:
                  f"too few pairs (the smallest possible p is >= alpha = {options.alpha:g}; "
                  "3 of 3 pairs agreeing gives p = 0.25 two-sided, 0.125 one-sided).")
     return text
+
+
+def sharpness_verdicts(tech: pd.DataFrame) -> list[str]:
+    """Per technique of the claim whose comparisons measured curvature: does it lower
+    sharpness (median lambda_max) and the fraction of steps above the edge of
+    stability? Only decided comparisons count."""
+    out = []
+    claims = tech[(tech["role"] == "claim") & (tech["outcome_lambda_max"] != NOT_MEASURED)]
+    for name, part in claims.groupby("technique", sort=False):
+        n = len(part)
+        lower, higher = _count(part, "outcome_lambda_max", SMALLER), \
+            _count(part, "outcome_lambda_max", LARGER)
+        a_lower, a_higher = _count(part, "outcome_above_fraction", SMALLER), \
+            _count(part, "outcome_above_fraction", LARGER)
+        if lower + higher == 0:
+            word = "is undecided"
+        elif higher == 0:
+            word = "lowers sharpness wherever decided"
+        elif lower == 0:
+            word = "raises sharpness wherever decided"
+        else:
+            word = "is mixed"
+        out.append(
+            f"{name} ({n} comparison{'s' if n != 1 else ''} with curvature): median "
+            f"lambda_max smaller with the technique in {lower} and larger in {higher} decided "
+            f"comparisons ({_count(part, 'outcome_lambda_max', INCONCLUSIVE)} inconclusive, "
+            f"{_count(part, 'outcome_lambda_max', NOT_COMPARABLE)} not comparable); the "
+            f"fraction of sampled steps above the edge of stability smaller in {a_lower} and "
+            f"larger in {a_higher}. The technique {word}.")
+    return out
+
+
+def sharpness_correlations(corr: pd.DataFrame) -> list[str]:
+    """The pooled within-stratum rhos of the median lambda_max with the metric and with
+    speed, in words: does lower sharpness go with larger gamma, and with faster
+    convergence? (Empty without curvature rows.)"""
+    out = []
+    sharp = corr[corr["metric"] == CURVATURE_CORRELATED]
+    strata = sharp[(sharp["scope"] == "stratum") & sharp["spearman_rho"].notna()
+                   & ~sharp["note"].fillna("").str.contains("not pooled")]
+    for _, row in sharp[sharp["scope"] == "pooled"].iterrows():
+        speed = row["against"] == SPEED_AGAINST
+        other = "faster convergence" if speed else f"larger {row['against']}"
+        question = f"Does lower sharpness go with {other}?"
+        rho, low, high = (float(row[k]) for k in ("spearman_rho", "ci_low", "ci_high"))
+        if not math.isfinite(rho):
+            out.append(f"{question} No within-stratum rho among the claim's techniques (a "
+                       f"stratum needs {MIN_STRATUM} trained runs with curvature).")
+            continue
+        k = int(((strata["against"] == SPEED_AGAINST) == speed).sum())
+        interval = (f"95% interval {fmt(low)} to {fmt(high)}" if math.isfinite(low)
+                    else "no interval from fewer than 2 strata")
+        if math.isfinite(high) and high < 0:
+            answer = f"yes, lower sharpness goes with {other}"
+        elif math.isfinite(low) and low > 0:
+            answer = f"no, higher sharpness goes with {other}"
+        else:
+            answer = "undecided"
+        out.append(f"{question} Spearman's rho of the runs' median lambda_max with "
+                   f"{'speed (-auc_log_loss)' if speed else row['against']} within the "
+                   f"claim's strata (rho < 0: lower sharpness with {other}), n-weighted "
+                   f"mean over {k} strat{'um' if k == 1 else 'a'} of {int(row['n'])} runs: "
+                   f"{_signed(rho)} ({interval}): {answer}.")
+    return out
