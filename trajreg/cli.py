@@ -134,19 +134,28 @@ def _steps(text: str) -> list[int]:
     return values
 
 
-def _common(p: argparse.ArgumentParser, top: bool = False, quiet: bool = False) -> None:
+def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # on the top parser and on each command, so both `trajreg --debug run` and
     # `trajreg run ... --debug` work (SUPPRESS: a command's default never overrides)
     default = False if top else argparse.SUPPRESS
     p.add_argument("--debug", action="store_true", default=default,
                    help="print the traceback of an error")
-    if quiet:
-        p.add_argument("-q", "--quiet", action="store_true",
-                       help="no progress lines or bars on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress lines or bars on stderr")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trajreg")
+    except PackageNotFoundError:  # pragma: no cover - a source tree never installed
+        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="trajreg", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"trajreg {_version()}")
     _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train, record and analyse one run")
@@ -203,8 +212,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     c.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     add_study_parsers(sub)
-    for name, command in sub.choices.items():
-        _common(command, quiet=name in ("run", "analyze", "checkpoints"))
+    for command in sub.choices.values():
+        _common(command)
     return p
 
 

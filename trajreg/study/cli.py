@@ -79,7 +79,8 @@ def run_study_command(args: argparse.Namespace) -> int:
     from trajreg.study.execute import run_study  # torch and the report's libraries
 
     result = run_study(study, out, executor=args.executor, jobs=args.jobs,
-                       retry_failed=args.retry_failed, force=args.force)
+                       retry_failed=args.retry_failed, force=args.force,
+                       progress=False if getattr(args, "quiet", False) else None)
     print(f"{len(result.done)} of {result.total} runs finished, {len(result.failed)} failed "
           f"({len(result.ran)} run now)"
           + (f"; {len(result.diverged)} of the finished runs diverged" if result.diverged
