@@ -85,7 +85,9 @@ def rp_holds(a: Any, b: Any, s: Any, gamma: float, delta: Any) -> np.ndarray:
     (e.g. gamma_hat of an empty window) gives False everywhere.
 
     Args:
-        a, b, s: per-step quantities, shape (n,).
+        a: per-step a_t, shape (n,).
+        b: per-step b_t, shape (n,).
+        s: per-step s_t, shape (n,).
         gamma: the parameter; a real number, +-inf or nan.
         delta: scalar or shape (n,).
 
@@ -146,7 +148,9 @@ def gamma_hat(a: Any, b: Any, s: Any, delta: Any, eps: float = 0.0) -> float:
     floor(eps n) is computed with eps n rounded to 9 decimals.
 
     Args:
-        a, b, s: per-step quantities, shape (n,); s >= 0.
+        a: per-step a_t, shape (n,).
+        b: per-step b_t, shape (n,).
+        s: per-step s_t, shape (n,); s >= 0.
         delta: scalar or shape (n,) (the default of the principle is eta_t / 2).
         eps: allowed fraction of violating steps, in [0, 1).
 

@@ -369,7 +369,8 @@ def mli_summary(alpha: Any, loss: Any, rtol: float = 1e-6, atol: float = 0.0) ->
     Args:
         alpha: shape (n,), strictly increasing, n >= 2.
         loss: shape (n,), the loss at each alpha.
-        rtol, atol: tolerance, both >= 0.
+        rtol: relative tolerance, >= 0.
+        atol: absolute tolerance, >= 0.
 
     >>> mli_summary(mli_alphas(5), [2.0, 1.0, 1.5, 0.5, 0.4])
     MLISummary(monotone=False, max_bump=0.5, bump_from=0.25, bump_to=0.5, tol=2e-06)

@@ -249,7 +249,9 @@ def gamma_hat_interval(
     at 95%.
 
     Args:
-        a, b, s: the sampled steps' quantities, shape (n,); s >= 0.
+        a: the sampled steps' a_t, shape (n,).
+        b: the sampled steps' b_t, shape (n,).
+        s: the sampled steps' s_t, shape (n,); s >= 0.
         delta: scalar or shape (n,).
         eps: allowed fraction of violating steps, in [0, 1).
         confidence: in (0, 1).
