@@ -50,7 +50,39 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for norm, _, run_dir in rows:
         print(f"results (norm={norm}): {run_dir}/  (summary.json, metrics.parquet, *.png)")
+    figure = compare_figure(out / "gamma_per_epoch.png", [(f"norm={n}", s) for n, s, _ in rows])
+    print(f"both runs' gamma per epoch: {figure}")
     return 0
+
+
+def compare_figure(path: Path, runs: list[tuple[str, Any]], eps: float = 0.05) -> Path:
+    """gamma_hat per epoch of several runs on one axis, with each run's training loss
+    beside it (the README's figure: ``python -m trajreg.demo``)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from trajreg.run.figures import save_png
+
+    fig = Figure(figsize=(10, 3.6))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.25)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    key = str(float(eps))
+    for label, summary in runs:
+        per_epoch = np.asarray((summary.gamma_hat_per_epoch or {}).get(key, []), dtype=float)
+        epochs = np.arange(1, len(per_epoch) + 1)
+        left.plot(epochs, np.where(np.isfinite(per_epoch), per_epoch, np.nan), "o-", ms=3,
+                  label=f"{label}: gamma_hat {summary.gamma(eps):.3g}")
+        loss = np.asarray(summary.full_loss, dtype=float)
+        right.plot(np.arange(len(loss)), loss, "o-", ms=3, label=label)
+    left.axhline(0.0, color="k", lw=0.5)
+    left.set(xlabel="epoch", ylabel=f"gamma_hat (eps {eps:g}) in the epoch",
+             title="Regularity of each epoch's updates")
+    right.set(xlabel="epoch", ylabel="F (training loss)", yscale="log",
+              title="Training loss")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    save_png(fig, path)
+    return path
 
 
 if __name__ == "__main__":
