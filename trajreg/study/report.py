@@ -125,9 +125,9 @@ def write_report(study_dir: str | Path, study: Study) -> dict[str, Path]:
         "claim_techniques": ", ".join(dict.fromkeys(tables.CLAIM_AXES.values())),
         "strata": verdicts.strata_descriptions(tech),
         "power": verdicts.power_note(tech, options),
-        "comparison_verdicts": [verdicts.verdict(r) for _, r in tech.iterrows()],
-        "techniques": html.table(tech, links=("runs_with", "runs_without",
-                                              "runs_not_trained")),
+        # tech has one row per comparison, in comps' order
+        "comparisons": [html.comparison(row, comp.title, verdicts.verdict(row))
+                        for comp, (_, row) in zip(comps, tech.iterrows(), strict=True)],
         "sensitivity": html.table(t["sensitivity"]),
         "correlations": html.table(t["correlations"]),
         "correlation_image": html.image(corr_png),
