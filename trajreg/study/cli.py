@@ -55,6 +55,8 @@ def add_study_parsers(subparsers: Any) -> None:
                                         "(mnist, fashion_mnist, cifar10): sets data.root")
     rp = subparsers.add_parser("report", help="write the report of a study directory again")
     rp.add_argument("study_dir")
+    rp.add_argument("--findings", metavar="FILE",
+                    help="also write the study's findings as a Markdown page (docs/findings.md)")
 
 
 def run_study_command(args: argparse.Namespace) -> int:
@@ -106,8 +108,13 @@ def run_report_command(args: argparse.Namespace) -> int:
     from trajreg.study.spec import load_study_dir
 
     study_dir = Path(args.study_dir)
-    paths = write_report(study_dir, load_study_dir(study_dir))
+    study = load_study_dir(study_dir)
+    paths = write_report(study_dir, study)
     print(f"report: {paths['report']}")
+    if args.findings:
+        from trajreg.study.findings import write_findings
+
+        print(f"findings: {write_findings(study_dir, study, args.findings)}")
     return 0
 
 
