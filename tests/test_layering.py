@@ -51,7 +51,8 @@ FLOORS = {
 STUDY_DEFERRED = {("trajreg.study.cli", "trajreg.study.execute"),
                   ("trajreg.study.cli", "trajreg.study.spec"),
                   ("trajreg.study.cli", "trajreg.study.report"),
-                  ("trajreg.study.execute", "trajreg.study.report")}
+                  ("trajreg.study.execute", "trajreg.study.report"),
+                  ("trajreg.study.cli", "trajreg.study.findings")}
 
 # string comparisons with a record-mode name that are not about record modes:
 # (file relative to trajreg/, the constant). Keep it minimal, each with its reason.

@@ -24,8 +24,8 @@ Under DDP (``measure_rows`` with the run's ``Ranks``) every rank holds the whole
 its part of each minibatch: rank 0 keeps the rows and hands each to the other ranks, every
 rank differentiates its part of l_t, and each Hessian-vector product and loss is averaged
 over the ranks (float64 all_reduce), so H is the Hessian of the global minibatch's loss
-(the mean of the ranks' equal parts). On one process the same code runs with ``Ranks()``,
-whose collectives return this process's values.
+(the mean of the ranks' equal parts). On one process the same code runs with
+``ONE_PROCESS``, whose collectives return this process's values.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -44,8 +44,35 @@ from trajreg.atomic import replace_atomic
 from trajreg.principle.curvature import critical_step, lanczos
 from trajreg.principle.sketch import hash32
 
-if TYPE_CHECKING:
-    from trajreg.distributed.ranks import Ranks
+
+class RankGroup(Protocol):
+    """What the measurement asks of a run's ranks (``trajreg.distributed.ranks.Ranks``
+    has it; ``ONE_PROCESS`` is one process's)."""
+
+    world: int
+
+    @property
+    def leader(self) -> bool: ...
+
+    def allsum(self, what: str, values: np.ndarray) -> np.ndarray: ...
+
+    def broadcast_object(self, what: str, obj: Any = None) -> Any: ...
+
+
+class _OneProcess:
+    """The rank group of one process: every collective returns this process's values."""
+
+    world = 1
+    leader = True
+
+    def allsum(self, what: str, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def broadcast_object(self, what: str, obj: Any = None) -> Any:
+        return obj
+
+
+ONE_PROCESS: RankGroup = _OneProcess()
 
 __all__ = ["COLUMNS", "CurvatureContext", "CurvatureRows", "CurvatureStep", "columns",
            "curvature_steps", "data_parallel", "measure_rows", "measure_step", "read_rows"]
@@ -300,7 +327,7 @@ class CurvatureContext(Protocol):
     def step_loss(self, t: int) -> torch.Tensor: ...
 
 
-def data_parallel(ranks: Ranks) -> dict[str, Any]:
+def data_parallel(ranks: RankGroup) -> dict[str, Any]:
     """``measure_step``'s ``average`` and ``average_vector`` over ranks that each hold an
     equal part of every minibatch (DDP): the mean of the ranks' values, added in float64
     (one process: its own values, unchanged)."""
@@ -325,7 +352,7 @@ def data_parallel(ranks: Ranks) -> dict[str, Any]:
 
 def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int,
                  x_star: np.ndarray | None = None, last_step: int | None = None,
-                 ranks: Ranks | None = None) -> tuple[dict[int, CurvatureStep], float]:
+                 ranks: RankGroup = ONE_PROCESS) -> tuple[dict[int, CurvatureStep], float]:
     """Every kept row of ``directory`` measured (``options``: ``record.curvature``), and
     lambda_max at ``x_star`` on step ``last_step``'s minibatch (nan without them).
 
@@ -334,11 +361,7 @@ def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int
     reads the rows from ``directory`` and hands each to the others, and losses and
     Hessian-vector products are averaged over the ranks (``data_parallel``). Every rank
     gets the same results (the averages are identical on every rank, so every rank takes
-    the same Lanczos and critical-step decisions). None: one process."""
-    if ranks is None:
-        from trajreg.distributed.ranks import Ranks
-
-        ranks = Ranks()
+    the same Lanczos and critical-step decisions). Default: one process."""
     reduction = data_parallel(ranks)
     out: dict[int, CurvatureStep] = {}
     paths = row_paths(directory) if ranks.leader else []

@@ -293,7 +293,8 @@ def measure_replay(cfg: RunConfig, data: Dataset, log: TrainLog, final_state: di
 
 
 def measure_curvature(ctx: RunContext, directory: Path, options: Any, seed: int,
-                      model: torch.nn.Module, ranks: Any = None
+                      model: torch.nn.Module,
+                      ranks: curvature.RankGroup = curvature.ONE_PROCESS
                       ) -> tuple[dict[int, curvature.CurvatureStep], float]:
     """``record.curvature``: the kept rows under ``directory`` measured, and lambda_max at
     the trained ``model`` (x_T, the last step's minibatch). ``ranks``: a DDP run's, every

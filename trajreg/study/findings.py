@@ -18,6 +18,7 @@ import pandas as pd
 from trajreg.atomic import replace_atomic
 from trajreg.study import tables, verdicts
 from trajreg.study.layout import trajreg_version
+from trajreg.study.report import build_tables
 from trajreg.study.spec import Study
 
 __all__ = ["findings_markdown", "write_findings"]
@@ -127,8 +128,6 @@ def findings_markdown(study: Study, t: dict[str, pd.DataFrame], source: str) -> 
 def write_findings(study_dir: str | Path, study: Study, path: str | Path,
                    t: dict[str, pd.DataFrame] | None = None) -> Path:
     """Write the findings page of ``study_dir`` to ``path`` (atomically)."""
-    from trajreg.study.report import build_tables
-
     t = t if t is not None else build_tables(study_dir, study)
     text = findings_markdown(study, t, str(study_dir))
     path = Path(path)
