@@ -92,6 +92,8 @@ def _items(items) -> dict[str, Any]:
 
 def wandb_runs(root: Path) -> list[WandbRun]:
     """Every offline run under ``root`` (``WANDB_DIR``), oldest first."""
+    if "wandb" in sys.modules:  # a finished run's file may still be being written
+        sys.modules["wandb"].teardown()
     runs = []
     for path in sorted(Path(root).glob("**/offline-run-*/run-*.wandb")):
         run: WandbRun | None = None

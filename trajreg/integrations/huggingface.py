@@ -65,6 +65,8 @@ class RegularityCallback(TrainerCallback):
     loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
     ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
     instance. ``steps`` defaults to the trainer's own number of optimizer steps.
+    ``trackers`` (``"wandb"``, ``"mlflow"``) log into the runs that ``report_to``'s
+    callbacks have open when training begins (``trajreg.run.trackers``).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),

@@ -88,6 +88,8 @@ class RegularityCallback(Callback):
     loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
     ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
     instance. ``steps`` defaults to the trainer's own number of optimizer steps.
+    ``trackers`` (``"wandb"``, ``"mlflow"``) log into the trainer's ``WandbLogger`` or
+    ``MLFlowLogger`` run when it has one (``trajreg.run.trackers``).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
