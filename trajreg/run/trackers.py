@@ -44,7 +44,7 @@ Tracker = Literal["tensorboard", "wandb", "mlflow"]
 TRACKERS: tuple[Tracker, ...] = get_args(Tracker)
 MLFLOW_METRICS_PER_BATCH = 1000  # MLflow's limits on one log_batch call
 MLFLOW_PARAMS_PER_BATCH = 100
-MLFLOW_PARAM_LENGTH = 500  # the smallest limit of the MLflow servers in use
+MLFLOW_PARAM_LENGTH = 500  # longer values are cut: older MLflow servers refuse them
 
 
 def tracker_names(trackers: Iterable[str] = (), tensorboard: bool = False
