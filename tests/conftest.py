@@ -13,6 +13,11 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# no test reaches an experiment tracker's servers (tests/tracker_files.py keeps their
+# files in tmp_path): W&B offline, MLflow's telemetry off, set before either is imported
+os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
+
 TINY = {
     "seed": 0,
     "data": {"name": "digits", "batch_size": 64, "subset": 512},

@@ -166,6 +166,11 @@ def parser() -> argparse.ArgumentParser:
                    help="skip the PNG figures (trajreg analyze draws them later)")
     r.add_argument("--tensorboard", action="store_true",
                    help="mirror per-step quantities and gamma per epoch to RUN_DIR/tensorboard")
+    r.add_argument("--wandb", action="store_true",
+                   help="log the finished run to Weights & Biases (WANDB_* variables apply)")
+    r.add_argument("--mlflow", action="store_true",
+                   help="log the finished run to MLflow (MLFLOW_TRACKING_URI and "
+                        "MLFLOW_EXPERIMENT_NAME apply)")
     r.add_argument("--nproc", type=_nproc,  # trajreg.distributed
                    help="train on N processes (overrides train.distributed.nproc; "
                         "without that section: DDP on gloo)")
@@ -267,6 +272,7 @@ _STATE = _State()
 def _run(args: argparse.Namespace) -> int:
     from trajreg.distributed.launch import run, with_nproc
     from trajreg.run import rundir, runner
+    from trajreg.run.trackers import TRACKERS
     from trajreg.train.config import load_config
 
     cfg = load_config(args.config)
@@ -275,7 +281,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else runner.default_out(args.config)
     rundir.check_new_out(out)  # before the data are loaded; the rename checks again
     _STATE.out, _STATE.config = out, cfg.to_dict()
-    out, summary = run(cfg, out, figures=not args.no_figures, tensorboard=args.tensorboard,
+    trackers = [t for t in TRACKERS if getattr(args, t)]  # --tensorboard, --wandb, --mlflow
+    out, summary = run(cfg, out, figures=not args.no_figures, trackers=trackers,
                        progress=False if args.quiet else None)  # here, or on N processes
     _STATE.complete = True
     _print_summary(summary)

@@ -73,9 +73,10 @@ def test_run_dispatches_on_the_distributed_section(monkeypatch, tmp_path):
     launch.run(load_config(tiny()), tmp_path / "a", figures=False, on_epoch=print)
     launch.run(load_config(_dist()), tmp_path / "b", progress=False, tensorboard=True)
     assert calls == [("here", {"figures": False, "progress": None, "on_epoch": print,
-                               "tensorboard": False}),
+                               "tensorboard": False, "trackers": ()}),
                      ("disk", {}),
-                     ("ranks", {"figures": True, "progress": False, "tensorboard": True})]
+                     ("ranks", {"figures": True, "progress": False, "tensorboard": True,
+                                "trackers": ()})]
     monkeypatch.undo()
     with pytest.raises(ValueError, match="train.distributed runs through trajreg.run"):
         runner.run(load_config(_dist()), tmp_path / "c")

@@ -365,3 +365,25 @@ def test_damaged_fsdp_sketch_run_is_refused_by_analyze(runs, tmp_path, name, dam
         run, "trajectory/rank-00001")
     assert err.startswith(start) and why in err, err
     assert after == before
+
+
+def test_trackers_mirror_a_distributed_run(monkeypatch, tmp_path):
+    """The launching process logs the finished run to W&B and MLflow (offline); rank 0
+    writes TensorBoard's events into the run directory."""
+    wandb = pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    from tests.tracker_files import finite, offline, wandb_runs
+
+    store = offline(monkeypatch, tmp_path)
+    out, _ = run(_config("ddp", epochs=1), tmp_path / "ddp", figures=False, progress=False,
+                 trackers=("tensorboard", "wandb", "mlflow"))
+    table = pd.read_parquet(out / "metrics.parquet")
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    (logged,) = wandb_runs(tmp_path)
+    assert logged.name == "ddp" and wandb.run is None
+    assert logged.series("trajreg/step/D", "trajreg/step")[1] == finite(table, "D")[1].tolist()
+    client = mlflow.MlflowClient(f"file:{store}")
+    (ml,) = client.search_runs(["0"])
+    history = client.get_metric_history(ml.info.run_id, "trajreg/step/a")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == (
+        finite(table, "a")[1].tolist())

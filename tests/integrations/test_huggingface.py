@@ -73,3 +73,36 @@ def test_trainer_callback_in_sketch_mode(tmp_path):
     check = summary.loss_check
     assert check["steps"] == check["equal"] > 0
     assert summary.mli is not None and summary.source == "huggingface"
+
+
+def test_trackers_log_into_the_runs_report_to_opened(monkeypatch, tmp_path):
+    """``report_to=["wandb", "mlflow"]``: the mirrors go into the runs the Trainer's own
+    callbacks opened (offline), the MLflow one although the Trainer ends it first."""
+    wandb = pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    from tests.tracker_files import finite, offline, wandb_runs
+
+    store = offline(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_PROJECT", "mine")
+    out = tmp_path / "run"
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=16, num_train_epochs=1,
+        learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to=["wandb", "mlflow"],
+        run_name="fit", use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    cb = RegularityCallback(out, trackers=("wandb", "mlflow"), figures=False)
+    trainer = transformers.Trainer(model=tiny_gpt2(), args=args, train_dataset=Tokens(),
+                                   callbacks=[cb])
+    trainer.train()
+    wandb.finish()  # the Trainer leaves its W&B run open
+    table = pd.read_parquet(out / "metrics.parquet")
+    (run,) = wandb_runs(tmp_path)
+    assert (run.name, run.project) == ("fit", "mine")
+    assert any("train/loss" in row for row in run.history)  # the Trainer's own
+    assert run.series("trajreg/step/b", "trajreg/step")[1] == finite(table, "b")[1].tolist()
+    client = mlflow.MlflowClient(f"file:{store}")
+    (logged,) = client.search_runs(["0"])
+    assert logged.info.run_name == "fit" and "loss" in logged.data.metrics
+    history = client.get_metric_history(logged.info.run_id, "trajreg/step/D")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == (
+        finite(table, "D")[1].tolist())
+    assert mlflow.active_run() is None

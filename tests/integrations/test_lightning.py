@@ -174,3 +174,41 @@ def test_a_loss_mismatch_fails_the_fit_and_writes_nothing(tmp_path):
     with pytest.raises(LossMismatch, match="not the losses the training script logged"):
         trainer.fit(NoisyNet(), loader())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trackers_log_into_the_trainers_loggers(monkeypatch, tmp_path):
+    """With a WandbLogger and an MLFlowLogger the mirrors go into their runs (offline: W&B's
+    run file, a file: store), beside what Lightning logged, and leave them to Lightning."""
+    wandb = pytest.importorskip("wandb")
+    mlflow = pytest.importorskip("mlflow")
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    from tests.tracker_files import finite, offline, wandb_runs
+
+    store = offline(monkeypatch, tmp_path)
+    loggers = [WandbLogger(name="fit", project="mine", save_dir=str(tmp_path), offline=True),
+               MLFlowLogger(experiment_name="mine", tracking_uri=f"file:{store}")]
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[RegularityCallback(
+                             out, trackers=("wandb", "mlflow"), figures=False)],
+                         logger=loggers, log_every_n_steps=1, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1)
+    trainer.fit(Net(), loader())
+    wandb.finish()  # Lightning leaves its run open
+    table = pd.read_parquet(out / "metrics.parquet")
+    (run,) = wandb_runs(tmp_path)
+    assert (run.name, run.project) == ("fit", "mine")
+    assert any("train_loss" in row for row in run.history)  # Lightning's own
+    steps, values = run.series("trajreg/step/D", "trajreg/step")
+    want_steps, want = finite(table, "D")
+    assert steps == want_steps and values == want.tolist()
+    assert run.artifacts[0][1] == "trajreg-run"
+    client = mlflow.MlflowClient(f"file:{store}")
+    logged = client.get_run(loggers[1].run_id)
+    assert "train_loss" in logged.data.metrics and "trajreg/gamma_bar" in logged.data.metrics
+    history = client.get_metric_history(loggers[1].run_id, "trajreg/step/s")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == (
+        finite(table, "s")[1].tolist())
+    assert len(client.search_runs([logged.info.experiment_id])) == 1  # no run of its own

@@ -36,7 +36,8 @@ def test_plain_loop_example(tmp_path):
 def test_core_imports_no_framework():
     code = ("import sys, trajreg, trajreg.integrations, trajreg.study, trajreg.cli; "
             "bad = [m for m in ('lightning', 'pytorch_lightning', 'transformers', "
-            "'tensorboard', 'distributed') if m in sys.modules]; print(bad)")
+            "'tensorboard', 'distributed', 'wandb', 'mlflow') if m in sys.modules]; "
+            "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trajreg.errors import UserError
@@ -31,6 +31,7 @@ from trajreg.record.modes import get_mode
 from trajreg.run import rundir, runner
 from trajreg.run.progress import phase
 from trajreg.run.summary import Summary, read_summary
+from trajreg.run.trackers import Tracker, attach, mirror, require_trackers, tracker_names
 from trajreg.train.config import DistributedConfig, RunConfig
 from trajreg.train.size import check_run_disk
 
@@ -127,24 +128,25 @@ def launch(nproc: int, worker_args: list[str], launch_dir: Path,
 
 def run(cfg: RunConfig, out: str | Path, *, figures: bool = True,
         progress: bool | None = None, on_epoch: Callable[[int], None] | None = None,
-        tensorboard: bool = False) -> tuple[Path, Summary]:
+        tensorboard: bool = False, trackers: Sequence[Tracker] = ()) -> tuple[Path, Summary]:
     """Train, record, analyse any run config; return the finished run directory and its
     summary (``trajreg.run``, the ``trajreg run`` command, a study's runs). With
     ``train.distributed`` on its N processes (``run_distributed``; ``on_epoch`` is not
     called), else in this process (``trajreg.run.runner.run``, the options as there)."""
     if cfg.train.distributed is None:
         return runner.run(cfg, out, figures=figures, progress=progress, on_epoch=on_epoch,
-                          tensorboard=tensorboard)
+                          tensorboard=tensorboard, trackers=trackers)
     check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
     return run_distributed(cfg, out, figures=figures, progress=progress,
-                           tensorboard=tensorboard)
+                           tensorboard=tensorboard, trackers=trackers)
 
 
 def run_distributed(cfg: RunConfig, out: str | Path, *, figures: bool = True,
-                    progress: bool | None = None, tensorboard: bool = False
-                    ) -> tuple[Path, Summary]:
+                    progress: bool | None = None, tensorboard: bool = False,
+                    trackers: Sequence[Tracker] = ()) -> tuple[Path, Summary]:
     """Train ``cfg`` on ``cfg.train.distributed.nproc`` processes; return the finished run
-    directory and its summary (``runner.run``'s contract)."""
+    directory and its summary (``runner.run``'s contract; this process logs the finished
+    run to W&B and MLflow, the ranks write TensorBoard's events)."""
     from trajreg.train.loop import require_device
     from trajreg.train.size import check_run_size
 
@@ -159,17 +161,16 @@ def run_distributed(cfg: RunConfig, out: str | Path, *, figures: bool = True,
         mode.plan(0, cfg.analysis)  # a reference the mode refuses: ConfigError, nothing run
     require_device(cfg.train.device)
     check_run_size(cfg)
-    if tensorboard:
-        from trajreg.run.tensorboard import require_tensorboard
-
-        require_tensorboard()
+    names = tracker_names(trackers, tensorboard)
+    require_trackers(names)
+    runs = attach(names)
     launch_dir = Path(tempfile.mkdtemp(prefix="trajreg-launch-"))
     try:
         with rundir.atomic_dir(out) as tmp:
             rundir.write_config(tmp, cfg.to_dict())
             args = [str(tmp), "--launch-dir", str(launch_dir)]
             args += ["--no-figures"] if not figures else []
-            args += ["--tensorboard"] if tensorboard else []
+            args += ["--tensorboard"] if "tensorboard" in names else []
             args += ["--quiet"] if progress is False else []
             phase(f"launching {dcfg.nproc} processes ({dcfg.strategy}, {dcfg.backend})",
                   progress)
@@ -181,4 +182,5 @@ def run_distributed(cfg: RunConfig, out: str | Path, *, figures: bool = True,
                 rundir.discard_trajectory(tmp)
     finally:
         shutil.rmtree(launch_dir, ignore_errors=True)
+    mirror(out, names, runs)
     return out, read_summary(out)

@@ -25,6 +25,7 @@ built (a UserError).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ from trajreg.errors import UserError
 from trajreg.integrations.session import EVAL_BATCHES, LOSS_RTOL, RegularitySession
 from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
+from trajreg.run.trackers import Tracker
 
 
 def check_args(args) -> None:
@@ -58,21 +60,24 @@ class RegularityCallback(TrainerCallback):
     """Record the training trajectory and write a trajreg run directory to ``out`` at the
     end of ``Trainer.train()``.
 
-    The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
+    The arguments are ``RegularitySession``'s (out, eps, tensorboard, trackers, figures,
     loss_threshold, timeout, mode, interpolation, steps, epoch_steps, eval_batches,
     loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
     ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
     instance. ``steps`` defaults to the trainer's own number of optimizer steps.
+    ``trackers`` (``"wandb"``, ``"mlflow"``) log into the runs that ``report_to``'s
+    callbacks have open when training begins (``trajreg.run.trackers``).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
-                 tensorboard: bool = False, figures: bool = True,
-                 loss_threshold: float = 0.1, timeout: float = 1800.0,
+                 tensorboard: bool = False, trackers: Sequence[Tracker] = (),
+                 figures: bool = True, loss_threshold: float = 0.1, timeout: float = 1800.0,
                  mode: str | RecordMode = "store", interpolation: bool = True,
                  steps: int | None = None, epoch_steps: int | None = None,
                  eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL) -> None:
         self.session = RegularitySession(out, source="huggingface", eps=eps,
-                                         tensorboard=tensorboard, figures=figures,
+                                         tensorboard=tensorboard, trackers=trackers,
+                                         figures=figures,
                                          loss_threshold=loss_threshold, timeout=timeout,
                                          mode=mode, interpolation=interpolation,
                                          steps=steps, epoch_steps=epoch_steps,

@@ -18,6 +18,7 @@ FSDP with flat parameters (``strategy="fsdp"``) and DeepSpeed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from trajreg.errors import UserError
 from trajreg.integrations.session import EVAL_BATCHES, LOSS_RTOL, RegularitySession
 from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
+from trajreg.run.trackers import Tracker, TrackerRuns
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
@@ -65,25 +67,41 @@ def check_strategy(strategy: Any) -> None:
                             f"every parameter; use {instead}")
 
 
+def logger_runs(loggers: Sequence[Any], trackers: Sequence[Tracker]) -> TrackerRuns:
+    """The runs of the trainer's WandbLogger and MLFlowLogger (found by class name:
+    ``lightning`` and ``pytorch_lightning`` alike), for the trackers asked for."""
+    found: dict[str, Any] = {}
+    for logger in loggers:
+        kinds = {cls.__name__ for cls in type(logger).__mro__}
+        if "wandb" in trackers and "WandbLogger" in kinds:
+            found.setdefault("wandb", logger.experiment)
+        if "mlflow" in trackers and "MLFlowLogger" in kinds:
+            found.setdefault("mlflow", (logger.experiment, logger.run_id))
+    return TrackerRuns(**found)
+
+
 class RegularityCallback(Callback):
     """Record the fit's trajectory and write a trajreg run directory to ``out`` at its end.
 
-    The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
+    The arguments are ``RegularitySession``'s (out, eps, tensorboard, trackers, figures,
     loss_threshold, timeout, mode, interpolation, steps, epoch_steps, eval_batches,
     loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
     ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
     instance. ``steps`` defaults to the trainer's own number of optimizer steps.
+    ``trackers`` (``"wandb"``, ``"mlflow"``) log into the trainer's ``WandbLogger`` or
+    ``MLFlowLogger`` run when it has one (``trajreg.run.trackers``).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
-                 tensorboard: bool = False, figures: bool = True,
-                 loss_threshold: float = 0.1, timeout: float = 1800.0,
+                 tensorboard: bool = False, trackers: Sequence[Tracker] = (),
+                 figures: bool = True, loss_threshold: float = 0.1, timeout: float = 1800.0,
                  mode: str | RecordMode = "store", interpolation: bool = True,
                  steps: int | None = None, epoch_steps: int | None = None,
                  eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL) -> None:
         super().__init__()
         self.session = RegularitySession(out, source="lightning", eps=eps,
-                                         tensorboard=tensorboard, figures=figures,
+                                         tensorboard=tensorboard, trackers=trackers,
+                                         figures=figures,
                                          loss_threshold=loss_threshold, timeout=timeout,
                                          mode=mode, interpolation=interpolation,
                                          steps=steps, epoch_steps=epoch_steps,
@@ -98,6 +116,8 @@ class RegularityCallback(Callback):
         if len(trainer.optimizers) != 1:
             raise ValueError("RegularityCallback measures runs with exactly one optimizer, "
                              f"this fit has {len(trainer.optimizers)}")
+        if trainer.is_global_zero:  # a logger's run exists on rank 0 only
+            self.session.runs = logger_runs(trainer.loggers, self.session.trackers)
         self.session.start(pl_module, trainer.optimizers[0], {
             "max_epochs": trainer.max_epochs,
             "accumulate_grad_batches": trainer.accumulate_grad_batches,

@@ -50,6 +50,7 @@ import math
 import shutil
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -81,6 +82,14 @@ from trajreg.record.recorder import (
 from trajreg.record.shards import Shard, put_local
 from trajreg.run import rundir
 from trajreg.run.summary import Summary
+from trajreg.run.trackers import (
+    Tracker,
+    TrackerRuns,
+    attach,
+    mirror,
+    require_trackers,
+    tracker_names,
+)
 from trajreg.train.config import AnalysisConfig
 
 if TYPE_CHECKING:
@@ -162,6 +171,11 @@ class RegularitySession:
         loss_threshold: for steps_to_threshold.
         tensorboard: also mirror the per-step quantities and gamma per epoch to
             ``out/tensorboard`` (needs the tensorboard package).
+        trackers: mirror the run to these too: ``"tensorboard"``, ``"wandb"``,
+            ``"mlflow"`` (``trajreg.run.trackers``), once its directory is complete, into
+            the run the framework or the script has active (a callback's WandbLogger or
+            MLFlowLogger, ``wandb.run``, ``mlflow.active_run()`` when ``start`` is
+            called), else into a run of their own named after ``out``.
         figures: write the PNG figures.
         combine: a step's loss from its micro-batch losses: their mean, or their sum
             (losses already normalised by the whole step's size).
@@ -201,7 +215,7 @@ class RegularitySession:
 
     def __init__(self, out: str | Path, *, source: str, eps: tuple[float, ...] = (0.0, 0.05),
                  loss_threshold: float = 0.1, tensorboard: bool = False, figures: bool = True,
-                 combine: str = "mean", lr_group: int = 0,
+                 trackers: Sequence[Tracker] = (), combine: str = "mean", lr_group: int = 0,
                  mode: str | RecordMode = "store", timeout: float = 1800.0,
                  interpolation: bool = True, steps: int | None = None,
                  epoch_steps: int | None = None, eval_batches: int = EVAL_BATCHES,
@@ -211,10 +225,9 @@ class RegularitySession:
             raise UserError(f"output directory already exists: {self.out}")
         if combine not in ("mean", "sum"):
             raise UserError(f"combine: must be 'mean' or 'sum', got {combine!r}")
-        if tensorboard:
-            from trajreg.run.tensorboard import require_tensorboard
-
-            require_tensorboard()
+        self.trackers = tracker_names(trackers, tensorboard)
+        require_trackers(self.trackers)
+        self.runs = TrackerRuns()  # a callback may name its framework's runs before start
         self.source = source
         self.analysis = AnalysisConfig(eps=[float(e) for e in eps],
                                        loss_threshold=float(loss_threshold))
@@ -241,7 +254,7 @@ class RegularitySession:
         self.expected_steps, self.epoch_steps = steps, epoch_steps
         self.eval_batches, self.loss_rtol = int(eval_batches), float(loss_rtol)
         self.mode = mode
-        self.tensorboard, self.figures = tensorboard, figures
+        self.figures = figures
         self.batches: MicroBatches | None = None  # set by start()
         self.combine = combine
         self.lr_group = lr_group
@@ -330,6 +343,8 @@ class RegularitySession:
     def _start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                info: dict[str, Any] | None) -> None:
         _check_trains(model, optimizer)
+        if self.ranks.leader:  # the runs to log into, found while the framework's are open
+            self.runs = attach(self.trackers, self.runs)
         # every rank alike, before recording: one-pass modes size their samples from T
         self.mode.plan(self.expected_steps, self.analysis, words=api_words(self._api))
         # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
@@ -565,7 +580,7 @@ class RegularitySession:
             summary = write_session_run(
                 self.tmp, run, measured, self.mode, self.analysis,
                 model if self.shard is None else StateOnly(self._final),
-                figures=self.figures, tensorboard=self.tensorboard)
+                figures=self.figures, tensorboard="tensorboard" in self.trackers)
         except BaseException as exc:  # every rank raises it (agree): this one its own
             error = exc
         # rename only when every rank succeeded
@@ -581,6 +596,7 @@ class RegularitySession:
         atexit.unregister(self.abort)
         self._state = "finished"
         ranks.broadcast_object("renaming the run directory", summary)
+        mirror(self.out, self.trackers, self.runs)  # the leader; the run is complete
         return summary
 
     def _mismatch(self, ctx: SessionContext, checked: int) -> LossMismatch:

@@ -30,6 +30,7 @@ from trajreg.run import analysis, rundir
 from trajreg.run.progress import phase
 from trajreg.run.rundir import atomic_dir
 from trajreg.run.summary import Summary
+from trajreg.run.trackers import Tracker, attach, mirror, require_trackers, tracker_names
 from trajreg.train.config import RunConfig
 from trajreg.train.data import Dataset, load_data
 from trajreg.train.loop import (
@@ -386,14 +387,16 @@ def _saving_checkpoints(cfg: RunConfig, data: Dataset, model: torch.nn.Module, r
 
 
 def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool | None = None,
-        on_epoch: Callable[[int], None] | None = None,
-        tensorboard: bool = False) -> tuple[Path, Summary]:
+        on_epoch: Callable[[int], None] | None = None, tensorboard: bool = False,
+        trackers: Sequence[Tracker] = ()) -> tuple[Path, Summary]:
     """Train, record, analyse; return the finished run directory and its summary.
 
     ``figures=False`` skips the PNGs (about 0.3 s a run, see the benchmark;
     ``trajreg analyze`` draws them later). ``progress`` shows tqdm bars (None: only on a terminal);
     ``on_epoch(epoch)`` is called after each training epoch. ``tensorboard`` mirrors
-    the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory.
+    the per-step quantities and gamma per epoch to ``tensorboard/`` in the run directory;
+    ``trackers`` (``"tensorboard"``, ``"wandb"``, ``"mlflow"``) to those too, W&B and MLflow
+    once the run directory is complete (``trajreg.run.trackers``).
     One process only: a config with ``train.distributed`` is a ``ValueError`` here;
     ``trajreg.run`` (``trajreg.distributed.run``) runs any config.
     """
@@ -405,10 +408,9 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
     check_run_disk(cfg, out)  # what the record mode writes fits the output's disk
     require_device(cfg.train.device)
     check_run_size(cfg)  # refuse a run that cannot fit before loading anything
-    if tensorboard:
-        from trajreg.run.tensorboard import require_tensorboard
-
-        require_tensorboard()
+    names = tracker_names(trackers, tensorboard)
+    require_trackers(names)
+    runs = attach(names)
     data = load_data(cfg.data, max_memory_gb=cfg.train.max_memory_gb,
                      block_size=getattr(cfg.model, "block_size", None))
     mode = get_mode(cfg.record.mode).from_config(cfg.record, cfg.seed)
@@ -444,9 +446,10 @@ def run(cfg: RunConfig, out: str | Path, *, figures: bool = True, progress: bool
                                  reference=cfg.analysis.reference,
                                  options=analysis.AnalysisOptions.from_config(cfg.analysis),
                                  facts=facts, best=best, figures=figures,
-                                 tensorboard=tensorboard, words=mode.words)
+                                 tensorboard="tensorboard" in names, words=mode.words)
         if not cfg.record.keep_trajectory:
             rundir.discard_trajectory(tmp)
+    mirror(out, names, runs)
     return out, summary
 
 

@@ -2,7 +2,8 @@
 
 Written after the analysis (the quantities need x*, the end of the trajectory), into
 ``RUN_DIR/tensorboard/``: ``tensorboard --logdir RUN_DIR/tensorboard``. Needs the
-``tensorboard`` package (``pip install trajreg[tensorboard]``).
+``tensorboard`` package (``pip install trajreg[tensorboard]``). ``step_rows`` and
+``epoch_rows`` are the scalars every mirror logs (W&B and MLflow: ``trackers.py``).
 """
 
 from __future__ import annotations
@@ -28,27 +29,47 @@ def require_tensorboard():
     return SummaryWriter
 
 
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def step_rows(table: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
+    """(step, {quantity: value}) of every step: the finite values of ``STEP_TAGS``."""
+    columns = [c for c in STEP_TAGS if c in table]
+    rows = []
+    for step, *values in zip(table["step"], *(table[c] for c in columns), strict=True):
+        row = {c: float(v) for c, v in zip(columns, values, strict=True) if _finite(v)}
+        if row:
+            rows.append((int(step), row))
+    return rows
+
+
+def epoch_rows(summary: dict) -> list[tuple[int, dict[str, float]]]:
+    """(epoch, {series: value}): gamma_hat per eps and gamma_bar from epoch 1, the full
+    loss F_k from epoch 0; finite values only."""
+    series = {f"gamma_hat_eps{key}": values
+              for key, values in summary.get("gamma_hat_per_epoch", {}).items()}
+    series["gamma_bar"] = summary.get("gamma_bar_per_epoch", [])
+    rows: dict[int, dict[str, float]] = {}
+    for name, values in series.items():
+        for epoch, g in enumerate(values, start=1):
+            if _finite(g):
+                rows.setdefault(epoch, {})[name] = float(g)
+    for epoch, f in enumerate(summary.get("full_loss", [])):
+        if _finite(f):
+            rows.setdefault(epoch, {})["full_loss"] = float(f)
+    return sorted(rows.items())
+
+
 def write_tensorboard(run_dir: Path, table: pd.DataFrame, summary: dict) -> Path:
     SummaryWriter = require_tensorboard()  # noqa: N806
     out = Path(run_dir) / "tensorboard"
     writer = SummaryWriter(log_dir=str(out))
     try:
-        for col in STEP_TAGS:
-            if col not in table:
-                continue
-            for step, value in zip(table["step"], table[col], strict=True):
-                if math.isfinite(value):
-                    writer.add_scalar(f"step/{col}", float(value), int(step))
-        for key, series in summary.get("gamma_hat_per_epoch", {}).items():
-            for epoch, g in enumerate(series, start=1):
-                if g is not None and math.isfinite(g):
-                    writer.add_scalar(f"epoch/gamma_hat_eps{key}", float(g), epoch)
-        for epoch, g in enumerate(summary.get("gamma_bar_per_epoch", []), start=1):
-            if g is not None and math.isfinite(g):
-                writer.add_scalar("epoch/gamma_bar", float(g), epoch)
-        for epoch, f in enumerate(summary.get("full_loss", [])):
-            if f is not None and math.isfinite(f):
-                writer.add_scalar("epoch/full_loss", float(f), epoch)
+        for kind, rows in (("step", step_rows(table)), ("epoch", epoch_rows(summary))):
+            for index, row in rows:
+                for name, value in row.items():
+                    writer.add_scalar(f"{kind}/{name}", value, index)
     finally:
         writer.close()
     return out
