@@ -1,5 +1,5 @@
-"""examples/gpt-text.yaml, the GPT config the README shows: the README's block is the
-file, and the config trains below the unigram entropy of its corpus."""
+"""examples/gpt-text.yaml, the GPT config docs/transformers.md shows: the page's block is
+the file, and the config trains below the unigram entropy of its corpus."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gpt-text.yaml"
 
 
-def test_the_readme_shows_the_example_config():
+def test_the_docs_show_the_example_config():
     blocks = re.findall(r"<!-- from examples/gpt-text.yaml -->\n```yaml\n(.*?)```",
-                        (ROOT / "README.md").read_text(), re.S)
+                        (ROOT / "docs" / "transformers.md").read_text(), re.S)
     assert blocks == [EXAMPLE.read_text()]
 
 

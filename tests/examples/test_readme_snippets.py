@@ -1,4 +1,5 @@
-"""The README's snippets marked ``<!-- from PATH -->`` are taken from a tested example:
+"""The snippets of the README and the docs pages marked ``<!-- from PATH -->`` are taken
+from a tested example:
 every line of the snippet is a line of PATH, in the same order (lines of the example
 may be left out, as its guards and timers are)."""
 
@@ -14,11 +15,13 @@ SNIPPET = re.compile(r"<!-- from (\S+) -->\n```python\n(.*?)```", re.S)
 
 
 def _snippets() -> list[tuple[str, str]]:
-    return SNIPPET.findall((ROOT / "README.md").read_text())
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [found for page in pages for found in SNIPPET.findall(page.read_text())]
 
 
 def test_the_readme_takes_a_snippet_from_an_example():
-    assert any(path.startswith("examples/") for path, _ in _snippets())
+    found = SNIPPET.findall((ROOT / "README.md").read_text())
+    assert any(path.startswith("examples/") for path, _ in found)
 
 
 @pytest.mark.parametrize("path, code", _snippets(), ids=lambda v: str(v)[:24])
