@@ -25,7 +25,9 @@ built (a UserError).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +41,7 @@ from trajreg.errors import UserError
 from trajreg.integrations.session import EVAL_BATCHES, LOSS_RTOL, RegularitySession
 from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
+from trajreg.train.config import CurvatureConfig
 
 
 def check_args(args) -> None:
@@ -60,9 +63,11 @@ class RegularityCallback(TrainerCallback):
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, figures,
     loss_threshold, timeout, mode, interpolation, steps, epoch_steps, eval_batches,
-    loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
-    ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
+    loss_rtol, curvature): ``mode`` is the record mode, ``store`` (every x_t), ``sample``
+    or ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
     instance. ``steps`` defaults to the trainer's own number of optimizer steps.
+    ``curvature``: the sharpness at a seeded sample of steps, e.g.
+    ``curvature=dict(rate=0.01)`` (docs/integrations.md, "Curvature"; one process only).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
@@ -70,13 +75,15 @@ class RegularityCallback(TrainerCallback):
                  loss_threshold: float = 0.1, timeout: float = 1800.0,
                  mode: str | RecordMode = "store", interpolation: bool = True,
                  steps: int | None = None, epoch_steps: int | None = None,
-                 eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL) -> None:
+                 eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL,
+                 curvature: Mapping[str, Any] | CurvatureConfig | None = None) -> None:
         self.session = RegularitySession(out, source="huggingface", eps=eps,
                                          tensorboard=tensorboard, figures=figures,
                                          loss_threshold=loss_threshold, timeout=timeout,
                                          mode=mode, interpolation=interpolation,
                                          steps=steps, epoch_steps=epoch_steps,
-                                         eval_batches=eval_batches, loss_rtol=loss_rtol)
+                                         eval_batches=eval_batches, loss_rtol=loss_rtol,
+                                         curvature=curvature)
         self.summary: Summary | None = None
         self._hooks: list = []
         self._inputs = None

@@ -76,20 +76,26 @@ def optimizer_facts(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[st
 def _preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
                     local: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
     """sqrt(v_hat) + eps of an Adam-family optimizer after its step (bias-corrected
-    exp_avg_sq), flat in the recorder's order; None for other optimizers."""
+    exp_avg_sq), flat in the recorder's order; None for other optimizers and before any
+    state. A parameter without state (no gradient yet: a model's unused head, whose rows
+    of H are zero) has v = 0, as Adam starts it."""
     if type(optimizer).__name__ not in ADAM_FAMILY:
         return None
     parts = []
+    found = False
     for p in params:
         state = optimizer.state.get(p, {})
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
         beta2, eps = float(group["betas"][1]), float(group.get("eps", 1e-8))
         if "exp_avg_sq" not in state:
-            return None
+            parts.append(torch.full((local(p).numel(),), eps, dtype=torch.float64,
+                                    device=local(p).device))
+            continue
+        found = True
         step = float(state["step"]) if "step" in state else 1.0
         v = local(state["exp_avg_sq"]).detach().to(torch.float64).reshape(-1)
         parts.append((v / (1.0 - beta2**step)).sqrt() + eps)
-    return torch.cat(parts) if parts else None
+    return torch.cat(parts) if found else None
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -204,11 +210,18 @@ def measure_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Ten
     process: all three the identity."""
     params = list(params)
     loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    # a parameter the loss does not use (a pretrained model's unused head) has no
+    # gradient, and one whose gradient is constant (a bias feeding a linear loss) has a
+    # gradient without a graph: both have zero rows in H
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    curved = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
     def hvp(v: Vec) -> Vec:
-        out = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
-        return average_vector([o.detach() for o in out])
+        out = torch.autograd.grad([grads[i] for i in curved], params,
+                                  grad_outputs=[v[i] for i in curved], retain_graph=True,
+                                  allow_unused=True) if curved else [None] * len(params)
+        return average_vector([torch.zeros_like(p) if o is None else o.detach()
+                               for p, o in zip(params, out, strict=True)])
 
     def dot(a: Vec, b: Vec) -> float:
         return reduce(float(sum((x.double() * y.double()).sum() for x, y in
@@ -286,12 +299,15 @@ class CurvatureContext(Protocol):
 
 def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int,
                  x_star: np.ndarray | None = None, last_step: int | None = None,
+                 steps: Callable[[int], bool] | None = None,
                  **reduction: Any) -> tuple[dict[int, CurvatureStep], float]:
     """Every kept row of ``directory`` measured (``options``: ``record.curvature``), and
     lambda_max at ``x_star`` on step ``last_step``'s minibatch (nan without them).
+    ``steps``: which rows' steps to measure (None: all; an integration's session leaves
+    out the steps beyond x* and those without a loss of their own).
     ``reduction``: ``measure_step``'s ``reduce``, ``average``, ``average_vector``."""
     out: dict[int, CurvatureStep] = {}
-    rows = read_rows(directory)
+    rows = [r for r in read_rows(directory) if steps is None or steps(r.step)]
     for row in rows:
         ctx.load(row.x)
         out[row.step] = measure_step(
