@@ -245,6 +245,62 @@ def test_a_sample_without_curvature_steps_says_so(tmp_path: Path,
     assert not (tmp_path / "run" / "sharpness.png").exists()
 
 
+class OnceDifferentiable(torch.autograd.Function):
+    """x^2 with a backward that cannot be differentiated again (as custom kernels'
+    often cannot)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+@pytest.mark.parametrize("where", ["cdist", "last"])
+def test_a_loss_without_second_derivative_leaves_the_rest_measured(
+        tmp_path: Path, capsys: pytest.CaptureFixture, where: str) -> None:
+    """The Hessian-vector products fail after training (torch.cdist has no double
+    backward; a once-differentiable function applied last leaves the gradient without a
+    graph, where H would read 0): one line says so, the curvature columns are NaN with
+    the error in summary.curvature, and the run directory is written with everything
+    else."""
+    torch.manual_seed(0)
+    # one layer: behind a second one the first's output would give every gradient a graph
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(8, 3), torch.randn(8, 1))
+
+    def squared(m: torch.nn.Module, b: tuple) -> torch.Tensor:
+        if where == "cdist":
+            return torch.cdist(m(b[0]), b[1]).pow(2).mean()
+        return OnceDifferentiable.apply(m(b[0]) - b[1]).mean()
+
+    session = RegularitySession(tmp_path / "run", source="plain", figures=False,
+                                curvature=dict(rate=1.0))
+    session.start(model, opt)
+    for _ in range(4):
+        session.before_batch()
+        loss = squared(model, batch)
+        session.after_batch(batch, loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    summary = session.finish(model, squared)
+    err = capsys.readouterr().err
+    said = "_cdist_backward" if where == "cdist" else "has no graph"
+    assert "curvature: not measured" in err and said in err
+    assert summary.curvature is not None and said in summary.curvature["error"]
+    assert summary.curvature["steps"] == 0
+    table = rundir.read_metrics(tmp_path / "run")
+    assert table["lambda_max"].isna().all() and np.isfinite(table["D"]).all()
+    assert summary.loss_check["equal"] == 4
+
+
 # ---------------------------------------------------------------------- the options
 
 @pytest.mark.parametrize("option, message", [

@@ -637,13 +637,23 @@ class RegularitySession:
                     and batches.read(t) is not None)
 
         last = next((t for t in range(k - 1, -1, -1) if rebuilt(t)), None)
-        # the frameworks may call finish under no_grad or inference mode
-        with torch.inference_mode(False), torch.enable_grad():
-            found, at_star = curvature.measure_rows(
-                ctx, self.tmp / rundir.TRAJECTORY, self.curvature, self.curvature_seed,
-                x_star=x_end, last_step=last if x_end is not None else None,
-                steps=rebuilt)
-        if not found:
+        facts: dict[str, Any] = {}
+        try:
+            # the frameworks may call finish under no_grad or inference mode
+            with torch.inference_mode(False), torch.enable_grad():
+                found, at_star = curvature.measure_rows(
+                    ctx, self.tmp / rundir.TRAJECTORY, self.curvature, self.curvature_seed,
+                    x_star=x_end, last_step=last if x_end is not None else None,
+                    steps=rebuilt)
+        except RuntimeError as exc:
+            # autograd's: loss_fn cannot be differentiated twice (a custom Function marked
+            # once_differentiable, a kernel without a double backward, a loss computed
+            # without a graph). The rest of the run's measurement is still worth writing.
+            found, at_star = {}, math.nan
+            facts["error"] = " ".join(str(exc).split())
+            _notice(f"curvature: not measured, the Hessian-vector products of loss_fn "
+                    f"failed ({facts['error']}); the rest of the run is measured and written")
+        if not found and not facts:
             among = (f"the {self.mode.name} mode's sample of the {k} steps" if self.mode.sampled
                      and not all(self.mode.keep(t) for t in range(k)) else f"the {k} steps")
             _notice(f"curvature: no step of {among} was in the curvature sample (rate "
@@ -651,7 +661,7 @@ class RegularitySession:
                     f"{self._api}(curvature=dict(rate=...))")
         measured.columns.update(curvature.columns(measured.steps, found))
         measured.summary["curvature"] = {"lambda_max_star": at_star if x_end is not None
-                                         else None}
+                                         else None, **facts}
 
     def _mismatch(self, ctx: SessionContext, checked: int) -> LossMismatch:
         """The error of a run whose rebuilt losses are not its logged ones."""

@@ -23,6 +23,7 @@ process), so no rank holds more than its parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -196,6 +197,22 @@ def _split(flat: np.ndarray, like: Sequence[torch.Tensor]) -> Vec:
     return out
 
 
+def twice_differentiable_attention() -> contextlib.AbstractContextManager:
+    """``F.scaled_dot_product_attention`` through its math kernel inside the block. The
+    fused kernels (flash and memory-efficient; on the CPU the flash kernel whenever the
+    attention has no dropout) have no double backward, so a Hessian-vector product
+    through them raises. The math kernel computes the same function, rounded
+    differently; with attention dropout on an accelerator its masks are not the fused
+    kernel's (on the CPU attention dropout runs the math kernel in training too). Every
+    forward pass of a measurement runs in it, so the critical step compares losses of
+    one kernel. torch < 2.3 has no such switch: unchanged."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch 2.2
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def measure_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Tensor],
                  row: CurvatureRow, *, iterations: int, tol: float, seed: int,
                  critical: bool = True,
@@ -207,19 +224,33 @@ def measure_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Ten
     rank's part of the minibatch). ``reduce`` sums a scalar over ranks whose vectors are
     shards (FSDP2); ``average`` and ``average_vector`` average a loss and a
     Hessian-vector product over ranks that each hold a part of the minibatch (DDP). One
-    process: all three the identity."""
-    params = list(params)
+    process: all three the identity. Attention runs its math kernel
+    (``twice_differentiable_attention``)."""
+    with twice_differentiable_attention():
+        return _measure_step(list(params), loss_fn, row, iterations=iterations, tol=tol,
+                             seed=seed, critical=critical, reduce=reduce, average=average,
+                             average_vector=average_vector)
+
+
+def _measure_step(params: Vec, loss_fn: Callable[[], torch.Tensor], row: CurvatureRow, *,
+                  iterations: int, tol: float, seed: int, critical: bool,
+                  reduce: Callable[[float], float], average: Callable[[float], float],
+                  average_vector: Callable[[Vec], Vec]) -> CurvatureStep:
     loss = loss_fn()
     # a parameter the loss does not use (a pretrained model's unused head) has no
     # gradient, and one whose gradient is constant (a bias feeding a linear loss) has a
     # gradient without a graph: both have zero rows in H
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     curved = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not curved:  # H = 0 would be claimed for what is a loss without a second derivative
+        raise RuntimeError("the gradient of the step's loss has no graph: the loss cannot "
+                           "be differentiated twice (computed without autograd, or through "
+                           "a function whose backward is not differentiable)")
 
     def hvp(v: Vec) -> Vec:
         out = torch.autograd.grad([grads[i] for i in curved], params,
                                   grad_outputs=[v[i] for i in curved], retain_graph=True,
-                                  allow_unused=True) if curved else [None] * len(params)
+                                  allow_unused=True)
         return average_vector([torch.zeros_like(p) if o is None else o.detach()
                                for p, o in zip(params, out, strict=True)])
 
