@@ -299,6 +299,8 @@ def test_a_loss_without_second_derivative_leaves_the_rest_measured(
     table = rundir.read_metrics(tmp_path / "run")
     assert table["lambda_max"].isna().all() and np.isfinite(table["D"]).all()
     assert summary.loss_check["equal"] == 4
+    again = analyze(tmp_path / "run", eps=[0.0, 0.1])
+    assert again.curvature is not None and again.curvature["error"] == summary.curvature["error"]
 
 
 # ---------------------------------------------------------------------- the options
