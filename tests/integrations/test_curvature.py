@@ -351,7 +351,6 @@ def _two_ranks(rank: int, init: str, out: str, queue) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two processes that import torch
 def test_curvature_under_several_ranks_is_refused(tmp_path: Path) -> None:
     """Not yet supported: every rank refuses at start, with the same one line, and
     nothing is left behind."""
