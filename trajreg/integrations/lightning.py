@@ -18,7 +18,7 @@ FSDP with flat parameters (``strategy="fsdp"``) and DeepSpeed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from trajreg.integrations.session import EVAL_BATCHES, LOSS_RTOL, RegularitySess
 from trajreg.record.modes import RecordMode
 from trajreg.run.summary import Summary
 from trajreg.run.trackers import Tracker, TrackerRuns
+from trajreg.train.config import CurvatureConfig
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
@@ -85,11 +86,13 @@ class RegularityCallback(Callback):
 
     The arguments are ``RegularitySession``'s (out, eps, tensorboard, trackers, figures,
     loss_threshold, timeout, mode, interpolation, steps, epoch_steps, eval_batches,
-    loss_rtol): ``mode`` is the record mode, ``store`` (every x_t), ``sample`` or
-    ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
+    loss_rtol, curvature): ``mode`` is the record mode, ``store`` (every x_t), ``sample``
+    or ``sketch`` (one pass at any model size, docs/record-modes.md), by name or as a mode
     instance. ``steps`` defaults to the trainer's own number of optimizer steps.
     ``trackers`` (``"wandb"``, ``"mlflow"``) log into the trainer's ``WandbLogger`` or
     ``MLFlowLogger`` run when it has one (``trajreg.run.trackers``).
+    ``curvature``: the sharpness at a seeded sample of steps, e.g.
+    ``curvature=dict(rate=0.01)`` (docs/integrations.md, "Curvature"; one process only).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
@@ -97,7 +100,8 @@ class RegularityCallback(Callback):
                  figures: bool = True, loss_threshold: float = 0.1, timeout: float = 1800.0,
                  mode: str | RecordMode = "store", interpolation: bool = True,
                  steps: int | None = None, epoch_steps: int | None = None,
-                 eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL) -> None:
+                 eval_batches: int = EVAL_BATCHES, loss_rtol: float = LOSS_RTOL,
+                 curvature: Mapping[str, Any] | CurvatureConfig | None = None) -> None:
         super().__init__()
         self.session = RegularitySession(out, source="lightning", eps=eps,
                                          tensorboard=tensorboard, trackers=trackers,
@@ -105,7 +109,8 @@ class RegularityCallback(Callback):
                                          loss_threshold=loss_threshold, timeout=timeout,
                                          mode=mode, interpolation=interpolation,
                                          steps=steps, epoch_steps=epoch_steps,
-                                         eval_batches=eval_batches, loss_rtol=loss_rtol)
+                                         eval_batches=eval_batches, loss_rtol=loss_rtol,
+                                         curvature=curvature)
         self.summary: Summary | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:

@@ -21,7 +21,12 @@ import torch
 
 from trajreg.distributed.ranks import LOAD, LOSSES, Ranks, reshard
 from trajreg.errors import UserError
-from trajreg.integrations.microbatches import MicroBatches, rng_state, set_rng_state
+from trajreg.integrations.microbatches import (
+    MicroBatches,
+    map_tensors,
+    rng_state,
+    set_rng_state,
+)
 from trajreg.record.measured import Measured
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
@@ -88,18 +93,21 @@ class SessionContext:
             command's micro-batches first).
         mli: whether the mode interpolates (FSDP2: no rank holds the whole vector).
         ends: the epoch ends up to k; ``eval_batches``: the evaluation set's size.
+        params: the parameters ``put`` loads, in the flat order (``record.curvature``).
     """
 
     def __init__(self, *, directory: Path, steps: int, ranks: Ranks, batches: MicroBatches,
                  recorded: np.ndarray, check: LossCheck, model: torch.nn.Module,
                  loss_fn: LossFn, device: torch.device, put: Callable[[np.ndarray], None],
                  keep: Callable[[int], bool], sharded: bool, mli: bool, ends: list[int],
-                 eval_batches: int) -> None:
+                 eval_batches: int, params: Sequence[torch.Tensor] = ()) -> None:
         self.directory, self.steps, self.mli = directory, steps, mli
         self.ranks, self.batches, self.recorded, self.check = ranks, batches, recorded, check
         self.model, self.loss_fn, self.device, self.put = model, loss_fn, device, put
         self.keep, self.sharded, self.ends = keep, sharded, ends
         self.eval_batches = eval_batches
+        self.params = list(params)
+        self._read: tuple[int, list] | None = None  # step_loss's last step and batches
         self._at: dict[int, float] = {}
         self.equal, self.max_diff = 0, 0.0
         self.beyond = 0  # checked steps beyond the tolerance on some rank
@@ -159,6 +167,31 @@ class SessionContext:
             self.equal += int(np.sum(total[n : 2 * n] == 0))
             self.max_diff = max(self.max_diff, ranks.allmax("measuring", diff))
         return values
+
+    def curvature_parameters(self) -> list[torch.Tensor]:
+        """The parameters ``load`` puts x into, in the recorder's flat order
+        (``record.curvature``)."""
+        return self.params
+
+    def step_loss(self, t: int) -> torch.Tensor:
+        """l_t at the loaded parameters with a graph (``record.curvature``): ``loss_fn``
+        on step t's kept micro-batches, each with the random state it saw in training,
+        combined as ``step_losses`` combines them (mean or sum), on this rank's
+        micro-batches only. Batch norm normalises with each micro-batch's statistics (train
+        mode); the running statistics it updates are restored with the model's state
+        (``kept_state``), as for b_t."""
+        if self._read is None or self._read[0] != t:  # the critical step asks again
+            loaded = self.batches.read(t)
+            if not loaded:
+                raise ValueError(f"step {t}: its micro-batches were not kept")
+            self._read = (t, loaded)
+        values = []
+        for batch, rng in self._read[1]:
+            set_rng_state(rng)
+            values.append(self.loss_fn(self.model,
+                                       map_tensors(batch, lambda x: x.to(self.device))))
+        total = sum(values[1:], values[0])
+        return total if self.batches.combine == "sum" else total / len(values)
 
     def f_star(self, k: int) -> float:
         """The mean of the step losses over the evaluation set: the last measured steps

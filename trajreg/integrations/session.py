@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import math
 import shutil
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -71,9 +72,12 @@ from trajreg.errors import UserError
 from trajreg.integrations.measure import LossCheck, LossFn, SessionContext, kept_state
 from trajreg.integrations.microbatches import MicroBatches
 from trajreg.integrations.writer import SessionRun, StateOnly, write_session_run
+from trajreg.record import curvature
+from trajreg.record.measured import Measured
 from trajreg.record.modes import MODES, RecordMode, get_mode
 from trajreg.record.recorder import (
     Recorder,
+    flat_params,
     local_part,
     optimizer_params,
     set_flat_params,
@@ -90,7 +94,7 @@ from trajreg.run.trackers import (
     require_trackers,
     tracker_names,
 )
-from trajreg.train.config import AnalysisConfig
+from trajreg.train.config import AnalysisConfig, CurvatureConfig
 
 if TYPE_CHECKING:
     from trajreg.record.modes.base import MeasureContext
@@ -202,6 +206,12 @@ class RegularitySession:
         loss_rtol: the largest relative difference between a rebuilt step loss and the
             logged one that counts as the same loss; beyond it ``finish`` raises
             ``LossMismatch`` and writes nothing.
+        curvature: ``record.curvature`` (docs/integrations.md, "Curvature"): a dict of
+            ``rate``, ``iterations``, ``tol``, ``critical`` or a ``CurvatureConfig``; at
+            a seeded sample of the measured steps (the mode's seed) the sharpness of each
+            step's loss, rebuilt from its micro-batches, in metrics.parquet
+            (``lambda_max``, ...) and summary.json (``curvature``). One process only for
+            now.
 
     Under DDP or FSDP2 (torch.distributed initialised with more than one process when
     ``start`` is called) every rank runs the same session: rank 0 alone records the
@@ -219,7 +229,8 @@ class RegularitySession:
                  mode: str | RecordMode = "store", timeout: float = 1800.0,
                  interpolation: bool = True, steps: int | None = None,
                  epoch_steps: int | None = None, eval_batches: int = EVAL_BATCHES,
-                 loss_rtol: float = LOSS_RTOL) -> None:
+                 loss_rtol: float = LOSS_RTOL,
+                 curvature: Mapping[str, Any] | CurvatureConfig | None = None) -> None:
         self.out = Path(out)
         if self.out.exists():
             raise UserError(f"output directory already exists: {self.out}")
@@ -244,6 +255,10 @@ class RegularitySession:
             able = ", ".join(n for n, m in MODES.items() if m.keeps_trajectory)
             raise UserError(f"mode: {mode.name!r} cannot record an integration's run "
                             f"(it keeps no trajectory to measure after training: {able} do)")
+        self.curvature = CurvatureConfig.from_option(curvature)
+        if self.curvature is not None and not mode.measures:
+            raise UserError(f"curvature: mode {mode.name!r} measures nothing to put "
+                            "curvature beside")
         for key, value, low in (("steps", steps, 1), ("epoch_steps", epoch_steps, 1),
                                 ("eval_batches", eval_batches, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -345,6 +360,13 @@ class RegularitySession:
         _check_trains(model, optimizer)
         if self.ranks.leader:  # the runs to log into, found while the framework's are open
             self.runs = attach(self.trackers, self.runs)
+        if self.curvature is not None and (not self.ranks.single or any(
+                hasattr(p, "to_local") for p in optimizer_params(optimizer))):
+            where = (f"{self.ranks.world} processes" if not self.ranks.single
+                     else "sharded (DTensor) parameters")
+            raise UserError(f"{self._api}(curvature=...) is not yet supported with "
+                            f"distributed training ({where}): measure curvature in a "
+                            "single-process run, or train without curvature")
         # every rank alike, before recording: one-pass modes size their samples from T
         self.mode.plan(self.expected_steps, self.analysis, words=api_words(self._api))
         # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
@@ -360,7 +382,9 @@ class RegularitySession:
         if self.ranks.leader and not sharded:
             self.recorder = Recorder(optimizer, self.tmp / rundir.TRAJECTORY,
                                      mode=self.mode, lr_group=self.lr_group,
-                                     capacity=self._capacity())
+                                     capacity=self._capacity(),
+                                     curvature=None if self.curvature is None
+                                     else (self.curvature.rate, self.curvature_seed))
         # after the recorder's own hook: the step just taken closes its micro-batches
         self._hook = optimizer.register_step_post_hook(lambda *_: self._step_taken())
         self._lr_hook = optimizer.register_step_pre_hook(lambda *_: self._check_lr())
@@ -486,13 +510,21 @@ class RegularitySession:
         if self.shard is not None:  # gathered by every rank, kept by rank 0
             self._final = full_state(model)
 
+    @property
+    def curvature_seed(self) -> int:
+        """The seed of the curvature sample and of Lanczos' start vectors: the record
+        mode's (``SampleMode(seed=...)``, as ``trajreg run`` uses the run's seed for
+        both), 0 for a mode without one."""
+        sampler = getattr(self.mode, "sampler", None)
+        return int(getattr(sampler, "seed", 0))
+
     def _context(self, model: torch.nn.Module, loss_fn: LossFn, params: list[torch.Tensor],
                  k: int, ends: list[int], recorded: np.ndarray) -> SessionContext:
         assert self.tmp is not None and self.batches is not None
         return SessionContext(
             directory=self.tmp, steps=k, ranks=self.ranks, batches=self.batches,
             recorded=recorded, check=LossCheck(self.loss_rtol, self.rank_combine),
-            model=model, loss_fn=loss_fn, device=params[0].device,
+            model=model, loss_fn=loss_fn, device=params[0].device, params=params,
             put=lambda x: self._put(params, x), keep=self.mode.keep,
             sharded=self.shard is not None,
             # FSDP2: each rank holds a shard, the interpolation is not a whole vector
@@ -535,6 +567,9 @@ class RegularitySession:
             with torch.no_grad(), kept_state(model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # frameworks warn about logging outside a loop
                 model.train()
+                # x_T, before any x_t is loaded: lambda_max at x* (the curvature's)
+                x_end = (flat_params(params).cpu().numpy()
+                         if self.curvature is not None and k == T else None)
                 ctx = self._context(model, loss_fn, params, k, ends, recorded)
                 loss_x = list(recorded_losses[:k])  # rebuilt below where x_t was kept
                 rebuilt = []
@@ -549,6 +584,8 @@ class RegularitySession:
                 if ctx.beyond:
                     raise self._mismatch(ctx, len(rebuilt))
                 measured = self.mode.measure(cast("MeasureContext", ctx), k)
+                if self.curvature is not None and measured is not None:
+                    self._add_curvature(ctx, measured, k, x_end)
             ranks.send(DONE)
         except BaseException as exc:
             if not isinstance(exc, RankFailed):
@@ -576,7 +613,9 @@ class RegularitySession:
                              epoch_ends=self.epoch_ends, diverged=diverged, info=self.info,
                              source=self.source,
                              n_params=int(sum(p.numel() for p in params)),
-                             loss_check=check, session=facts)
+                             loss_check=check, session=facts,
+                             curvature=None if self.curvature is None
+                             else dataclasses.asdict(self.curvature))
             summary = write_session_run(
                 self.tmp, run, measured, self.mode, self.analysis,
                 model if self.shard is None else StateOnly(self._final),
@@ -598,6 +637,47 @@ class RegularitySession:
         ranks.broadcast_object("renaming the run directory", summary)
         mirror(self.out, self.trackers, self.runs)  # the leader; the run is complete
         return summary
+
+    def _add_curvature(self, ctx: SessionContext, measured: Measured, k: int,
+                       x_end: np.ndarray | None) -> None:
+        """``record.curvature``: the kept rows of the steps before x* = x_k that have
+        their micro-batches measured on them, as columns of the measurement, and
+        lambda_max at x* = x_T on the last such step's micro-batches (None when x* is
+        an earlier step, a diverged run's)."""
+        assert self.tmp is not None and self.batches is not None and self.curvature
+        batches = self.batches
+
+        def rebuilt(t: int) -> bool:  # step t's loss can be rebuilt: its batches kept
+            return (t < k and t not in batches.no_batch and self.mode.keep(t)
+                    and batches.read(t) is not None)
+
+        last = next((t for t in range(k - 1, -1, -1) if rebuilt(t)), None)
+        facts: dict[str, Any] = {}
+        try:
+            # the frameworks may call finish under no_grad or inference mode
+            with torch.inference_mode(False), torch.enable_grad():
+                found, at_star = curvature.measure_rows(
+                    ctx, self.tmp / rundir.TRAJECTORY, self.curvature, self.curvature_seed,
+                    x_star=x_end, last_step=last if x_end is not None else None,
+                    steps=rebuilt)
+        except RuntimeError as exc:
+            # autograd's: loss_fn cannot be differentiated twice (a custom Function marked
+            # once_differentiable, a kernel without a double backward, a loss computed
+            # without a graph). The rest of the run's measurement is still worth writing.
+            found, at_star = {}, math.nan
+            facts["error"] = " ".join(str(exc).split())
+            _notice(f"curvature: not measured, the Hessian-vector products of loss_fn "
+                    f"failed ({facts['error']}); the rest of the run is measured and written")
+        if not found and not facts:
+            among = (f"the {self.mode.name} mode's sample of the {k} steps" if self.mode.sampled
+                     and not all(self.mode.keep(t) for t in range(k)) else f"the {k} steps")
+            _notice(f"curvature: no step of {among} was in the curvature sample (rate "
+                    f"{self.curvature.rate:g}): no curvature measured; raise "
+                    f"{self._api}(curvature=dict(rate=...))")
+        measured.columns.update(curvature.columns(measured.steps, found))
+        at_end = at_star if x_end is not None else None
+        measured.summary["curvature"] = {"lambda_max_end": at_end, "lambda_max_star": at_end,
+                                         **facts}
 
     def _mismatch(self, ctx: SessionContext, checked: int) -> LossMismatch:
         """The error of a run whose rebuilt losses are not its logged ones."""

@@ -54,6 +54,7 @@ class SessionRun:
     n_params: int
     loss_check: dict[str, Any]
     session: dict[str, Any]
+    curvature: dict[str, Any] | None = None  # record.curvature's options, when on
 
 
 def write_session_run(directory: Path, run: SessionRun, measured: Measured,
@@ -70,7 +71,10 @@ def write_session_run(directory: Path, run: SessionRun, measured: Measured,
                    lr=run.lrs[:k], epoch_ends=run.ends,
                    epoch=(np.searchsorted(run.epoch_ends, np.arange(k), "right") + 1)
                    .tolist(), diverged_step=run.diverged)
-    rundir.write_config(directory, {"external": run.info, "record": {"mode": mode.name},
+    record: dict[str, Any] = {"mode": mode.name}
+    if run.curvature is not None:
+        record["curvature"] = run.curvature
+    rundir.write_config(directory, {"external": run.info, "record": record,
                                     "analysis": dataclasses.asdict(options)})
     rundir.write_final_state(directory, final_state)
     facts = analysis.RunFacts(n_params=run.n_params, task="external", evaluation={},

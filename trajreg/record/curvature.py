@@ -30,6 +30,7 @@ over the ranks (float64 all_reduce), so H is the Hessian of the global minibatch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -113,20 +114,26 @@ def optimizer_facts(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[st
 def _preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
                     local: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
     """sqrt(v_hat) + eps of an Adam-family optimizer after its step (bias-corrected
-    exp_avg_sq), flat in the recorder's order; None for other optimizers."""
+    exp_avg_sq), flat in the recorder's order; None for other optimizers and before any
+    state. A parameter without state (no gradient yet: a model's unused head, whose rows
+    of H are zero) has v = 0, as Adam starts it."""
     if type(optimizer).__name__ not in ADAM_FAMILY:
         return None
     parts = []
+    found = False
     for p in params:
         state = optimizer.state.get(p, {})
         group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
         beta2, eps = float(group["betas"][1]), float(group.get("eps", 1e-8))
         if "exp_avg_sq" not in state:
-            return None
+            parts.append(torch.full((local(p).numel(),), eps, dtype=torch.float64,
+                                    device=local(p).device))
+            continue
+        found = True
         step = float(state["step"]) if "step" in state else 1.0
         v = local(state["exp_avg_sq"]).detach().to(torch.float64).reshape(-1)
         parts.append((v / (1.0 - beta2**step)).sqrt() + eps)
-    return torch.cat(parts) if parts else None
+    return torch.cat(parts) if found else None
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -193,6 +200,11 @@ def row_paths(directory: Path) -> list[Path]:
     return sorted(folder.glob("step-*.npz")) if folder.is_dir() else []
 
 
+def _row_step(path: Path) -> int:
+    """The step of a row file (``step-NNNNNNNN.npz``), without reading it."""
+    return int(path.stem.split("-")[1])
+
+
 def read_row(path: Path) -> CurvatureRow:
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
@@ -233,6 +245,22 @@ def _split(flat: np.ndarray, like: Sequence[torch.Tensor]) -> Vec:
     return out
 
 
+def twice_differentiable_attention() -> contextlib.AbstractContextManager:
+    """``F.scaled_dot_product_attention`` through its math kernel inside the block. The
+    fused kernels (flash and memory-efficient; on the CPU the flash kernel whenever the
+    attention has no dropout) have no double backward, so a Hessian-vector product
+    through them raises. The math kernel computes the same function, rounded
+    differently; with attention dropout on an accelerator its masks are not the fused
+    kernel's (on the CPU attention dropout runs the math kernel in training too). Every
+    forward pass of a measurement runs in it, so the critical step compares losses of
+    one kernel. torch < 2.3 has no such switch: unchanged."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch 2.2
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def measure_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Tensor],
                  row: CurvatureRow, *, iterations: int, tol: float, seed: int,
                  critical: bool = True,
@@ -244,14 +272,35 @@ def measure_step(params: Sequence[torch.Tensor], loss_fn: Callable[[], torch.Ten
     rank's part of the minibatch). ``reduce`` sums a scalar over ranks whose vectors are
     shards (FSDP2); ``average`` and ``average_vector`` average a loss and a
     Hessian-vector product over ranks that each hold a part of the minibatch (DDP). One
-    process: all three the identity."""
-    params = list(params)
+    process: all three the identity. Attention runs its math kernel
+    (``twice_differentiable_attention``)."""
+    with twice_differentiable_attention():
+        return _measure_step(list(params), loss_fn, row, iterations=iterations, tol=tol,
+                             seed=seed, critical=critical, reduce=reduce, average=average,
+                             average_vector=average_vector)
+
+
+def _measure_step(params: Vec, loss_fn: Callable[[], torch.Tensor], row: CurvatureRow, *,
+                  iterations: int, tol: float, seed: int, critical: bool,
+                  reduce: Callable[[float], float], average: Callable[[float], float],
+                  average_vector: Callable[[Vec], Vec]) -> CurvatureStep:
     loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    # a parameter the loss does not use (a pretrained model's unused head) has no
+    # gradient, and one whose gradient is constant (a bias feeding a linear loss) has a
+    # gradient without a graph: both have zero rows in H
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    curved = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not curved:  # H = 0 would be claimed for what is a loss without a second derivative
+        raise RuntimeError("the gradient of the step's loss has no graph: the loss cannot "
+                           "be differentiated twice (computed without autograd, or through "
+                           "a function whose backward is not differentiable)")
 
     def hvp(v: Vec) -> Vec:
-        out = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
-        return average_vector([o.detach() for o in out])
+        out = torch.autograd.grad([grads[i] for i in curved], params,
+                                  grad_outputs=[v[i] for i in curved], retain_graph=True,
+                                  allow_unused=True)
+        return average_vector([torch.zeros_like(p) if o is None else o.detach()
+                               for p, o in zip(params, out, strict=True)])
 
     def dot(a: Vec, b: Vec) -> float:
         return reduce(float(sum((x.double() * y.double()).sum() for x, y in
@@ -352,9 +401,13 @@ def data_parallel(ranks: RankGroup) -> dict[str, Any]:
 
 def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int,
                  x_star: np.ndarray | None = None, last_step: int | None = None,
-                 ranks: RankGroup = ONE_PROCESS) -> tuple[dict[int, CurvatureStep], float]:
+                 ranks: RankGroup = ONE_PROCESS,
+                 steps: Callable[[int], bool] | None = None
+                 ) -> tuple[dict[int, CurvatureStep], float]:
     """Every kept row of ``directory`` measured (``options``: ``record.curvature``), and
     lambda_max at ``x_star`` on step ``last_step``'s minibatch (nan without them).
+    ``steps``: which rows' steps to measure (None: all; an integration's session leaves
+    out the steps beyond x* and those without a loss of their own).
 
     ``ranks``: the ranks of a DDP run, every one calling this in lockstep with its own
     ``ctx`` (whose ``step_loss`` is its part of l_t) and the same ``x_star``: the leader
@@ -364,7 +417,8 @@ def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int
     the same Lanczos and critical-step decisions). Default: one process."""
     reduction = data_parallel(ranks)
     out: dict[int, CurvatureStep] = {}
-    paths = row_paths(directory) if ranks.leader else []
+    paths = [p for p in row_paths(directory) if steps is None or steps(_row_step(p))] \
+        if ranks.leader else []
     n = ranks.broadcast_object("counting the curvature rows", len(paths))
     for i in range(n):
         row = ranks.broadcast_object("handing on a curvature row",

@@ -115,6 +115,7 @@ class RunContext:
         self.model, self.final_state = model, final_state
         self.directory, self.steps, self.progress = Path(directory), log.steps, progress
         self._star: torch.nn.Module | None = None
+        self._walk: tuple[int, torch.Tensor | None, Iterator] | None = None  # step_loss's
         # measure evaluates the interpolation from x_0 to x* (record.interpolation)
         self.mli = cfg.record.interpolation
 
@@ -151,17 +152,32 @@ class RunContext:
 
     def step_batch(self, t: int) -> torch.Tensor:
         """Step t's minibatch (indices into the training set)."""
-        idx = next((i for step, _, i in batches(self.cfg, self.data) if step == t), None)
-        if idx is None:
-            raise ValueError(f"no step {t} in the run")
-        return idx
+        return self._indices(t)
 
     def step_loss(self, t: int) -> torch.Tensor:
         """l_t at the loaded parameters, with a graph (``record.curvature``): step t's
         minibatch, mode and random state, as ``step_losses``."""
-        idx = self.step_batch(t)
         with running_statistics_frozen(self.star):
-            return minibatch_loss(self.cfg, self.star, self.data, idx, t)
+            return minibatch_loss(self.cfg, self.star, self.data, self._indices(t), t)
+
+    def _indices(self, t: int) -> torch.Tensor:
+        """Step t's minibatch: the run's batches walked on from the step asked last, from
+        the start only for an earlier step. The curvature asks for its rows in order, about
+        ten times each (the critical step's forward passes): a walk from the start each
+        time, 4.7 ms at step 3000 of the small CNN, cost more than the measurement (36 ms
+        a row)."""
+        if self._walk is None or self._walk[0] > t:
+            self._walk = (-1, None, batches(self.cfg, self.data))
+        at, idx, walk = self._walk
+        while at < t:
+            step = next(walk, None)
+            if step is None:
+                self._walk = None
+                raise ValueError(f"no step {t} in the run")
+            at, _, idx = step
+        self._walk = (at, idx, walk)
+        assert idx is not None
+        return idx
 
     def f_star(self, k: int) -> float:
         log = self.log
@@ -500,10 +516,13 @@ def analyze(run_dir: str | Path, *, reference: str | None = None, eps: list[floa
         measured = Measured.from_table(
             table, f_star=math.nan if old.f_star is None else old.f_star, reference_step=k,
             derived=[*analysis.METRIC_COLUMNS, *analysis.GEOMETRY_COLUMNS],
-            # the path, the interpolation and the curvature at x* depend on x* only
+            # the path, the interpolation and the curvature at x* depend on x* only (and
+            # a session's failed curvature measurement stays said)
             summary={key: getattr(old, key) for key in ("path_ratio", "mli")
                      if getattr(old, key) is not None}
-            | ({"curvature": _at_end(old.curvature.get("lambda_max_end"), k == log.steps)}
+            | ({"curvature": {**_at_end(old.curvature.get("lambda_max_end"), k == log.steps),
+                              **{key: old.curvature[key] for key in ("error",)
+                                 if key in old.curvature}}}
                if old.curvature else {}))
     # a run trained by other code (an integration) has no config to re-measure with: its
     # sensitivity analysis has no best reference

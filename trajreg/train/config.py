@@ -160,18 +160,37 @@ class CurvatureConfig:
     tol: float = 1e-3
     critical: bool = True
 
-    def validate(self) -> None:
+    def validate(self, where: str = "record.curvature") -> None:
+        """``where``: how the option is named in the message (a session's
+        ``curvature``)."""
         if isinstance(self.rate, bool) or not 0.0 < self.rate <= 1.0:
-            raise ConfigError(f"record.curvature.rate: must be in (0, 1], got {quote(self.rate)}")
+            raise ConfigError(f"{where}.rate: must be in (0, 1], got {quote(self.rate)}")
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
                 or self.iterations < 1:
-            raise ConfigError(f"record.curvature.iterations: must be a whole number >= 1, got "
+            raise ConfigError(f"{where}.iterations: must be a whole number >= 1, got "
                               f"{quote(self.iterations)}")
         if not self.tol > 0:
-            raise ConfigError(f"record.curvature.tol: must be > 0, got {quote(self.tol)}")
+            raise ConfigError(f"{where}.tol: must be > 0, got {quote(self.tol)}")
         if not isinstance(self.critical, bool):
-            raise ConfigError(f"record.curvature.critical: must be true or false, got "
+            raise ConfigError(f"{where}.critical: must be true or false, got "
                               f"{quote(self.critical)}")
+
+    @classmethod
+    def from_option(cls, value: Any, where: str = "curvature") -> CurvatureConfig | None:
+        """A session's or a callback's ``curvature=``: None (off), a mapping of this
+        class's keys or an instance, type-checked and validated as a config's
+        ``record.curvature`` is (``ConfigError`` naming ``where`` and the key)."""
+        if value is None:
+            return None
+        if isinstance(value, cls):
+            value = dataclasses.asdict(value)
+        if not isinstance(value, Mapping):
+            keys = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(f"{where}: must be a dict of {keys} or a CurvatureConfig, got "
+                              f"{type(value).__name__}")
+        option = _build(cls, value, f"{where}.")
+        option.validate(where)
+        return option
 
 
 @dataclass
