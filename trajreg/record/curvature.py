@@ -9,7 +9,8 @@ under FSDP2). After training, the context that rebuilds step t's loss (the same
 minibatch, model mode and random state as b_t) measures at x_t (``measure_step``):
 
 - ``lambda_max``: the top eigenvalue of H_t by Lanczos on Hessian-vector products
-  (double backward), ``iterations`` at most, stopped at relative change ``tol``;
+  (double backward), ``iterations`` at most, stopped when the residual bound of the top
+  Ritz pair is at most ``tol`` of it;
 - ``curv_update``: u_t^T H_t u_t / ||u_t||^2, one product;
 - ``critical_sharpness``: 2 / alpha*, alpha* the smallest step along -v_t (v_t =
   u_t / eta_t) at which l_t rises above l_t(x_t), from a few forward passes;

@@ -151,11 +151,11 @@ class CurvatureConfig:
     """``record.curvature`` (docs/principle.md, section 15): at a seeded sample of steps
     (each with probability ``rate``), the top Hessian eigenvalue of the step's minibatch
     loss at x_t by Lanczos (at most ``iterations`` Hessian-vector products, stopped at
-    relative change ``tol``), the curvature along the update, the critical sharpness
+    a residual bound of ``tol``), the curvature along the update, the critical sharpness
     (``critical``: a few forward passes) and, for Adam-family optimizers, the
     preconditioned sharpness."""
 
-    rate: float = 0.002
+    rate: float = 0.001
     iterations: int = 20
     tol: float = 1e-3
     critical: bool = True
