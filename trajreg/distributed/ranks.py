@@ -45,6 +45,7 @@ import torch
 from trajreg.errors import UserError
 
 LOAD, LOSSES, DONE, ABORT = 1, 2, 3, 4
+CURVATURE = 5  # the followers join record.curvature's measure_rows in lockstep
 _DTYPES = {0: torch.float32, 1: torch.float64}
 
 
@@ -210,7 +211,7 @@ class Ranks:
     def receive(self) -> tuple[int, torch.Tensor | None, int]:
         """A follower waits for the leader's next command: (op, payload, flag)."""
         op, n, code, flag = (int(v) for v in self._broadcast(torch.zeros(4, dtype=torch.int64)))
-        if op in (DONE, ABORT):
+        if op in (DONE, ABORT, CURVATURE):  # no payload
             return op, None, flag
         payload = torch.empty(n, dtype=_DTYPES.get(code, torch.int64))
         return op, self._broadcast(payload), flag

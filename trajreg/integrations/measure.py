@@ -118,6 +118,10 @@ class SessionContext:
         self.put(x)
         self._at = {}
 
+    def forget(self) -> None:
+        """The parameters were changed without ``load``: no cached loss holds."""
+        self._at = {}
+
     def step_losses(self, steps: Sequence[int], check: bool = False) -> np.ndarray:
         todo = [t for t in dict.fromkeys(int(t) for t in steps) if t not in self._at]
         if todo:

@@ -60,6 +60,7 @@ import torch
 
 from trajreg.distributed.ranks import (
     ABORT,
+    CURVATURE,
     DONE,
     LOAD,
     LOSSES,
@@ -210,8 +211,8 @@ class RegularitySession:
             ``rate``, ``iterations``, ``tol``, ``critical`` or a ``CurvatureConfig``; at
             a seeded sample of the measured steps (the mode's seed) the sharpness of each
             step's loss, rebuilt from its micro-batches, in metrics.parquet
-            (``lambda_max``, ...) and summary.json (``curvature``). One process only for
-            now.
+            (``lambda_max``, ...) and summary.json (``curvature``). Under DDP every rank
+            differentiates its part of the step's loss; FSDP2 is refused.
 
     Under DDP or FSDP2 (torch.distributed initialised with more than one process when
     ``start`` is called) every rank runs the same session: rank 0 alone records the
@@ -360,13 +361,12 @@ class RegularitySession:
         _check_trains(model, optimizer)
         if self.ranks.leader:  # the runs to log into, found while the framework's are open
             self.runs = attach(self.trackers, self.runs)
-        if self.curvature is not None and (not self.ranks.single or any(
-                hasattr(p, "to_local") for p in optimizer_params(optimizer))):
-            where = (f"{self.ranks.world} processes" if not self.ranks.single
-                     else "sharded (DTensor) parameters")
-            raise UserError(f"{self._api}(curvature=...) is not yet supported with "
-                            f"distributed training ({where}): measure curvature in a "
-                            "single-process run, or train without curvature")
+        if self.curvature is not None and any(hasattr(p, "to_local")
+                                              for p in optimizer_params(optimizer)):
+            # FSDP2: this torch has no double backward through fully_shard's hooks
+            raise UserError(f"{self._api}(curvature=...) is not yet supported with sharded "
+                            "(FSDP2, DTensor) parameters: measure curvature under DDP or "
+                            "in a single process, or train without curvature")
         # every rank alike, before recording: one-pass modes size their samples from T
         self.mode.plan(self.expected_steps, self.analysis, words=api_words(self._api))
         # under DDP rank r > 0 keeps only its micro-batches there, rank 0 the run
@@ -652,22 +652,12 @@ class RegularitySession:
                     and batches.read(t) is not None)
 
         last = next((t for t in range(k - 1, -1, -1) if rebuilt(t)), None)
-        facts: dict[str, Any] = {}
-        try:
-            # the frameworks may call finish under no_grad or inference mode
-            with torch.inference_mode(False), torch.enable_grad():
-                found, at_star = curvature.measure_rows(
-                    ctx, self.tmp / rundir.TRAJECTORY, self.curvature, self.curvature_seed,
-                    x_star=x_end, last_step=last if x_end is not None else None,
-                    steps=rebuilt)
-        except RuntimeError as exc:
-            # autograd's: loss_fn cannot be differentiated twice (a custom Function marked
-            # once_differentiable, a kernel without a double backward, a loss computed
-            # without a graph). The rest of the run's measurement is still worth writing.
-            found, at_star = {}, math.nan
-            facts["error"] = " ".join(str(exc).split())
-            _notice(f"curvature: not measured, the Hessian-vector products of loss_fn "
-                    f"failed ({facts['error']}); the rest of the run is measured and written")
+        rows = [t for t in (curvature.row_step(p)
+                            for p in curvature.row_paths(self.tmp / rundir.TRAJECTORY))
+                if t < k and t not in batches.no_batch and self.mode.keep(t)]
+        self.ranks.send(CURVATURE)  # the followers measure in lockstep (_follow)
+        found, at_star, facts = self._curvature_rows(
+            ctx, rows, x_end, last if x_end is not None else None)
         if not found and not facts:
             among = (f"the {self.mode.name} mode's sample of the {k} steps" if self.mode.sampled
                      and not all(self.mode.keep(t) for t in range(k)) else f"the {k} steps")
@@ -678,6 +668,58 @@ class RegularitySession:
         at_end = at_star if x_end is not None else None
         measured.summary["curvature"] = {"lambda_max_end": at_end, "lambda_max_star": at_end,
                                          **facts}
+
+    def _curvature_rows(self, ctx: SessionContext, rows: list[int],
+                        x_end: np.ndarray | None, last: int | None
+                        ) -> tuple[dict[int, curvature.CurvatureStep], float, dict[str, Any]]:
+        """``curvature.measure_rows`` on every rank in lockstep (rank 0 gives ``rows``, the
+        candidate steps, x* and its step; the others get them here): only the steps whose
+        micro-batches every rank kept are measured, each rank differentiating its part of
+        l_t, scaled so that the ranks' mean is the session's step loss (``rank_combine``
+        sum: world times its part)."""
+        assert self.tmp is not None and self.batches is not None and self.curvature
+        ranks, batches = self.ranks, self.batches
+        rows, x_end, last = ranks.broadcast_object("starting the curvature",
+                                                   (rows, x_end, last))
+        wanted = [*rows, *([] if last is None else [last])]
+        missing = np.zeros(len(wanted))
+        error: BaseException | None = None
+        try:
+            missing = np.asarray([batches.read(t) is None for t in wanted], np.float64)
+        except Exception as exc:
+            error = exc
+        if not ranks.single:
+            missing = ranks.allsum_checked("reading the curvature steps' micro-batches",
+                                           missing, error)
+        elif error is not None:
+            raise error
+        agreed = {t for t, m in zip(wanted, missing, strict=True) if m == 0}
+        if last is not None and last not in agreed:
+            last = None
+        part = _RankPart(ctx, ranks.world if self.rank_combine == "sum" else 1)
+        facts: dict[str, Any] = {}
+        try:
+            # the frameworks may call finish under no_grad or inference mode
+            with torch.inference_mode(False), torch.enable_grad():
+                found, at_star = curvature.measure_rows(
+                    part, self.tmp / rundir.TRAJECTORY, self.curvature, self.curvature_seed,
+                    x_star=x_end, last_step=last, ranks=ranks,
+                    steps=lambda t: t in agreed and t in rows)
+        except RankFailed:
+            raise
+        except RuntimeError as exc:
+            # autograd's: loss_fn cannot be differentiated twice (a custom Function marked
+            # once_differentiable, a kernel without a double backward, a loss computed
+            # without a graph), on every rank alike (the same loss_fn) before any
+            # collective of that step. The rest of the run's measurement is still worth
+            # writing.
+            found, at_star = {}, math.nan
+            facts["error"] = " ".join(str(exc).split())
+            if ranks.leader:
+                _notice(f"curvature: not measured, the Hessian-vector products of loss_fn "
+                        f"failed ({facts['error']}); the rest of the run is measured and "
+                        "written")
+        return found, at_star, facts
 
     def _mismatch(self, ctx: SessionContext, checked: int) -> LossMismatch:
         """The error of a run whose rebuilt losses are not its logged ones."""
@@ -748,6 +790,8 @@ class RegularitySession:
                     elif op == LOSSES:
                         assert payload is not None
                         ctx.rank_losses([int(t) for t in payload], check=bool(flag))
+                    elif op == CURVATURE:
+                        self._curvature_rows(ctx, [], None, None)
                     elif op == DONE:
                         break
                     else:
@@ -771,3 +815,23 @@ def _check_trains(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> N
         raise SessionMisuse("the optimizer holds none of the model's parameters: give "
                             "start() the model the optimizer trains (e.g. "
                             "torch.optim.SGD(model.parameters(), ...))")
+
+
+class _RankPart:
+    """``record.curvature``'s context on one rank: ``load`` puts x into this rank's
+    parameters only (every rank loads each row itself in ``measure_rows``), ``step_loss``
+    is this rank's part of l_t times ``scale`` (``data_parallel`` averages the ranks)."""
+
+    def __init__(self, ctx: SessionContext, scale: int) -> None:
+        self.ctx, self.scale = ctx, scale
+
+    def load(self, x: np.ndarray) -> None:
+        self.ctx.put(x)
+        self.ctx.forget()
+
+    def curvature_parameters(self) -> list[torch.Tensor]:
+        return self.ctx.curvature_parameters()
+
+    def step_loss(self, t: int) -> torch.Tensor:
+        loss = self.ctx.step_loss(t)
+        return loss if self.scale == 1 else loss * self.scale

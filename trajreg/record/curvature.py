@@ -201,7 +201,7 @@ def row_paths(directory: Path) -> list[Path]:
     return sorted(folder.glob("step-*.npz")) if folder.is_dir() else []
 
 
-def _row_step(path: Path) -> int:
+def row_step(path: Path) -> int:
     """The step of a row file (``step-NNNNNNNN.npz``), without reading it."""
     return int(path.stem.split("-")[1])
 
@@ -418,7 +418,7 @@ def measure_rows(ctx: CurvatureContext, directory: Path, options: Any, seed: int
     the same Lanczos and critical-step decisions). Default: one process."""
     reduction = data_parallel(ranks)
     out: dict[int, CurvatureStep] = {}
-    paths = [p for p in row_paths(directory) if steps is None or steps(_row_step(p))] \
+    paths = [p for p in row_paths(directory) if steps is None or steps(row_step(p))] \
         if ranks.leader else []
     n = ranks.broadcast_object("counting the curvature rows", len(paths))
     for i in range(n):
