@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import hessian
 from tests.conftest import tiny
 from trajreg.errors import UserError
 from trajreg.integrations import RegularitySession
@@ -124,21 +125,12 @@ def full_hessian(model: torch.nn.Module, x: np.ndarray, batch: tuple,
     masks) in the model's parameters at the flat point x (the optimizer's order),
     batch norm in train mode (the batch's statistics)."""
     model = copy.deepcopy(model).train()
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
 
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        params, at = {}, 0
-        for name, shape in zip(names, shapes, strict=True):
-            n = math.prod(shape)
-            params[name] = flat[at : at + n].view(shape).float()
-            at += n
+    def loss_of(forward) -> torch.Tensor:
         torch.set_rng_state(rng)
-        out = torch.func.functional_call(model, params, (batch[0],))
-        return torch.nn.functional.cross_entropy(out, batch[1])
+        return torch.nn.functional.cross_entropy(forward(batch[0]), batch[1])
 
-    H = torch.autograd.functional.hessian(f, torch.from_numpy(np.asarray(x, np.float64)))
-    return ((H + H.T) / 2).numpy()
+    return hessian.full_hessian(model, x, loss_of)
 
 
 def train(out: Path, mode, optimizer: str, rate: float, steps: int = 10):

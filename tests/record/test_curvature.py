@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny
+from tests.hessian import full_hessian
 from trajreg.record.curvature import CurvatureRow, measure_step, read_rows
 from trajreg.record.recorder import Recorder
 from trajreg.run import rundir
@@ -62,20 +63,8 @@ def test_quadratic_every_quantity_exact() -> None:
 
 def _flat_hessian_top(model: torch.nn.Module, loss_of_model) -> float:
     """The top eigenvalue of the full Hessian of ``loss_of_model`` in the parameters."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
     flat0 = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
-
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        params, at = {}, 0
-        for name, shape in zip(names, shapes, strict=True):
-            n = math.prod(shape)
-            params[name] = flat[at : at + n].view(shape).float()
-            at += n
-        return loss_of_model(lambda *a: torch.func.functional_call(model, params, a))
-
-    H = torch.autograd.functional.hessian(f, flat0)
-    return float(torch.linalg.eigvalsh((H + H.T) / 2)[-1])
+    return float(np.linalg.eigvalsh(full_hessian(model, flat0, loss_of_model))[-1])
 
 
 @pytest.mark.parametrize("with_masks", [False, True])
