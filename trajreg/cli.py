@@ -154,7 +154,8 @@ def _version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="trajreg", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="trajreg", description="Measure how training techniques shape a neural "
+               "network's optimization trajectory (docs: README.md, make docs).")
     p.add_argument("--version", action="version", version=f"trajreg {_version()}")
     _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
