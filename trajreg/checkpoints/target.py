@@ -229,6 +229,10 @@ def from_huggingface(folder: str | Path, *, text: str | Path | None = None,
         model = cls.from_config(config)
     else:
         model = cls(config)
+    if getattr(model, "loss_type", "") is None:
+        # transformers' own default for a class its loss table does not name (GPT-2's
+        # LMHeadModel), named here so that it is used without a warning on every run
+        model.loss_type = "ForCausalLM"
     model = model.to(device)
     ids = _tokens(folder, text, tokens)
     known = getattr(config, "n_positions", None) or getattr(
