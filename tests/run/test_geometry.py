@@ -247,7 +247,7 @@ def test_session_measures_the_path_and_its_own_interpolation(tmp_path):
 
 def test_study_tables_carry_the_geometry_and_compare_mu_hat():
     """runs.csv gets mu_hat/L_hat per eps, cos_g_positive, path_ratio, mli_monotone;
-    techniques.csv compares mu_hat as it compares gamma (not comparable without it)."""
+    techniques.csv compares mu_hat as it compares gamma ("not measured" without gradients)."""
     import copy
 
     from tests.study.fakes import BASE, make_run
@@ -293,7 +293,7 @@ def test_study_tables_carry_the_geometry_and_compare_mu_hat():
     runs = tables.runs_table(study, records(False))  # recorded without gradients
     assert runs["mu_hat_0.05"].isna().all() and runs["path_ratio"].isna().all()
     tech = tables.techniques_table(runs, tables.comparisons(study, runs), study.report)
-    assert tech.iloc[0]["outcome_mu"] == "not comparable"
+    assert tech.iloc[0]["outcome_mu"] == "not measured"
 
 
 def test_interpolation_off_leaves_mli_null_and_the_rest_unchanged(tmp_path, one_thread):

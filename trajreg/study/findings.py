@@ -99,8 +99,9 @@ def findings_markdown(study: Study, t: dict[str, pd.DataFrame], source: str) -> 
     out += ["## Each comparison", "", *_decided_table(tech), ""]
     out += [f"- {verdicts.verdict(row)}" for _, row in tech.iterrows()] + [""]
     geometry = _outcomes_table(tech, [(short, short) for short, _ in tables.GEOMETRY_COMPARED])
-    if geometry and (tech[[f"outcome_{s}" for s, _ in tables.GEOMETRY_COMPARED
-                           if f"outcome_{s}" in tech]] != tables.NOT_COMPARABLE).any().any():
+    if geometry and (~tech[[f"outcome_{s}" for s, _ in tables.GEOMETRY_COMPARED
+                           if f"outcome_{s}" in tech]].isin(
+                               [tables.NOT_COMPARABLE, tables.NOT_MEASURED])).any().any():
         out += ["## Trajectory geometry", "",
                 "Each cell: the outcome (median difference, with - without).", "",
                 *geometry, ""]

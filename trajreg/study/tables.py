@@ -85,7 +85,7 @@ SHOWN_AXES = {"model.activation", "model.norm", "model.skip", "optim.name", "opt
 SENSITIVITY_EPS = ("0.0", "0.05", "0.1")
 LARGER, SMALLER, FASTER, SLOWER = "larger", "smaller", "faster", "slower"
 INCONCLUSIVE, NOT_COMPARABLE = "inconclusive", "not comparable"
-NOT_MEASURED = "not measured"  # a curvature measure no comparable pair's runs recorded
+NOT_MEASURED = "not measured"  # a geometry or curvature measure no comparable pair recorded
 
 RUN_COLUMNS = ["run_id", "block", "status", "trained", "reason", "architecture", "dataset",
                "activation", "norm", "skip", "optimizer", "lr", "threads", "seed",
@@ -551,15 +551,15 @@ def techniques_table(runs: pd.DataFrame, comps: list[Comparison], options: Repor
                 for short, column in GEOMETRY_COMPARED}
     decide(metric, options, (LARGER, SMALLER))
     decide(speed, options, (SLOWER, FASTER))  # a larger auc is slower
-    for evaluations in geometry.values():
-        decide(evaluations, options, (LARGER, SMALLER))
     curvature = {short: [evaluate(c, rv.pair(short), rv.trained, options) for c in comps]
                  for short in CURVATURE_COMPARED}
-    for evaluations in curvature.values():
+    for evaluations in [*geometry.values(), *curvature.values()]:
         decide(evaluations, options, (LARGER, SMALLER))
         for ev in evaluations:
             if ev.test.n == 0 and len(ev.not_trained) < ev.n_pairs:
-                ev.outcome = NOT_MEASURED  # comparable pairs, but no curvature recorded
+                # comparable pairs, but the runs recorded no gradients (mu_hat, L_hat,
+                # cos_g) or no curvature: nothing to compare, not a run that did not train
+                ev.outcome = NOT_MEASURED
     steps: list[Evaluation | None] = [None] * len(comps)
     if curves is not None:
         steps = [evaluate(c, steps_values(curves), rv.trained, options) for c in comps]
