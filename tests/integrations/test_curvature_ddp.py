@@ -21,12 +21,14 @@ ROOT = HERE.parent.parent
 LIMIT = 150  # seconds a 2-process run may take on a busy 2-core machine
 
 
-def _start(tmp: Path, *args: str) -> subprocess.Popen:
+def _start(tmp: Path, name: str, *args: str) -> subprocess.Popen:
+    """``python ARGS`` in the repository root, its output in ``tmp/NAME.log`` (never beside
+    the script: an absolute script path joined to tmp is the script's own path)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["OMP_NUM_THREADS"] = "1"
-    log = open(tmp / f"{args[0].strip('-')}.log", "w")  # noqa: SIM115 - the child's
+    log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 - the child's
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
 
@@ -34,14 +36,15 @@ def _start(tmp: Path, *args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_ddp_curvature_equals_one_process(tmp_path: Path) -> None:
     script = str(HERE / "dist_curvature.py")
-    procs = [_start(tmp_path, "-m", "torch.distributed.run", "--standalone",
+    procs = [_start(tmp_path, "ddp", "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node", "2", script, str(tmp_path)),
-             _start(tmp_path, script, "--single", str(tmp_path))]
+             _start(tmp_path, "single", script, "--single", str(tmp_path))]
     for p in procs:
         p.wait(timeout=LIMIT)
     for name in ("ddp-0", "ddp-1", "single-0"):
         outcome = json.loads((tmp_path / f"{name}.json").read_text())
-        assert outcome[0] == "ok", (name, outcome, (tmp_path / "m.log").read_text()[-3000:])
+        log = tmp_path / f"{name.split('-')[0]}.log"
+        assert outcome[0] == "ok", (name, outcome, log.read_text()[-3000:])
     ddp, one = (rundir.read_metrics(tmp_path / n) for n in ("ddp", "single"))
     assert set(COLUMNS) <= set(ddp.columns)
     sampled = one["lambda_max"].notna().to_numpy()
