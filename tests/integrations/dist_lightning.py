@@ -9,10 +9,13 @@ when it ends (``ok`` or ``error: ...``, then it exits 0 or 1), and after each fi
 ``--fail-rank R`` makes rank R raise in its 4th training step; ``--fsdp2 OUT2`` fits the
 same model again in the same processes under FSDP2 (``ModelParallelStrategy`` with
 ``fully_shard`` in ``configure_model``), into OUT2; ``--fsdp2-sketch OUT3`` then fits it
-once more under FSDP2 in record mode sketch (``sketch_mode``: k = 256 < d = 2474), into OUT3.
+once more under FSDP2 in record mode sketch (``sketch_mode``: k = 256 < d = 2474), into OUT3;
+``--curvature OUT4`` then fits it once more under DDP in store mode with ``CURVATURE``, into
+OUT4.
 
 ``--single`` is the single-process reference of the FSDP2 fits (a single-device
-Trainer, OUT in store mode, OUT3 in sketch mode, ``rank-0.single.json``): the same
+Trainer, OUT in store mode, OUT3 in sketch mode, OUT4 in store mode with ``CURVATURE``,
+``rank-0.single.json``): the same
 training in one process. Each step's minibatch is both ranks' micro-batches, in the
 order Lightning's DistributedSampler gives each rank (``TwoRanks``), and its loss their
 mean, each micro-batch's forward pass as on its rank (its own BatchNorm statistics; the
@@ -36,6 +39,9 @@ def sketch_mode():  # the FSDP2 sketch fit's mode, and its reference's
     return SketchMode(dim=256, seed=7)
 
 
+CURVATURE = dict(rate=0.5)  # the DDP curvature fit's option, and its reference's
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -45,8 +51,12 @@ def main() -> int:
                    help="then fit again under FSDP2 (ModelParallelStrategy), into OUT2")
     p.add_argument("--fsdp2-sketch", metavar="OUT3",
                    help="then fit again under FSDP2 in sketch mode, into OUT3")
+    p.add_argument("--curvature", metavar="OUT4",
+                   help="then fit again under DDP with RegularityCallback(curvature=...), "
+                        "into OUT4")
     p.add_argument("--single", action="store_true",
-                   help="the single-process reference: OUT in store mode, OUT3 in sketch mode")
+                   help="the single-process reference: OUT in store mode, OUT3 in sketch mode, "
+                        "OUT4 with curvature")
     args = p.parse_args()
 
     import torch
@@ -137,13 +147,14 @@ def main() -> int:
     data = load_data(DataConfig(name="digits", subset=320))
     ds = torch.utils.data.TensorDataset(data.x_train, data.y_train)
 
-    def fit(out: str, strategy, tag: str, mode="store") -> None:
+    def fit(out: str, strategy, tag: str, mode="store", curvature=None) -> None:
         pl.seed_everything(0, verbose=False)
         if args.single:
             loader = torch.utils.data.DataLoader(ds, batch_size=32, sampler=TwoRanks(len(ds)))
         else:
             loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
-        cb = RegularityCallback(out, figures=False, timeout=60, mode=mode)
+        cb = RegularityCallback(out, figures=False, timeout=60, mode=mode,
+                                curvature=curvature)
         trainer = pl.Trainer(max_epochs=2, gradient_clip_val=0.5, callbacks=[cb], logger=False,
                              enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, accelerator="cpu",
@@ -165,6 +176,9 @@ def main() -> int:
             fit(args.fsdp2, fsdp2(), "fsdp2")
         if args.fsdp2_sketch and not args.single:
             fit(args.fsdp2_sketch, fsdp2(), "fsdp2-sketch", sketch_mode())
+        if args.curvature:
+            fit(args.curvature, "auto" if args.single else "ddp",
+                "single-curvature" if args.single else "curvature", curvature=CURVATURE)
     except BaseException as exc:  # noqa: BLE001 - the test reads how every rank ended
         rank = int(os.environ.get("LOCAL_RANK", 0))
         (status / f"rank-{rank}").write_text(f"error: {type(exc).__name__}: {exc}\n")

@@ -92,7 +92,8 @@ class RegularityCallback(Callback):
     ``trackers`` (``"wandb"``, ``"mlflow"``) log into the trainer's ``WandbLogger`` or
     ``MLFlowLogger`` run when it has one (``trajreg.run.trackers``).
     ``curvature``: the sharpness at a seeded sample of steps, e.g.
-    ``curvature=dict(rate=0.01)`` (docs/integrations.md, "Curvature"; one process only).
+    ``curvature=dict(rate=0.01)`` (docs/integrations.md, "Curvature"; one process or
+    ``strategy="ddp"``, not FSDP2).
     """
 
     def __init__(self, out: str | Path, *, eps: tuple[float, ...] = (0.0, 0.05),
