@@ -227,3 +227,15 @@ def test_reanalysis_against_another_reference_keeps_the_curvature(tmp_path: Path
     assert best.curvature["lambda_max_star"] is None and best.curvature["lambda_max_end"] == end
     final = analyze(out, reference="final", progress=False)
     assert final.curvature["lambda_max_star"] == end
+
+
+def test_the_recorders_block_draw_is_the_per_step_draw(tmp_path: Path) -> None:
+    """CurvatureRows hashes the steps a block at a time (the draw is asked at every
+    optimizer step); the steps it wants are those of the one-step hash, across blocks."""
+    from trajreg.record.curvature import BLOCK_STEPS, CurvatureRows, curvature_steps, sampled
+
+    rows = CurvatureRows(tmp_path, rate=0.01, seed=3)
+    T = 2 * BLOCK_STEPS + 100
+    wanted = [t for t in range(T) if rows.wanted(t)]
+    assert wanted == [t for t in range(T) if sampled(t, 0.01, 3)] == curvature_steps(T, 0.01, 3)
+    assert 0 < len(wanted) < T

@@ -10,15 +10,14 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from trajreg.run.figures import mark_infinities, mli_figure, save_png
+from trajreg.run.figures import mark_infinities, mli_figure, new_axes, save_png
 
 FIGURES = ("loss.png", "a_k.png", "gamma_per_interval.png")
 
 
 def _axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=(6, 4))
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
-    ax = fig.add_subplot()
+    """A run figure's axes (``run.figures.new_axes``), over the checkpoints' steps."""
+    fig, ax = new_axes()
     ax.set(xlabel="step", ylabel=ylabel, title=title)
     return fig, ax
 

@@ -28,7 +28,6 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ import pandas as pd
 import torch
 
 from trajreg import principle as P
-from trajreg.checkpoints.series import Checkpoint, CheckpointState, find_checkpoints, open_state
+from trajreg.checkpoints.series import Checkpoint, CheckpointState, open_state
 from trajreg.checkpoints.target import Target, parameter_names
 from trajreg.errors import ConfigError, UserError
 from trajreg.record.geometry import interpolate
@@ -255,6 +254,12 @@ def _check_series(checkpoints: list[Checkpoint], model: torch.nn.Module,
     return sum(math.prod(s) for s in shapes.values()), prefixes
 
 
+def _grad64(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A gradient flat in float64 on the CPU; zeros (shaped ``like``) for a tensor of x
+    with none (a buffer, a parameter the loss does not use)."""
+    return torch.zeros_like(like) if g is None else g.detach().to("cpu", torch.float64).reshape(-1)
+
+
 def _grads(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor | None]:
     params = dict(model.named_parameters())
     return {n: (params[n].grad if n in params else None) for n in names}
@@ -302,9 +307,7 @@ def measure_series(checkpoints: list[Checkpoint], target: Target, options: Check
         for name in names:
             xk = here.float64(name)
             diff = xk - star.float64(name)
-            g = grads[name]
-            g64 = (torch.zeros_like(xk) if g is None
-                   else g.detach().to("cpu", torch.float64).reshape(-1))
+            g64 = _grad64(grads[name], xk)
             D[k] += float(diff @ diff)
             a[k] += float(diff @ g64)
             s[k] += float(g64 @ g64)
@@ -391,9 +394,7 @@ def _measure_sketched(checkpoints: list[Checkpoint], target: Target,
         pos = 0
         for name in points.names:
             xk = here.float64(name)
-            g = grads[name]
-            g64 = (torch.zeros_like(xk) if g is None
-                   else g.detach().to("cpu", torch.float64).reshape(-1))
+            g64 = _grad64(grads[name], xk)
             index = sketch.chunk_index(pos, torch.empty(len(xk), dtype=torch.int64))
             sketch.add(x_acc, index, xk)
             sketch.add(g_acc, index, g64)
@@ -533,14 +534,3 @@ def summarize_series(m: SeriesMeasurement, table: pd.DataFrame, options: Checkpo
                  "window": "converging phase (checkpoint rows)"},
         cos_v_positive=P.fraction_positive(table["cos_disp"].to_numpy()[:-1][wi]),
         path_ratio=path_ratio, mli=m.mli, source="checkpoints", checkpoints=facts)
-
-
-def measure(paths: Sequence[str | Path], target: Target, options: CheckpointOptions, *,
-            steps: Sequence[int] | None = None, progress: bool | None = None
-            ) -> tuple[pd.DataFrame, Summary]:
-    """Find, measure and analyse a series: the metrics table and the summary."""
-    checkpoints = find_checkpoints(paths, steps)
-    m = measure_series(checkpoints, target, options, progress)
-    table = series_table(m)
-    summary = summarize_series(m, table, options, target, {})
-    return table, summary

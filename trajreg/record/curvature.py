@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from trajreg.atomic import replace_atomic
-from trajreg.principle.curvature import critical_step, lanczos
+from trajreg.principle.curvature import adam_threshold, critical_step, eos_threshold, lanczos
 from trajreg.principle.sketch import hash32
 
 
@@ -83,21 +83,27 @@ DIRECTORY = "curvature"
 COLUMNS = ("lambda_max", "lambda_max_iterations", "lambda_max_converged", "curv_update",
            "critical_sharpness", "lambda_max_precond", "eos_threshold")
 _STREAM = 9  # the hash stream of the curvature sample (the sketch uses 0-2)
+BLOCK_STEPS = 4096  # steps hashed at once by the recorder's draw
 ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 
 
-def sampled(step: int, rate: float, seed: int) -> bool:
-    """Whether step ``step`` is in the curvature sample: a hash of (seed, step) below
-    ``rate`` (the same steps whatever else the run does)."""
+def sampled_mask(start: int, n: int, rate: float, seed: int) -> np.ndarray:
+    """Whether each of the steps start .. start + n - 1 is in the curvature sample: a hash
+    of (seed, step) below ``rate`` (the same steps whatever else the run does)."""
     if rate >= 1.0:
-        return True
-    h = int(hash32(np.asarray([step], dtype=np.int64), seed, _STREAM)[0])
+        return np.ones(n, dtype=bool)
+    h = hash32(np.arange(start, start + n, dtype=np.int64), seed, _STREAM)
     return h < rate * 2.0**32
+
+
+def sampled(step: int, rate: float, seed: int) -> bool:
+    """Whether step ``step`` is in the curvature sample (``sampled_mask``)."""
+    return bool(sampled_mask(step, 1, rate, seed)[0])
 
 
 def curvature_steps(T: int, rate: float, seed: int) -> list[int]:
     """The sampled steps of a run of T steps."""
-    return [t for t in range(T) if sampled(t, rate, seed)]
+    return np.flatnonzero(sampled_mask(0, T, rate, seed)).tolist()
 
 
 def optimizer_facts(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[str, Any]:
@@ -152,11 +158,18 @@ class CurvatureRows:
         self.directory = Path(directory) / DIRECTORY
         self.rate, self.seed, self.keep = float(rate), int(seed), keep
         self._x: torch.Tensor | None = None
+        self._block_start, self._block = 0, np.zeros(0, dtype=bool)
         self._lr = math.nan
         self.kept: list[int] = []
 
     def wanted(self, step: int) -> bool:
-        return sampled(step, self.rate, self.seed) and (self.keep is None or self.keep(step))
+        # asked at every optimizer step: hashed a block of steps at a time (one step's
+        # hash alone cost 15 us, more than the rest of a small model's recording)
+        at = step - self._block_start
+        if not 0 <= at < len(self._block):
+            self._block_start, at = step, 0
+            self._block = sampled_mask(step, BLOCK_STEPS, self.rate, self.seed)
+        return bool(self._block[at]) and (self.keep is None or self.keep(step))
 
     def pre_step(self, rec: Any, step: int, lr: float) -> None:
         if self.wanted(step):
@@ -333,10 +346,9 @@ def _measure_step(params: Vec, loss_fn: Callable[[], torch.Tensor], row: Curvatu
         sharp = _critical(params, loss_fn, average(float(loss.detach())), u, row.lr, average)
     facts = row.facts
     if facts.get("optimizer") in ADAM_FAMILY:
-        beta1 = float(facts.get("beta1", 0.9))
-        eos = (2.0 + 2.0 * beta1) / ((1.0 - beta1) * row.lr)
+        eos = float(adam_threshold(row.lr, float(facts.get("beta1", 0.9))))
     else:
-        eos = (2.0 + 2.0 * float(facts.get("momentum", 0.0))) / row.lr
+        eos = float(eos_threshold(row.lr, float(facts.get("momentum", 0.0))))
     return CurvatureStep(top.value, top.iterations, top.converged, curv, sharp, precond, eos)
 
 

@@ -36,7 +36,7 @@ MAX_LOG_TICKS = 8  # labelled ticks on a log axis spanning many decades
 PLOT_LIMIT = 1e300
 
 
-def _axes() -> tuple[Figure, Axes]:
+def new_axes() -> tuple[Figure, Axes]:
     # Figure objects, not pyplot: no global state, safe in worker threads. A fixed
     # layout and plain-text labels: tight/constrained layout and mathtext parsing
     # cost more than drawing (about 0.15 s a figure), paid by every run of a study
@@ -124,7 +124,7 @@ def mark_infinities(ax: Axes, x: np.ndarray, y: np.ndarray, color: Any, what: st
 
 def _loss(path: Path, table: pd.DataFrame, summary: dict, window: tuple[int, int] | None
           ) -> None:
-    fig, ax = _axes()
+    fig, ax = new_axes()
     every = _thin(len(table))
     ax.plot(table["step"].to_numpy()[every], _drawable(table["loss"].to_numpy()[every]),
             lw=0.6, alpha=0.5, label="minibatch loss l_t(x_t)")
@@ -140,7 +140,7 @@ def _loss(path: Path, table: pd.DataFrame, summary: dict, window: tuple[int, int
 
 
 def _gamma_per_epoch(path: Path, summary: dict) -> None:
-    fig, ax = _axes()
+    fig, ax = new_axes()
     series = [(f"gamma_hat, eps={key}", _floats(values), "o-")
               for key, values in (summary.get("gamma_hat_per_epoch") or {}).items()]
     series.append(("gamma_bar", _floats(summary.get("gamma_bar_per_epoch") or []), "s--"))
@@ -201,7 +201,7 @@ def _sharpness(path: Path, table: pd.DataFrame, summary: dict) -> None:
 
 def _r_distribution(path: Path, table: pd.DataFrame, summary: dict,
                     window: tuple[int, int]) -> None:
-    fig, ax = _axes()
+    fig, ax = new_axes()
     start, end = window
     r = table["r"].to_numpy()[start:end] if "r" in table else np.zeros(0)
     r = r[np.isfinite(r)]
@@ -232,7 +232,7 @@ def _r_distribution(path: Path, table: pd.DataFrame, summary: dict,
 
 
 def _distance(path: Path, table: pd.DataFrame, window: tuple[int, int]) -> None:
-    fig, ax = _axes()
+    fig, ax = new_axes()
     every = _thin(len(table))
     if "D" in table:
         ax.plot(table["step"].to_numpy()[every], _drawable(table["D"].to_numpy()[every]),
@@ -280,7 +280,7 @@ def _geometry(path: Path, table: pd.DataFrame, summary: dict,
 
 def mli_figure(path: Path, summary: dict) -> None:
     """F(x_0 + alpha (x* - x_0)) against alpha, its largest bump named."""
-    fig, ax = _axes()
+    fig, ax = new_axes()
     mli = summary["mli"]
     alpha, loss = _floats(mli.get("alpha", [])), _floats(mli.get("loss", []))
     ax.plot(alpha, np.where(np.isfinite(loss), loss, np.nan), "o-", ms=3)
